@@ -1,0 +1,1 @@
+"""kmdagster: KISSmetrics-style recurring JSON imports from S3, orchestrated by Dagster."""

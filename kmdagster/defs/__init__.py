@@ -1,0 +1,1 @@
+"""Thin Dagster wiring: one factory builds the partitions, assets, job, sensor, schedule."""

@@ -1,0 +1,34 @@
+"""One factory per configured source, so two sources never share state by accident."""
+
+from __future__ import annotations
+
+from dagster import Definitions
+
+from kmdagster.config import KmConfig, SourceConfig
+from kmdagster.defs.assets import build_source_assets
+from kmdagster.defs.jobs import build_import_job
+from kmdagster.defs.partitions import files_partitions
+from kmdagster.defs.resources import build_resources
+from kmdagster.defs.schedules import build_import_schedule
+from kmdagster.defs.sensors import build_file_sensor
+
+
+def build_source_definitions(source: SourceConfig) -> Definitions:
+    """Partitions, assets, job, sensor and schedule of one source (no resources)."""
+    partitions = files_partitions(source)
+    assets = build_source_assets(source, partitions)
+    job = build_import_job(source, assets)
+    return Definitions(
+        assets=[assets.file, assets.tables, assets.archive],
+        jobs=[job],
+        sensors=[build_file_sensor(source, partitions)],
+        schedules=[build_import_schedule(source, partitions, job)],
+    )
+
+
+def build_definitions(config: KmConfig) -> Definitions:
+    """Everything for every configured source, with shared resources. Touches no network."""
+    return Definitions.merge(
+        *(build_source_definitions(source) for source in config.sources),
+        Definitions(resources=build_resources(config)),
+    )

@@ -1,0 +1,30 @@
+"""The import job of a source: import the partition's file, then archive it, in one process."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from dagster import AssetSelection, define_asset_job, in_process_executor
+
+from kmdagster.config import SourceConfig
+from kmdagster.defs.assets import SourceAssets
+
+SOURCE_TAG = "kmdagster/source"
+WAREHOUSE_TAG = "kmdagster/warehouse"
+
+if TYPE_CHECKING:  # Dagster does not export this type at the top level
+    from dagster._core.definitions.unresolved_asset_job_definition import (
+        UnresolvedAssetJobDefinition,
+    )
+
+
+def build_import_job(source: SourceConfig, assets: SourceAssets) -> UnresolvedAssetJobDefinition:
+    """``<source>_import_job``. In-process: the DuckDB file admits one writing process."""
+    return define_asset_job(
+        name=f"{source.name}_import_job",
+        selection=AssetSelection.assets(assets.tables, assets.archive),
+        executor_def=in_process_executor,
+        # Run-queue limits key on these tags: one run per source, one per DuckDB file.
+        tags={SOURCE_TAG: source.name, WAREHOUSE_TAG: "duckdb"},
+        description=f"Imports one file of source {source.name!r} and archives it when complete.",
+    )

@@ -1,0 +1,19 @@
+"""The dynamic partitions definition of a source: one partition per S3 key."""
+
+from __future__ import annotations
+
+from dagster import DynamicPartitionsDefinition
+
+from kmdagster.config import SourceConfig
+
+# Dagster refuses partition keys containing these; such S3 keys are reported, not imported.
+INVALID_PARTITION_KEY_PARTS = ("...", "\a", "\b", "\f", "\n", "\r", "\t", "\v", "\0")
+
+
+def files_partitions(source: SourceConfig) -> DynamicPartitionsDefinition:
+    """``<source>_files``: partition key = the S3 key of one file at the bucket root."""
+    return DynamicPartitionsDefinition(name=f"{source.name}_files")
+
+
+def is_valid_partition_key(key: str) -> bool:
+    return not any(part in key for part in INVALID_PARTITION_KEY_PARTS)

@@ -1,0 +1,91 @@
+"""The hourly schedule: one run for the first pending file, in alphanumeric key order."""
+
+
+from typing import TYPE_CHECKING
+
+from dagster import (
+    DagsterRunStatus,
+    DefaultScheduleStatus,
+    DynamicPartitionsDefinition,
+    RunRequest,
+    RunsFilter,
+    ScheduleDefinition,
+    ScheduleEvaluationContext,
+    SkipReason,
+    schedule,
+)
+from dagster_aws.s3 import S3Resource
+
+from kmdagster.config import SourceConfig
+from kmdagster.defs.jobs import SOURCE_TAG
+from kmdagster.storage.s3_objects import FilePattern, list_matching_files
+
+ACTIVE_RUN_STATUSES = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.CANCELING,
+]
+
+if TYPE_CHECKING:  # Dagster does not export this type at the top level
+    from dagster._core.definitions.unresolved_asset_job_definition import (
+        UnresolvedAssetJobDefinition,
+    )
+
+
+def first_pending_key(keys_at_root: list[str], registered: set[str]) -> str | None:
+    """The alphanumerically first registered key still at the bucket root.
+
+    A file leaves the root only when it is archived, so every registered key still there
+    is pending: new, partly imported, or re-uploaded with new content.
+    """
+    pending = sorted(key for key in keys_at_root if key in registered)
+    return pending[0] if pending else None
+
+
+def build_import_schedule(
+    source: SourceConfig,
+    partitions: DynamicPartitionsDefinition,
+    job: "UnresolvedAssetJobDefinition",
+) -> ScheduleDefinition:
+    pattern = FilePattern.from_base_filename(source.base_filename)
+    assert partitions.name is not None
+
+    @schedule(
+        name=f"{source.name}_hourly_import",
+        cron_schedule=source.cron,
+        job=job,
+        execution_timezone="UTC",
+        default_status=DefaultScheduleStatus.RUNNING,
+        description=f"Each tick imports (or resumes) the first pending {pattern.describe()} file.",
+    )
+    def hourly_import(context: ScheduleEvaluationContext, km_s3: S3Resource):
+        active = context.instance.get_runs(
+            filters=RunsFilter(tags={SOURCE_TAG: source.name}, statuses=ACTIVE_RUN_STATUSES),
+            limit=1,
+        )
+        if active:
+            run = active[0]
+            return SkipReason(
+                f"run {run.run_id} of source {source.name!r} is {run.status.value}; "
+                "files are imported one at a time"
+            )
+        files = list(list_matching_files(km_s3.get_client(), source.bucket, pattern))
+        registered = set(context.instance.get_dynamic_partitions(partitions.name))
+        key = first_pending_key([f.key for f in files], registered)
+        if key is None:
+            return SkipReason(
+                f"nothing pending: no registered {pattern.describe()} file at the root of "
+                f"s3://{source.bucket} ({len(files)} matching keys listed)"
+            )
+        etag = next(f.etag for f in files if f.key == key)
+        tick = context.scheduled_execution_time
+        tick_id = tick.isoformat() if tick is not None else "manual"
+        return RunRequest(
+            run_key=f"{key}|{etag}|{tick_id}",
+            partition_key=key,
+            tags={SOURCE_TAG: source.name},
+        )
+
+    return hourly_import

@@ -1,0 +1,1 @@
+"""Pure format logic: validate KM JSON lines and split them into warehouse rows."""

@@ -1,0 +1,104 @@
+"""Move an imported file to completed_imports/YYYY/MM/DD/NAME: copy, verify, delete.
+
+Idempotent: a crash between copy and delete is finished by calling again, because an
+archive object with the same ETag counts as our own copy. A different object already at
+the destination is never overwritten; the copy takes the next free numbered name.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from kmdagster.storage.s3_objects import (
+    ARCHIVE_PREFIX,
+    S3AccessError,
+    S3File,
+    describe_client_error,
+    head_file,
+)
+
+MAX_NAME_SUFFIX = 1000
+SOURCE_ETAG_METADATA = "kmdagster-source-etag"
+
+
+def archive_key_for(key: str, completed_at: datetime, attempt: int = 0) -> str:
+    """``completed_imports/YYYY/MM/DD/key``; attempt N > 0 adds ``.N`` before the extension."""
+    name = key
+    if attempt:
+        stem, dot, extension = key.rpartition(".")
+        name = f"{stem}.{attempt}{dot}{extension}" if dot else f"{key}.{attempt}"
+    return f"{ARCHIVE_PREFIX}{completed_at:%Y/%m/%d}/{name}"
+
+
+def archive_file(client: Any, bucket: str, source: S3File, completed_at: datetime) -> str:
+    """Copy ``source`` under completed_imports/, check the copy, delete the original.
+
+    Returns the archive key. Raises S3AccessError on a permission or bucket problem.
+    """
+    if "/" in source.key or source.key.startswith("."):
+        raise S3AccessError(f"refusing to archive {source.key!r}: only root-level keys are imported")
+    for attempt in range(MAX_NAME_SUFFIX):
+        destination = archive_key_for(source.key, completed_at, attempt)
+        state = _destination_state(client, bucket, destination, source)
+        if state == "absent":
+            _copy_if_absent(client, bucket, source, destination)
+            state = _destination_state(client, bucket, destination, source)
+        if state == "ours":
+            _delete_source(client, bucket, source)
+            return destination
+    raise S3AccessError(
+        f"s3://{bucket}/{archive_key_for(source.key, completed_at)}: {MAX_NAME_SUFFIX} "
+        "different objects already use this archive name; clean up completed_imports/"
+    )
+
+
+def _destination_state(client: Any, bucket: str, destination: str, source: S3File) -> str:
+    """``absent``, ``ours`` (a copy of this source version) or ``other``.
+
+    A copy's ETag differs from a multipart original's, so the copy carries the source
+    ETag in its metadata and is recognised by that and its size.
+    """
+    try:
+        head = client.head_object(Bucket=bucket, Key=destination)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return "absent"
+        raise S3AccessError(describe_client_error(exc, "HeadObject", bucket, destination)) from exc
+    same_size = int(head["ContentLength"]) == source.size
+    copied_from = head.get("Metadata", {}).get(SOURCE_ETAG_METADATA)
+    same_version = copied_from == source.etag.strip('"') or head["ETag"] == source.etag
+    return "ours" if same_size and same_version else "other"
+
+
+def _copy_if_absent(client: Any, bucket: str, source: S3File, destination: str) -> None:
+    try:
+        client.copy_object(
+            Bucket=bucket,
+            Key=destination,
+            CopySource={"Bucket": bucket, "Key": source.key},
+            CopySourceIfMatch=source.etag,
+            Metadata={SOURCE_ETAG_METADATA: source.etag.strip('"')},
+            MetadataDirective="REPLACE",
+            IfNoneMatch="*",  # never replace an object someone else wrote meanwhile
+        )
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code")
+        if code in ("PreconditionFailed", "412"):
+            return  # the caller re-reads the destination and decides
+        raise S3AccessError(describe_client_error(exc, "CopyObject", bucket, destination)) from exc
+
+
+def _delete_source(client: Any, bucket: str, source: S3File) -> None:
+    current = head_file(client, bucket, source.key)
+    if current is None or current.etag != source.etag:
+        return  # already deleted, or replaced by new content that must stay for its own import
+    try:
+        client.delete_object(Bucket=bucket, Key=source.key, IfMatch=source.etag)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code")
+        if code in ("PreconditionFailed", "412", "NoSuchKey", "404"):
+            return
+        raise S3AccessError(describe_client_error(exc, "DeleteObject", bucket, source.key)) from exc

@@ -1,0 +1,109 @@
+"""S3 listing, matching and object metadata, with errors that say what to do.
+
+Every helper takes a boto3 S3 client as its first argument, so it works against AWS or
+any S3-compatible endpoint and is easy to test against a real local server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+ARCHIVE_PREFIX = "completed_imports/"
+
+# What each S3 call needs, for error messages that name the missing permission.
+PERMISSION_OF_OPERATION = {
+    "ListObjectsV2": "s3:ListBucket",
+    "HeadObject": "s3:GetObject",
+    "GetObject": "s3:GetObject",
+    "CopyObject": "s3:GetObject on the source and s3:PutObject on completed_imports/*",
+    "DeleteObject": "s3:DeleteObject",
+}
+
+
+class S3AccessError(RuntimeError):
+    """A permanent S3 error, described with bucket, key and the fix."""
+
+
+@dataclass(frozen=True)
+class S3File:
+    key: str
+    etag: str
+    size: int
+
+
+@dataclass(frozen=True)
+class FilePattern:
+    """``accounts.json`` matches root keys ``accounts*.json``: same stem, same extension."""
+
+    stem: str
+    extension: str
+
+    @classmethod
+    def from_base_filename(cls, base_filename: str) -> FilePattern:
+        stem, _, extension = base_filename.rpartition(".")
+        return cls(stem=stem, extension="." + extension)
+
+    def matches(self, key: str) -> bool:
+        return (
+            "/" not in key
+            and key.startswith(self.stem)
+            and key.endswith(self.extension)
+            and len(key) >= len(self.stem) + len(self.extension)
+        )
+
+    def describe(self) -> str:
+        return f"{self.stem}*{self.extension}"
+
+
+def describe_client_error(
+    exc: ClientError, operation: str, bucket: str, key: str | None = None
+) -> str:
+    """A sentence naming the bucket, key, S3 error and the permission or fix."""
+    code = exc.response.get("Error", {}).get("Code", "Unknown")
+    where = f"s3://{bucket}/{key}" if key is not None else f"bucket {bucket!r}"
+    if code in ("AccessDenied", "403", "Forbidden", "AllAccessDisabled"):
+        needed = PERMISSION_OF_OPERATION.get(operation, "the S3 permission for " + operation)
+        return f"{operation} on {where} was denied: grant {needed} to the importing identity"
+    if code == "NoSuchBucket":
+        return f"{operation}: bucket {bucket!r} does not exist; check the source's bucket name"
+    if code in ("NoSuchKey", "404", "NotFound"):
+        return f"{operation}: {where} does not exist (deleted or moved while queued)"
+    if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"):
+        return (
+            f"{operation} on {where}: the AWS credentials were refused ({code}); "
+            "check the AWS_* environment variables or the profile"
+        )
+    message = exc.response.get("Error", {}).get("Message", "")
+    return f"{operation} on {where} failed: {code} {message}".strip()
+
+
+def list_matching_files(client: Any, bucket: str, pattern: FilePattern) -> Iterator[S3File]:
+    """Every root-level key of ``bucket`` matching ``pattern``, in S3's (lexicographic) order.
+
+    Lists with the stem as prefix and ``/`` as delimiter, so keys under folders such as
+    ``completed_imports/`` are never even returned.
+    """
+    paginator = client.get_paginator("list_objects_v2")
+    try:
+        for page in paginator.paginate(Bucket=bucket, Prefix=pattern.stem, Delimiter="/"):
+            for item in page.get("Contents", []):
+                if pattern.matches(item["Key"]):
+                    yield S3File(key=item["Key"], etag=item["ETag"], size=int(item["Size"]))
+    except ClientError as exc:
+        raise S3AccessError(describe_client_error(exc, "ListObjectsV2", bucket)) from exc
+
+
+def head_file(client: Any, bucket: str, key: str) -> S3File | None:
+    """The object's current ETag and size, or None when it does not exist."""
+    try:
+        head = client.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code")
+        if code in ("404", "NoSuchKey", "NotFound"):
+            return None
+        raise S3AccessError(describe_client_error(exc, "HeadObject", bucket, key)) from exc
+    return S3File(key=key, etag=head["ETag"], size=int(head["ContentLength"]))

@@ -1,0 +1,260 @@
+"""The warehouse: KM tables plus the import ledger, one transaction per chunk.
+
+``Warehouse`` is the small interface the importer and archiver need; ``DuckDBWarehouse``
+implements it on an embedded DuckDB file. A PostgreSQL backend would implement the same
+methods over the same tables.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Protocol
+
+import duckdb
+
+from kmdagster.format.split import SplitLines
+
+STATUSES = ("pending", "in_progress", "imported", "archived", "failed")
+LOCK_WAIT_SECONDS = 120.0
+
+SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS km_events (
+    source VARCHAR NOT NULL, file_key VARCHAR NOT NULL, file_etag VARCHAR NOT NULL,
+    line_no BIGINT NOT NULL, person VARCHAR NOT NULL, event VARCHAR NOT NULL,
+    event_label VARCHAR NOT NULL, ts TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS km_properties (
+    source VARCHAR NOT NULL, file_key VARCHAR NOT NULL, file_etag VARCHAR NOT NULL,
+    line_no BIGINT NOT NULL, person VARCHAR NOT NULL, ts TIMESTAMPTZ NOT NULL,
+    name VARCHAR NOT NULL, name_label VARCHAR NOT NULL, value VARCHAR NOT NULL,
+    value_number DOUBLE
+);
+CREATE TABLE IF NOT EXISTS km_aliases (
+    source VARCHAR NOT NULL, file_key VARCHAR NOT NULL, file_etag VARCHAR NOT NULL,
+    line_no BIGINT NOT NULL, person VARCHAR NOT NULL, alias VARCHAR NOT NULL,
+    ts TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS km_rejects (
+    source VARCHAR NOT NULL, file_key VARCHAR NOT NULL, file_etag VARCHAR NOT NULL,
+    line_no BIGINT NOT NULL, reason VARCHAR NOT NULL, raw_line VARCHAR NOT NULL
+);
+CREATE TABLE IF NOT EXISTS km_import_files (
+    source VARCHAR NOT NULL, file_key VARCHAR NOT NULL, file_etag VARCHAR NOT NULL,
+    size_bytes BIGINT NOT NULL, status VARCHAR NOT NULL, next_offset BIGINT NOT NULL,
+    lines_read BIGINT NOT NULL, lines_loaded BIGINT NOT NULL, lines_rejected BIGINT NOT NULL,
+    lines_blank BIGINT NOT NULL, started_at TIMESTAMPTZ, completed_at TIMESTAMPTZ,
+    archived_key VARCHAR, error VARCHAR, updated_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (source, file_key, file_etag)
+);
+"""
+
+_LEDGER_COLUMNS = (
+    "source, file_key, file_etag, size_bytes, status, next_offset, lines_read, lines_loaded, "
+    "lines_rejected, lines_blank, started_at, completed_at, archived_key, error"
+)
+
+
+class LedgerConflict(RuntimeError):
+    """The ledger moved under us: another import of the same file committed first."""
+
+
+@dataclass(frozen=True)
+class LedgerRow:
+    """One file version's import state, as committed."""
+
+    source: str
+    file_key: str
+    file_etag: str
+    size_bytes: int
+    status: str
+    next_offset: int
+    lines_read: int
+    lines_loaded: int
+    lines_rejected: int
+    lines_blank: int
+    started_at: datetime | None
+    completed_at: datetime | None
+    archived_key: str | None
+    error: str | None
+
+    @property
+    def is_complete(self) -> bool:
+        return self.status in ("imported", "archived")
+
+
+class Warehouse(Protocol):
+    """What the importer and archiver need from a warehouse backend."""
+
+    def open_file(self, source: str, key: str, etag: str, size: int) -> LedgerRow: ...
+
+    def ledger_row(self, source: str, key: str, etag: str) -> LedgerRow | None: ...
+
+    def latest_ledger_row(self, source: str, key: str) -> LedgerRow | None: ...
+
+    def commit_chunk(self, row: LedgerRow, split: SplitLines, next_offset: int) -> LedgerRow: ...
+
+    def mark_archived(self, row: LedgerRow, archived_key: str) -> LedgerRow: ...
+
+    def mark_failed(self, row: LedgerRow, error: str) -> LedgerRow: ...
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class DuckDBWarehouse:
+    """An embedded DuckDB file. Open it with ``connect()`` for the length of one step."""
+
+    def __init__(self, connection: duckdb.DuckDBPyConnection) -> None:
+        self._con = connection
+        self._con.execute("SET TimeZone = 'UTC'")
+        self._con.execute(SCHEMA_SQL)
+
+    @classmethod
+    @contextmanager
+    def connect(
+        cls, path: str | Path, lock_wait_seconds: float = LOCK_WAIT_SECONDS
+    ) -> Iterator[DuckDBWarehouse]:
+        """Open the DuckDB file, waiting while another process holds its write lock."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + lock_wait_seconds
+        while True:
+            try:
+                connection = duckdb.connect(str(path))
+                break
+            except duckdb.IOException as exc:
+                # DuckDB allows one writing process per file: wait for the other run.
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        try:
+            yield cls(connection)
+        finally:
+            connection.close()
+
+    @property
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        return self._con
+
+    def _select_row(self, where: str, params: list[object]) -> LedgerRow | None:
+        found = self._con.execute(
+            f"SELECT {_LEDGER_COLUMNS} FROM km_import_files WHERE {where}", params
+        ).fetchone()
+        return LedgerRow(*found) if found else None
+
+    def ledger_row(self, source: str, key: str, etag: str) -> LedgerRow | None:
+        return self._select_row(
+            "source = ? AND file_key = ? AND file_etag = ?", [source, key, etag]
+        )
+
+    def latest_ledger_row(self, source: str, key: str) -> LedgerRow | None:
+        return self._select_row(
+            "source = ? AND file_key = ? ORDER BY updated_at DESC LIMIT 1", [source, key]
+        )
+
+    def ledger_rows(self, source: str) -> list[LedgerRow]:
+        rows = self._con.execute(
+            f"SELECT {_LEDGER_COLUMNS} FROM km_import_files WHERE source = ? "
+            "ORDER BY file_key, updated_at",
+            [source],
+        ).fetchall()
+        return [LedgerRow(*row) for row in rows]
+
+    def open_file(self, source: str, key: str, etag: str, size: int) -> LedgerRow:
+        """The ledger row of this file version, created as ``pending`` on first sight."""
+        self._con.execute(
+            "INSERT INTO km_import_files VALUES "
+            "(?, ?, ?, ?, 'pending', 0, 0, 0, 0, 0, NULL, NULL, NULL, NULL, ?) "
+            "ON CONFLICT DO NOTHING",
+            [source, key, etag, size, utc_now()],
+        )
+        row = self.ledger_row(source, key, etag)
+        assert row is not None
+        return row
+
+    def commit_chunk(self, row: LedgerRow, split: SplitLines, next_offset: int) -> LedgerRow:
+        """Insert a chunk's rows and advance the ledger in one transaction.
+
+        The ledger update is conditional on the offset we started from, so a second
+        importer of the same file can never commit the same lines twice.
+        """
+        complete = next_offset >= row.size_bytes
+        now = utc_now()
+        file_columns = [row.source, row.file_key, row.file_etag]
+        con = self._con
+        con.begin()
+        try:
+            for table, frame in (
+                ("km_events", split.events),
+                ("km_properties", split.properties),
+                ("km_aliases", split.aliases),
+                ("km_rejects", split.rejects),
+            ):
+                if frame.height:
+                    arrow_rows = frame.to_arrow()  # noqa: F841 - read by name in the SQL below
+                    columns = ", ".join(frame.columns)
+                    con.execute(
+                        f"INSERT INTO {table} (source, file_key, file_etag, {columns}) "
+                        f"SELECT ?, ?, ?, {columns} FROM arrow_rows",
+                        file_columns,
+                    )
+            updated = con.execute(
+                "UPDATE km_import_files SET next_offset = ?, status = ?, "
+                "lines_read = lines_read + ?, lines_loaded = lines_loaded + ?, "
+                "lines_rejected = lines_rejected + ?, lines_blank = lines_blank + ?, "
+                "started_at = coalesce(started_at, ?), completed_at = ?, error = NULL, "
+                "updated_at = ? "
+                "WHERE source = ? AND file_key = ? AND file_etag = ? AND next_offset = ? "
+                f"RETURNING {_LEDGER_COLUMNS}",
+                [
+                    next_offset,
+                    "imported" if complete else "in_progress",
+                    split.lines_read,
+                    split.loaded_lines,
+                    split.rejected_lines,
+                    split.blank_lines,
+                    now,
+                    now if complete else None,
+                    now,
+                    *file_columns,
+                    row.next_offset,
+                ],
+            ).fetchone()
+            if updated is None:
+                raise LedgerConflict(
+                    f"s3 object {row.file_key!r} (etag {row.file_etag}) moved past offset "
+                    f"{row.next_offset} in another import; this run stops without loading"
+                )
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+        return LedgerRow(*updated)
+
+    def mark_archived(self, row: LedgerRow, archived_key: str) -> LedgerRow:
+        return self._update_status(row, "archived", archived_key=archived_key)
+
+    def mark_failed(self, row: LedgerRow, error: str) -> LedgerRow:
+        return self._update_status(row, "failed", error=error)
+
+    def _update_status(
+        self,
+        row: LedgerRow,
+        status: str,
+        archived_key: str | None = None,
+        error: str | None = None,
+    ) -> LedgerRow:
+        updated = self._con.execute(
+            "UPDATE km_import_files SET status = ?, archived_key = coalesce(?, archived_key), "
+            "error = ?, updated_at = ? WHERE source = ? AND file_key = ? AND file_etag = ? "
+            f"RETURNING {_LEDGER_COLUMNS}",
+            [status, archived_key, error, utc_now(), row.source, row.file_key, row.file_etag],
+        ).fetchone()
+        assert updated is not None
+        return LedgerRow(*updated)

@@ -1,0 +1,88 @@
+"""Shared fixtures: one real SeaweedFS S3 server per test session, fresh buckets per test."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagster import DagsterInstance, instance_for_test
+
+from kmdagster.config import KmConfig, S3Settings, SourceConfig, WarehouseSettings
+from kmdagster_tests.seaweed import Identity, SeaweedS3
+
+ADMIN = Identity(
+    "kmdagster-admin",
+    "KMADMIN" + secrets.token_hex(6).upper(),
+    secrets.token_hex(20),
+    ("Admin", "Read", "List", "Tagging", "Write"),
+)
+READ_ONLY = Identity(
+    "kmdagster-readonly",
+    "KMREAD" + secrets.token_hex(6).upper(),
+    secrets.token_hex(20),
+    ("Read", "List"),
+)
+
+_bucket_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"), (ADMIN, READ_ONLY)).start()
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    # The product reads credentials from the standard AWS chain, as in production.
+    os.environ["AWS_ACCESS_KEY_ID"] = ADMIN.access_key
+    os.environ["AWS_SECRET_ACCESS_KEY"] = ADMIN.secret_key
+    try:
+        yield server
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def s3(s3_server: SeaweedS3) -> Any:
+    return s3_server.client(ADMIN)
+
+
+@pytest.fixture
+def bucket(s3: Any) -> str:
+    name = f"km-test-{next(_bucket_numbers)}-{secrets.token_hex(3)}"
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def warehouse_path(tmp_path: Path) -> Path:
+    return tmp_path / "warehouse.duckdb"
+
+
+@pytest.fixture
+def instance() -> Iterator[DagsterInstance]:
+    with instance_for_test() as test_instance:
+        yield test_instance
+
+
+def make_config(
+    s3_server: SeaweedS3, bucket: str, warehouse_path: Path, **source_overrides: Any
+) -> KmConfig:
+    source = SourceConfig(
+        name=source_overrides.pop("name", "accounts"),
+        bucket=bucket,
+        base_filename=source_overrides.pop("base_filename", "accounts.json"),
+        **source_overrides,
+    )
+    return KmConfig(
+        s3=S3Settings(endpoint_url=s3_server.endpoint_url, region_name="us-east-1"),
+        warehouse=WarehouseSettings(duckdb_path=str(warehouse_path)),
+        sources=(source,),
+    )

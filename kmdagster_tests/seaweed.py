@@ -1,0 +1,154 @@
+"""A real S3-compatible server for development and tests: SeaweedFS ``weed mini``.
+
+It binds to 127.0.0.1 only, sends no telemetry, pins every port it opens, keeps its data
+in a directory of its own and requires signed requests (an identities file).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+PORT_FLAGS = (
+    "s3.port",
+    "s3.port.grpc",
+    "s3.port.iceberg",
+    "s3.port.lance",
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "admin.port",
+    "admin.port.grpc",
+    "webdav.port",
+)
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    access_key: str
+    secret_key: str
+    actions: tuple[str, ...]
+
+
+@dataclass
+class SeaweedS3:
+    """One ``weed mini`` process; ``start()`` returns once S3 answers."""
+
+    data_dir: Path
+    identities: tuple[Identity, ...]
+    ports: dict[str, int] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['s3.port']}"
+
+    def start(self, timeout: float = 60.0) -> SeaweedS3:
+        weed = shutil.which("weed") or str(Path(sys.executable).with_name("weed"))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.ports:
+            self.ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS)), strict=True))
+        config_path = self.data_dir / "s3-identities.json"
+        config_path.write_text(json.dumps(identities_document(self.identities)))
+        os.chmod(config_path, 0o600)
+        command = [
+            weed,
+            "mini",
+            f"-dir={self.data_dir / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            f"-s3.config={config_path}",
+            *(f"-{flag}={port}" for flag, port in self.ports.items()),
+        ]
+        (self.data_dir / "data").mkdir(exist_ok=True)
+        log = open(self.data_dir / "weed.log", "wb")  # noqa: SIM115 - lives as long as the server
+        self.process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self._wait_until_ready(timeout)
+        return self
+
+    def _wait_until_ready(self, timeout: float) -> None:
+        admin = self.identities[0]
+        client = self.client(admin)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"weed mini exited; see {self.data_dir / 'weed.log'}")
+            try:
+                client.list_buckets()
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(
+                        f"SeaweedFS S3 did not answer within {timeout}s; "
+                        f"see {self.data_dir / 'weed.log'}"
+                    ) from None
+                time.sleep(0.3)
+
+    def client(self, identity: Identity) -> Any:
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id=identity.access_key,
+            aws_secret_access_key=identity.secret_key,
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}),
+        )
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=15)
+
+
+def identities_document(identities: tuple[Identity, ...]) -> dict[str, Any]:
+    return {
+        "identities": [
+            {
+                "name": identity.name,
+                "credentials": [
+                    {"accessKey": identity.access_key, "secretKey": identity.secret_key}
+                ],
+                "actions": list(identity.actions),
+            }
+            for identity in identities
+        ]
+    }
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free TCP ports on 127.0.0.1 (held open together so none repeats)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
