@@ -153,7 +153,9 @@ def _parse_source(item: Any, origin: str, index: int) -> SourceConfig:
         )
     budget = raw.get("time_budget_seconds", DEFAULT_TIME_BUDGET_SECONDS)
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
-        raise ConfigError(f"{origin}: {where}time_budget_seconds: give a positive number of seconds")
+        raise ConfigError(
+            f"{origin}: {where}time_budget_seconds: give a positive number of seconds"
+        )
     chunk_bytes = _positive_int(raw, "chunk_bytes", DEFAULT_CHUNK_BYTES, origin, where)
     if chunk_bytes < MIN_CHUNK_BYTES:
         raise ConfigError(f"{origin}: {where}chunk_bytes: must be at least {MIN_CHUNK_BYTES}")

@@ -25,7 +25,12 @@ from kmdagster_tests.conftest import make_config
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.seaweed import SeaweedS3
 
-MATCHING = ["accounts.json", "accounts-20261126093000.json", "accounts 2+ü,x.json", "accounts.1700000000.json"]
+MATCHING = [
+    "accounts.json",
+    "accounts-20261126093000.json",
+    "accounts 2+ü,x.json",
+    "accounts.1700000000.json",
+]
 DECOYS = [
     "Accounts.json",
     "accounts.json.gz",

@@ -5,7 +5,6 @@ warehouse; a run stopped by its budget records its progress as an observation of
 file asset instead, which the next run reads back as its resume hint.
 """
 
-
 from dataclasses import dataclass, replace
 from typing import Any
 

@@ -1,6 +1,5 @@
 """Dagster resources: the S3 client (dagster-aws) and the warehouse connection."""
 
-
 from collections.abc import Iterator
 from contextlib import contextmanager
 

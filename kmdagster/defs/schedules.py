@@ -1,6 +1,5 @@
 """The hourly schedule: one run for the first pending file, in alphanumeric key order."""
 
-
 from typing import TYPE_CHECKING
 
 from dagster import (

@@ -1,6 +1,5 @@
 """The sensor that registers each new matching S3 key as a dynamic partition."""
 
-
 from dagster import (
     DefaultSensorStatus,
     DynamicPartitionsDefinition,

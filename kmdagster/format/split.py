@@ -254,31 +254,29 @@ def decode_json_strings(tokens: pl.Series) -> tuple[pl.Series, pl.Series]:
     has_escape = tokens.str.contains("\\", literal=True)
     text = tokens.str.strip_prefix('"').str.strip_suffix('"')
     bad = pl.repeat(False, len(tokens), dtype=pl.Boolean, eager=True)
-    if has_escape.any():
-        escaped_idx = has_escape.arg_true()
-        escaped = tokens.gather(escaped_idx)
-        text = text.scatter(escaped_idx, escaped.str.json_decode(pl.String))
-        surrogate_idx = tokens.str.contains(_SURROGATE_ESCAPE_RE).arg_true()
-        if len(surrogate_idx):
-            # Rare path: a Python loop over the few tokens that escape surrogates.
-            lone = [_has_lone_surrogate(tokens[i]) for i in surrogate_idx.to_list()]
-            bad = bad.scatter(surrogate_idx, pl.Series(lone, dtype=pl.Boolean))
-            text = text.scatter(
-                surrogate_idx,
-                pl.Series(
-                    [None if is_lone else text[i] for i, is_lone in zip(surrogate_idx.to_list(), lone)],
-                    dtype=pl.String,
-                ),
-            )
+    if not has_escape.any():
+        return text, bad
+    has_surrogate = tokens.str.contains(_SURROGATE_ESCAPE_RE)
+    escaped_idx = (has_escape & ~has_surrogate).arg_true()
+    if len(escaped_idx):
+        text = text.scatter(escaped_idx, tokens.gather(escaped_idx).str.json_decode(pl.String))
+    surrogate_idx = has_surrogate.arg_true()
+    if len(surrogate_idx):
+        # Rare path: a Python loop over only the tokens that escape surrogates.
+        decoded = [_decode_surrogate_token(tokens[i]) for i in surrogate_idx.to_list()]
+        text = text.scatter(surrogate_idx, pl.Series(decoded, dtype=pl.String))
+        bad = bad.scatter(surrogate_idx, pl.Series([d is None for d in decoded]))
     return text, bad
 
 
-def _has_lone_surrogate(token: str) -> bool:
+def _decode_surrogate_token(token: str) -> str | None:
+    """The token's text, or None when it holds a lone surrogate (not storable text)."""
     try:
-        json.loads(token).encode("utf-8")
+        decoded = json.loads(token)
+        decoded.encode("utf-8")
     except (UnicodeEncodeError, ValueError):
-        return True
-    return False
+        return None
+    return decoded
 
 
 def _pair_reason_code() -> pl.Expr:
@@ -361,9 +359,7 @@ def _line_reason_code(now_limit: int) -> pl.Expr:
         pl.col("pair_code"),
         pl.when(pl.col("duplicate_key")).then(_code("duplicate_key")),
         pl.when(pl.col("p_kind").is_null()).then(_code("missing_identity")),
-        pl.when(pl.col("p_kind").is_not_null() & person.is_null()).then(
-            _code("identity_not_text")
-        ),
+        pl.when(pl.col("p_kind").is_not_null() & person.is_null()).then(_code("identity_not_text")),
         pl.when(person.str.strip_chars() == "").then(_code("identity_empty")),
         pl.when(person.str.len_chars() > MAX_IDENTITY_CHARS).then(_code("identity_too_long")),
         pl.when(pl.col("t_kind").is_null()).then(_code("missing_timestamp")),
@@ -381,8 +377,9 @@ def _line_reason_code(now_limit: int) -> pl.Expr:
             & (t_seconds // 1000 >= KM_EPOCH_START)
             & (t_seconds // 1000 <= now_limit)
         ).then(_code("timestamp_in_milliseconds")),
-        pl.when(t_text.str.contains(r"^[0-9]+$") & (t_seconds.is_null() | (t_seconds > now_limit)))
-        .then(_code("timestamp_in_future")),
+        pl.when(
+            t_text.str.contains(r"^[0-9]+$") & (t_seconds.is_null() | (t_seconds > now_limit))
+        ).then(_code("timestamp_in_future")),
         pl.when(t_seconds < KM_EPOCH_START).then(_code("timestamp_before_2009")),
         pl.when(pl.col("n_kind").is_not_null() & event.is_null()).then(
             _code("event_name_not_text")

@@ -39,7 +39,9 @@ def archive_file(client: Any, bucket: str, source: S3File, completed_at: datetim
     Returns the archive key. Raises S3AccessError on a permission or bucket problem.
     """
     if "/" in source.key or source.key.startswith("."):
-        raise S3AccessError(f"refusing to archive {source.key!r}: only root-level keys are imported")
+        raise S3AccessError(
+            f"refusing to archive {source.key!r}: only root-level keys are imported"
+        )
     for attempt in range(MAX_NAME_SUFFIX):
         destination = archive_key_for(source.key, completed_at, attempt)
         state = _destination_state(client, bucket, destination, source)

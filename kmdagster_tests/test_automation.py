@@ -1,0 +1,135 @@
+"""Sensor and schedule evaluations against a real Dagster instance and SeaweedFS."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from dagster import (
+    DagsterInstance,
+    DagsterRunStatus,
+    RunRequest,
+    SensorResult,
+    SkipReason,
+    build_schedule_context,
+    build_sensor_context,
+)
+
+from kmdagster.defs.factory import build_definitions
+from kmdagster.defs.jobs import SOURCE_TAG
+from kmdagster.defs.schedules import first_pending_key
+from kmdagster.defs.sensors import new_partition_keys
+from kmdagster_tests.conftest import make_config
+from kmdagster_tests.seaweed import SeaweedS3
+
+TICK = datetime(2026, 11, 26, 9, 0, tzinfo=timezone.utc)
+LINE = b'{"_p":"a","_t":1700000000,"_n":"x"}\n'
+
+
+def evaluate_sensor(defs: Any, instance: DagsterInstance):
+    sensor = defs.get_sensor_def("accounts_file_sensor")
+    with build_sensor_context(instance=instance, resources=defs.resources) as context:
+        return sensor(context)
+
+
+def evaluate_schedule(defs: Any, instance: DagsterInstance):
+    schedule = defs.get_schedule_def("accounts_hourly_import")
+    with build_schedule_context(
+        instance=instance, scheduled_execution_time=TICK, resources=defs.resources
+    ) as context:
+        return schedule(context)
+
+
+def test_first_pending_key_is_alphanumeric_and_registered_only() -> None:
+    assert first_pending_key(["b.json", "a2.json", "a10.json"], {"b.json", "a2.json"}) == "a2.json"
+    assert first_pending_key(["a10.json", "a2.json"], {"a10.json", "a2.json"}) == "a10.json"
+    assert first_pending_key(["x.json"], set()) is None
+
+
+def test_new_partition_keys_sets_aside_keys_dagster_refuses() -> None:
+    to_add, unusable = new_partition_keys(
+        ["accounts 1.json", "accounts...json", "accounts-a.json", "accounts-a.json"],
+        {"accounts-a.json"},
+    )
+    assert to_add == ["accounts 1.json"]
+    assert unusable == ["accounts...json"]
+
+
+def test_sensor_registers_matching_keys_once(
+    s3_server: SeaweedS3, s3: Any, bucket: str, warehouse_path: Path, instance: DagsterInstance
+) -> None:
+    keys = ["accounts.json", "accounts 2 +ü,x.json", "accounts-2026.json"]
+    for key in [*keys, "accounts.csv", "sub/accounts.json", "xaccounts.json", "ACCOUNTS.json"]:
+        s3.put_object(Bucket=bucket, Key=key, Body=LINE)
+    defs = build_definitions(make_config(s3_server, bucket, warehouse_path))
+
+    result = evaluate_sensor(defs, instance)
+    assert isinstance(result, SensorResult)
+    [request] = result.dynamic_partitions_requests or []
+    assert request.partitions_def_name == "accounts_files"
+    assert sorted(request.partition_keys or []) == sorted(keys)
+    instance.add_dynamic_partitions("accounts_files", list(request.partition_keys or []))
+
+    again = evaluate_sensor(defs, instance)
+    assert isinstance(again, SkipReason)
+
+
+def test_sensor_paginates_past_one_listing_page(
+    s3_server: SeaweedS3, s3: Any, bucket: str, warehouse_path: Path, instance: DagsterInstance
+) -> None:
+    keys = [f"accounts-{i:05d}.json" for i in range(1005)]
+    for key in keys:
+        s3.put_object(Bucket=bucket, Key=key, Body=LINE)
+    defs = build_definitions(make_config(s3_server, bucket, warehouse_path))
+    result = evaluate_sensor(defs, instance)
+    assert isinstance(result, SensorResult)
+    [request] = result.dynamic_partitions_requests or []
+    assert sorted(request.partition_keys or []) == keys
+
+
+def test_schedule_requests_first_pending_file_and_skips_when_a_run_is_active(
+    s3_server: SeaweedS3, s3: Any, bucket: str, warehouse_path: Path, instance: DagsterInstance
+) -> None:
+    for key in ["accounts-b.json", "accounts-a.json", "accounts-c.json"]:
+        s3.put_object(Bucket=bucket, Key=key, Body=LINE)
+    defs = build_definitions(make_config(s3_server, bucket, warehouse_path))
+
+    nothing = evaluate_schedule(defs, instance)
+    assert isinstance(nothing, SkipReason) and "nothing pending" in (nothing.skip_message or "")
+
+    instance.add_dynamic_partitions("accounts_files", ["accounts-c.json", "accounts-b.json"])
+    request = evaluate_schedule(defs, instance)
+    assert isinstance(request, RunRequest)
+    assert request.partition_key == "accounts-b.json"
+    assert request.tags[SOURCE_TAG] == "accounts"
+    assert request.run_key and TICK.isoformat() in request.run_key
+
+    job = defs.resolve_job_def("accounts_import_job")
+    instance.create_run_for_job(job, status=DagsterRunStatus.STARTED, tags={SOURCE_TAG: "accounts"})
+    busy = evaluate_schedule(defs, instance)
+    assert isinstance(busy, SkipReason) and "one at a time" in (busy.skip_message or "")
+
+
+def test_reuploaded_key_is_pending_again_and_imports_as_new_file(
+    s3_server: SeaweedS3, s3: Any, bucket: str, warehouse_path: Path, instance: DagsterInstance
+) -> None:
+    import duckdb
+
+    s3.put_object(Bucket=bucket, Key="accounts.json", Body=LINE)
+    defs = build_definitions(make_config(s3_server, bucket, warehouse_path))
+    instance.add_dynamic_partitions("accounts_files", ["accounts.json"])
+    job = defs.resolve_job_def("accounts_import_job")
+    assert job.execute_in_process(instance=instance, partition_key="accounts.json").success
+    assert isinstance(evaluate_schedule(defs, instance), SkipReason)
+
+    s3.put_object(Bucket=bucket, Key="accounts.json", Body=LINE + LINE.replace(b'"x"', b'"y"'))
+    request = evaluate_schedule(defs, instance)
+    assert isinstance(request, RunRequest) and request.partition_key == "accounts.json"
+    assert job.execute_in_process(instance=instance, partition_key="accounts.json").success
+    with duckdb.connect(str(warehouse_path), read_only=True) as con:
+        rows = con.execute("SELECT count(DISTINCT file_etag), count(*) FROM km_events").fetchall()
+        statuses = con.execute("SELECT status, archived_key FROM km_import_files").fetchall()
+    assert rows == [(2, 3)]
+    assert [s for s, _ in statuses] == ["archived", "archived"]
+    assert len({k for _, k in statuses}) == 2  # the second copy did not overwrite the first

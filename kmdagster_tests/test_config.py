@@ -1,0 +1,71 @@
+"""Configuration parsing: good files load, every bad field is named in the error."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kmdagster.config import ConfigError, load_config, parse_config
+
+
+def source(**overrides: Any) -> dict[str, Any]:
+    return {
+        "name": "accounts",
+        "bucket": "km-imports",
+        "base_filename": "accounts.json",
+        **overrides,
+    }
+
+
+def test_defaults_are_applied() -> None:
+    config = parse_config({"sources": [source()]})
+    [accounts] = config.sources
+    assert accounts.cron == "0 * * * *"
+    assert accounts.time_budget_seconds == 300.0
+    assert accounts.chunk_bytes == 16 * 1024 * 1024
+    assert config.warehouse.duckdb_path == ".kmdagster/warehouse.duckdb"
+    assert config.s3.endpoint_url is None
+
+
+def test_fractional_budget_and_endpoint() -> None:
+    config = parse_config(
+        {
+            "s3": {"endpoint_url": "http://127.0.0.1:8333"},
+            "sources": [source(time_budget_seconds=0.5)],
+        }
+    )
+    assert config.sources[0].time_budget_seconds == 0.5
+    assert config.s3.endpoint_url == "http://127.0.0.1:8333"
+
+
+@pytest.mark.parametrize(
+    ("document", "field"),
+    [
+        ({"sources": [source(bukcet="x")]}, "sources[0].bukcet: unknown key"),
+        ({"sourcez": []}, "sourcez: unknown key"),
+        ({"sources": []}, "sources:"),
+        ({"sources": [source(name="Accounts")]}, "sources[0].name"),
+        ({"sources": [source(name="bad-name")]}, "sources[0].name"),
+        ({"sources": [source(), source()]}, "sources[1].name: duplicate"),
+        ({"sources": [{"name": "a", "base_filename": "a.json"}]}, "sources[0].bucket: required"),
+        ({"sources": [{"name": "a", "bucket": "b"}]}, "sources[0].base_filename: required"),
+        ({"sources": [source(base_filename="accounts")]}, "sources[0].base_filename"),
+        ({"sources": [source(base_filename="dir/accounts.json")]}, "sources[0].base_filename"),
+        ({"sources": [source(time_budget_seconds=0)]}, "sources[0].time_budget_seconds"),
+        ({"sources": [source(chunk_bytes="big")]}, "sources[0].chunk_bytes"),
+        ({"sources": [source(cron="every hour")]}, "sources[0].cron"),
+        ({"s3": {"endpoint": "x"}, "sources": [source()]}, "s3.endpoint: unknown key"),
+        ({"warehouse": {"path": "x"}, "sources": [source()]}, "warehouse.path: unknown key"),
+    ],
+)
+def test_errors_name_the_field(document: dict[str, Any], field: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config(document, origin="kmdagster.yaml")
+    assert f"kmdagster.yaml: {field}" in str(error.value)
+
+
+def test_missing_file_says_how_to_point_at_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="KMDAGSTER_CONFIG"):
+        load_config(tmp_path / "absent.yaml")

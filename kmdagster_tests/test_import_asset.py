@@ -1,0 +1,225 @@
+"""materialize() tests of the import and archive assets, over SeaweedFS and a DuckDB file."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from dagster import AssetKey, DagsterInstance, materialize
+
+from kmdagster.defs.assets import build_source_assets, recorded_resume_offset
+from kmdagster.defs.partitions import files_partitions
+from kmdagster.defs.resources import build_resources
+from kmdagster.storage.archive import archive_key_for
+from kmdagster_tests.conftest import make_config
+from kmdagster_tests.km_files import km_file
+from kmdagster_tests.seaweed import SeaweedS3
+
+KEY = "accounts-0001.json"
+
+
+def materialize_partition(config: Any, instance: DagsterInstance, key: str):
+    source = config.sources[0]
+    partitions = files_partitions(source)
+    instance.add_dynamic_partitions(partitions.name, [key])
+    assets = build_source_assets(source, partitions)
+    return materialize(
+        [assets.file, assets.tables, assets.archive],
+        partition_key=key,
+        instance=instance,
+        resources=build_resources(config),
+        selection=[assets.tables, assets.archive],
+    )
+
+
+def query(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    with duckdb.connect(str(path), read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+def test_materialize_imports_whole_file_and_archives_it(
+    s3_server: SeaweedS3, s3: Any, bucket: str, warehouse_path: Path, instance: DagsterInstance
+) -> None:
+    file = km_file(seed=7, repeats=25)
+    s3.put_object(Bucket=bucket, Key=KEY, Body=file.data)
+    config = make_config(s3_server, bucket, warehouse_path)
+
+    result = materialize_partition(config, instance, KEY)
+
+    assert result.success
+    materialized = {e.asset_key for e in result.get_asset_materialization_events()}
+    assert AssetKey(["accounts", "km_events"]) in materialized
+    assert AssetKey(["accounts", "archived_file"]) in materialized
+    assert query(warehouse_path, "SELECT count(*) FROM km_events") == [(file.events,)]
+    assert query(warehouse_path, "SELECT count(*) FROM km_rejects") == [(file.rejects,)]
+    [(status, archived_key, completed_at)] = query(
+        warehouse_path, "SELECT status, archived_key, completed_at FROM km_import_files"
+    )
+    assert status == "archived"
+    assert archived_key == archive_key_for(KEY, completed_at.astimezone(timezone.utc))
+    assert s3.get_object(Bucket=bucket, Key=archived_key)["Body"].read() == file.data
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix=KEY)
+
+
+def test_budget_stops_runs_early_and_resumes_to_exactly_once(
+    s3_server: SeaweedS3, s3: Any, bucket: str, warehouse_path: Path, instance: DagsterInstance
+) -> None:
+    file = km_file(seed=3, repeats=60)  # ~37 KB: many 1 KB chunks
+    s3.put_object(Bucket=bucket, Key=KEY, Body=file.data)
+    config = make_config(
+        s3_server, bucket, warehouse_path, chunk_bytes=1024, time_budget_seconds=0.001
+    )
+    runs = 0
+    offsets = []
+    while True:
+        result = materialize_partition(config, instance, KEY)
+        assert result.success
+        runs += 1
+        recorded = recorded_resume_offset(instance, config.sources[0], KEY)
+        assert recorded is not None
+        offsets.append(recorded[0])
+        events = {e.asset_key for e in result.get_asset_materialization_events()}
+        if AssetKey(["accounts", "archived_file"]) in events:
+            break
+        assert not events, "a partial run must not materialize the tables"
+        assert runs < 100
+    assert runs > 5
+    assert offsets == sorted(offsets) and offsets[-1] == len(file.data)
+    assert query(
+        warehouse_path,
+        "SELECT count(*), count(DISTINCT (file_key, file_etag, line_no)) FROM km_events",
+    ) == [(file.events, file.events)]
+    assert query(warehouse_path, "SELECT count(*) FROM km_properties") == [(file.properties,)]
+    assert query(warehouse_path, "SELECT count(*) FROM km_aliases") == [(file.aliases,)]
+    assert query(
+        warehouse_path,
+        "SELECT count(*), count(DISTINCT line_no) FROM km_rejects",
+    ) == [(file.rejects, file.rejects)]
+    assert query(
+        warehouse_path,
+        "SELECT lines_read, lines_loaded, lines_rejected, lines_blank, status FROM km_import_files",
+    ) == [(file.lines, file.valid_lines, file.rejects, file.blanks, "archived")]
+
+
+def test_partial_run_metadata_shows_resume_offset(
+    s3_server: SeaweedS3, s3: Any, bucket: str, warehouse_path: Path, instance: DagsterInstance
+) -> None:
+    file = km_file(seed=4, repeats=40)
+    s3.put_object(Bucket=bucket, Key=KEY, Body=file.data)
+    config = make_config(
+        s3_server, bucket, warehouse_path, chunk_bytes=2048, time_budget_seconds=0.001
+    )
+    result = materialize_partition(config, instance, KEY)
+    [observation] = [
+        e.event_specific_data.asset_observation  # type: ignore[union-attr]
+        for e in result.all_events
+        if e.event_type_value == "ASSET_OBSERVATION"
+    ]
+    metadata = {k: v.value for k, v in observation.metadata.items()}
+    assert observation.partition == KEY
+    assert metadata["status"] == "in_progress"
+    assert 0 < metadata["next_offset"] < len(file.data)
+    assert metadata["run_bytes"] == metadata["next_offset"]
+    assert metadata["stopped_on_budget"] is True
+    assert metadata["run_lines_read"] == metadata["file_lines_read"] > 0
+
+
+def test_ledger_wins_over_a_stale_recorded_offset(
+    s3_server: SeaweedS3, s3: Any, bucket: str, warehouse_path: Path, instance: DagsterInstance
+) -> None:
+    """A kill between the warehouse commit and Dagster's event leaves the metadata behind."""
+    file = km_file(seed=5, repeats=40)
+    s3.put_object(Bucket=bucket, Key=KEY, Body=file.data)
+    config = make_config(
+        s3_server, bucket, warehouse_path, chunk_bytes=2048, time_budget_seconds=0.001
+    )
+    materialize_partition(config, instance, KEY)
+    first = recorded_resume_offset(instance, config.sources[0], KEY)
+    assert first is not None
+    # Advance the ledger behind Dagster's back, as a killed run would have.
+    from kmdagster.format.split import split_km_lines
+    from kmdagster.storage.chunk_reader import LineChunkReader
+    from kmdagster.storage.warehouse import DuckDBWarehouse
+
+    with DuckDBWarehouse.connect(warehouse_path) as warehouse:
+        row = warehouse.ledger_row("accounts", KEY, first[1])
+        assert row is not None
+        reader = LineChunkReader(s3, bucket, KEY, row.file_etag, row.size_bytes, 2048)
+        chunk = reader.read_chunk(row.next_offset)
+        warehouse.commit_chunk(
+            row, split_km_lines(chunk.data, row.lines_read + 1, 2**31), chunk.end
+        )
+    result = materialize_partition(config, instance, KEY)
+    [observation] = [
+        e.event_specific_data.asset_observation  # type: ignore[union-attr]
+        for e in result.all_events
+        if e.event_type_value == "ASSET_OBSERVATION"
+    ]
+    assert observation.metadata["resume_offset_corrected_from"].value == first[0]
+    assert observation.metadata["run_start_offset"].value == chunk.end
+
+
+def test_missing_file_fails_with_bucket_and_key(
+    s3_server: SeaweedS3, bucket: str, warehouse_path: Path, instance: DagsterInstance
+) -> None:
+    config = make_config(s3_server, bucket, warehouse_path)
+    with pytest.raises(Exception, match=rf"s3://{bucket}/{KEY} no longer exists"):
+        materialize_partition(config, instance, KEY)
+
+
+def test_archive_never_overwrites_a_different_object(
+    s3_server: SeaweedS3, s3: Any, bucket: str, warehouse_path: Path, instance: DagsterInstance
+) -> None:
+    file = km_file(seed=9, repeats=3)
+    s3.put_object(Bucket=bucket, Key=KEY, Body=file.data)
+    today = datetime.now(timezone.utc)
+    squatter = archive_key_for(KEY, today)
+    s3.put_object(Bucket=bucket, Key=squatter, Body=b"someone else's file\n")
+    config = make_config(s3_server, bucket, warehouse_path)
+    assert materialize_partition(config, instance, KEY).success
+    [(archived_key,)] = query(warehouse_path, "SELECT archived_key FROM km_import_files")
+    if archived_key.startswith(squatter.rsplit("/", 1)[0]):  # same UTC day
+        assert archived_key == archive_key_for(KEY, today, attempt=1)
+    assert s3.get_object(Bucket=bucket, Key=squatter)["Body"].read() == b"someone else's file\n"
+    assert s3.get_object(Bucket=bucket, Key=archived_key)["Body"].read() == file.data
+
+
+def test_crash_between_copy_and_delete_is_finished_without_reimport(
+    s3_server: SeaweedS3, s3: Any, bucket: str, warehouse_path: Path, instance: DagsterInstance
+) -> None:
+    file = km_file(seed=11, repeats=5)
+    etag = s3.put_object(Bucket=bucket, Key=KEY, Body=file.data)["ETag"]
+    config = make_config(s3_server, bucket, warehouse_path)
+    source = config.sources[0]
+    partitions = files_partitions(source)
+    instance.add_dynamic_partitions(partitions.name, [KEY])
+    assets = build_source_assets(source, partitions)
+    imported = materialize(
+        [assets.file, assets.tables, assets.archive],
+        partition_key=KEY,
+        instance=instance,
+        resources=build_resources(config),
+        selection=[assets.tables],
+    )
+    assert imported.success
+    [(completed_at,)] = query(warehouse_path, "SELECT completed_at FROM km_import_files")
+    destination = archive_key_for(KEY, completed_at.astimezone(timezone.utc))
+    # The archive copy happened, then the process died before the delete.
+    s3.copy_object(
+        Bucket=bucket,
+        Key=destination,
+        CopySource={"Bucket": bucket, "Key": KEY},
+        Metadata={"kmdagster-source-etag": etag.strip('"')},
+        MetadataDirective="REPLACE",
+    )
+    assert materialize_partition(config, instance, KEY).success
+    assert query(warehouse_path, "SELECT count(*) FROM km_events") == [(file.events,)]
+    assert query(warehouse_path, "SELECT status, archived_key FROM km_import_files") == [
+        ("archived", destination)
+    ]
+    assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix=KEY)
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="completed_imports/")["Contents"]
+    assert [o["Key"] for o in listed] == [destination]
