@@ -11,7 +11,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
 from kmdagster.defs.assets import build_source_assets, recorded_resume_offset
-from kmdagster.defs.partitions import files_partitions
+from kmdagster.defs.partitions import files_partitions, files_partitions_name
 from kmdagster.defs.resources import build_resources
 from kmdagster.storage.archive import archive_key_for
 from kmdagster_tests.conftest import make_config
@@ -24,7 +24,7 @@ KEY = "accounts-0001.json"
 def materialize_partition(config: Any, instance: DagsterInstance, key: str):
     source = config.sources[0]
     partitions = files_partitions(source)
-    instance.add_dynamic_partitions(partitions.name, [key])
+    instance.add_dynamic_partitions(files_partitions_name(source), [key])
     assets = build_source_assets(source, partitions)
     return materialize(
         [assets.file, assets.tables, assets.archive],
@@ -118,7 +118,7 @@ def test_partial_run_metadata_shows_resume_offset(
         for e in result.all_events
         if e.event_type_value == "ASSET_OBSERVATION"
     ]
-    metadata = {k: v.value for k, v in observation.metadata.items()}
+    metadata: dict[str, Any] = {k: v.value for k, v in observation.metadata.items()}
     assert observation.partition == KEY
     assert metadata["status"] == "in_progress"
     assert 0 < metadata["next_offset"] < len(file.data)
@@ -195,7 +195,7 @@ def test_crash_between_copy_and_delete_is_finished_without_reimport(
     config = make_config(s3_server, bucket, warehouse_path)
     source = config.sources[0]
     partitions = files_partitions(source)
-    instance.add_dynamic_partitions(partitions.name, [KEY])
+    instance.add_dynamic_partitions(files_partitions_name(source), [KEY])
     assets = build_source_assets(source, partitions)
     imported = materialize(
         [assets.file, assets.tables, assets.archive],

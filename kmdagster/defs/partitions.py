@@ -10,9 +10,13 @@ from kmdagster.config import SourceConfig
 INVALID_PARTITION_KEY_PARTS = ("...", "\a", "\b", "\f", "\n", "\r", "\t", "\v", "\0")
 
 
+def files_partitions_name(source: SourceConfig) -> str:
+    return f"{source.name}_files"
+
+
 def files_partitions(source: SourceConfig) -> DynamicPartitionsDefinition:
     """``<source>_files``: partition key = the S3 key of one file at the bucket root."""
-    return DynamicPartitionsDefinition(name=f"{source.name}_files")
+    return DynamicPartitionsDefinition(name=files_partitions_name(source))
 
 
 def is_valid_partition_key(key: str) -> bool:

@@ -17,6 +17,7 @@ from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import SourceConfig
 from kmdagster.defs.jobs import SOURCE_TAG
+from kmdagster.defs.partitions import files_partitions_name
 from kmdagster.storage.s3_objects import FilePattern, list_matching_files
 
 ACTIVE_RUN_STATUSES = [
@@ -49,7 +50,7 @@ def build_import_schedule(
     job: "UnresolvedAssetJobDefinition",
 ) -> ScheduleDefinition:
     pattern = FilePattern.from_base_filename(source.base_filename)
-    assert partitions.name is not None
+    partitions_name = files_partitions_name(source)
 
     @schedule(
         name=f"{source.name}_hourly_import",
@@ -71,7 +72,7 @@ def build_import_schedule(
                 "files are imported one at a time"
             )
         files = list(list_matching_files(km_s3.get_client(), source.bucket, pattern))
-        registered = set(context.instance.get_dynamic_partitions(partitions.name))
+        registered = set(context.instance.get_dynamic_partitions(partitions_name))
         key = first_pending_key([f.key for f in files], registered)
         if key is None:
             return SkipReason(

@@ -12,7 +12,7 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import SourceConfig
-from kmdagster.defs.partitions import is_valid_partition_key
+from kmdagster.defs.partitions import files_partitions_name, is_valid_partition_key
 from kmdagster.storage.s3_objects import FilePattern, list_matching_files
 
 
@@ -29,7 +29,7 @@ def build_file_sensor(
     source: SourceConfig, partitions: DynamicPartitionsDefinition
 ) -> SensorDefinition:
     pattern = FilePattern.from_base_filename(source.base_filename)
-    assert partitions.name is not None
+    partitions_name = files_partitions_name(source)
 
     @sensor(
         name=f"{source.name}_file_sensor",
@@ -37,12 +37,12 @@ def build_file_sensor(
         default_status=DefaultSensorStatus.RUNNING,
         description=(
             f"Registers each key matching {pattern.describe()} at the root of "
-            f"s3://{source.bucket} as a partition of {partitions.name}."
+            f"s3://{source.bucket} as a partition of {partitions_name}."
         ),
     )
     def file_sensor(context: SensorEvaluationContext, km_s3: S3Resource):
         listed = [f.key for f in list_matching_files(km_s3.get_client(), source.bucket, pattern)]
-        registered = set(context.instance.get_dynamic_partitions(partitions.name))
+        registered = set(context.instance.get_dynamic_partitions(partitions_name))
         to_add, unusable = new_partition_keys(listed, registered)
         for key in unusable:
             context.log.warning(

@@ -1,0 +1,121 @@
+"""Run kmdagster locally: SeaweedFS on 127.0.0.1 with a demo bucket, then `dagster dev`.
+
+Everything lives under .kmdagster/ (fresh SeaweedFS data each start, DuckDB warehouse,
+Dagster home). Ctrl-C stops both servers.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from kmdagster_tests.seaweed import Identity, SeaweedS3  # noqa: E402
+from scripts.demo_data import DEMO_DECOYS, DEMO_FILES, demo_file  # noqa: E402
+
+STATE = ROOT / ".kmdagster"
+BUCKET = "km-imports"
+S3_PORT = int(os.environ.get("KMDAGSTER_DEV_S3_PORT", "8333"))
+WEB_PORT = int(os.environ.get("KMDAGSTER_DEV_WEB_PORT", "3000"))
+DEV_PORTS = {
+    "s3.port": S3_PORT,
+    "s3.port.grpc": S3_PORT + 10000,
+    "s3.port.iceberg": S3_PORT + 1,
+    "s3.port.lance": S3_PORT + 2,
+    "master.port": 9333,
+    "master.port.grpc": 19333,
+    "volume.port": 8380,
+    "volume.port.grpc": 18380,
+    "filer.port": 8888,
+    "filer.port.grpc": 18888,
+    "admin.port": 23646,
+    "admin.port.grpc": 33646,
+    "webdav.port": 7333,
+}
+
+CONFIG = """\
+s3:
+  endpoint_url: http://127.0.0.1:{port}
+  region_name: us-east-1
+warehouse:
+  duckdb_path: {warehouse}
+sources:
+  - name: accounts
+    bucket: {bucket}
+    base_filename: accounts.json
+    cron: "*/5 * * * *"   # every 5 minutes for the demo; the default is hourly
+    sensor_interval_seconds: 30
+"""
+
+
+def main() -> int:
+    STATE.mkdir(exist_ok=True)
+    identity = Identity(
+        "kmdagster-dev",
+        "KMDEV" + secrets.token_hex(6).upper(),
+        secrets.token_hex(20),
+        ("Admin", "Read", "List", "Tagging", "Write"),
+    )
+    shutil.rmtree(STATE / "seaweedfs", ignore_errors=True)
+    server = SeaweedS3(STATE / "seaweedfs", (identity,), ports=dict(DEV_PORTS)).start()
+    client = server.client(identity)
+    client.create_bucket(Bucket=BUCKET)
+    for key, seed in DEMO_FILES.items():
+        client.put_object(Bucket=BUCKET, Key=key, Body=demo_file(seed))
+    for key, body in DEMO_DECOYS.items():
+        client.put_object(Bucket=BUCKET, Key=key, Body=body)
+
+    config_path = STATE / "kmdagster.yaml"
+    config_path.write_text(
+        CONFIG.format(port=S3_PORT, warehouse=STATE / "warehouse.duckdb", bucket=BUCKET)
+    )
+    dagster_home = STATE / "dagster_home"
+    dagster_home.mkdir(exist_ok=True)
+    shutil.copy(ROOT / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
+    env = {
+        **os.environ,
+        "KMDAGSTER_CONFIG": str(config_path),
+        "DAGSTER_HOME": str(dagster_home),
+        "AWS_ACCESS_KEY_ID": identity.access_key,
+        "AWS_SECRET_ACCESS_KEY": identity.secret_key,
+    }
+    print(f"SeaweedFS S3 on {server.endpoint_url}, bucket {BUCKET!r} with {len(DEMO_FILES)} files")
+    print(f"Dagster UI on http://127.0.0.1:{WEB_PORT} (Ctrl-C stops everything)", flush=True)
+    dagster = Path(sys.executable).with_name("dagster")
+    web = subprocess.Popen(
+        [str(dagster), "dev", "-h", "127.0.0.1", "-p", str(WEB_PORT), "-w", "workspace.yaml"],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+    )
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        return web.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        # dagster dev shuts down cleanly on SIGINT (Ctrl-C); escalate if it lingers.
+        for escalation in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+            if web.poll() is not None:
+                break
+            os.killpg(web.pid, escalation)
+            try:
+                web.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                continue
+        server.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
