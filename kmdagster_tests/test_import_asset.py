@@ -13,7 +13,10 @@ from dagster import AssetKey, DagsterInstance, materialize
 from kmdagster.defs.assets import build_source_assets, recorded_resume_offset
 from kmdagster.defs.partitions import files_partitions, files_partitions_name
 from kmdagster.defs.resources import build_resources
+from kmdagster.format.split import split_km_lines
 from kmdagster.storage.archive import archive_key_for
+from kmdagster.storage.chunk_reader import LineChunkReader
+from kmdagster.storage.warehouse import DuckDBWarehouse
 from kmdagster_tests.conftest import make_config
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.seaweed import SeaweedS3
@@ -32,6 +35,26 @@ def materialize_partition(config: Any, instance: DagsterInstance, key: str):
         instance=instance,
         resources=build_resources(config),
         selection=[assets.tables, assets.archive],
+    )
+
+
+def only_observation(result: Any) -> Any:
+    """The one progress observation a run logs for its file."""
+    [observation] = [
+        e.event_specific_data.asset_observation
+        for e in result.all_events
+        if e.event_type_value == "ASSET_OBSERVATION"
+    ]
+    return observation
+
+
+def uploaded_with_small_budget(
+    s3_server: SeaweedS3, s3: Any, bucket: str, warehouse_path: Path, data: bytes
+) -> Any:
+    """Upload KEY and return a config whose runs each commit one 2 KB chunk."""
+    s3.put_object(Bucket=bucket, Key=KEY, Body=data)
+    return make_config(
+        s3_server, bucket, warehouse_path, chunk_bytes=2048, time_budget_seconds=0.001
     )
 
 
@@ -108,16 +131,9 @@ def test_partial_run_metadata_shows_resume_offset(
     s3_server: SeaweedS3, s3: Any, bucket: str, warehouse_path: Path, instance: DagsterInstance
 ) -> None:
     file = km_file(seed=4, repeats=40)
-    s3.put_object(Bucket=bucket, Key=KEY, Body=file.data)
-    config = make_config(
-        s3_server, bucket, warehouse_path, chunk_bytes=2048, time_budget_seconds=0.001
-    )
+    config = uploaded_with_small_budget(s3_server, s3, bucket, warehouse_path, file.data)
     result = materialize_partition(config, instance, KEY)
-    [observation] = [
-        e.event_specific_data.asset_observation  # type: ignore[union-attr]
-        for e in result.all_events
-        if e.event_type_value == "ASSET_OBSERVATION"
-    ]
+    observation = only_observation(result)
     metadata: dict[str, Any] = {k: v.value for k, v in observation.metadata.items()}
     assert observation.partition == KEY
     assert metadata["status"] == "in_progress"
@@ -132,18 +148,11 @@ def test_ledger_wins_over_a_stale_recorded_offset(
 ) -> None:
     """A kill between the warehouse commit and Dagster's event leaves the metadata behind."""
     file = km_file(seed=5, repeats=40)
-    s3.put_object(Bucket=bucket, Key=KEY, Body=file.data)
-    config = make_config(
-        s3_server, bucket, warehouse_path, chunk_bytes=2048, time_budget_seconds=0.001
-    )
+    config = uploaded_with_small_budget(s3_server, s3, bucket, warehouse_path, file.data)
     materialize_partition(config, instance, KEY)
     first = recorded_resume_offset(instance, config.sources[0], KEY)
     assert first is not None
     # Advance the ledger behind Dagster's back, as a killed run would have.
-    from kmdagster.format.split import split_km_lines
-    from kmdagster.storage.chunk_reader import LineChunkReader
-    from kmdagster.storage.warehouse import DuckDBWarehouse
-
     with DuckDBWarehouse.connect(warehouse_path) as warehouse:
         row = warehouse.ledger_row("accounts", KEY, first[1])
         assert row is not None
@@ -153,11 +162,7 @@ def test_ledger_wins_over_a_stale_recorded_offset(
             row, split_km_lines(chunk.data, row.lines_read + 1, 2**31), chunk.end
         )
     result = materialize_partition(config, instance, KEY)
-    [observation] = [
-        e.event_specific_data.asset_observation  # type: ignore[union-attr]
-        for e in result.all_events
-        if e.event_type_value == "ASSET_OBSERVATION"
-    ]
+    observation = only_observation(result)
     assert observation.metadata["resume_offset_corrected_from"].value == first[0]
     assert observation.metadata["run_start_offset"].value == chunk.end
 
