@@ -89,11 +89,6 @@ def normalise_name(expr: pl.Expr) -> pl.Expr:
     return expr.str.replace_all(r"[,:]", " ")
 
 
-def canonical_name(expr: pl.Expr) -> pl.Expr:
-    """The case-insensitive identity of a name: normalised, then lower-cased."""
-    return normalise_name(expr).str.to_lowercase()
-
-
 def split_km_lines(data: bytes, first_line_no: int, now_epoch: int) -> SplitLines:
     """Validate every line of ``data`` and split the valid ones into warehouse rows.
 
