@@ -228,3 +228,56 @@ def test_crash_between_copy_and_delete_is_finished_without_reimport(
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix=KEY)
     listed = s3.list_objects_v2(Bucket=bucket, Prefix="completed_imports/")["Contents"]
     assert [o["Key"] for o in listed] == [destination]
+
+
+def test_file_overwritten_mid_import_fails_clearly_then_imports_as_new_version(
+    s3_server: SeaweedS3, s3: Any, bucket: str, warehouse_path: Path, instance: DagsterInstance
+) -> None:
+    old = km_file(seed=12, repeats=40)
+    config = uploaded_with_small_budget(s3_server, s3, bucket, warehouse_path, old.data)
+    materialize_partition(config, instance, KEY)  # stops part-way on its budget
+    new = km_file(seed=13, repeats=2)
+    s3.put_object(Bucket=bucket, Key=KEY, Body=new.data)
+
+    [(old_etag, old_loaded)] = query(
+        warehouse_path, "SELECT file_etag, lines_loaded FROM km_import_files"
+    )
+    # The ledger row of the old version stays; the new version is a new ledger row.
+    result = materialize_partition(config, instance, KEY)
+    assert result.success
+    rows = query(
+        warehouse_path,
+        "SELECT file_etag, status, lines_loaded FROM km_import_files ORDER BY updated_at",
+    )
+    assert rows[0] == (old_etag, "in_progress", old_loaded)
+    assert rows[1][1:] == ("archived", new.valid_lines)  # small enough for one chunk
+    per_etag = dict(query(warehouse_path, "SELECT file_etag, count(*) FROM km_events GROUP BY 1"))
+    assert per_etag[old_etag] < old.events  # rows stay attributed to the version they came from
+
+
+def test_etag_change_between_chunks_marks_the_file_failed(
+    s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    from kmdagster.importer import import_file
+
+    old = km_file(seed=14, repeats=40)
+    s3.put_object(Bucket=bucket, Key=KEY, Body=old.data)
+
+    def overwrite_after_first_chunk(row: Any) -> None:
+        s3.put_object(Bucket=bucket, Key=KEY, Body=b'{"_p":"x","_t":1700000000,"_n":"New"}\n')
+
+    with DuckDBWarehouse.connect(tmp_path / "w.duckdb") as warehouse:
+        with pytest.raises(Exception, match=rf"s3://{bucket}/{KEY} changed during its import"):
+            import_file(
+                client=s3,
+                warehouse=warehouse,
+                source="accounts",
+                bucket=bucket,
+                key=KEY,
+                chunk_bytes=2048,
+                time_budget_seconds=300,
+                after_commit=overwrite_after_first_chunk,
+            )
+        [row] = warehouse.ledger_rows("accounts")
+    assert row.status == "failed" and row.error and "changed during its import" in row.error
+    assert 0 < row.next_offset < len(old.data)
