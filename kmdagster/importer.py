@@ -50,15 +50,16 @@ def import_file(
     key: str,
     chunk_bytes: int,
     time_budget_seconds: float,
-    resume_hint: int | None = None,
+    resume_hint: tuple[int, str] | None = None,
     now_epoch: Callable[[], float] = time.time,
     clock: Callable[[], float] = time.monotonic,
     after_commit: Callable[[LedgerRow], None] | None = None,
 ) -> ImportReport:
     """Import ``s3://bucket/key`` from its committed offset until done or out of budget.
 
-    The ledger's ``next_offset`` is the truth; ``resume_hint`` (from Dagster metadata) is
-    only compared with it. Every call commits at least one chunk unless the file is done.
+    The ledger's ``next_offset`` is the truth; ``resume_hint`` (offset, etag) from Dagster
+    metadata is only compared with it, and only for the same file version.
+    Every call commits at least one chunk unless the file is done.
     """
     started = clock()
     current = head_file(client, bucket, key)
@@ -100,6 +101,6 @@ def import_file(
         lines_rejected=rejected,
         lines_blank=blank,
         seconds=clock() - started,
-        resume_hint=resume_hint,
+        resume_hint=resume_hint[0] if resume_hint and resume_hint[1] == row.file_etag else None,
         stopped_on_budget=stopped_on_budget,
     )

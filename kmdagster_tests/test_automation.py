@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import duckdb
 from dagster import (
     DagsterInstance,
     DagsterRunStatus,
@@ -114,8 +115,6 @@ def test_schedule_requests_first_pending_file_and_skips_when_a_run_is_active(
 def test_reuploaded_key_is_pending_again_and_imports_as_new_file(
     s3_server: SeaweedS3, s3: Any, bucket: str, warehouse_path: Path, instance: DagsterInstance
 ) -> None:
-    import duckdb
-
     s3.put_object(Bucket=bucket, Key="accounts.json", Body=LINE)
     defs = build_definitions(make_config(s3_server, bucket, warehouse_path))
     instance.add_dynamic_partitions("accounts_files", ["accounts.json"])

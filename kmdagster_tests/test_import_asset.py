@@ -14,6 +14,7 @@ from kmdagster.defs.assets import build_source_assets, recorded_resume_offset
 from kmdagster.defs.partitions import files_partitions, files_partitions_name
 from kmdagster.defs.resources import build_resources
 from kmdagster.format.split import split_km_lines
+from kmdagster.importer import import_file
 from kmdagster.storage.archive import archive_key_for
 from kmdagster.storage.chunk_reader import LineChunkReader
 from kmdagster.storage.warehouse import DuckDBWarehouse
@@ -258,8 +259,6 @@ def test_file_overwritten_mid_import_fails_clearly_then_imports_as_new_version(
 def test_etag_change_between_chunks_marks_the_file_failed(
     s3: Any, bucket: str, tmp_path: Path
 ) -> None:
-    from kmdagster.importer import import_file
-
     old = km_file(seed=14, repeats=40)
     s3.put_object(Bucket=bucket, Key=KEY, Body=old.data)
 

@@ -5,7 +5,7 @@ warehouse; a run stopped by its budget records its progress as an observation of
 file asset instead, which the next run reads back as its resume hint.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from dagster import (
@@ -143,7 +143,6 @@ def build_source_assets(
         context: AssetExecutionContext, km_s3: S3Resource, km_warehouse: WarehouseResource
     ):
         key = context.partition_key
-        recorded = recorded_resume_offset(context.instance, source, key)
         with km_warehouse.connect() as warehouse:
             try:
                 report = import_file(
@@ -154,12 +153,10 @@ def build_source_assets(
                     key=key,
                     chunk_bytes=source.chunk_bytes,
                     time_budget_seconds=source.time_budget_seconds,
+                    resume_hint=recorded_resume_offset(context.instance, source, key),
                 )
             except (S3AccessError, FileChangedError, LedgerConflict) as exc:
                 raise Failure(description=str(exc)) from exc
-        # The hint only counts for the same file version; the ledger always wins.
-        if recorded is not None and recorded[1] == report.ledger.file_etag:
-            report = _with_hint(report, recorded[0])
         metadata = progress_metadata(report, source.bucket)
         if report.hint_corrected:
             context.log.warning(
@@ -216,7 +213,3 @@ def build_source_assets(
         )
 
     return SourceAssets(file=file_spec, tables=import_tables, archive=archived_file)
-
-
-def _with_hint(report: ImportReport, hint: int) -> ImportReport:
-    return replace(report, resume_hint=hint)

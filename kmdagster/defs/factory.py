@@ -22,7 +22,7 @@ def build_source_definitions(source: SourceConfig) -> Definitions:
         assets=[assets.file, assets.tables, assets.archive],
         jobs=[job],
         sensors=[build_file_sensor(source, partitions)],
-        schedules=[build_import_schedule(source, partitions, job)],
+        schedules=[build_import_schedule(source, job)],
     )
 
 

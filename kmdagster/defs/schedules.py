@@ -5,7 +5,6 @@ from typing import TYPE_CHECKING
 from dagster import (
     DagsterRunStatus,
     DefaultScheduleStatus,
-    DynamicPartitionsDefinition,
     RunRequest,
     RunsFilter,
     ScheduleDefinition,
@@ -46,7 +45,6 @@ def first_pending_key(keys_at_root: list[str], registered: set[str]) -> str | No
 
 def build_import_schedule(
     source: SourceConfig,
-    partitions: DynamicPartitionsDefinition,
     job: "UnresolvedAssetJobDefinition",
 ) -> ScheduleDefinition:
     pattern = FilePattern.from_base_filename(source.base_filename)
