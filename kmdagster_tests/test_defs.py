@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from dagster import AssetKey
+from dagster import AssetCheckKey, AssetKey, DefaultScheduleStatus, DefaultSensorStatus
 
 EXAMPLE = """
 s3:
@@ -60,6 +60,16 @@ def test_definitions_load_without_network(tmp_path: Path, monkeypatch: pytest.Mo
         "km_aliases",
         "km_rejects",
         "archived_file",
+        "import_preview",
     ):
         assert AssetKey(["accounts", table]) in keys
     assert not (tmp_path / "wh.duckdb").exists()
+    # Nothing imports before the user confirms the setup.
+    for schedule in repository.schedule_defs:
+        assert schedule.default_status == DefaultScheduleStatus.STOPPED
+    for sensor in repository.sensor_defs:
+        assert sensor.default_status == DefaultSensorStatus.STOPPED
+    check_keys = repository.asset_graph.asset_check_keys
+    assert AssetCheckKey(AssetKey(["accounts", "import_preview"]), "s3_permissions") in check_keys
+    job = repository.get_job("accounts_import_job")
+    assert AssetKey(["accounts", "import_preview"]) not in job.asset_layer.selected_asset_keys

@@ -1,7 +1,8 @@
 """Run kmdagster locally: SeaweedFS on 127.0.0.1 with a demo bucket, then `dagster dev`.
 
 Everything lives under .kmdagster/ (fresh SeaweedFS data each start, DuckDB warehouse,
-Dagster home). Ctrl-C stops both servers.
+Dagster home). The demo source is confirmed with `kmdagster confirm` before the UI starts
+(set KMDAGSTER_DEV_CONFIRM=0 to walk through setup yourself). Ctrl-C stops both servers.
 """
 
 from __future__ import annotations
@@ -87,6 +88,13 @@ def main() -> int:
         "AWS_SECRET_ACCESS_KEY": identity.secret_key,
     }
     print(f"SeaweedFS S3 on {server.endpoint_url}, bucket {BUCKET!r} with {len(DEMO_FILES)} files")
+    if os.environ.get("KMDAGSTER_DEV_CONFIRM", "1") == "1":
+        # The setup a user does by hand: check, preview, then switch the source on.
+        kmdagster = Path(sys.executable).with_name("kmdagster")
+        confirm = [str(kmdagster), "confirm", "accounts", "--workspace", "workspace.yaml"]
+        if subprocess.run(confirm, cwd=ROOT, env=env).returncode != 0:
+            server.stop()
+            return 1
     print(f"Dagster UI on http://127.0.0.1:{WEB_PORT} (Ctrl-C stops everything)", flush=True)
     dagster = Path(sys.executable).with_name("dagster")
     web = subprocess.Popen(

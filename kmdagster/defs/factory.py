@@ -11,6 +11,7 @@ from kmdagster.defs.partitions import files_partitions
 from kmdagster.defs.resources import build_resources
 from kmdagster.defs.schedules import build_import_schedule
 from kmdagster.defs.sensors import build_file_sensor
+from kmdagster.defs.setup_assets import build_permission_check, build_preview_asset
 
 
 def build_source_definitions(source: SourceConfig) -> Definitions:
@@ -19,7 +20,8 @@ def build_source_definitions(source: SourceConfig) -> Definitions:
     assets = build_source_assets(source, partitions)
     job = build_import_job(source, assets)
     return Definitions(
-        assets=[assets.file, assets.tables, assets.archive],
+        assets=[assets.file, assets.tables, assets.archive, build_preview_asset(source)],
+        asset_checks=[build_permission_check(source)],
         jobs=[job],
         sensors=[build_file_sensor(source, partitions)],
         schedules=[build_import_schedule(source, job)],

@@ -8,6 +8,7 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from kmdagster.config import KmConfig
+from kmdagster.format.preview import KnownNames
 from kmdagster.storage.warehouse import DuckDBWarehouse
 
 S3_RESOURCE_KEY = "km_s3"
@@ -23,6 +24,11 @@ class WarehouseResource(ConfigurableResource):
     def connect(self) -> Iterator[DuckDBWarehouse]:
         with DuckDBWarehouse.connect(self.duckdb_path) as warehouse:
             yield warehouse
+
+    def known_names(self) -> KnownNames | None:
+        """Names already loaded, read-only (None: no warehouse file yet, nothing is known)."""
+        with DuckDBWarehouse.read_only(self.duckdb_path) as warehouse:
+            return warehouse.known_names() if warehouse else KnownNames(frozenset(), frozenset())
 
 
 def build_resources(config: KmConfig) -> dict[str, object]:

@@ -55,7 +55,8 @@ def build_import_schedule(
         cron_schedule=source.cron,
         job=job,
         execution_timezone="UTC",
-        default_status=DefaultScheduleStatus.RUNNING,
+        # Off until the user confirms the setup (`kmdagster confirm` or the UI toggle).
+        default_status=DefaultScheduleStatus.STOPPED,
         description=f"Each tick imports (or resumes) the first pending {pattern.describe()} file.",
     )
     def hourly_import(context: ScheduleEvaluationContext, km_s3: S3Resource):

@@ -34,7 +34,8 @@ def build_file_sensor(
     @sensor(
         name=f"{source.name}_file_sensor",
         minimum_interval_seconds=source.sensor_interval_seconds,
-        default_status=DefaultSensorStatus.RUNNING,
+        # Off until the user confirms the setup (`kmdagster confirm` or the UI toggle).
+        default_status=DefaultSensorStatus.STOPPED,
         description=(
             f"Registers each key matching {pattern.describe()} at the root of "
             f"s3://{source.bucket} as a partition of {partitions_name}."

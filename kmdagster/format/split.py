@@ -74,6 +74,9 @@ class SplitLines:
     rejects: pl.DataFrame
     lines_read: int
     blank_lines: int
+    # Distinct (kind, sent, name) of the valid lines' names, only when asked for: the
+    # preview warns about names that differ as sent but merge once normalised.
+    sent_names: pl.DataFrame | None = None
 
     @property
     def rejected_lines(self) -> int:
@@ -89,12 +92,15 @@ def normalise_name(expr: pl.Expr) -> pl.Expr:
     return expr.str.replace_all(r"[,:]", " ")
 
 
-def split_km_lines(data: bytes, first_line_no: int, now_epoch: int) -> SplitLines:
+def split_km_lines(
+    data: bytes, first_line_no: int, now_epoch: int, with_sent_names: bool = False
+) -> SplitLines:
     """Validate every line of ``data`` and split the valid ones into warehouse rows.
 
     ``data`` holds whole lines (a UTF-8 BOM already removed); ``first_line_no`` is the
     file line number of its first line; ``now_epoch`` bounds timestamps in the future.
     Every non-blank line ends up either loaded or in ``rejects``, never both.
+    ``with_sent_names`` also returns the names as sent (for the preview's warnings).
     """
     lines = decode_lines(data, first_line_no)
     blank = ~pl.col("invalid_utf8") & (pl.col("text").str.strip_chars(" \t\r") == "")
@@ -157,6 +163,7 @@ def split_km_lines(data: bytes, first_line_no: int, now_epoch: int) -> SplitLine
         )
         .sort("line_no", maintain_order=True)
     )
+    sent_names = _sent_names(valid, pairs) if with_sent_names else None
     return SplitLines(
         events=events.cast(EVENTS_SCHEMA),  # type: ignore[arg-type]
         properties=properties.cast(PROPERTIES_SCHEMA),  # type: ignore[arg-type]
@@ -164,7 +171,21 @@ def split_km_lines(data: bytes, first_line_no: int, now_epoch: int) -> SplitLine
         rejects=rejects.cast(REJECTS_SCHEMA),  # type: ignore[arg-type]
         lines_read=lines.height,
         blank_lines=blank_lines,
+        sent_names=sent_names,
     )
+
+
+def _sent_names(valid: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
+    """Distinct event and property names of valid lines: as sent, and as stored."""
+    events = valid.filter(pl.col("event_label").is_not_null()).select(
+        kind=pl.lit("event"), sent="n_value", name=pl.col("event_label").str.to_lowercase()
+    )
+    properties = (
+        pairs.filter(~pl.col("is_special"))
+        .join(valid.select("line_no"), on="line_no", how="semi")
+        .select(kind=pl.lit("property"), sent="key", name=pl.col("name_label").str.to_lowercase())
+    )
+    return pl.concat([events, properties]).unique()
 
 
 def _code(reason: str) -> pl.Expr:

@@ -21,6 +21,7 @@ PERMISSION_OF_OPERATION = {
     "GetObject": "s3:GetObject",
     "CopyObject": "s3:GetObject on the source and s3:PutObject on completed_imports/*",
     "DeleteObject": "s3:DeleteObject",
+    "PutObject": "s3:PutObject on completed_imports/*",
 }
 
 

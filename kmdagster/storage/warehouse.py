@@ -17,6 +17,7 @@ from typing import Protocol
 
 import duckdb
 
+from kmdagster.format.preview import KnownNames
 from kmdagster.format.split import SplitLines
 
 STATUSES = ("pending", "in_progress", "imported", "archived", "failed")
@@ -55,8 +56,31 @@ CREATE TABLE IF NOT EXISTS km_import_files (
 
 _LEDGER_COLUMNS = (
     "source, file_key, file_etag, size_bytes, status, next_offset, lines_read, lines_loaded, "
-    "lines_rejected, lines_blank, started_at, completed_at, archived_key, error"
+    "lines_rejected, lines_blank, started_at, completed_at, archived_key, error, updated_at"
 )
+
+
+class WarehouseBusy(RuntimeError):
+    """Another process (an import run) holds the DuckDB file's lock."""
+
+
+def _connect_waiting(
+    path: Path, read_only: bool, lock_wait_seconds: float
+) -> duckdb.DuckDBPyConnection:
+    """Connect, waiting while another process holds the file (DuckDB admits one writer)."""
+    deadline = time.monotonic() + lock_wait_seconds
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            if time.monotonic() > deadline:
+                raise WarehouseBusy(
+                    f"the warehouse {path} is held by another process (an import run?) "
+                    f"for over {lock_wait_seconds:.0f}s; try again when it finishes"
+                ) from exc
+            time.sleep(0.5)
 
 
 class LedgerConflict(RuntimeError):
@@ -81,6 +105,7 @@ class LedgerRow:
     completed_at: datetime | None
     archived_key: str | None
     error: str | None
+    updated_at: datetime | None = None
 
     @property
     def is_complete(self) -> bool:
@@ -110,31 +135,43 @@ def utc_now() -> datetime:
 class DuckDBWarehouse:
     """An embedded DuckDB file. Open it with ``connect()`` for the length of one step."""
 
-    def __init__(self, connection: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, connection: duckdb.DuckDBPyConnection, read_only: bool = False) -> None:
         self._con = connection
         self._con.execute("SET TimeZone = 'UTC'")
-        self._con.execute(SCHEMA_SQL)
+        if not read_only:
+            self._con.execute(SCHEMA_SQL)
 
     @classmethod
     @contextmanager
     def connect(
         cls, path: str | Path, lock_wait_seconds: float = LOCK_WAIT_SECONDS
     ) -> Iterator[DuckDBWarehouse]:
-        """Open the DuckDB file, waiting while another process holds its write lock."""
+        """Open the DuckDB file for writing, creating it and its tables if needed."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + lock_wait_seconds
-        while True:
-            try:
-                connection = duckdb.connect(str(path))
-                break
-            except duckdb.IOException as exc:
-                # DuckDB allows one writing process per file: wait for the other run.
-                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        connection = _connect_waiting(path, read_only=False, lock_wait_seconds=lock_wait_seconds)
         try:
             yield cls(connection)
+        finally:
+            connection.close()
+
+    @classmethod
+    @contextmanager
+    def read_only(
+        cls, path: str | Path, lock_wait_seconds: float = 10.0
+    ) -> Iterator[DuckDBWarehouse | None]:
+        """Open an existing DuckDB file read-only; None when there is no warehouse yet.
+
+        Never creates the file, so previews and status reports leave no trace. Raises
+        ``WarehouseBusy`` when an import run holds the file past ``lock_wait_seconds``.
+        """
+        path = Path(path)
+        if not path.exists():
+            yield None
+            return
+        connection = _connect_waiting(path, read_only=True, lock_wait_seconds=lock_wait_seconds)
+        try:
+            yield cls(connection, read_only=True)
         finally:
             connection.close()
 
@@ -165,6 +202,15 @@ class DuckDBWarehouse:
             [source],
         ).fetchall()
         return [LedgerRow(*row) for row in rows]
+
+    def known_names(self) -> KnownNames:
+        """Every event and property name any source has loaded (lower-cased)."""
+        events = self._con.execute("SELECT DISTINCT event FROM km_events").fetchall()
+        properties = self._con.execute("SELECT DISTINCT name FROM km_properties").fetchall()
+        return KnownNames(
+            events=frozenset(row[0] for row in events),
+            properties=frozenset(row[0] for row in properties),
+        )
 
     def open_file(self, source: str, key: str, etag: str, size: int) -> LedgerRow:
         """The ledger row of this file version, created as ``pending`` on first sight."""

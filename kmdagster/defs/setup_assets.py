@@ -1,0 +1,104 @@
+"""Setup in the Dagster UI: the preview asset and the S3 permission check of a source.
+
+Both only read: the preview's materialization carries the summary as Markdown metadata
+(no output is stored), and the check's probes leave nothing in the bucket.
+"""
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetChecksDefinition,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    Failure,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+    asset_check,
+)
+from dagster_aws.s3 import S3Resource
+
+from kmdagster.config import SourceConfig
+from kmdagster.defs.resources import WarehouseResource
+from kmdagster.preview import SetupRuleError, setup_preview
+from kmdagster.report import check_markdown, preview_markdown
+from kmdagster.storage.permissions import check_permissions
+from kmdagster.storage.s3_objects import FilePattern, S3AccessError
+from kmdagster.storage.warehouse import WarehouseBusy
+
+
+def preview_asset_key(source: SourceConfig) -> AssetKey:
+    return AssetKey([source.name, "import_preview"])
+
+
+def build_preview_asset(source: SourceConfig) -> AssetsDefinition:
+    @asset(
+        key=preview_asset_key(source),
+        group_name=source.name,
+        kinds={"s3", "polars"},
+        description=(
+            "What the first pending file would import: events, properties, aliases, rejects "
+            "and warnings. Materialize it before switching the sensor and schedule on."
+        ),
+    )
+    def import_preview(
+        context: AssetExecutionContext, km_s3: S3Resource, km_warehouse: WarehouseResource
+    ) -> MaterializeResult:
+        try:
+            known = km_warehouse.known_names()
+        except WarehouseBusy as exc:
+            context.log.warning(f"names are not compared with the warehouse: {exc}")
+            known = None
+        try:
+            preview = setup_preview(km_s3.get_client(), source, known)
+        except (SetupRuleError, S3AccessError) as exc:
+            raise Failure(description=str(exc)) from exc
+        summary = preview.summary
+        return MaterializeResult(
+            metadata={
+                "preview": MetadataValue.md(preview_markdown(preview)),
+                "file": preview.file.key,
+                "etag": preview.file.etag,
+                "lines": summary.lines,
+                "valid_lines": summary.valid_lines,
+                "rejected_lines": summary.rejected_lines,
+                "blank_lines": summary.blank_lines,
+                "people": summary.people,
+                "events": summary.events.height,
+                "properties": summary.properties.height,
+                "aliases": summary.aliases,
+                "warnings": len(summary.warnings),
+            }
+        )
+
+    return import_preview
+
+
+def build_permission_check(source: SourceConfig) -> AssetChecksDefinition:
+    pattern = FilePattern.from_base_filename(source.base_filename)
+
+    @asset_check(
+        asset=preview_asset_key(source),
+        name="s3_permissions",
+        description=(
+            f"Tries list, read, write under completed_imports/ and delete on s3://{source.bucket}"
+            "; a failure shows the IAM policy statement that grants what is missing."
+        ),
+    )
+    def s3_permissions(context: AssetCheckExecutionContext, km_s3: S3Resource) -> AssetCheckResult:
+        results = check_permissions(km_s3.get_client(), source.bucket, pattern)
+        return AssetCheckResult(
+            passed=all(result.passed for result in results),
+            severity=AssetCheckSeverity.ERROR,
+            metadata={
+                "report": MetadataValue.md(check_markdown(source.bucket, results)),
+                **{
+                    result.permission.name: "pass" if result.passed else "FAIL"
+                    for result in results
+                },
+            },
+        )
+
+    return s3_permissions

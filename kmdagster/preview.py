@@ -1,0 +1,121 @@
+"""Preview what a source would import, and apply the setup rule, without writing anything.
+
+Reads the whole file with the import's own chunk reader and split, so memory stays
+bounded and the numbers are exactly what the import would load.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from kmdagster.config import SourceConfig
+from kmdagster.format.preview import KnownNames, PreviewAccumulator, PreviewSummary
+from kmdagster.format.split import split_km_lines
+from kmdagster.storage.chunk_reader import LineChunkReader
+from kmdagster.storage.s3_objects import (
+    FilePattern,
+    S3File,
+    head_file,
+    list_matching_files,
+)
+
+
+class SetupRuleError(RuntimeError):
+    """The bucket holds no matching file with at least one valid line."""
+
+
+@dataclass(frozen=True)
+class FilePreview:
+    bucket: str
+    file: S3File
+    summary: PreviewSummary
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "bucket": self.bucket,
+            "file": self.file.key,
+            "etag": self.file.etag,
+            "size_bytes": self.file.size,
+            **self.summary.to_dict(),
+        }
+
+
+def preview_file(
+    client: Any,
+    bucket: str,
+    file: S3File,
+    chunk_bytes: int,
+    known_names: KnownNames | None = None,
+    now_epoch: Callable[[], float] = time.time,
+    stop_at_first_valid_line: bool = False,
+) -> FilePreview:
+    """Summarise the whole of one file version (or up to its first valid line)."""
+    reader = LineChunkReader(client, bucket, file.key, file.etag, file.size, chunk_bytes)
+    accumulator = PreviewAccumulator()
+    offset = 0
+    while offset < file.size:
+        chunk = reader.read_chunk(offset)
+        split = split_km_lines(
+            chunk.data, accumulator.lines + 1, int(now_epoch()), with_sent_names=True
+        )
+        accumulator.add(split)
+        offset = chunk.end
+        if stop_at_first_valid_line and accumulator.valid_lines:
+            break
+    return FilePreview(bucket=bucket, file=file, summary=accumulator.summary(known_names))
+
+
+def setup_preview(
+    client: Any,
+    source: SourceConfig,
+    known_names: KnownNames | None = None,
+    key: str | None = None,
+) -> FilePreview:
+    """The preview of the first pending file (or ``key``), enforcing KISSmetrics' rule.
+
+    Setup needs at least one matching file with a valid line. When the first file has
+    none, the later files are scanned (each only up to its first valid line) so the
+    message can say which file would be the first to load anything.
+    """
+    pattern = FilePattern.from_base_filename(source.base_filename)
+    where = f"s3://{source.bucket}/{pattern.describe()}"
+    if key is not None:
+        if not pattern.matches(key):
+            raise SetupRuleError(
+                f"{key!r} is not a root-level key matching {where}; pick one that matches"
+            )
+        file = head_file(client, source.bucket, key)
+        if file is None:
+            raise SetupRuleError(f"s3://{source.bucket}/{key} does not exist")
+        files = [file]
+    else:
+        files = sorted(
+            list_matching_files(client, source.bucket, pattern), key=lambda found: found.key
+        )
+    if not files:
+        raise SetupRuleError(
+            f"no file matches {where}: upload at least one file of KISSmetrics JSON lines "
+            f"named like {source.base_filename} to the root of bucket {source.bucket!r}"
+        )
+    preview = preview_file(client, source.bucket, files[0], source.chunk_bytes, known_names)
+    if preview.summary.valid_lines:
+        return preview
+    for later in files[1:]:
+        probe = preview_file(
+            client, source.bucket, later, source.chunk_bytes, stop_at_first_valid_line=True
+        )
+        if probe.summary.valid_lines:
+            note = (
+                f"{files[0].key} has no valid line (all {preview.summary.rejected_lines} "
+                f"non-blank lines are rejected); {later.key} is the first file with one"
+            )
+            warnings = [note, *preview.summary.warnings]
+            return replace(preview, summary=replace(preview.summary, warnings=warnings))
+    scope = f"s3://{source.bucket}/{key}" if key is not None else f"any of the {len(files)} files"
+    raise SetupRuleError(
+        f"no valid line in {scope} matching {where} (KISSmetrics' setup rule needs at least "
+        "one); see `kmdagster preview --key KEY` for each line's reject reason and fix the files"
+    )
