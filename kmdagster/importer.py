@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kmdagster.faults import crash_point
 from kmdagster.format.split import split_km_lines
 from kmdagster.storage.chunk_reader import FileChangedError, LineChunkReader
 from kmdagster.storage.s3_objects import S3AccessError, head_file
@@ -76,8 +77,10 @@ def import_file(
     try:
         while not row.is_complete:
             chunk = reader.read_chunk(row.next_offset)
+            crash_point("import.chunk_read")
             split = split_km_lines(chunk.data, row.lines_read + 1, int(now_epoch()))
             row = warehouse.commit_chunk(row, split, chunk.end)
+            crash_point("import.chunk_committed")
             chunks += 1
             lines_read += split.lines_read
             loaded += split.loaded_lines

@@ -18,7 +18,7 @@ from dagster import (
 )
 
 from kmdagster.defs.factory import build_definitions
-from kmdagster.defs.jobs import SOURCE_TAG
+from kmdagster.defs.runs import SOURCE_TAG
 from kmdagster.defs.schedules import first_pending_key
 from kmdagster.defs.sensors import new_partition_keys
 from kmdagster_tests.conftest import make_config

@@ -14,16 +14,14 @@ import duckdb
 from dagster import (
     DagsterInstance,
     RunRequest,
-    SensorResult,
     SkipReason,
-    build_schedule_context,
-    build_sensor_context,
 )
 
 from kmdagster.defs.factory import build_definitions
 from kmdagster_tests.conftest import make_config
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.seaweed import SeaweedS3
+from kmdagster_tests.ticks import run_tick
 
 MATCHING = [
     "accounts.json",
@@ -39,28 +37,6 @@ DECOYS = [
     "nested/accounts.json",
     "completed_imports/2026/01/01/accounts.json",
 ]
-
-
-def run_tick(defs: Any, instance: DagsterInstance, tick: datetime) -> RunRequest | SkipReason:
-    """Evaluate the sensor then the schedule once, and execute the requested run."""
-    sensor = defs.get_sensor_def("accounts_file_sensor")
-    with build_sensor_context(instance=instance, resources=defs.resources) as context:
-        result = sensor(context)
-        if isinstance(result, SensorResult):
-            for request in result.dynamic_partitions_requests or []:
-                instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
-    schedule = defs.get_schedule_def("accounts_hourly_import")
-    with build_schedule_context(
-        instance=instance, scheduled_execution_time=tick, resources=defs.resources
-    ) as context:
-        outcome = schedule(context)
-    if isinstance(outcome, RunRequest):
-        job = defs.resolve_job_def("accounts_import_job")
-        result = job.execute_in_process(
-            instance=instance, partition_key=outcome.partition_key, tags=outcome.tags
-        )
-        assert result.success
-    return outcome
 
 
 def table_count(warehouse_path: Path, sql: str) -> Any:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from dagster import DagsterInstance, materialize
 
 from kmdagster.cli import main
@@ -22,7 +21,7 @@ from kmdagster.storage.archive import archive_file
 from kmdagster.storage.permissions import iam_policy
 from kmdagster.storage.s3_objects import S3File
 from kmdagster.storage.warehouse import DuckDBWarehouse
-from kmdagster_tests.conftest import ADMIN, READ_ONLY, make_config
+from kmdagster_tests.conftest import ADMIN, READ_ONLY, make_config, write_config
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.seaweed import SeaweedS3
 
@@ -33,18 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def config_file(
     tmp_path: Path, s3_server: SeaweedS3, bucket: str, warehouse_path: Path, monkeypatch: Any
 ) -> Path:
-    path = tmp_path / "kmdagster.yaml"
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "s3": {"endpoint_url": s3_server.endpoint_url, "region_name": "us-east-1"},
-                "warehouse": {"duckdb_path": str(warehouse_path)},
-                "sources": [
-                    {"name": "accounts", "bucket": bucket, "base_filename": "accounts.json"}
-                ],
-            }
-        )
-    )
+    path = write_config(tmp_path / "kmdagster.yaml", make_config(s3_server, bucket, warehouse_path))
     monkeypatch.setenv("KMDAGSTER_CONFIG", str(path))
     return path
 

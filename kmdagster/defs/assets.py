@@ -16,6 +16,7 @@ from dagster import (
     AssetsDefinition,
     AssetSpec,
     DagsterInstance,
+    DagsterRunStatus,
     DynamicPartitionsDefinition,
     Failure,
     MaterializeResult,
@@ -27,6 +28,8 @@ from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import SourceConfig
 from kmdagster.defs.resources import WarehouseResource
+from kmdagster.defs.runs import MAX_RUNTIME_TAG, active_runs
+from kmdagster.faults import crash_point
 from kmdagster.importer import ImportReport, import_file
 from kmdagster.storage.archive import archive_file
 from kmdagster.storage.chunk_reader import FileChangedError
@@ -143,6 +146,23 @@ def build_source_assets(
         context: AssetExecutionContext, km_s3: S3Resource, km_warehouse: WarehouseResource
     ):
         key = context.partition_key
+        # The run queue admits one run per source; this guard also covers runs launched
+        # around it (a manual launch without the queue, a second Dagster instance).
+        others = active_runs(
+            context.instance,
+            source,
+            [DagsterRunStatus.STARTED],
+            excluding_run_id=context.run.run_id,
+        )
+        if others:
+            raise Failure(
+                description=(
+                    f"run {others[0].run_id} of source {source.name!r} is already importing; "
+                    "a source imports one file at a time, so this run stops without reading. "
+                    "If that run's process died, Dagster's run monitoring fails it once it "
+                    f"exceeds its {MAX_RUNTIME_TAG} tag and the next tick proceeds."
+                )
+            )
         with km_warehouse.connect() as warehouse:
             try:
                 report = import_file(
@@ -157,6 +177,7 @@ def build_source_assets(
                 )
             except (S3AccessError, FileChangedError, LedgerConflict) as exc:
                 raise Failure(description=str(exc)) from exc
+        crash_point("asset.before_progress_event")
         metadata = progress_metadata(report, source.bucket)
         if report.hint_corrected:
             context.log.warning(
@@ -192,16 +213,17 @@ def build_source_assets(
                 raise Failure(
                     description=f"s3://{source.bucket}/{key} is not fully imported; not archiving"
                 )
+            imported = row
             try:
                 archived_key = archive_file(
                     km_s3.get_client(),
                     source.bucket,
                     S3File(key=key, etag=row.file_etag, size=row.size_bytes),
                     row.completed_at,
+                    record=lambda archive_key: warehouse.mark_archived(imported, archive_key),
                 )
             except S3AccessError as exc:
                 raise Failure(description=str(exc)) from exc
-            row = warehouse.mark_archived(row, archived_key)
         return MaterializeResult(
             metadata={
                 "archived_key": archived_key,

@@ -8,9 +8,7 @@ from dagster import AssetSelection, define_asset_job, in_process_executor
 
 from kmdagster.config import SourceConfig
 from kmdagster.defs.assets import SourceAssets
-
-SOURCE_TAG = "kmdagster/source"
-WAREHOUSE_TAG = "kmdagster/warehouse"
+from kmdagster.defs.runs import import_run_tags
 
 if TYPE_CHECKING:  # Dagster does not export this type at the top level
     from dagster._core.definitions.unresolved_asset_job_definition import (
@@ -24,7 +22,8 @@ def build_import_job(source: SourceConfig, assets: SourceAssets) -> UnresolvedAs
         name=f"{source.name}_import_job",
         selection=AssetSelection.assets(assets.tables, assets.archive),
         executor_def=in_process_executor,
-        # Run-queue limits key on these tags: one run per source, one per DuckDB file.
-        tags={SOURCE_TAG: source.name, WAREHOUSE_TAG: "duckdb"},
+        # Run-queue limits key on these tags (one run per source, one per DuckDB file);
+        # run monitoring fails a run that outlives its max runtime (a dead process).
+        tags=import_run_tags(source),
         description=f"Imports one file of source {source.name!r} and archives it when complete.",
     )

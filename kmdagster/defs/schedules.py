@@ -3,10 +3,8 @@
 from typing import TYPE_CHECKING
 
 from dagster import (
-    DagsterRunStatus,
     DefaultScheduleStatus,
     RunRequest,
-    RunsFilter,
     ScheduleDefinition,
     ScheduleEvaluationContext,
     SkipReason,
@@ -15,17 +13,9 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import SourceConfig
-from kmdagster.defs.jobs import SOURCE_TAG
 from kmdagster.defs.partitions import files_partitions_name
+from kmdagster.defs.runs import SOURCE_TAG, active_runs
 from kmdagster.storage.s3_objects import FilePattern, list_matching_files
-
-ACTIVE_RUN_STATUSES = [
-    DagsterRunStatus.QUEUED,
-    DagsterRunStatus.NOT_STARTED,
-    DagsterRunStatus.STARTING,
-    DagsterRunStatus.STARTED,
-    DagsterRunStatus.CANCELING,
-]
 
 if TYPE_CHECKING:  # Dagster does not export this type at the top level
     from dagster._core.definitions.unresolved_asset_job_definition import (
@@ -60,10 +50,7 @@ def build_import_schedule(
         description=f"Each tick imports (or resumes) the first pending {pattern.describe()} file.",
     )
     def hourly_import(context: ScheduleEvaluationContext, km_s3: S3Resource):
-        active = context.instance.get_runs(
-            filters=RunsFilter(tags={SOURCE_TAG: source.name}, statuses=ACTIVE_RUN_STATUSES),
-            limit=1,
-        )
+        active = active_runs(context.instance, source)
         if active:
             run = active[0]
             return SkipReason(

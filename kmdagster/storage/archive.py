@@ -1,17 +1,21 @@
-"""Move an imported file to completed_imports/YYYY/MM/DD/NAME: copy, verify, delete.
+"""Move an imported file to completed_imports/YYYY/MM/DD/NAME: copy, verify, record, delete.
 
-Idempotent: a crash between copy and delete is finished by calling again, because an
-archive object with the same ETag counts as our own copy. A different object already at
+Idempotent: a crash anywhere is finished by calling again, because an archive object
+carrying the source's ETag counts as our own copy. The caller records the archive key
+before the original is deleted, so the original stays at the bucket root (and the
+schedule comes back to it) until the ledger knows where the copy is. A different object already at
 the destination is never overwritten; the copy takes the next free numbered name.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
 
+from kmdagster.faults import crash_point
 from kmdagster.storage.s3_objects import (
     ARCHIVE_PREFIX,
     S3AccessError,
@@ -33,8 +37,14 @@ def archive_key_for(key: str, completed_at: datetime, attempt: int = 0) -> str:
     return f"{ARCHIVE_PREFIX}{completed_at:%Y/%m/%d}/{name}"
 
 
-def archive_file(client: Any, bucket: str, source: S3File, completed_at: datetime) -> str:
-    """Copy ``source`` under completed_imports/, check the copy, delete the original.
+def archive_file(
+    client: Any,
+    bucket: str,
+    source: S3File,
+    completed_at: datetime,
+    record: Callable[[str], object] | None = None,
+) -> str:
+    """Copy ``source`` under completed_imports/, check it, ``record`` its key, delete the original.
 
     Returns the archive key. Raises S3AccessError on a permission or bucket problem.
     """
@@ -49,6 +59,10 @@ def archive_file(client: Any, bucket: str, source: S3File, completed_at: datetim
             _copy_if_absent(client, bucket, source, destination)
             state = _destination_state(client, bucket, destination, source)
         if state == "ours":
+            crash_point("archive.copied")
+            if record is not None:
+                record(destination)
+            crash_point("archive.recorded")
             _delete_source(client, bucket, source)
             return destination
     raise S3AccessError(

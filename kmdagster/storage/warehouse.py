@@ -17,6 +17,7 @@ from typing import Protocol
 
 import duckdb
 
+from kmdagster.faults import crash_point
 from kmdagster.format.preview import KnownNames
 from kmdagster.format.split import SplitLines
 
@@ -250,6 +251,7 @@ class DuckDBWarehouse:
                         f"SELECT ?, ?, ?, {columns} FROM arrow_rows",
                         file_columns,
                     )
+            crash_point("commit_chunk.in_transaction")
             updated = con.execute(
                 "UPDATE km_import_files SET next_offset = ?, status = ?, "
                 "lines_read = lines_read + ?, lines_loaded = lines_loaded + ?, "

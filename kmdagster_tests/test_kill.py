@@ -1,0 +1,238 @@
+"""Kill -9 at any instant: the import job runs in a subprocess over SeaweedFS and a DuckDB
+file, dies at a named crash point or after a random delay, then the schedule finishes the
+file. Every scenario must end with each line accounted for exactly once and the file
+archived exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from dagster import DagsterInstance, DagsterRunStatus, RunRequest, RunsFilter, SkipReason
+from dagster._daemon.monitoring.run_monitoring import check_run_timeout
+
+from kmdagster.defs.factory import build_definitions
+from kmdagster.faults import CRASH_ENV, CRASH_POINTS
+from kmdagster.storage.s3_objects import ARCHIVE_PREFIX
+from kmdagster_tests.conftest import make_config, write_config
+from kmdagster_tests.km_files import KmFile, km_file
+from kmdagster_tests.seaweed import SeaweedS3
+from kmdagster_tests.ticks import run_tick
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "accounts.20261126.json"
+DEAD_RUN_MAX_RUNTIME = 1  # seconds; production uses the budget plus a grace period
+
+# (crash point, nth pass, chunk_bytes, time budget): small chunks make many commits.
+DETERMINISTIC = [
+    ("import.chunk_read", 1, 1024, 600),
+    ("import.chunk_read", 7, 1024, 600),
+    ("commit_chunk.in_transaction", 1, 1024, 600),
+    ("commit_chunk.in_transaction", 6, 1024, 600),
+    ("commit_chunk.in_transaction", 20, 1024, 600),
+    ("import.chunk_committed", 1, 1024, 600),
+    ("import.chunk_committed", 11, 1024, 600),
+    ("asset.before_progress_event", 1, 1024, 600),
+    ("asset.before_progress_event", 1, 8192, 0.001),  # budget stop: the hint goes unrecorded
+    ("archive.copied", 1, 1024, 600),
+    ("archive.recorded", 1, 1024, 600),
+]
+RANDOM_SCENARIOS = 12
+
+
+@pytest.fixture
+def source_file() -> KmFile:
+    return km_file(seed=7, repeats=40)  # 320 lines, about 25 KB
+
+
+def start_job(env: dict[str, str], stderr_path: Path) -> subprocess.Popen[str]:
+    with stderr_path.open("w") as stderr:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kmdagster_tests.run_import_job",
+                KEY,
+                str(DEAD_RUN_MAX_RUNTIME),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+
+
+def fail_dead_runs(instance: DagsterInstance) -> int:
+    """What Dagster's run monitoring daemon does to a run whose worker died."""
+    records = instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
+    for record in records:
+        assert record.start_time is not None
+        time.sleep(max(0.0, record.start_time + DEAD_RUN_MAX_RUNTIME + 0.2 - time.time()))
+        check_run_timeout(instance, record, logging.getLogger("run_monitoring"), 0)
+    return len(records)
+
+
+def finish_with_schedule(defs: Any, instance: DagsterInstance) -> int:
+    """Tick until the schedule has nothing left; returns the number of runs."""
+    tick = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+    for runs in range(60):
+        outcome = run_tick(defs, instance, tick)
+        if isinstance(outcome, SkipReason):
+            assert "nothing pending" in (outcome.skip_message or ""), outcome.skip_message
+            return runs
+        assert isinstance(outcome, RunRequest)
+        tick += timedelta(hours=1)
+    raise AssertionError("the schedule never finished the file")
+
+
+def assert_exactly_once(s3: Any, bucket: str, warehouse_path: Path, expected: KmFile) -> None:
+    with duckdb.connect(str(warehouse_path), read_only=True) as con:
+
+        def one(sql: str) -> tuple[Any, ...]:
+            row = con.execute(sql).fetchone()
+            assert row is not None
+            return row
+
+        for table, count in (
+            ("km_events", expected.events),
+            ("km_aliases", expected.aliases),
+            ("km_rejects", expected.rejects),
+        ):
+            total, distinct = one(
+                f"SELECT count(*), count(DISTINCT (file_key, file_etag, line_no)) FROM {table}"
+            )
+            assert total == distinct == count, table
+        total, distinct = one(
+            "SELECT count(*), count(DISTINCT (file_key, file_etag, line_no, name)) "
+            "FROM km_properties"
+        )
+        assert total == distinct == expected.properties
+        ledger = con.execute(
+            "SELECT status, lines_read, lines_loaded, lines_rejected, lines_blank, archived_key "
+            "FROM km_import_files"
+        ).fetchall()
+    assert len(ledger) == 1
+    status, lines_read, loaded, rejected, blank, archived_key = ledger[0]
+    assert status == "archived"
+    assert lines_read == loaded + rejected + blank == expected.lines
+    assert (loaded, rejected, blank) == (expected.valid_lines, expected.rejects, expected.blanks)
+    keys = [item["Key"] for item in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    archived = [key for key in keys if key.startswith(ARCHIVE_PREFIX)]
+    assert archived == [archived_key]
+    assert KEY not in keys
+    assert s3.get_object(Bucket=bucket, Key=archived_key)["Body"].read() == expected.data
+
+
+def run_scenario(
+    tmp_path: Path,
+    s3_server: SeaweedS3,
+    s3: Any,
+    bucket: str,
+    expected: KmFile,
+    chunk_bytes: int,
+    budget: float,
+    crash_at: str | None = None,
+    kill_after: float | None = None,
+) -> int | None:
+    """Kill one run, recover like the daemon, finish the file; returns the killed run's code."""
+    s3.put_object(Bucket=bucket, Key=KEY, Body=expected.data)
+    warehouse_path = tmp_path / "warehouse.duckdb"
+    config = make_config(
+        s3_server, bucket, warehouse_path, chunk_bytes=chunk_bytes, time_budget_seconds=budget
+    )
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    env = {
+        **os.environ,
+        "KMDAGSTER_CONFIG": str(write_config(tmp_path / "kmdagster.yaml", config)),
+        "DAGSTER_HOME": str(home),
+    }
+    if crash_at:
+        env[CRASH_ENV] = crash_at
+    defs = build_definitions(config)
+    with DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions("accounts_files", [KEY])
+        job = start_job(env, tmp_path / "job.stderr")
+        if kill_after is not None:
+            assert job.stdout is not None and job.stdout.readline().strip() == "READY"
+            time.sleep(kill_after)
+            job.send_signal(signal.SIGKILL)
+        code = job.wait(timeout=180)
+        fail_dead_runs(instance)
+        finish_with_schedule(defs, instance)
+    assert_exactly_once(s3, bucket, warehouse_path, expected)
+    return code
+
+
+def test_crash_points_cover_every_named_point() -> None:
+    assert {point for point, *_ in DETERMINISTIC} == set(CRASH_POINTS)
+
+
+@pytest.mark.parametrize(
+    ("point", "nth", "chunk_bytes", "budget"),
+    DETERMINISTIC,
+    ids=[f"{p}:{n}-{c}B-{b}s" for p, n, c, b in DETERMINISTIC],
+)
+def test_kill_at_crash_point_loses_and_duplicates_nothing(
+    tmp_path: Path,
+    s3_server: SeaweedS3,
+    s3: Any,
+    bucket: str,
+    source_file: KmFile,
+    point: str,
+    nth: int,
+    chunk_bytes: int,
+    budget: float,
+) -> None:
+    code = run_scenario(
+        tmp_path, s3_server, s3, bucket, source_file, chunk_bytes, budget, f"{point}:{nth}"
+    )
+    assert code == -signal.SIGKILL, "the crash point was never reached"
+
+
+@pytest.mark.parametrize("seed", range(RANDOM_SCENARIOS))
+def test_kill_at_a_random_instant_loses_and_duplicates_nothing(
+    tmp_path: Path, s3_server: SeaweedS3, s3: Any, bucket: str, source_file: KmFile, seed: int
+) -> None:
+    delay = random.Random(seed).uniform(0.0, 2.5)  # spans run start-up, import and archive
+    run_scenario(tmp_path, s3_server, s3, bucket, source_file, 1024, 600, kill_after=delay)
+
+
+def test_a_dead_run_blocks_the_schedule_until_run_monitoring_fails_it(
+    tmp_path: Path, s3_server: SeaweedS3, s3: Any, bucket: str, source_file: KmFile
+) -> None:
+    s3.put_object(Bucket=bucket, Key=KEY, Body=source_file.data)
+    config = make_config(s3_server, bucket, tmp_path / "warehouse.duckdb", chunk_bytes=1024)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    env = {
+        **os.environ,
+        "KMDAGSTER_CONFIG": str(write_config(tmp_path / "kmdagster.yaml", config)),
+        "DAGSTER_HOME": str(home),
+        CRASH_ENV: "commit_chunk.in_transaction:3",
+    }
+    defs = build_definitions(config)
+    with DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions("accounts_files", [KEY])
+        assert start_job(env, tmp_path / "job.stderr").wait(timeout=180) == -signal.SIGKILL
+        blocked = run_tick(defs, instance, datetime(2026, 11, 26, 12, tzinfo=timezone.utc))
+        assert isinstance(blocked, SkipReason)
+        assert "is STARTED" in (blocked.skip_message or "")
+
+        assert fail_dead_runs(instance) == 1
+        (dead,) = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.FAILURE]))
+        assert dead.tags["dagster/max_runtime"] == str(DEAD_RUN_MAX_RUNTIME)
+        assert finish_with_schedule(defs, instance) == 1
+    assert_exactly_once(s3, bucket, tmp_path / "warehouse.duckdb", source_file)

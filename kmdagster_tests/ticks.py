@@ -1,0 +1,37 @@
+"""Drive a source the way the daemon does: one sensor evaluation, one schedule tick, one run."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from dagster import (
+    DagsterInstance,
+    RunRequest,
+    SensorResult,
+    SkipReason,
+    build_schedule_context,
+    build_sensor_context,
+)
+
+
+def run_tick(defs: Any, instance: DagsterInstance, tick: datetime) -> RunRequest | SkipReason:
+    """Evaluate the sensor then the schedule once, and execute the requested run."""
+    sensor = defs.get_sensor_def("accounts_file_sensor")
+    with build_sensor_context(instance=instance, resources=defs.resources) as context:
+        result = sensor(context)
+        if isinstance(result, SensorResult):
+            for request in result.dynamic_partitions_requests or []:
+                instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+    schedule = defs.get_schedule_def("accounts_hourly_import")
+    with build_schedule_context(
+        instance=instance, scheduled_execution_time=tick, resources=defs.resources
+    ) as context:
+        outcome = schedule(context)
+    if isinstance(outcome, RunRequest):
+        job = defs.resolve_job_def("accounts_import_job")
+        result = job.execute_in_process(
+            instance=instance, partition_key=outcome.partition_key, tags=outcome.tags
+        )
+        assert result.success
+    return outcome
