@@ -16,10 +16,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, NoCredentialsError
-from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import ConfigError, KmConfig, SourceConfig, load_config
-from kmdagster.defs.resources import WarehouseResource
+from kmdagster.defs.resources import WarehouseResource, build_s3_resource
 from kmdagster.preview import FilePreview, SetupRuleError, setup_preview
 from kmdagster.report import check_markdown, preview_markdown, status_markdown
 from kmdagster.status import backlog, backlog_eta, file_states
@@ -36,11 +35,7 @@ class CommandFailed(RuntimeError):
 
 def s3_client(config: KmConfig) -> Any:
     """The same client the Dagster resource builds, from the standard AWS credential chain."""
-    return S3Resource(
-        endpoint_url=config.s3.endpoint_url,
-        region_name=config.s3.region_name,
-        max_attempts=config.s3.max_attempts,
-    ).get_client()
+    return build_s3_resource(config).get_client()
 
 
 def run_preview(config: KmConfig, source: SourceConfig, key: str | None) -> FilePreview:

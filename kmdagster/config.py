@@ -34,6 +34,9 @@ class S3Settings:
     endpoint_url: str | None = None
     region_name: str | None = None
     max_attempts: int = 8
+    retry_mode: str = "standard"  # botocore's "standard" or "adaptive" (client-side rate limit)
+    connect_timeout_seconds: int = 10
+    read_timeout_seconds: int = 60
 
 
 @dataclass(frozen=True)
@@ -106,11 +109,25 @@ def parse_config(raw: Any, origin: str = "configuration") -> KmConfig:
 
 
 def _parse_s3(raw: dict[str, Any], origin: str) -> S3Settings:
-    _reject_unknown(raw, {"endpoint_url", "region_name", "max_attempts"}, origin, "s3.")
+    known = {
+        "endpoint_url",
+        "region_name",
+        "max_attempts",
+        "retry_mode",
+        "connect_timeout_seconds",
+        "read_timeout_seconds",
+    }
+    _reject_unknown(raw, known, origin, "s3.")
+    retry_mode = raw.get("retry_mode", "standard")
+    if retry_mode not in ("standard", "adaptive"):
+        raise ConfigError(f"{origin}: s3.retry_mode: give 'standard' or 'adaptive'")
     return S3Settings(
         endpoint_url=_optional_str(raw, "endpoint_url", origin, "s3."),
         region_name=_optional_str(raw, "region_name", origin, "s3."),
         max_attempts=_positive_int(raw, "max_attempts", 8, origin, "s3."),
+        retry_mode=retry_mode,
+        connect_timeout_seconds=_positive_int(raw, "connect_timeout_seconds", 10, origin, "s3."),
+        read_timeout_seconds=_positive_int(raw, "read_timeout_seconds", 60, origin, "s3."),
     )
 
 

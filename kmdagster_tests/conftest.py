@@ -29,12 +29,19 @@ READ_ONLY = Identity(
     ("Read", "List"),
 )
 
+WRITE_ONLY = Identity(  # may list and write but not read: GetObject/HeadObject are denied
+    "kmdagster-writeonly",
+    "KMWRITE" + secrets.token_hex(6).upper(),
+    secrets.token_hex(20),
+    ("List", "Write"),
+)
+
 _bucket_numbers = itertools.count(1)
 
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
-    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"), (ADMIN, READ_ONLY)).start()
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"), (ADMIN, READ_ONLY, WRITE_ONLY)).start()
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     # The product reads credentials from the standard AWS chain, as in production.
     os.environ["AWS_ACCESS_KEY_ID"] = ADMIN.access_key

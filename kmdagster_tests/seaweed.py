@@ -104,10 +104,11 @@ class SeaweedS3:
                     ) from None
                 time.sleep(0.3)
 
-    def client(self, identity: Identity) -> Any:
+    def client(self, identity: Identity, endpoint_url: str | None = None) -> Any:
+        """A client signed as ``identity``; ``endpoint_url`` reaches it through a proxy."""
         return boto3.client(
             "s3",
-            endpoint_url=self.endpoint_url,
+            endpoint_url=endpoint_url or self.endpoint_url,
             region_name="us-east-1",
             aws_access_key_id=identity.access_key,
             aws_secret_access_key=identity.secret_key,

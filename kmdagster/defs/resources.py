@@ -2,7 +2,10 @@
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
+from boto3.session import Session
+from botocore.config import Config
 from dagster import ConfigurableResource
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
@@ -31,13 +34,47 @@ class WarehouseResource(ConfigurableResource):
             return warehouse.known_names() if warehouse else KnownNames(frozenset(), frozenset())
 
 
+class KmS3Resource(S3Resource):
+    """dagster-aws's S3 resource with the retry mode and timeouts the import relies on."""
+
+    retry_mode: str = Field(default="standard", description="botocore retry mode.")
+    connect_timeout_seconds: int = Field(default=10, description="Connect timeout per attempt.")
+    read_timeout_seconds: int = Field(default=60, description="Read timeout per attempt.")
+
+    def get_client(self) -> Any:
+        session = Session(profile_name=self.profile_name)
+        return session.client(
+            "s3",
+            region_name=self.region_name,
+            endpoint_url=self.endpoint_url,
+            use_ssl=self.use_ssl,
+            verify=self.verify,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+            aws_session_token=self.aws_session_token,
+            config=Config(
+                retries={"max_attempts": self.max_attempts, "mode": self.retry_mode},  # type: ignore[typeddict-item]
+                connect_timeout=self.connect_timeout_seconds,
+                read_timeout=self.read_timeout_seconds,
+            ),
+        )
+
+
+def build_s3_resource(config: KmConfig) -> KmS3Resource:
+    """The S3 client settings every component shares. Credentials: the standard AWS chain."""
+    return KmS3Resource(
+        endpoint_url=config.s3.endpoint_url,
+        region_name=config.s3.region_name,
+        max_attempts=config.s3.max_attempts,
+        retry_mode=config.s3.retry_mode,
+        connect_timeout_seconds=config.s3.connect_timeout_seconds,
+        read_timeout_seconds=config.s3.read_timeout_seconds,
+    )
+
+
 def build_resources(config: KmConfig) -> dict[str, object]:
     """Resources for all sources. Credentials come from the standard AWS chain when used."""
     return {
-        S3_RESOURCE_KEY: S3Resource(
-            endpoint_url=config.s3.endpoint_url,
-            region_name=config.s3.region_name,
-            max_attempts=config.s3.max_attempts,
-        ),
+        S3_RESOURCE_KEY: build_s3_resource(config),
         WAREHOUSE_RESOURCE_KEY: WarehouseResource(duckdb_path=config.warehouse.duckdb_path),
     }

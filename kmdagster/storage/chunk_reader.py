@@ -11,13 +11,29 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from botocore.exceptions import ClientError, ConnectionError, ReadTimeoutError
+from botocore.exceptions import (
+    ClientError,
+    ConnectionError,
+    IncompleteReadError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+)
 from urllib3.exceptions import ProtocolError
 
 from kmdagster.format.lines import UTF8_BOM
 from kmdagster.storage.s3_objects import S3AccessError, describe_client_error
 
-BODY_READ_ATTEMPTS = 4
+BODY_READ_ATTEMPTS = 6
+BODY_PIECE = 1024 * 1024
+# What a body broken off mid-transfer raises, depending on where the connection died.
+BODY_ERRORS = (
+    ConnectionError,
+    ReadTimeoutError,
+    ResponseStreamingError,
+    IncompleteReadError,
+    ProtocolError,
+    OSError,
+)
 
 
 class FileChangedError(RuntimeError):
@@ -70,39 +86,52 @@ class LineChunkReader:
         return Chunk(start=start, end=chunk_end, data=data)
 
     def _get_range(self, start: int, end: int) -> bytes:
-        """Bytes [start, end), retrying a body that breaks off mid-transfer."""
-        if end <= start:
-            return b""
-        for attempt in range(1, BODY_READ_ATTEMPTS + 1):
+        """Bytes [start, end). A body that breaks off mid-transfer is resumed from the
+        last byte received (botocore retries failed requests; this retries broken bodies)."""
+        received = bytearray()
+        failures = 0
+        while start + len(received) < end:
             try:
-                response = self._client.get_object(
-                    Bucket=self.bucket,
-                    Key=self.key,
-                    Range=f"bytes={start}-{end - 1}",
-                    IfMatch=self.etag,
-                )
-                body = response["Body"].read()
-            except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code")
-                if code in ("PreconditionFailed", "412"):
-                    raise FileChangedError(
-                        f"s3://{self.bucket}/{self.key} changed during its import (it no longer "
-                        f"has ETag {self.etag}); rows already loaded stay attributed to that "
-                        "ETag, and the new content is imported as a new file at the next tick"
-                    ) from exc
-                raise S3AccessError(
-                    describe_client_error(exc, "GetObject", self.bucket, self.key)
-                ) from exc
-            except (ConnectionError, ReadTimeoutError, ProtocolError):
-                if attempt == BODY_READ_ATTEMPTS:
+                for piece in self._open_range(start + len(received), end).iter_chunks(BODY_PIECE):
+                    received += piece
+            except BODY_ERRORS:
+                failures += 1
+                if failures >= BODY_READ_ATTEMPTS:
                     raise
-                time.sleep(0.2 * 2**attempt)
+                time.sleep(0.1 * 2**failures)
                 continue
-            if len(body) == end - start:
-                return body
-            if attempt == BODY_READ_ATTEMPTS:
-                raise S3AccessError(
-                    f"GetObject on s3://{self.bucket}/{self.key} returned {len(body)} bytes "
-                    f"for a range of {end - start}; retry the run"
-                )
-        raise AssertionError("unreachable")
+            if start + len(received) < end:  # the server ended the body early
+                failures += 1
+                if failures >= BODY_READ_ATTEMPTS:
+                    raise S3AccessError(
+                        f"GetObject on s3://{self.bucket}/{self.key} kept returning short "
+                        f"bodies for bytes {start}-{end - 1}; retry the run"
+                    )
+        if len(received) > end - start:
+            raise S3AccessError(
+                f"GetObject on s3://{self.bucket}/{self.key} returned {len(received)} bytes "
+                f"for a range of {end - start}; the server ignored the Range header"
+            )
+        return bytes(received)
+
+    def _open_range(self, start: int, end: int) -> Any:
+        """The streaming body of bytes [start, end) of this exact version."""
+        try:
+            response = self._client.get_object(
+                Bucket=self.bucket,
+                Key=self.key,
+                Range=f"bytes={start}-{end - 1}",
+                IfMatch=self.etag,
+            )
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "412"):
+                raise FileChangedError(
+                    f"s3://{self.bucket}/{self.key} changed during its import (it no longer "
+                    f"has ETag {self.etag}); rows already loaded stay attributed to that "
+                    "ETag, and the new content is imported as a new file at the next tick"
+                ) from exc
+            raise S3AccessError(
+                describe_client_error(exc, "GetObject", self.bucket, self.key)
+            ) from exc
+        return response["Body"]

@@ -98,6 +98,17 @@ def list_matching_files(client: Any, bucket: str, pattern: FilePattern) -> Itera
         raise S3AccessError(describe_client_error(exc, "ListObjectsV2", bucket)) from exc
 
 
+def _require_bucket(client: Any, bucket: str) -> None:
+    """Raise S3AccessError when ``bucket`` does not exist (a denied check proves nothing)."""
+    try:
+        client.head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "NotFound"):
+            raise S3AccessError(
+                f"bucket {bucket!r} does not exist; check the source's bucket name"
+            ) from exc
+
+
 def head_file(client: Any, bucket: str, key: str) -> S3File | None:
     """The object's current ETag and size, or None when it does not exist."""
     try:
@@ -105,6 +116,7 @@ def head_file(client: Any, bucket: str, key: str) -> S3File | None:
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code")
         if code in ("404", "NoSuchKey", "NotFound"):
+            _require_bucket(client, bucket)  # a HEAD's 404 does not say which is missing
             return None
         raise S3AccessError(describe_client_error(exc, "HeadObject", bucket, key)) from exc
     return S3File(key=key, etag=head["ETag"], size=int(head["ContentLength"]))

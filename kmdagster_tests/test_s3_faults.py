@@ -1,0 +1,157 @@
+"""S3 faults through a fault-injecting proxy on 127.0.0.1: transient errors are retried and
+every line still loads exactly once; permanent errors fail clearly."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from dagster import DagsterInstance
+
+from kmdagster.config import KmConfig, S3Settings
+from kmdagster.defs.factory import build_definitions
+from kmdagster.storage.chunk_reader import LineChunkReader
+from kmdagster.storage.s3_objects import ARCHIVE_PREFIX, S3AccessError, head_file
+from kmdagster_tests.conftest import ADMIN, WRITE_ONLY, make_config
+from kmdagster_tests.fault_proxy import FAULTS, FaultPlan, FaultProxy, every_nth
+from kmdagster_tests.km_files import km_file
+from kmdagster_tests.seaweed import SeaweedS3
+
+KEY = "accounts.json"
+
+
+def through(proxy: FaultProxy, config: KmConfig) -> KmConfig:
+    """The same configuration with S3 reached through the proxy and a short read timeout."""
+    s3 = S3Settings(
+        endpoint_url=proxy.endpoint_url,
+        region_name="us-east-1",
+        max_attempts=8,
+        read_timeout_seconds=1,
+        connect_timeout_seconds=2,
+    )
+    return replace(config, s3=s3)
+
+
+def test_transient_s3_errors_are_retried_and_every_line_loads_once(
+    s3_server: SeaweedS3,
+    s3: Any,
+    bucket: str,
+    warehouse_path: Path,
+    instance: DagsterInstance,
+) -> None:
+    expected = km_file(seed=3, repeats=60)  # 480 lines in about 45 chunks of 1 KB
+    s3.put_object(Bucket=bucket, Key=KEY, Body=expected.data)
+    plan = FaultPlan(every_nth(2, FAULTS, lambda method, path, headers: True), stall_seconds=2)
+    config = make_config(s3_server, bucket, warehouse_path, chunk_bytes=1024)
+    instance.add_dynamic_partitions("accounts_files", [KEY])
+
+    with FaultProxy(s3_server.endpoint_url, plan) as proxy:
+        defs = build_definitions(through(proxy, config))
+        result = defs.resolve_job_def("accounts_import_job").execute_in_process(
+            instance=instance, partition_key=KEY
+        )
+
+    assert result.success
+    assert set(plan.injected) == set(FAULTS), (plan.injected, plan.requests)
+    with duckdb.connect(str(warehouse_path), read_only=True) as con:
+        counts = con.execute(
+            "SELECT (SELECT count(*) FROM km_events), "
+            "(SELECT count(DISTINCT line_no) FROM km_events), "
+            "(SELECT count(*) FROM km_aliases), (SELECT count(*) FROM km_rejects), "
+            "(SELECT count(*) FROM km_properties)"
+        ).fetchone()
+        ledger = con.execute(
+            "SELECT status, lines_read, lines_loaded, lines_rejected, lines_blank "
+            "FROM km_import_files"
+        ).fetchall()
+    assert counts == (
+        expected.events,
+        expected.events,
+        expected.aliases,
+        expected.rejects,
+        expected.properties,
+    )
+    assert ledger == [
+        ("archived", expected.lines, expected.valid_lines, expected.rejects, expected.blanks)
+    ]
+    listed = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert len(listed) == 1 and listed[0].startswith(ARCHIVE_PREFIX)
+
+
+def test_a_body_cut_off_mid_transfer_is_read_again_from_the_same_range(
+    s3_server: SeaweedS3, s3: Any, bucket: str
+) -> None:
+    data = km_file(seed=4, repeats=30).data
+    s3.put_object(Bucket=bucket, Key=KEY, Body=data)
+    ranged_gets = every_nth(1, ("reset_mid_body",), lambda m, p, h: "Range" in h)
+    cuts = {"left": 3}
+
+    def choose(method: str, path: str, headers: dict[str, str]) -> str | None:
+        if cuts["left"] and ranged_gets(method, path, headers):
+            cuts["left"] -= 1
+            return "reset_mid_body"
+        return None
+
+    plan = FaultPlan(choose)
+    with FaultProxy(s3_server.endpoint_url, plan) as proxy:
+        proxied = s3_server.client(ADMIN, endpoint_url=proxy.endpoint_url)
+        file = head_file(proxied, bucket, KEY)
+        assert file is not None
+        reader = LineChunkReader(proxied, bucket, KEY, file.etag, file.size, len(data) + 10)
+        chunk = reader.read_chunk(0)
+
+    assert plan.injected["reset_mid_body"] == 3
+    assert chunk.data == data and chunk.end == len(data)
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected"),
+    [
+        ("no_such_bucket", "does not exist; check the source's bucket name"),
+        ("no_such_key", "no longer exists; it was deleted or moved before its import finished"),
+        ("access_denied", "was denied: grant s3:GetObject"),
+    ],
+)
+def test_permanent_s3_errors_fail_the_run_naming_bucket_key_and_fix(
+    s3_server: SeaweedS3,
+    s3: Any,
+    bucket: str,
+    warehouse_path: Path,
+    instance: DagsterInstance,
+    monkeypatch: Any,
+    setup: str,
+    expected: str,
+) -> None:
+    config = make_config(s3_server, bucket, warehouse_path)
+    if setup == "no_such_bucket":
+        config = make_config(s3_server, "km-missing-bucket", warehouse_path)
+    if setup in ("access_denied", "no_such_bucket"):
+        s3.put_object(Bucket=bucket, Key=KEY, Body=km_file(seed=1).data)
+    if setup == "access_denied":
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", WRITE_ONLY.access_key)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", WRITE_ONLY.secret_key)
+    instance.add_dynamic_partitions("accounts_files", [KEY])
+
+    result = (
+        build_definitions(config)
+        .resolve_job_def("accounts_import_job")
+        .execute_in_process(instance=instance, partition_key=KEY, raise_on_error=False)
+    )
+
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = str(failure.step_failure_data.error)  # type: ignore[union-attr]
+    assert expected in message
+    bucket_named = "km-missing-bucket" if setup == "no_such_bucket" else bucket
+    assert bucket_named in message
+    if setup != "no_such_bucket":
+        assert KEY in message
+
+
+def test_head_of_a_key_in_a_missing_bucket_names_the_bucket(s3_server: SeaweedS3) -> None:
+    client = s3_server.client(ADMIN)
+    with pytest.raises(S3AccessError, match="bucket 'km-missing-bucket' does not exist"):
+        head_file(client, "km-missing-bucket", KEY)
