@@ -91,7 +91,8 @@ def import_file(
             if not row.is_complete and clock() - started >= time_budget_seconds:
                 stopped_on_budget = True
                 break
-    except FileChangedError as exc:
+    except (FileChangedError, S3AccessError) as exc:
+        # Deleted, replaced or unreadable mid-import: say so in the ledger (and status).
         warehouse.mark_failed(row, str(exc))
         raise
     return ImportReport(

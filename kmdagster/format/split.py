@@ -157,9 +157,7 @@ def split_km_lines(
             name=pl.col("name_label").str.to_lowercase(),
             name_label="name_label",
             value="value",
-            value_number=pl.when(pl.col("value").str.strip_chars().str.contains(_NUMBER_RE))
-            .then(pl.col("value").str.strip_chars().cast(pl.Float64, strict=False))
-            .otherwise(None),
+            value_number=_finite_number(pl.col("value")),
         )
         .sort("line_no", maintain_order=True)
     )
@@ -186,6 +184,16 @@ def _sent_names(valid: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
         .select(kind=pl.lit("property"), sent="key", name=pl.col("name_label").str.to_lowercase())
     )
     return pl.concat([events, properties]).unique()
+
+
+def _finite_number(value: pl.Expr) -> pl.Expr:
+    """A JSON-number-shaped value as a float; null when not numeric or out of double range."""
+    number = (
+        pl.when(value.str.strip_chars().str.contains(_NUMBER_RE))
+        .then(value.str.strip_chars().cast(pl.Float64, strict=False))
+        .otherwise(None)
+    )
+    return pl.when(number.is_finite()).then(number).otherwise(None)
 
 
 def _code(reason: str) -> pl.Expr:
