@@ -67,16 +67,7 @@ class SeaweedS3:
         config_path = self.data_dir / "s3-identities.json"
         config_path.write_text(json.dumps(identities_document(self.identities)))
         os.chmod(config_path, 0o600)
-        command = [
-            weed,
-            "mini",
-            f"-dir={self.data_dir / 'data'}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            "-master.telemetry=false",
-            f"-s3.config={config_path}",
-            *(f"-{flag}={port}" for flag, port in self.ports.items()),
-        ]
+        command = [weed, *seaweed_command(self.data_dir, config_path, self.ports)]
         (self.data_dir / "data").mkdir(exist_ok=True)
         log = open(self.data_dir / "weed.log", "wb")  # noqa: SIM115 - lives as long as the server
         self.process = subprocess.Popen(
@@ -124,6 +115,19 @@ class SeaweedS3:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=15)
+
+
+def seaweed_command(data_dir: Path, config_path: Path, ports: dict[str, int]) -> list[str]:
+    """``weed`` arguments: bound to 127.0.0.1, no telemetry, signed requests, pinned ports."""
+    return [
+        "mini",
+        f"-dir={data_dir / 'data'}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        "-master.telemetry=false",
+        f"-s3.config={config_path}",
+        *(f"-{flag}={port}" for flag, port in ports.items()),
+    ]
 
 
 def identities_document(identities: tuple[Identity, ...]) -> dict[str, Any]:

@@ -11,7 +11,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -27,6 +26,7 @@ from kmdagster.faults import CRASH_ENV, CRASH_POINTS
 from kmdagster.storage.s3_objects import ARCHIVE_PREFIX
 from kmdagster_tests.conftest import make_config, write_config
 from kmdagster_tests.km_files import KmFile, km_file
+from kmdagster_tests.run_import_job import spawn_import_job
 from kmdagster_tests.seaweed import SeaweedS3
 from kmdagster_tests.ticks import run_tick
 
@@ -57,21 +57,7 @@ def source_file() -> KmFile:
 
 
 def start_job(env: dict[str, str], stderr_path: Path) -> subprocess.Popen[str]:
-    with stderr_path.open("w") as stderr:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "kmdagster_tests.run_import_job",
-                KEY,
-                str(DEAD_RUN_MAX_RUNTIME),
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            text=True,
-        )
+    return spawn_import_job(KEY, DEAD_RUN_MAX_RUNTIME, env, stderr_path)
 
 
 def fail_dead_runs(instance: DagsterInstance) -> int:

@@ -1,0 +1,92 @@
+"""One import per source at a time: the run queue's tag limits, the job's own guard, and
+the ledger's conditional update underneath both."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+import yaml
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, instance_for_test
+
+from kmdagster.defs.factory import build_definitions
+from kmdagster.defs.runs import SOURCE_TAG, WAREHOUSE_TAG
+from kmdagster.faults import CRASH_ENV
+from kmdagster.format.split import split_km_lines
+from kmdagster.storage.warehouse import DuckDBWarehouse, LedgerConflict
+from kmdagster_tests.conftest import make_config, write_config
+from kmdagster_tests.km_files import km_file
+from kmdagster_tests.run_import_job import spawn_import_job
+from kmdagster_tests.seaweed import SeaweedS3
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "accounts.20261126.json"
+
+
+def test_deploy_dagster_yaml_limits_one_run_per_source_and_per_warehouse() -> None:
+    settings = yaml.safe_load((ROOT / "deploy" / "dagster.yaml").read_text())
+    with instance_for_test(overrides=settings) as instance:
+        limits = instance.run_coordinator.get_run_queue_config().tag_concurrency_limits  # type: ignore[attr-defined]
+        assert instance.run_monitoring_enabled
+    by_key = {limit["key"]: limit for limit in limits}
+    assert by_key[SOURCE_TAG]["limit"] == 1
+    assert by_key[SOURCE_TAG]["value"] == {"applyLimitPerUniqueValue": True}
+    assert by_key[WAREHOUSE_TAG] == {"key": WAREHOUSE_TAG, "value": "duckdb", "limit": 1}
+
+
+def test_a_second_run_of_the_same_source_stops_without_reading(
+    tmp_path: Path, s3_server: SeaweedS3, s3: Any, bucket: str
+) -> None:
+    """A run launched around the queue while another is STARTED fails before reading."""
+    data = km_file(seed=9, repeats=40)
+    s3.put_object(Bucket=bucket, Key=KEY, Body=data.data)
+    warehouse_path = tmp_path / "warehouse.duckdb"
+    config = make_config(s3_server, bucket, warehouse_path, chunk_bytes=1024)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    env = {
+        **os.environ,
+        "KMDAGSTER_CONFIG": str(write_config(tmp_path / "kmdagster.yaml", config)),
+        "DAGSTER_HOME": str(home),
+        CRASH_ENV: "import.chunk_committed:2",  # leaves a STARTED run holding two chunks
+    }
+    with DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions("accounts_files", [KEY])
+        job = spawn_import_job(KEY, 900, env, tmp_path / "job.stderr")
+        assert job.wait(timeout=180) == -signal.SIGKILL
+        (first,) = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
+
+        second = (
+            build_definitions(config)
+            .resolve_job_def("accounts_import_job")
+            .execute_in_process(instance=instance, partition_key=KEY, raise_on_error=False)
+        )
+
+    assert not second.success
+    failure = next(e for e in second.all_events if e.event_type_value == "STEP_FAILURE")
+    message = str(failure.step_failure_data.error)  # type: ignore[union-attr]
+    assert f"run {first.run_id} of source 'accounts' is already importing" in message
+    with duckdb.connect(str(warehouse_path), read_only=True) as con:
+        (lines_read,) = con.execute("SELECT lines_read FROM km_import_files").fetchone()  # type: ignore[misc]
+        (distinct, total) = con.execute(
+            "SELECT count(DISTINCT line_no), count(*) FROM km_events"
+        ).fetchone()  # type: ignore[misc]
+    assert 0 < lines_read < data.lines  # only the dead run's two chunks
+    assert distinct == total
+
+
+def test_two_importers_of_one_file_never_commit_the_same_chunk_twice(tmp_path: Path) -> None:
+    chunk = split_km_lines(km_file(seed=1).data, 1, 1_800_000_000)
+    with DuckDBWarehouse.connect(tmp_path / "w.duckdb") as warehouse:
+        row = warehouse.open_file("accounts", KEY, '"etag"', 10_000)
+        stale = warehouse.ledger_row("accounts", KEY, '"etag"')
+        assert stale is not None
+        warehouse.commit_chunk(row, chunk, 5_000)
+        with pytest.raises(LedgerConflict, match="moved past offset 0 in another import"):
+            warehouse.commit_chunk(stale, chunk, 5_000)
+        events = warehouse.connection.execute("SELECT count(*) FROM km_events").fetchone()
+    assert events == (chunk.events.height,)

@@ -1,0 +1,132 @@
+"""Secrets stay secret, keys cannot escape completed_imports/, servers bind to 127.0.0.1,
+and the documented IAM policy is least-privilege."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagster import DagsterInstance
+from dagster_shared.serdes import serialize_value
+
+from kmdagster.cli import main
+from kmdagster.defs.factory import build_definitions
+from kmdagster.storage.archive import archive_file, archive_key_for
+from kmdagster.storage.permissions import iam_policy
+from kmdagster.storage.s3_objects import ARCHIVE_PREFIX, FilePattern, S3AccessError, S3File
+from kmdagster_tests.conftest import ADMIN, READ_ONLY, WRITE_ONLY, make_config, write_config
+from kmdagster_tests.km_files import km_file
+from kmdagster_tests.seaweed import SeaweedS3, seaweed_command
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRETS = [identity.secret_key for identity in (ADMIN, READ_ONLY, WRITE_ONLY)] + [
+    identity.access_key for identity in (ADMIN, READ_ONLY, WRITE_ONLY)
+]
+
+
+def assert_no_secret(text: str, where: str) -> None:
+    for secret in SECRETS:
+        assert secret not in text, f"a credential appeared in {where}"
+
+
+def test_secrets_never_appear_in_logs_metadata_errors_or_cli_output(
+    s3_server: SeaweedS3,
+    s3: Any,
+    bucket: str,
+    warehouse_path: Path,
+    instance: DagsterInstance,
+    tmp_path: Path,
+    capfd: Any,
+    monkeypatch: Any,
+) -> None:
+    s3.put_object(Bucket=bucket, Key="accounts.1.json", Body=km_file(seed=1).data)
+    s3.put_object(Bucket=bucket, Key="accounts.2.json", Body=km_file(seed=2).data)
+    config = make_config(s3_server, bucket, warehouse_path)
+    monkeypatch.setenv("KMDAGSTER_CONFIG", str(write_config(tmp_path / "km.yaml", config)))
+    instance.add_dynamic_partitions("accounts_files", ["accounts.1.json", "accounts.2.json"])
+    job = build_definitions(config).resolve_job_def("accounts_import_job")
+
+    succeeded = job.execute_in_process(instance=instance, partition_key="accounts.1.json")
+    for command in (["preview", "accounts"], ["check", "accounts"], ["status", "accounts"]):
+        assert main(command) == 0
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", WRITE_ONLY.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", WRITE_ONLY.secret_key)
+    denied = job.execute_in_process(
+        instance=instance, partition_key="accounts.2.json", raise_on_error=False
+    )
+    assert main(["check", "accounts", "--json"]) == 1
+    assert main(["preview", "accounts"]) == 1
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")  # a refused signature
+    assert main(["status", "accounts"]) == 1
+
+    assert succeeded.success and not denied.success
+    for run in (succeeded, denied):
+        for record in instance.all_logs(run.run_id):
+            assert_no_secret(serialize_value(record), f"run {run.run_id}'s event log")
+    captured = capfd.readouterr()
+    assert "was denied" in captured.out + captured.err  # the failures were reported...
+    assert_no_secret(captured.out + captured.err, "process output")  # ...without credentials
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "../accounts.json",
+        "/accounts.json",
+        "a/../accounts.json",
+        "completed_imports/accounts.json",
+        "..\\/accounts.json",
+        "accounts/../../x.json",
+    ],
+)
+def test_keys_with_paths_are_never_imported_or_archived(key: str) -> None:
+    assert not FilePattern.from_base_filename("accounts.json").matches(key)
+    with pytest.raises(S3AccessError, match="only root-level keys are imported"):
+        archive_file(None, "km-bucket", S3File(key, '"e"', 1), datetime.now(timezone.utc))
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "accounts ü,x.json",
+        "accounts\u202e.json",
+        "accounts\t\x01.json",
+        "accounts..json",
+        "accounts😀.json",
+    ],
+)
+def test_archive_keys_stay_under_completed_imports_of_the_same_name(key: str) -> None:
+    when = datetime(2026, 11, 26, tzinfo=timezone.utc)
+    for attempt in (0, 3):
+        archived = archive_key_for(key, when, attempt)
+        assert archived.startswith(f"{ARCHIVE_PREFIX}2026/11/26/")
+        name = archived.removeprefix(f"{ARCHIVE_PREFIX}2026/11/26/")
+        assert "/" not in name and name.endswith(".json")
+    assert archive_key_for(key, when) == f"{ARCHIVE_PREFIX}2026/11/26/{key}"
+
+
+def test_every_server_we_start_binds_to_localhost() -> None:
+    command = " ".join(seaweed_command(Path("/tmp/x"), Path("/tmp/x/ids.json"), {}))
+    assert "-ip=127.0.0.1" in command and "-ip.bind=127.0.0.1" in command
+    dev = (ROOT / "scripts" / "dev.py").read_text()
+    assert '"dev", "-h", "127.0.0.1"' in dev
+    files = [*ROOT.glob("scripts/*.py"), *ROOT.glob(".ci/*"), ROOT / "Makefile"]
+    for path in [*files, ROOT / "README.md"]:
+        text = path.read_text()
+        assert "0.0.0.0" not in text, path
+        for launch in re.findall(r"dagster dev -[^\n`]*", text):  # a command line, not prose
+            assert "-h 127.0.0.1" in launch, (path, launch)
+
+
+def test_documented_iam_policy_is_least_privilege() -> None:
+    policy = iam_policy("my-km-imports")
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow"
+        assert "*" not in statement["Action"]
+        assert statement["Resource"].startswith("arn:aws:s3:::my-km-imports")
+        assert statement["Resource"] != "*"
+    writes = [s for s in policy["Statement"] if s["Action"] == "s3:PutObject"]
+    assert [s["Resource"] for s in writes] == [f"arn:aws:s3:::my-km-imports/{ARCHIVE_PREFIX}*"]
