@@ -14,6 +14,7 @@ import yaml
 from dagster import DagsterInstance, instance_for_test
 
 from kmdagster.config import KmConfig, S3Settings, SourceConfig, WarehouseSettings
+from kmdagster.importer import ImportReport, import_file
 from kmdagster_tests.seaweed import Identity, SeaweedS3
 
 ADMIN = Identity(
@@ -114,3 +115,19 @@ def write_config(path: Path, config: KmConfig) -> Path:
     }
     path.write_text(yaml.safe_dump(document))
     return path
+
+
+def run_import(
+    client: Any, warehouse: Any, bucket: str, key: str, chunk_bytes: int, **options: Any
+) -> ImportReport:
+    """``import_file`` for source ``accounts`` with a budget no test run reaches."""
+    options.setdefault("time_budget_seconds", 600)
+    return import_file(
+        client=client,
+        warehouse=warehouse,
+        source="accounts",
+        bucket=bucket,
+        key=key,
+        chunk_bytes=chunk_bytes,
+        **options,
+    )

@@ -11,13 +11,12 @@ import pytest
 from dagster import DagsterInstance, RunRequest
 
 from kmdagster.defs.factory import build_definitions
-from kmdagster.importer import import_file
 from kmdagster.storage.s3_objects import S3AccessError
 from kmdagster.storage.warehouse import DuckDBWarehouse
-from kmdagster_tests.conftest import make_config
+from kmdagster_tests.conftest import make_config, run_import
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.seaweed import SeaweedS3
-from kmdagster_tests.ticks import run_tick
+from kmdagster_tests.ticks import run_tick, step_failure_message
 
 FIRST, SECOND = "accounts.1.json", "accounts.2.json"
 TICK = datetime(2026, 11, 26, 12, tzinfo=timezone.utc)
@@ -37,8 +36,7 @@ def test_file_deleted_before_its_run_fails_clearly_and_the_next_tick_moves_on(
     )
 
     assert not result.success
-    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    message = str(failure.step_failure_data.error)  # type: ignore[union-attr]
+    message = step_failure_message(result)
     assert f"s3://{bucket}/{FIRST} no longer exists" in message
     assert "the next tick moves on" in message
     outcome = run_tick(defs, instance, TICK)
@@ -59,13 +57,12 @@ def test_file_deleted_during_its_import_is_marked_failed_keeping_what_loaded(
         DuckDBWarehouse.connect(tmp_path / "w.duckdb") as warehouse,
         pytest.raises(S3AccessError, match=missing),
     ):
-        import_file(
-            client=s3,
-            warehouse=warehouse,
-            source="accounts",
-            bucket=bucket,
-            key=FIRST,
-            chunk_bytes=2048,
+        run_import(
+            s3,
+            warehouse,
+            bucket,
+            FIRST,
+            2048,
             time_budget_seconds=600,
             after_commit=delete_after_first_chunk,
         )

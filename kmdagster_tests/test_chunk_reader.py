@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from kmdagster.importer import import_file
 from kmdagster.storage.chunk_reader import FileChangedError, LineChunkReader
 from kmdagster.storage.warehouse import DuckDBWarehouse
+from kmdagster_tests.conftest import run_import
 
 LINE = b'{"_p":"a","_t":1700000000,"_n":"x"}'
 
@@ -73,13 +73,12 @@ def test_edge_files_import_and_reconcile(
 ) -> None:
     s3.put_object(Bucket=bucket, Key="e.json", Body=body)
     with DuckDBWarehouse.connect(tmp_path / "w.duckdb") as warehouse:
-        report = import_file(
-            client=s3,
-            warehouse=warehouse,
-            source="accounts",
-            bucket=bucket,
-            key="e.json",
-            chunk_bytes=1024,
+        report = run_import(
+            s3,
+            warehouse,
+            bucket,
+            "e.json",
+            1024,
             time_budget_seconds=300,
         )
     row = report.ledger

@@ -22,6 +22,7 @@ from kmdagster_tests.conftest import make_config, write_config
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.run_import_job import spawn_import_job
 from kmdagster_tests.seaweed import SeaweedS3
+from kmdagster_tests.ticks import step_failure_message
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "accounts.20261126.json"
@@ -67,8 +68,7 @@ def test_a_second_run_of_the_same_source_stops_without_reading(
         )
 
     assert not second.success
-    failure = next(e for e in second.all_events if e.event_type_value == "STEP_FAILURE")
-    message = str(failure.step_failure_data.error)  # type: ignore[union-attr]
+    message = step_failure_message(second)
     assert f"run {first.run_id} of source 'accounts' is already importing" in message
     with duckdb.connect(str(warehouse_path), read_only=True) as con:
         (lines_read,) = con.execute("SELECT lines_read FROM km_import_files").fetchone()  # type: ignore[misc]

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from kmdagster.format.lines import UTF8_BOM
 from kmdagster.format.split import MAX_RAW_LINE_CHARS, SplitLines, split_km_lines
-from kmdagster.importer import import_file
 from kmdagster.storage.warehouse import DuckDBWarehouse
+from kmdagster_tests.conftest import run_import
 
 CORPUS = Path(__file__).parent / "corpus"
 EXPECTED: dict[str, list[str]] = json.loads((CORPUS / "expected.json").read_text())
@@ -82,13 +82,12 @@ def test_whole_corpus_through_the_import_never_crashes_a_chunk(
     warehouse_path = tmp_path / "w.duckdb"
     with DuckDBWarehouse.connect(warehouse_path) as warehouse:
         for key in keys:
-            report = import_file(
-                client=s3,
-                warehouse=warehouse,
-                source="accounts",
-                bucket=bucket,
-                key=key,
-                chunk_bytes=1024,
+            report = run_import(
+                s3,
+                warehouse,
+                bucket,
+                key,
+                1024,
                 time_budget_seconds=600,
             )
             assert report.complete
@@ -122,15 +121,8 @@ def test_ten_megabyte_lines_are_rejected_whole_and_their_neighbours_load(
     s3.put_object(Bucket=bucket, Key="accounts.huge.json", Body=data)
     warehouse_path = tmp_path / "w.duckdb"
     with DuckDBWarehouse.connect(warehouse_path) as warehouse:
-        report = import_file(
-            client=s3,
-            warehouse=warehouse,
-            source="accounts",
-            bucket=bucket,
-            key="accounts.huge.json",
-            chunk_bytes=1024 * 1024,  # each huge line is ten chunks long
-            time_budget_seconds=600,
-        )
+        # Each huge line is ten 1 MB chunks long.
+        report = run_import(s3, warehouse, bucket, "accounts.huge.json", 1024 * 1024)
     assert report.complete and report.ledger.next_offset == len(data)
     with duckdb.connect(str(warehouse_path), read_only=True) as con:
         rejects = con.execute(

@@ -14,11 +14,10 @@ from kmdagster.defs.assets import build_source_assets, recorded_resume_offset
 from kmdagster.defs.partitions import files_partitions, files_partitions_name
 from kmdagster.defs.resources import build_resources
 from kmdagster.format.split import split_km_lines
-from kmdagster.importer import import_file
 from kmdagster.storage.archive import archive_key_for
 from kmdagster.storage.chunk_reader import LineChunkReader
 from kmdagster.storage.warehouse import DuckDBWarehouse
-from kmdagster_tests.conftest import make_config
+from kmdagster_tests.conftest import make_config, run_import
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.seaweed import SeaweedS3
 
@@ -267,13 +266,12 @@ def test_etag_change_between_chunks_marks_the_file_failed(
 
     with DuckDBWarehouse.connect(tmp_path / "w.duckdb") as warehouse:
         with pytest.raises(Exception, match=rf"s3://{bucket}/{KEY} changed during its import"):
-            import_file(
-                client=s3,
-                warehouse=warehouse,
-                source="accounts",
-                bucket=bucket,
-                key=KEY,
-                chunk_bytes=2048,
+            run_import(
+                s3,
+                warehouse,
+                bucket,
+                KEY,
+                2048,
                 time_budget_seconds=300,
                 after_commit=overwrite_after_first_chunk,
             )

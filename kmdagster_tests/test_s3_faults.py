@@ -19,6 +19,7 @@ from kmdagster_tests.conftest import ADMIN, WRITE_ONLY, make_config
 from kmdagster_tests.fault_proxy import FAULTS, FaultPlan, FaultProxy, every_nth
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.seaweed import SeaweedS3
+from kmdagster_tests.ticks import step_failure_message
 
 KEY = "accounts.json"
 
@@ -142,8 +143,7 @@ def test_permanent_s3_errors_fail_the_run_naming_bucket_key_and_fix(
     )
 
     assert not result.success
-    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    message = str(failure.step_failure_data.error)  # type: ignore[union-attr]
+    message = step_failure_message(result)
     assert expected in message
     bucket_named = "km-missing-bucket" if setup == "no_such_bucket" else bucket
     assert bucket_named in message

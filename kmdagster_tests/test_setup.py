@@ -16,12 +16,11 @@ from dagster import DagsterInstance, materialize
 from kmdagster.cli import main
 from kmdagster.defs.resources import build_resources
 from kmdagster.defs.setup_assets import build_permission_check, build_preview_asset
-from kmdagster.importer import import_file
 from kmdagster.storage.archive import archive_file
 from kmdagster.storage.permissions import iam_policy
 from kmdagster.storage.s3_objects import S3File
 from kmdagster.storage.warehouse import DuckDBWarehouse
-from kmdagster_tests.conftest import ADMIN, READ_ONLY, make_config, write_config
+from kmdagster_tests.conftest import ADMIN, READ_ONLY, make_config, run_import, write_config
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.seaweed import SeaweedS3
 
@@ -239,24 +238,16 @@ def test_status_shows_every_state_and_the_backlog(
         s3.put_object(Bucket=bucket, Key=key, Body=km_file(seed=seed, repeats=200).data)
     s3.put_object(Bucket=bucket, Key="accounts.4.json", Body=km_file(seed=4).data)
 
-    def run_import(key: str, budget: float) -> Any:
-        return import_file(
-            client=s3,
-            warehouse=warehouse,
-            source="accounts",
-            bucket=bucket,
-            key=key,
-            chunk_bytes=4096,
-            time_budget_seconds=budget,
-        )
+    def import_one(key: str, budget: float) -> Any:
+        return run_import(s3, warehouse, bucket, key, 4096, time_budget_seconds=budget)
 
     with DuckDBWarehouse.connect(warehouse_path) as warehouse:
-        done = run_import("accounts.1.json", 600).ledger
+        done = import_one("accounts.1.json", 600).ledger
         head = S3File("accounts.1.json", done.file_etag, done.size_bytes)
         assert done.completed_at is not None
         warehouse.mark_archived(done, archive_file(s3, bucket, head, done.completed_at))
-        partial = run_import("accounts.2.json", 0).ledger
-        run_import("accounts.3.json", 0)
+        partial = import_one("accounts.2.json", 0).ledger
+        import_one("accounts.3.json", 0)
     s3.put_object(Bucket=bucket, Key="accounts.3.json", Body=km_file(seed=5).data)
 
     code, out, _ = run_cli(capsys, "status", "accounts", "--json")

@@ -35,3 +35,9 @@ def run_tick(defs: Any, instance: DagsterInstance, tick: datetime) -> RunRequest
         )
         assert result.success
     return outcome
+
+
+def step_failure_message(result: Any) -> str:
+    """The error of a failed run's first failed step."""
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    return str(failure.step_failure_data.error)
