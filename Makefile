@@ -1,9 +1,10 @@
-# kmdagster: `make dev` runs the product locally, `make test` runs the test suite.
+# kmdagster: `make dev` runs the product locally, `make test` runs the test suite,
+# `make bench` runs the benchmark (minutes; see docs/performance.md).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install dev test lint check
+.PHONY: install dev test lint check bench
 
 $(BIN)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +19,9 @@ dev: install
 
 test: install
 	$(BIN)/pytest -q -p no:cacheprovider
+
+bench: install
+	$(BIN)/python -m benchmarks.run
 
 lint: install
 	$(BIN)/ruff check .

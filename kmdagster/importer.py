@@ -6,15 +6,20 @@ No Dagster here: the import asset calls ``import_file`` and reports what it retu
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from kmdagster.faults import crash_point
-from kmdagster.format.split import split_km_lines
-from kmdagster.storage.chunk_reader import FileChangedError, LineChunkReader
+from kmdagster.format.lines import count_lines
+from kmdagster.format.split import SplitLines, split_km_lines
+from kmdagster.storage.chunk_reader import Chunk, FileChangedError, LineChunkReader
 from kmdagster.storage.s3_objects import S3AccessError, head_file
 from kmdagster.storage.warehouse import LedgerRow, Warehouse
+
+SPLIT_WORKERS = 2  # chunks split at once: one per core of the machine it was tuned on
 
 
 @dataclass(frozen=True)
@@ -72,39 +77,120 @@ def import_file(
     row = warehouse.open_file(source, key, current.etag, current.size)
     start_offset = row.next_offset
     reader = LineChunkReader(client, bucket, key, current.etag, current.size, chunk_bytes)
-    chunks = lines_read = loaded = rejected = blank = 0
+    totals = _Totals()
     stopped_on_budget = False
+    # The stages overlap on two cores: S3 reads (I/O), two chunks split at once (polars
+    # releases the GIL) and the previous chunk's DuckDB commit. Commits stay strictly in
+    # order, one transaction each, so the exactly-once argument is unchanged.
+    splitters = ThreadPoolExecutor(SPLIT_WORKERS, thread_name_prefix="kmdagster-split")
+    committer = ThreadPoolExecutor(1, thread_name_prefix="kmdagster-commit")
+    in_flight: tuple[Future[LedgerRow], SplitLines] | None = None
     try:
-        while not row.is_complete:
-            chunk = reader.read_chunk(row.next_offset)
-            crash_point("import.chunk_read")
-            split = split_km_lines(chunk.data, row.lines_read + 1, int(now_epoch()))
-            row = warehouse.commit_chunk(row, split, chunk.end)
-            crash_point("import.chunk_committed")
-            chunks += 1
-            lines_read += split.lines_read
-            loaded += split.loaded_lines
-            rejected += split.rejected_lines
-            blank += split.blank_lines
-            if after_commit is not None:
-                after_commit(row)
-            if not row.is_complete and clock() - started >= time_budget_seconds:
-                stopped_on_budget = True
-                break
+        if not row.is_complete:
+            for chunk, split in _read_and_split(reader, row, now_epoch, splitters):
+                if in_flight is not None:
+                    row = _finish(in_flight, totals, after_commit)
+                    in_flight = None
+                    if clock() - started >= time_budget_seconds:
+                        stopped_on_budget = True  # this chunk's split is dropped, not lost
+                        break
+                in_flight = (committer.submit(warehouse.commit_chunk, row, split, chunk.end), split)
+            if in_flight is not None:
+                row = _finish(in_flight, totals, after_commit)
+                in_flight = None
     except (FileChangedError, S3AccessError) as exc:
         # Deleted, replaced or unreadable mid-import: say so in the ledger (and status).
+        row = _settle(in_flight, row)
         warehouse.mark_failed(row, str(exc))
         raise
+    finally:
+        _settle(in_flight, row)  # never leave a commit running on the connection
+        committer.shutdown(wait=True)
+        splitters.shutdown(wait=False, cancel_futures=True)
     return ImportReport(
         ledger=row,
         start_offset=start_offset,
-        chunks=chunks,
+        chunks=totals.chunks,
         bytes_read=row.next_offset - start_offset,
-        lines_read=lines_read,
-        lines_loaded=loaded,
-        lines_rejected=rejected,
-        lines_blank=blank,
+        lines_read=totals.lines_read,
+        lines_loaded=totals.loaded,
+        lines_rejected=totals.rejected,
+        lines_blank=totals.blank,
         seconds=clock() - started,
         resume_hint=resume_hint[0] if resume_hint and resume_hint[1] == row.file_etag else None,
         stopped_on_budget=stopped_on_budget,
     )
+
+
+@dataclass
+class _Totals:
+    chunks: int = 0
+    lines_read: int = 0
+    loaded: int = 0
+    rejected: int = 0
+    blank: int = 0
+
+    def add(self, split: SplitLines) -> None:
+        self.chunks += 1
+        self.lines_read += split.lines_read
+        self.loaded += split.loaded_lines
+        self.rejected += split.rejected_lines
+        self.blank += split.blank_lines
+
+
+def _read_and_split(
+    reader: LineChunkReader,
+    row: LedgerRow,
+    now_epoch: Callable[[], float],
+    splitters: ThreadPoolExecutor,
+) -> Iterator[tuple[Chunk, SplitLines]]:
+    """Chunks from the ledger's offset, in order, split ``SPLIT_WORKERS`` at a time.
+
+    Reads happen here while earlier chunks are being split; a chunk's first line number
+    comes from counting the newlines of the chunks before it, so splits need not wait
+    for one another.
+    """
+    line_no = row.lines_read + 1
+    offset = row.next_offset
+    window: deque[tuple[Chunk, int, Future[SplitLines]]] = deque()
+    read_any = False  # an empty file still gets its one (empty) chunk, which completes it
+    while offset < reader.size or window or not read_any:
+        while (offset < reader.size or not read_any) and len(window) < SPLIT_WORKERS:
+            read_any = True
+            chunk = reader.read_chunk(offset)
+            crash_point("import.chunk_read")
+            lines = count_lines(chunk.data)
+            split = splitters.submit(split_km_lines, chunk.data, line_no, int(now_epoch()))
+            window.append((chunk, lines, split))
+            line_no += lines
+            offset = chunk.end
+        chunk, lines, split = window.popleft()
+        result = split.result()
+        if result.lines_read != lines:  # would shift every later line number
+            raise RuntimeError(f"split read {result.lines_read} lines where {lines} were counted")
+        yield chunk, result
+
+
+def _finish(
+    in_flight: tuple[Future[LedgerRow], SplitLines],
+    totals: _Totals,
+    after_commit: Callable[[LedgerRow], None] | None,
+) -> LedgerRow:
+    """Wait for a chunk's commit and account for it."""
+    future, split = in_flight
+    row = future.result()
+    crash_point("import.chunk_committed")
+    totals.add(split)
+    if after_commit is not None:
+        after_commit(row)
+    return row
+
+
+def _settle(in_flight: tuple[Future[LedgerRow], SplitLines] | None, row: LedgerRow) -> LedgerRow:
+    """The ledger row after a commit still in flight, whatever became of it."""
+    if in_flight is None:
+        return row
+    try:
+        return in_flight[0].result()
+    except Exception:
+        return row

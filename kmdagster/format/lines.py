@@ -25,6 +25,13 @@ def _record_decode_error(error: UnicodeError) -> tuple[str, int]:
 codecs.register_error("kmdagster-record", _record_decode_error)
 
 
+def count_lines(data: bytes) -> int:
+    """How many lines ``decode_lines`` finds in ``data``, without decoding it."""
+    if not data:
+        return 0
+    return data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+
+
 def decode_lines(data: bytes, first_line_no: int) -> pl.DataFrame:
     """Split ``data`` (whole lines, the last newline optional) into numbered lines.
 

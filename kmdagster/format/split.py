@@ -265,7 +265,16 @@ def _extract_pairs(well_formed: pl.DataFrame) -> pl.DataFrame:
         .then(None)
         .otherwise(pl.col("value_token")),
     )
-    return pairs.with_columns(pair_code=_pair_reason_code())
+    # Only what later steps read: the token columns would double the chunk's memory.
+    return pairs.with_columns(pair_code=_pair_reason_code()).select(
+        pl.col("line_no").set_sorted(),  # exploded in line order: a faster group_by
+        "key",
+        "kind",
+        "value",
+        "name_label",
+        "is_special",
+        "pair_code",
+    )
 
 
 def decode_json_strings(tokens: pl.Series) -> tuple[pl.Series, pl.Series]:
@@ -322,24 +331,30 @@ def _pair_reason_code() -> pl.Expr:
     )
 
 
-def _special(key: str, column: str) -> pl.Expr:
-    return pl.col(column).filter(pl.col("key") == key).first()
-
-
 def _summarise_pairs(pairs: pl.DataFrame) -> pl.DataFrame:
-    """One row per line: its special keys, property count and worst pair reason."""
-    return pairs.group_by("line_no").agg(
-        p_kind=_special("_p", "kind"),
-        p_value=_special("_p", "value"),
-        t_kind=_special("_t", "kind"),
-        t_value=_special("_t", "value"),
-        n_kind=_special("_n", "kind"),
-        n_value=_special("_n", "value"),
-        p2_kind=_special("_p2", "kind"),
-        p2_value=_special("_p2", "value"),
-        property_count=(~pl.col("is_special")).sum(),
-        duplicate_key=pl.col("name_label").str.to_lowercase().is_duplicated().any(),
-        pair_code=pl.col("pair_code").min(),
+    """One row per line: its special keys, property count, duplicate flag, worst pair reason.
+
+    Only plain aggregations (max, sum, any, min) in the group_by: a special key's column is
+    null on every other pair, so its max is its value. A line naming a key twice is
+    rejected as duplicate_key, so which of the two the max picks does not matter.
+    """
+    special_columns = []
+    for key, prefix in (("_p", "p"), ("_t", "t"), ("_n", "n"), ("_p2", "p2")):
+        is_key = pl.col("key") == key
+        special_columns += [
+            pl.when(is_key).then(pl.col("kind")).alias(f"{prefix}_kind"),
+            pl.when(is_key).then(pl.col("value")).alias(f"{prefix}_value"),
+        ]
+    duplicate = pl.struct("line_no", pl.col("name_label").str.to_lowercase()).is_duplicated()
+    return (
+        pairs.select("line_no", "is_special", "pair_code", *special_columns, duplicate=duplicate)
+        .group_by("line_no")
+        .agg(
+            *(pl.col(column.meta.output_name()).max() for column in special_columns),
+            property_count=(~pl.col("is_special")).sum(),
+            duplicate_key=pl.col("duplicate").any(),
+            pair_code=pl.col("pair_code").min(),
+        )
     )
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks of kmdagster against the baselines a user would otherwise write."""

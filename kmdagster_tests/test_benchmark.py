@@ -1,0 +1,38 @@
+"""The benchmark at a tiny size, so it keeps working (the real run takes minutes)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_benchmark_runs_end_to_end_and_methods_agree(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--lines",
+            "3000",
+            "--memory-gb",
+            "",
+            "--scale-keys",
+            "300",
+            "--workdir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "same rows from baseline, split and import: yes" in out
+    for method in ("orjson parse only", "msgspec + checks", "validate-and-split", "import job"):
+        assert method in out
+    assert "sensor over 300 keys (30 matching)" in out
+    assert out.count("HOLDS") + out.count("MISSED") == 7
