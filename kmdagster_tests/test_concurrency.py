@@ -13,7 +13,6 @@ import pytest
 import yaml
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, instance_for_test
 
-from kmdagster.defs.factory import build_definitions
 from kmdagster.defs.runs import SOURCE_TAG, WAREHOUSE_TAG
 from kmdagster.faults import CRASH_ENV
 from kmdagster.format.split import split_km_lines
@@ -22,7 +21,7 @@ from kmdagster_tests.conftest import make_config, write_config
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.run_import_job import spawn_import_job
 from kmdagster_tests.seaweed import SeaweedS3
-from kmdagster_tests.ticks import step_failure_message
+from kmdagster_tests.ticks import run_partition, step_failure_message
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "accounts.20261126.json"
@@ -61,11 +60,7 @@ def test_a_second_run_of_the_same_source_stops_without_reading(
         assert job.wait(timeout=180) == -signal.SIGKILL
         (first,) = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
 
-        second = (
-            build_definitions(config)
-            .resolve_job_def("accounts_import_job")
-            .execute_in_process(instance=instance, partition_key=KEY, raise_on_error=False)
-        )
+        second = run_partition(config, instance, KEY)
 
     assert not second.success
     message = step_failure_message(second)

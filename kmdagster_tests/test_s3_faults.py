@@ -19,7 +19,7 @@ from kmdagster_tests.conftest import ADMIN, WRITE_ONLY, make_config
 from kmdagster_tests.fault_proxy import FAULTS, FaultPlan, FaultProxy, every_nth
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.seaweed import SeaweedS3
-from kmdagster_tests.ticks import step_failure_message
+from kmdagster_tests.ticks import run_partition, step_failure_message
 
 KEY = "accounts.json"
 
@@ -136,11 +136,7 @@ def test_permanent_s3_errors_fail_the_run_naming_bucket_key_and_fix(
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", WRITE_ONLY.secret_key)
     instance.add_dynamic_partitions("accounts_files", [KEY])
 
-    result = (
-        build_definitions(config)
-        .resolve_job_def("accounts_import_job")
-        .execute_in_process(instance=instance, partition_key=KEY, raise_on_error=False)
-    )
+    result = run_partition(config, instance, KEY)
 
     assert not result.success
     message = step_failure_message(result)

@@ -41,3 +41,11 @@ def step_failure_message(result: Any) -> str:
     """The error of a failed run's first failed step."""
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     return str(failure.step_failure_data.error)
+
+
+def run_partition(config: Any, instance: DagsterInstance, key: str) -> Any:
+    """One import run of ``key`` with ``config``'s definitions; a failure is returned."""
+    from kmdagster.defs.factory import build_definitions
+
+    job = build_definitions(config).resolve_job_def("accounts_import_job")
+    return job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False)
