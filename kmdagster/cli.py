@@ -83,8 +83,14 @@ def cmd_check(config: KmConfig, source: SourceConfig, args: argparse.Namespace) 
 def cmd_status(config: KmConfig, source: SourceConfig, args: argparse.Namespace) -> None:
     pattern = FilePattern.from_base_filename(source.base_filename)
     root_files = list(list_matching_files(s3_client(config), source.bucket, pattern))
-    with DuckDBWarehouse.read_only(config.warehouse.duckdb_path) as warehouse:
-        ledger = warehouse.ledger_rows(source.name) if warehouse else []
+    ledger_note = None
+    try:
+        with DuckDBWarehouse.read_only(config.warehouse.duckdb_path, args.wait) as warehouse:
+            ledger = warehouse.ledger_rows(source.name) if warehouse else []
+    except WarehouseBusy as exc:
+        # An import run holds DuckDB's only write lock: show what S3 alone can tell.
+        ledger, ledger_note = [], f"ledger not read: {exc}; files at the root show as pending"
+        print(f"note: {ledger_note}", file=sys.stderr)
     states = file_states(root_files, ledger)
     waiting = backlog(states)
     eta = backlog_eta(source.cron, len(waiting), datetime.now(timezone.utc))
@@ -96,6 +102,7 @@ def cmd_status(config: KmConfig, source: SourceConfig, args: argparse.Namespace)
             "backlog": len(waiting),
             "backlog_bytes": sum(state.size_bytes - state.next_offset for state in waiting),
             "backlog_done_by": eta.isoformat() if eta else None,
+            "ledger_note": ledger_note,
         }
         print(json.dumps(report, indent=2))
     else:
@@ -161,6 +168,13 @@ def parser() -> argparse.ArgumentParser:
             command.add_argument("--json", action="store_true", help="print one JSON object")
         if name == "preview":
             command.add_argument("--key", help="preview this key instead of the first pending")
+        if name == "status":
+            command.add_argument(
+                "--wait",
+                type=float,
+                default=10.0,
+                help="seconds to wait for a running import to release the warehouse",
+            )
         if name == "confirm":
             command.add_argument(
                 "--workspace", help=f"workspace.yaml to load (default: -m {DEFINITIONS_MODULE})"

@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import re
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -272,6 +274,32 @@ def test_status_shows_every_state_and_the_backlog(
 
     code, out, _ = run_cli(capsys, "status", "accounts")
     assert "Backlog: 3 files" in out and f"{partial.next_offset:,} (" in out
+
+
+def test_status_during_an_import_shows_the_bucket_and_says_the_ledger_is_busy(
+    s3: Any, bucket: str, config_file: Path, warehouse_path: Path, capsys: Any
+) -> None:
+    s3.put_object(Bucket=bucket, Key="accounts.1.json", Body=km_file(seed=1).data)
+    script = (
+        "import sys, time, duckdb; con = duckdb.connect(sys.argv[1]); "
+        "print('held', flush=True); time.sleep(60)"
+    )
+    with DuckDBWarehouse.connect(warehouse_path):
+        pass  # the warehouse exists; another process now holds its write lock
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, str(warehouse_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        code, out, err = run_cli(capsys, "status", "accounts", "--json", "--wait", "1")
+    finally:
+        holder.kill()
+        holder.wait()
+
+    assert code == 0
+    report = json.loads(out)
+    assert [(f["key"], f["state"]) for f in report["files"]] == [("accounts.1.json", "pending")]
+    assert "held by another process" in report["ledger_note"] and "ledger not read" in err
 
 
 def test_confirm_switches_the_sensor_and_schedule_on(
