@@ -103,7 +103,7 @@ def scale_checks(server: SeaweedS3, client: Any, keys: int, matching: int) -> di
         sources=(SourceConfig(name="accounts", bucket=bucket, base_filename="accounts.json"),),
     )
     defs = build_definitions(config)
-    sensor = defs.get_sensor_def("accounts_file_sensor")
+    sensor = defs.resolve_sensor_def("accounts_file_sensor")
     with instance_for_test() as instance:  # a throwaway local instance
         started = time.perf_counter()
         with build_sensor_context(instance=instance, resources=defs.resources) as context:
@@ -130,7 +130,7 @@ def scale_checks(server: SeaweedS3, client: Any, keys: int, matching: int) -> di
         )
         schedule = build_definitions(
             KmConfig(s3=config.s3, warehouse=config.warehouse, sources=(tick_source,))
-        ).get_schedule_def("accounts_hourly_import")
+        ).resolve_schedule_def("accounts_hourly_import")
         started = time.perf_counter()
         with build_schedule_context(
             instance=instance,

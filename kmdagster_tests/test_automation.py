@@ -29,13 +29,13 @@ LINE = b'{"_p":"a","_t":1700000000,"_n":"x"}\n'
 
 
 def evaluate_sensor(defs: Any, instance: DagsterInstance):
-    sensor = defs.get_sensor_def("accounts_file_sensor")
+    sensor = defs.resolve_sensor_def("accounts_file_sensor")
     with build_sensor_context(instance=instance, resources=defs.resources) as context:
         return sensor(context)
 
 
 def evaluate_schedule(defs: Any, instance: DagsterInstance):
-    schedule = defs.get_schedule_def("accounts_hourly_import")
+    schedule = defs.resolve_schedule_def("accounts_hourly_import")
     with build_schedule_context(
         instance=instance, scheduled_execution_time=TICK, resources=defs.resources
     ) as context:

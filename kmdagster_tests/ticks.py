@@ -17,13 +17,13 @@ from dagster import (
 
 def run_tick(defs: Any, instance: DagsterInstance, tick: datetime) -> RunRequest | SkipReason:
     """Evaluate the sensor then the schedule once, and execute the requested run."""
-    sensor = defs.get_sensor_def("accounts_file_sensor")
+    sensor = defs.resolve_sensor_def("accounts_file_sensor")
     with build_sensor_context(instance=instance, resources=defs.resources) as context:
         result = sensor(context)
         if isinstance(result, SensorResult):
             for request in result.dynamic_partitions_requests or []:
                 instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
-    schedule = defs.get_schedule_def("accounts_hourly_import")
+    schedule = defs.resolve_schedule_def("accounts_hourly_import")
     with build_schedule_context(
         instance=instance, scheduled_execution_time=tick, resources=defs.resources
     ) as context:
