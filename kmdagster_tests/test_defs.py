@@ -51,7 +51,7 @@ def test_definitions_load_without_network(tmp_path: Path, monkeypatch: pytest.Mo
         "accounts_file_sensor",
         "orders_file_sensor",
     }
-    assert repository.resolve_schedule_def("orders_hourly_import").cron_schedule == "30 * * * *"
+    assert repository.get_schedule_def("orders_hourly_import").cron_schedule == "30 * * * *"
     keys = repository.asset_graph.get_all_asset_keys()
     for table in (
         "s3_file",
