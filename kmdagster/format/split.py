@@ -154,8 +154,8 @@ def split_km_lines(
             "line_no",
             "person",
             "ts",
-            name=pl.col("name_label").str.to_lowercase(),
-            name_label="name_label",
+            "name",
+            "name_label",
             value="value",
             value_number=_finite_number(pl.col("value")),
         )
@@ -181,7 +181,7 @@ def _sent_names(valid: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
     properties = (
         pairs.filter(~pl.col("is_special"))
         .join(valid.select("line_no"), on="line_no", how="semi")
-        .select(kind=pl.lit("property"), sent="key", name=pl.col("name_label").str.to_lowercase())
+        .select(kind=pl.lit("property"), sent="key", name="name")
     )
     return pl.concat([events, properties]).unique()
 
@@ -272,8 +272,9 @@ def _extract_pairs(well_formed: pl.DataFrame) -> pl.DataFrame:
         "kind",
         "value",
         "name_label",
-        "is_special",
-        "pair_code",
+        name=pl.col("name_label").str.to_lowercase(),  # once: the duplicate check reuses it
+        is_special="is_special",
+        pair_code="pair_code",
     )
 
 
@@ -345,7 +346,7 @@ def _summarise_pairs(pairs: pl.DataFrame) -> pl.DataFrame:
             pl.when(is_key).then(pl.col("kind")).alias(f"{prefix}_kind"),
             pl.when(is_key).then(pl.col("value")).alias(f"{prefix}_value"),
         ]
-    duplicate = pl.struct("line_no", pl.col("name_label").str.to_lowercase()).is_duplicated()
+    duplicate = pl.struct("line_no", "name").is_duplicated()
     return (
         pairs.select("line_no", "is_special", "pair_code", *special_columns, duplicate=duplicate)
         .group_by("line_no")
