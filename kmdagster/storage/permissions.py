@@ -88,19 +88,14 @@ def check_permissions(client: Any, bucket: str, pattern: FilePattern) -> list[Pe
         results[name] = PermissionResult(by_name[name], True, ok_detail)
         return True
 
-    first_file = None
-    listed = attempt(
-        "list",
-        "ListObjectsV2",
-        None,
-        lambda: client.list_objects_v2(Bucket=bucket, Prefix=pattern.stem, MaxKeys=1),
-        f"listed s3://{bucket}",
-    )
-    if listed:
-        try:
-            first_file = next(iter(list_matching_files(client, bucket, pattern)), None)
-        except S3AccessError:
-            first_file = None
+    # The listing the sensor does is the list probe, and it finds the file to read.
+    try:
+        first_file = next(iter(list_matching_files(client, bucket, pattern)), None)
+        listed = True
+        results["list"] = PermissionResult(by_name["list"], True, f"listed s3://{bucket}")
+    except S3AccessError as exc:
+        first_file, listed = None, False
+        results["list"] = PermissionResult(by_name["list"], False, str(exc))
     if first_file is not None:
         attempt(
             "read",
