@@ -28,8 +28,8 @@ class WarehouseResource(ConfigurableResource):
         with DuckDBWarehouse.connect(self.duckdb_path) as warehouse:
             yield warehouse
 
-    def known_names(self) -> KnownNames | None:
-        """Names already loaded, read-only (None: no warehouse file yet, nothing is known)."""
+    def known_names(self) -> KnownNames:
+        """Names already loaded, read-only (none when there is no warehouse file yet)."""
         with DuckDBWarehouse.read_only(self.duckdb_path) as warehouse:
             return warehouse.known_names() if warehouse else KnownNames(frozenset(), frozenset())
 
