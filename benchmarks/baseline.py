@@ -109,18 +109,6 @@ def _check(record: object, now: int) -> str | None:
         return "not_an_object"
     if any(isinstance(v, (dict, list)) for v in record.values()):
         return "nested_value"
-    for key, value in record.items():
-        if key in SPECIAL:
-            continue
-        name = key.replace(",", " ").replace(":", " ")
-        if not name.strip():
-            return "property_name_empty"
-        if len(name) > MAX_NAME_CHARS:
-            return "property_name_too_long"
-        if value is None:
-            return "property_value_null"
-        if isinstance(value, str) and len(value.encode()) > MAX_VALUE_BYTES:
-            return "property_value_too_long"
     if "_p" not in record:
         return "missing_identity"
     person = _identity(record["_p"])
@@ -163,6 +151,18 @@ def _check(record: object, now: int) -> str | None:
             return "alias_empty"
         if len(alias) > MAX_IDENTITY_CHARS:
             return "alias_too_long"
+    for key, value in record.items():
+        if key in SPECIAL:
+            continue
+        name = key.replace(",", " ").replace(":", " ")
+        if not name.strip():
+            return "property_name_empty"
+        if len(name) > MAX_NAME_CHARS:
+            return "property_name_too_long"
+        if value is None:
+            return "property_value_null"
+        if isinstance(value, str) and len(value.encode()) > MAX_VALUE_BYTES:
+            return "property_value_too_long"
     if "_n" not in record and "_p2" not in record and len(record) <= 2:
         return "nothing_to_record"
     return None

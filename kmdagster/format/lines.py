@@ -1,7 +1,8 @@
 """Turn a block of whole lines (bytes) into a polars frame of numbered text lines.
 
-UTF-8 decoding happens once for the whole block in C; only the rare undecodable bytes
-are visited in Python, to mark the lines that hold them.
+The lines are views into the block's own buffer, cut at newline offsets found by polars:
+no Python object per line. Undecodable bytes (rare) are found by one decoding pass in C;
+only the lines that hold them are decoded again in Python, with U+FFFD for those bytes.
 """
 
 from __future__ import annotations
@@ -10,16 +11,19 @@ import codecs
 import threading
 
 import polars as pl
+import pyarrow as pa
 
 UTF8_BOM = b"\xef\xbb\xbf"
+LINES_SCHEMA = {"line_no": pl.Int64, "text": pl.String, "invalid_utf8": pl.Boolean}
+_PLACEHOLDER = b"?"  # stands in for an undecodable byte until its line is re-decoded
 
 _errors = threading.local()
 
 
 def _record_decode_error(error: UnicodeError) -> tuple[str, int]:
     assert isinstance(error, UnicodeDecodeError)
-    _errors.offsets.append(error.start)
-    return "\ufffd", error.end
+    _errors.spans.append((error.start, error.end))
+    return "", error.end  # no U+FFFD: an ASCII block then decodes at ASCII speed
 
 
 codecs.register_error("kmdagster-record", _record_decode_error)
@@ -36,43 +40,76 @@ def decode_lines(data: bytes, first_line_no: int) -> pl.DataFrame:
     """Split ``data`` (whole lines, the last newline optional) into numbered lines.
 
     Returns columns ``line_no`` (Int64, counting from ``first_line_no``), ``text``
-    (String; a trailing CR is removed, undecodable bytes read as U+FFFD) and
+    (String; the newline and a trailing CR removed, undecodable bytes read as U+FFFD) and
     ``invalid_utf8`` (Boolean). An empty block has no lines.
     """
-    _errors.offsets = []
-    text = data.decode("utf-8", errors="kmdagster-record")
-    bad_offsets: list[int] = _errors.offsets
-    if text.endswith("\n"):
-        text = text[:-1]
-    elif not text:
-        return pl.DataFrame(
-            schema={"line_no": pl.Int64, "text": pl.String, "invalid_utf8": pl.Boolean}
-        )
-    # str.split in C and one Series build beat polars' split + explode here.
-    lines = pl.Series("text", text.split("\n"), dtype=pl.String)
-    if "\r" in text:
-        lines = lines.str.strip_suffix("\r")
-    frame = pl.DataFrame(
+    if not data:
+        return pl.DataFrame(schema=LINES_SCHEMA)
+    bad_spans = _undecodable_spans(data)
+    offsets, text = _line_views(_patched(data, bad_spans) if bad_spans else data)
+    invalid = pl.repeat(False, len(text), dtype=pl.Boolean, eager=True)
+    if bad_spans:
+        bad_lines = (
+            offsets.search_sorted(pl.Series([start for start, _ in bad_spans]), side="right") - 1
+        ).unique()
+        invalid = invalid.scatter(bad_lines, True)
+        text = text.scatter(bad_lines, _decoded_with_replacements(data, offsets, bad_lines))
+    text = text.str.strip_suffix("\n")
+    if b"\r" in data:
+        text = text.str.strip_suffix("\r")
+    return pl.DataFrame(
         {
             "line_no": pl.int_range(
-                first_line_no, first_line_no + len(lines), dtype=pl.Int64, eager=True
+                first_line_no, first_line_no + len(text), dtype=pl.Int64, eager=True
             ),
-            "text": lines,
+            "text": text,
+            "invalid_utf8": invalid,
         }
     )
-    if not bad_offsets:
-        return frame.with_columns(invalid_utf8=pl.lit(False))
-    bad_indexes = _line_indexes_of_offsets(data, bad_offsets)
-    return frame.with_columns(invalid_utf8=pl.int_range(pl.len()).is_in(bad_indexes))
 
 
-def _line_indexes_of_offsets(data: bytes, offsets: list[int]) -> list[int]:
-    """Index of the line that holds each byte offset; one pass over the data in total."""
-    indexes: list[int] = []
-    line_index = 0
-    previous = 0
-    for offset in sorted(offsets):
-        line_index += data.count(b"\n", previous, offset)
-        previous = offset
-        indexes.append(line_index)
-    return indexes
+def _undecodable_spans(data: bytes) -> list[tuple[int, int]]:
+    """(start, end) of every undecodable byte sequence in ``data``."""
+    _errors.spans = []
+    data.decode("utf-8", errors="kmdagster-record")
+    return _errors.spans
+
+
+def _patched(data: bytes, spans: list[tuple[int, int]]) -> bytes:
+    """``data`` with each undecodable byte replaced by a placeholder of the same size."""
+    patched = bytearray(data)
+    for start, end in spans:
+        patched[start:end] = _PLACEHOLDER * (end - start)
+    return bytes(patched)
+
+
+def _line_views(data: bytes) -> tuple[pl.Series, pl.Series]:
+    """(line offsets, text with its newline) of the lines of valid UTF-8 ``data``.
+
+    Line ``i`` is ``data[offsets[i]:offsets[i + 1]]``; the text is a view of ``data``'s
+    buffer: the bytes are not copied.
+    """
+    buffer = pa.py_buffer(data)
+    byte_values = pl.Series(pa.Array.from_buffers(pa.uint8(), len(data), [None, buffer]))
+    line_ends = (byte_values == ord("\n")).arg_true().cast(pl.Int64) + 1
+    if not data.endswith(b"\n"):
+        line_ends.append(pl.Series([len(data)], dtype=pl.Int64))
+    offsets = pl.concat([pl.Series([0], dtype=pl.Int64), line_ends]).rechunk()
+    arrow_offsets = offsets.to_arrow()
+    lines = pa.Array.from_buffers(
+        pa.large_string(),
+        len(line_ends),
+        [None, arrow_offsets.buffers()[1], buffer],
+        offset=arrow_offsets.offset,
+    )
+    return offsets, pl.Series("text", lines)
+
+
+def _decoded_with_replacements(data: bytes, offsets: pl.Series, lines: pl.Series) -> pl.Series:
+    """The text of the given lines (indexes), undecodable bytes read as U+FFFD."""
+    starts, ends = offsets.gather(lines).to_list(), offsets.gather(lines + 1).to_list()
+    texts = [
+        data[start:end].decode("utf-8", errors="replace")
+        for start, end in zip(starts, ends, strict=True)
+    ]
+    return pl.Series(texts, dtype=pl.String)

@@ -2,18 +2,20 @@
 
 Pure and vectorised: a block of whole lines goes in, polars frames come out, and no Python
 code runs per line. A valid line is a flat JSON object, so a strict regular expression of
-that grammar decides validity exactly; key/value pairs are then pulled out by a second
-expression and checked column-wise. See docs/format-rules.md for the rules.
+that grammar decides validity exactly; the pairs of the lines it admits are then cut out
+(``pairs.py``) and checked column-wise, and each line's special keys, duplicate names and
+worst pair are gathered per line by row index rather than by a group-by over all pairs.
+See docs/format-rules.md for the rules.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import polars as pl
 
 from kmdagster.format.lines import decode_lines
+from kmdagster.format.pairs import KIND_NULL, KIND_NUMBER, KIND_STRING, extract_pairs
 from kmdagster.format.reasons import REASON_ORDER, REJECT_REASONS
 
 KM_EPOCH_START = 1_230_768_000  # 2009-01-01T00:00:00Z: KISSmetrics keeps nothing older
@@ -23,6 +25,7 @@ MAX_IDENTITY_CHARS = 255
 MAX_VALUE_BYTES = 8 * 1024
 MAX_RAW_LINE_CHARS = 16 * 1024  # a rejected line is kept up to this length
 SPECIAL_KEYS = ("_p", "_t", "_n", "_p2")
+_SPECIAL_PREFIXES = (("_p", "p"), ("_t", "t"), ("_n", "n"), ("_p2", "p2"))
 
 _WS = r"[ \t\r]*"
 _STRING = r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"'
@@ -30,12 +33,9 @@ _NUMBER = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
 _SCALAR = rf"(?:{_STRING}|{_NUMBER}|true|false|null)"
 _PAIR = rf"{_STRING}{_WS}:{_WS}{_SCALAR}"
 FLAT_OBJECT_RE = rf"^{_WS}\{{{_WS}(?:{_PAIR}(?:{_WS},{_WS}{_PAIR})*)?{_WS}\}}{_WS}$"
-PAIR_RE = _PAIR
-KEY_RE = rf"{_STRING}{_WS}:"
 _NESTED_RE = rf":{_WS}[\[{{]"
-_NUMBER_RE = rf"^{_NUMBER}$"
+_PADDED_NUMBER_RE = rf"^\s*{_NUMBER}\s*$"
 _INTEGER_TEXT_RE = r"^-?[0-9]+$"
-_SURROGATE_ESCAPE_RE = r"\\u[dD][89a-fA-F]"
 
 EVENTS_SCHEMA = {
     "line_no": pl.Int64,
@@ -104,15 +104,19 @@ def split_km_lines(
     """
     lines = decode_lines(data, first_line_no)
     blank = ~pl.col("invalid_utf8") & (pl.col("text").str.strip_chars(" \t\r") == "")
-    blank_lines = lines.select(blank.sum()).item()
-    content = lines.filter(~blank).with_columns(syntax_code=_syntax_reason_code())
-    well_formed = content.filter(pl.col("syntax_code").is_null())
+    content = lines.filter(~blank)
+    is_flat = ~pl.col("invalid_utf8") & pl.col("text").str.contains(FLAT_OBJECT_RE)
+    content = content.with_columns(is_flat=is_flat)
+    well_formed = content.filter("is_flat").select(
+        "line_no", row=pl.int_range(pl.len(), dtype=pl.UInt32), text="text"
+    )
 
-    pairs = _extract_pairs(well_formed)
-    per_line = _summarise_pairs(pairs)
+    pairs = _with_names(extract_pairs(well_formed.select("row", "text")))
     checked = (
-        well_formed.select("line_no")
-        .join(per_line, on="line_no", how="left")
+        pl.concat(
+            [well_formed.select("line_no"), _line_summary(pairs, well_formed.height)],
+            how="horizontal",
+        )
         .with_columns(_line_fields())
         .with_columns(reason_code=_line_reason_code(now_limit=now_epoch + FUTURE_TOLERANCE_SECONDS))
         .with_columns(ts=pl.from_epoch("t_seconds", time_unit="s").dt.replace_time_zone("UTC"))
@@ -121,9 +125,7 @@ def split_km_lines(
 
     rejected_codes = pl.concat(
         [
-            content.filter(pl.col("syntax_code").is_not_null()).select(
-                "line_no", reason_code="syntax_code"
-            ),
+            content.filter(~pl.col("is_flat")).select("line_no", reason_code=_syntax_reason_code()),
             checked.filter(pl.col("reason_code").is_not_null()).select("line_no", "reason_code"),
         ]
     )
@@ -147,53 +149,66 @@ def split_km_lines(
         ts="ts",
     )
     aliases = valid.filter(pl.col("alias").is_not_null()).select("line_no", "person", "alias", "ts")
-    properties = (
-        pairs.filter(~pl.col("is_special"))
-        .join(valid.select("line_no", "person", "ts"), on="line_no", how="inner")
-        .select(
-            "line_no",
-            "person",
-            "ts",
-            "name",
-            "name_label",
-            value="value",
-            value_number=_finite_number(pl.col("value")),
-        )
-        .sort("line_no", maintain_order=True)
+    property_pairs = _valid_property_pairs(pairs, checked)
+    properties = property_pairs.select(
+        "line_no",
+        "person",
+        "ts",
+        "name",
+        "name_label",
+        value="value",
+        value_number=_finite_number(pl.col("value"), pl.col("kind")),
     )
-    sent_names = _sent_names(valid, pairs) if with_sent_names else None
+    sent_names = _sent_names(valid, property_pairs) if with_sent_names else None
     return SplitLines(
         events=events.cast(EVENTS_SCHEMA),  # type: ignore[arg-type]
         properties=properties.cast(PROPERTIES_SCHEMA),  # type: ignore[arg-type]
         aliases=aliases.cast(ALIASES_SCHEMA),  # type: ignore[arg-type]
         rejects=rejects.cast(REJECTS_SCHEMA),  # type: ignore[arg-type]
         lines_read=lines.height,
-        blank_lines=blank_lines,
+        blank_lines=lines.height - content.height,
         sent_names=sent_names,
     )
 
 
-def _sent_names(valid: pl.DataFrame, pairs: pl.DataFrame) -> pl.DataFrame:
+def _with_names(pairs: pl.DataFrame) -> pl.DataFrame:
+    """Each pair's name as stored (normalised) and as compared (also lower-cased), once."""
+    return pairs.with_columns(
+        is_special=pl.col("key").is_in(SPECIAL_KEYS),
+        name_label=normalise_name(pl.col("key")),
+    ).with_columns(name=pl.col("name_label").str.to_lowercase())
+
+
+def _valid_property_pairs(pairs: pl.DataFrame, checked: pl.DataFrame) -> pl.DataFrame:
+    """The property pairs of valid lines, with their line's number, person and time."""
+    properties = pairs.filter(~pl.col("is_special"))
+    line = checked.select("line_no", "person", "ts", "reason_code")[properties["row"]]
+    return (
+        pl.concat([properties, line], how="horizontal")
+        .filter(pl.col("reason_code").is_null())
+        .drop("reason_code")
+    )
+
+
+def _sent_names(valid: pl.DataFrame, property_pairs: pl.DataFrame) -> pl.DataFrame:
     """Distinct event and property names of valid lines: as sent, and as stored."""
     events = valid.filter(pl.col("event_label").is_not_null()).select(
         kind=pl.lit("event"), sent="n_value", name=pl.col("event_label").str.to_lowercase()
     )
-    properties = (
-        pairs.filter(~pl.col("is_special"))
-        .join(valid.select("line_no"), on="line_no", how="semi")
-        .select(kind=pl.lit("property"), sent="key", name="name")
-    )
+    properties = property_pairs.select(kind=pl.lit("property"), sent="key", name="name")
     return pl.concat([events, properties]).unique()
 
 
-def _finite_number(value: pl.Expr) -> pl.Expr:
-    """A JSON-number-shaped value as a float; null when not numeric or out of double range."""
+def _finite_number(value: pl.Expr, kind: pl.Expr) -> pl.Expr:
+    """A JSON number, or a string holding one, as a float; null when out of double range."""
+    numeric_string = (kind == KIND_STRING) & value.str.contains(_PADDED_NUMBER_RE)
     number = (
-        pl.when(value.str.strip_chars().str.contains(_NUMBER_RE))
+        pl.when(kind == KIND_NUMBER)
+        .then(value.cast(pl.Float64, strict=False))
+        .when(numeric_string)
         .then(value.str.strip_chars().cast(pl.Float64, strict=False))
-        .otherwise(None)
     )
-    return pl.when(number.is_finite()).then(number).otherwise(None)
+    return pl.when(number.is_finite()).then(number)
 
 
 def _code(reason: str) -> pl.Expr:
@@ -201,116 +216,17 @@ def _code(reason: str) -> pl.Expr:
 
 
 def _syntax_reason_code() -> pl.Expr:
-    text = pl.col("text")
-    stripped = text.str.strip_chars(" \t\r")
+    """Why a line the flat-object grammar refused is not one."""
+    stripped = pl.col("text").str.strip_chars(" \t\r")
     return (
         pl.when(pl.col("invalid_utf8"))
         .then(_code("invalid_utf8"))
-        .when(text.str.contains(FLAT_OBJECT_RE))
-        .then(None)
         .when(~stripped.str.starts_with("{"))
         .then(_code("not_an_object"))
-        .when(text.str.contains(_NESTED_RE))
+        .when(pl.col("text").str.contains(_NESTED_RE))
         .then(_code("nested_value"))
         .otherwise(_code("invalid_json"))
     )
-
-
-def _extract_pairs(well_formed: pl.DataFrame) -> pl.DataFrame:
-    """One row per key/value pair of every well-formed line, with the pair's own checks."""
-    # A string followed by a colon is always a key in a well-formed flat object, so the keys
-    # and the whole pairs come out in step; slicing beats a capture-group regex here.
-    tokens = (
-        well_formed.select(
-            "line_no",
-            key_part=pl.col("text").str.extract_all(KEY_RE),
-            pair=pl.col("text").str.extract_all(PAIR_RE),
-        )
-        .explode(["key_part", "pair"])
-        .drop_nulls("pair")
-        .select(
-            "line_no",
-            key_token=pl.col("key_part").str.strip_suffix(":").str.strip_chars_end(" \t\r"),
-            value_token=pl.col("pair")
-            .str.slice(pl.col("key_part").str.len_chars())
-            .str.strip_chars_start(" \t\r"),
-        )
-    )
-    key, key_bad = decode_json_strings(tokens["key_token"])
-    value_is_string = tokens["value_token"].str.starts_with('"')
-    # Non-string values go through as an empty string token so the decoder sees only strings.
-    value_text, value_bad = decode_json_strings(
-        tokens["value_token"].zip_with(value_is_string, pl.repeat('""', len(tokens), eager=True))
-    )
-    kind = (
-        pl.when(pl.col("value_token").str.starts_with('"'))
-        .then(pl.lit("string"))
-        .when(pl.col("value_token") == "null")
-        .then(pl.lit("null"))
-        .when(pl.col("value_token").is_in(["true", "false"]))
-        .then(pl.lit("boolean"))
-        .otherwise(pl.lit("number"))
-    )
-    pairs = tokens.with_columns(
-        key=key,
-        escape_bad=key_bad | value_bad,
-        decoded_string=value_text,
-        kind=kind,
-    ).with_columns(
-        is_special=pl.col("key").is_in(SPECIAL_KEYS),
-        name_label=normalise_name(pl.col("key")),
-        value=pl.when(pl.col("kind") == "string")
-        .then(pl.col("decoded_string"))
-        .when(pl.col("kind") == "null")
-        .then(None)
-        .otherwise(pl.col("value_token")),
-    )
-    # Only what later steps read: the token columns would double the chunk's memory.
-    return pairs.with_columns(pair_code=_pair_reason_code()).select(
-        pl.col("line_no").set_sorted(),  # exploded in line order: a faster group_by
-        "key",
-        "kind",
-        "value",
-        "name_label",
-        name=pl.col("name_label").str.to_lowercase(),  # once: the duplicate check reuses it
-        is_special="is_special",
-        pair_code="pair_code",
-    )
-
-
-def decode_json_strings(tokens: pl.Series) -> tuple[pl.Series, pl.Series]:
-    """Decode JSON string tokens (quotes included). Returns (text, has_lone_surrogate).
-
-    Tokens without a backslash just lose their quotes; escaped ones go through polars'
-    JSON decoder. Surrogate escapes are rare and checked exactly by Python's decoder,
-    since a lone surrogate is not text that can be stored.
-    """
-    has_escape = tokens.str.contains("\\", literal=True)
-    text = tokens.str.strip_prefix('"').str.strip_suffix('"')
-    bad = pl.repeat(False, len(tokens), dtype=pl.Boolean, eager=True)
-    if not has_escape.any():
-        return text, bad
-    has_surrogate = tokens.str.contains(_SURROGATE_ESCAPE_RE)
-    escaped_idx = (has_escape & ~has_surrogate).arg_true()
-    if len(escaped_idx):
-        text = text.scatter(escaped_idx, tokens.gather(escaped_idx).str.json_decode(pl.String))
-    surrogate_idx = has_surrogate.arg_true()
-    if len(surrogate_idx):
-        # Rare path: a Python loop over only the tokens that escape surrogates.
-        decoded = [_decode_surrogate_token(tokens[i]) for i in surrogate_idx.to_list()]
-        text = text.scatter(surrogate_idx, pl.Series(decoded, dtype=pl.String))
-        bad = bad.scatter(surrogate_idx, pl.Series([d is None for d in decoded]))
-    return text, bad
-
-
-def _decode_surrogate_token(token: str) -> str | None:
-    """The token's text, or None when it holds a lone surrogate (not storable text)."""
-    try:
-        decoded = json.loads(token)
-        decoded.encode("utf-8")
-    except (UnicodeEncodeError, ValueError):
-        return None
-    return decoded
 
 
 def _pair_reason_code() -> pl.Expr:
@@ -324,7 +240,7 @@ def _pair_reason_code() -> pl.Expr:
         .then(_code("property_name_empty"))
         .when(prop & (name.str.len_chars() > MAX_NAME_CHARS))
         .then(_code("property_name_too_long"))
-        .when(prop & (pl.col("kind") == "null"))
+        .when(prop & (pl.col("kind") == KIND_NULL))
         .then(_code("property_value_null"))
         .when(prop & (pl.col("value").str.len_bytes() > MAX_VALUE_BYTES))
         .then(_code("property_value_too_long"))
@@ -332,39 +248,70 @@ def _pair_reason_code() -> pl.Expr:
     )
 
 
-def _summarise_pairs(pairs: pl.DataFrame) -> pl.DataFrame:
-    """One row per line: its special keys, property count, duplicate flag, worst pair reason.
+def _line_summary(pairs: pl.DataFrame, lines: int) -> pl.DataFrame:
+    """One row per well-formed line (by ``row``): its special keys' kinds and values,
+    whether it names a key twice, whether it has a property, and its worst pair reason.
 
-    Only plain aggregations (max, sum, any, min) in the group_by: a special key's column is
-    null on every other pair, so its max is its value. A line naming a key twice is
-    rejected as duplicate_key, so which of the two the max picks does not matter.
+    Built by scattering the few interesting pairs to their line's row: no group-by over
+    all pairs. A line naming a key twice is rejected as duplicate_key, so which of the
+    two a scatter keeps does not matter.
     """
-    special_columns = []
-    for key, prefix in (("_p", "p"), ("_t", "t"), ("_n", "n"), ("_p2", "p2")):
-        is_key = pl.col("key") == key
-        special_columns += [
-            pl.when(is_key).then(pl.col("kind")).alias(f"{prefix}_kind"),
-            pl.when(is_key).then(pl.col("value")).alias(f"{prefix}_value"),
-        ]
-    duplicate = pl.struct("line_no", "name").is_duplicated()
-    return (
-        pairs.select("line_no", "is_special", "pair_code", *special_columns, duplicate=duplicate)
-        .group_by("line_no")
-        .agg(
-            *(pl.col(column.meta.output_name()).max() for column in special_columns),
-            property_count=(~pl.col("is_special")).sum(),
-            duplicate_key=pl.col("duplicate").any(),
-            pair_code=pl.col("pair_code").min(),
-        )
+    columns: dict[str, pl.Series] = {}
+    specials = pairs.filter(pl.col("is_special")).select("row", "key", "kind", "value")
+    for key, prefix in _SPECIAL_PREFIXES:
+        found = specials.filter(pl.col("key") == key)
+        columns[f"{prefix}_kind"] = _scatter(lines, pl.UInt8, found["row"], found["kind"])
+        columns[f"{prefix}_value"] = _scatter(lines, pl.String, found["row"], found["value"])
+    property_rows = pairs.filter(~pl.col("is_special"))["row"]
+    columns["has_property"] = _scatter(lines, pl.Boolean, property_rows, True, fill=False)
+    duplicate_rows = _rows_naming_a_key_twice(pairs)
+    columns["duplicate_key"] = _scatter(lines, pl.Boolean, duplicate_rows, True, fill=False)
+    coded = (
+        pairs.select("row", pair_code=_pair_reason_code())
+        .filter(pl.col("pair_code").is_not_null())
+        .group_by("row")
+        .agg(pl.col("pair_code").min())
     )
+    columns["pair_code"] = _scatter(lines, pl.Int32, coded["row"], coded["pair_code"])
+    return pl.DataFrame(columns)
+
+
+def _scatter(
+    length: int,
+    dtype: pl.DataType | type[pl.DataType],
+    rows: pl.Series,
+    values: pl.Series | bool,
+    fill: object = None,
+) -> pl.Series:
+    """A column of ``length`` rows, ``fill`` except where ``rows`` say."""
+    column = pl.repeat(fill, length, dtype=dtype, eager=True)
+    if len(rows):
+        column = column.scatter(rows, values)
+    return column
+
+
+def _rows_naming_a_key_twice(pairs: pl.DataFrame) -> pl.Series:
+    """Rows (lines) with two pairs of the same name, once names are normalised.
+
+    A sort of (row, hash of name) finds candidates cheaply; only candidate lines are
+    compared by name, so a hash collision never rejects a line.
+    """
+    row_bits = pl.col("row").cast(pl.UInt64) * pl.lit(1 << 32, dtype=pl.UInt64)
+    fingerprints = pairs.select(f=row_bits + pl.col("name").hash() // (1 << 32))["f"].sort()
+    repeated = fingerprints.filter(fingerprints == fingerprints.shift(1))
+    if not len(repeated):
+        return pl.Series("row", [], dtype=pl.UInt32)
+    candidate_rows = (repeated // (1 << 32)).cast(pl.UInt32).unique()
+    candidates = pairs.filter(pl.col("row").is_in(candidate_rows.implode()))
+    return candidates.filter(pl.struct("row", "name").is_duplicated())["row"].unique()
 
 
 def _identity_text(kind: str, value: str) -> pl.Expr:
     """An identity is a string, or an integer taken as its digits; anything else is null."""
     return (
-        pl.when(pl.col(kind) == "string")
+        pl.when(pl.col(kind) == KIND_STRING)
         .then(pl.col(value))
-        .when((pl.col(kind) == "number") & pl.col(value).str.contains(_INTEGER_TEXT_RE))
+        .when((pl.col(kind) == KIND_NUMBER) & pl.col(value).str.contains(_INTEGER_TEXT_RE))
         .then(pl.col(value))
         .otherwise(None)
     )
@@ -372,14 +319,14 @@ def _identity_text(kind: str, value: str) -> pl.Expr:
 
 def _line_fields() -> list[pl.Expr]:
     t_digits = (
-        pl.when(pl.col("t_kind").is_in(["number", "string"]))
+        pl.when(pl.col("t_kind").is_in([KIND_NUMBER, KIND_STRING]))
         .then(pl.col("t_value").str.strip_chars())
         .otherwise(None)
     )
     return [
         _identity_text("p_kind", "p_value").alias("person"),
         _identity_text("p2_kind", "p2_value").alias("alias"),
-        pl.when(pl.col("n_kind") == "string")
+        pl.when(pl.col("n_kind") == KIND_STRING)
         .then(normalise_name(pl.col("n_value")))
         .otherwise(None)
         .alias("event_label"),
@@ -430,9 +377,7 @@ def _line_reason_code(now_limit: int) -> pl.Expr:
         pl.when(alias.str.strip_chars() == "").then(_code("alias_empty")),
         pl.when(alias.str.len_chars() > MAX_IDENTITY_CHARS).then(_code("alias_too_long")),
         pl.when(
-            pl.col("n_kind").is_null()
-            & pl.col("p2_kind").is_null()
-            & (pl.col("property_count").fill_null(0) == 0)
+            pl.col("n_kind").is_null() & pl.col("p2_kind").is_null() & ~pl.col("has_property")
         ).then(_code("nothing_to_record")),
     ]
     return pl.min_horizontal(candidates)

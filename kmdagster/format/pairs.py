@@ -1,0 +1,162 @@
+"""The key/value pairs of well-formed flat JSON objects: one row per pair, in line order.
+
+Lines reach this module only after the flat-object grammar has admitted them, so their
+tokens can be cut cheaply instead of parsed: in such a line every unescaped double quote
+opens or closes a string, and the text between two strings holds at most one bare value
+(a number, true, false or null). Lines with an escaped quote, where that is not so, are
+cut by a token regex instead. Either way the tokens of a line alternate key, value.
+"""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+
+# Value kinds, as small codes: they are compared once per pair.
+KIND_STRING, KIND_NUMBER, KIND_BOOLEAN, KIND_NULL = 0, 1, 2, 3
+
+TOKEN_RE = r'"(?:[^"\\]|\\.)*"|[^\s,:{}"]+'  # a whole string, or a bare value
+_WHITESPACE = " \t\r"
+_SEPARATOR_CHARS = "{}:, \t\r"
+_SURROGATE_ESCAPE_RE = r"\\u[dD][89a-fA-F]"
+
+PAIRS_SCHEMA = {
+    "row": pl.UInt32,
+    "key": pl.String,
+    "kind": pl.UInt8,
+    "value": pl.String,
+    "escape_bad": pl.Boolean,
+}
+
+
+def extract_pairs(well_formed: pl.DataFrame) -> pl.DataFrame:
+    """One row per pair of every line of ``well_formed`` (columns ``row``, ``text``).
+
+    Returns ``row``, ``key`` (decoded), ``kind`` (a ``KIND_*`` code), ``value`` (the
+    decoded string, a number's or boolean's text as sent, null for null) and
+    ``escape_bad`` (a string of the pair escapes a lone surrogate). Pairs come out in
+    line order, and in each line in the order they were sent.
+    """
+    quote_escaped = pl.col("text").str.contains('\\"', literal=True)
+    by_quotes = _pairs_between_quotes(well_formed.filter(~quote_escaped))
+    by_regex = _pairs_by_regex(well_formed.filter(quote_escaped))
+    raw = by_quotes
+    if by_regex.height:
+        raw = pl.concat([by_quotes, by_regex]).sort("row", maintain_order=True)
+    key, key_bad = decode_string_contents(raw["key"], raw["may_escape"])
+    value, value_bad = decode_string_contents(
+        raw["value"], raw["may_escape"] & raw["value_is_string"]
+    )
+    bare = pl.col("value")
+    kind = (
+        pl.when(pl.col("value_is_string"))
+        .then(pl.lit(KIND_STRING, dtype=pl.UInt8))
+        .when(bare == "null")
+        .then(pl.lit(KIND_NULL, dtype=pl.UInt8))
+        .when(bare.is_in(["true", "false"]))
+        .then(pl.lit(KIND_BOOLEAN, dtype=pl.UInt8))
+        .otherwise(pl.lit(KIND_NUMBER, dtype=pl.UInt8))
+    )
+    return (
+        raw.select("row", kind=kind)
+        .with_columns(
+            key=key,
+            value=pl.when(pl.col("kind") != KIND_NULL).then(value),
+            escape_bad=key_bad | value_bad,
+        )
+        .select(list(PAIRS_SCHEMA))
+    )
+
+
+def _pairs_between_quotes(lines: pl.DataFrame) -> pl.DataFrame:
+    """Pairs of lines without an escaped quote: cut at every quote, no regex.
+
+    Past the opening brace, a line's parts alternate: a string's contents, then the text
+    up to the next string. A string followed by a colon is a key; its value is the next
+    string when the colon stands alone, else the bare value after the colon.
+    """
+    parts = lines.select(
+        "row",
+        may_escape=pl.col("text").str.contains("\\", literal=True),
+        part=pl.col("text").str.split('"').list.slice(1),
+    ).explode("part")
+    strings = parts.gather_every(2)
+    return (
+        strings.with_columns(
+            after=parts["part"].gather_every(2, offset=1), next_string=pl.col("part").shift(-1)
+        )
+        .filter(pl.col("after").str.contains(":", literal=True))
+        .with_columns(value_is_string=pl.col("after").str.strip_chars(_WHITESPACE) == ":")
+        .select(
+            "row",
+            key="part",
+            value=pl.when(pl.col("value_is_string"))
+            .then(pl.col("next_string"))
+            .otherwise(pl.col("after").str.strip_chars(_SEPARATOR_CHARS)),
+            value_is_string="value_is_string",
+            may_escape="may_escape",
+        )
+    )
+
+
+def _pairs_by_regex(lines: pl.DataFrame) -> pl.DataFrame:
+    """Pairs of lines with an escaped quote, where cutting at quotes would be wrong."""
+    tokens = (
+        lines.select("row", token=pl.col("text").str.extract_all(TOKEN_RE))
+        .explode("token")
+        .drop_nulls("token")  # an empty object has no tokens
+    )
+    keys, values = tokens.gather_every(2), tokens["token"].gather_every(2, offset=1)
+    value_is_string = values.str.starts_with('"')
+    return keys.select(
+        "row",
+        key=pl.col("token").str.strip_prefix('"').str.strip_suffix('"'),
+        value=values.str.strip_prefix('"').str.strip_suffix('"'),  # bare values have none
+        value_is_string=value_is_string,
+        may_escape=pl.lit(True),
+    )
+
+
+def decode_string_contents(
+    contents: pl.Series, may_escape: pl.Series | None = None
+) -> tuple[pl.Series, pl.Series]:
+    """Decode JSON string contents (no quotes). Returns (text, has_lone_surrogate).
+
+    Contents without a backslash are already their text; escaped ones go through polars'
+    JSON decoder. Only ``may_escape`` rows are looked at. Surrogate escapes are rare and
+    checked exactly by Python's decoder, since a lone surrogate is not storable text.
+    """
+    bad = pl.repeat(False, len(contents), dtype=pl.Boolean, eager=True)
+    if may_escape is None:
+        candidates = pl.int_range(len(contents), dtype=pl.UInt32, eager=True)
+    else:
+        candidates = may_escape.arg_true()
+    if not len(candidates):
+        return contents, bad
+    escaped = candidates.filter(contents.gather(candidates).str.contains("\\", literal=True))
+    if not len(escaped):
+        return contents, bad
+    quoted = ('"' + contents.gather(escaped) + '"').alias("quoted")
+    has_surrogate = quoted.str.contains(_SURROGATE_ESCAPE_RE)
+    text = contents.clone()
+    plain = escaped.filter(~has_surrogate)
+    if len(plain):
+        text = text.scatter(plain, quoted.filter(~has_surrogate).str.json_decode(pl.String))
+    surrogate = escaped.filter(has_surrogate)
+    if len(surrogate):
+        # Rare path: a Python loop over only the strings that escape surrogates.
+        decoded = [_decode_surrogate_string(s) for s in quoted.filter(has_surrogate).to_list()]
+        text = text.scatter(surrogate, pl.Series(decoded, dtype=pl.String))
+        bad = bad.scatter(surrogate, pl.Series([d is None for d in decoded]))
+    return text, bad
+
+
+def _decode_surrogate_string(quoted: str) -> str | None:
+    """The string's text, or None when it holds a lone surrogate (not storable text)."""
+    try:
+        decoded = json.loads(quoted)
+        decoded.encode("utf-8")
+    except (UnicodeEncodeError, ValueError):
+        return None
+    return decoded
