@@ -147,6 +147,30 @@ def test_values_numbers_booleans_and_numeric_strings() -> None:
     }
 
 
+@pytest.mark.parametrize(
+    ("value", "number"),
+    [
+        ('" 42 "', 42.0),
+        ('"-0.5e1"', -5.0),
+        ('"1e400"', None),
+        ("1e400", None),
+        ('"inf"', None),
+        ('"NaN"', None),
+        ('"+1"', None),
+        ('".5"', None),
+        ('"5."', None),
+        ('"0x10"', None),
+        ('"1 2"', None),
+        ("-0", -0.0),
+    ],
+)
+def test_only_json_numbers_and_strings_holding_one_get_a_number(
+    value: str, number: float | None
+) -> None:
+    result = split(f'{{"_p":"a","_t":1328044149,"v":{value}}}')
+    assert result.properties["value_number"].to_list() == [number]
+
+
 def test_identity_and_timestamp_accepted_forms() -> None:
     result = split(
         '{"_p":12345,"_t":"1328044149","_n":"x"}',

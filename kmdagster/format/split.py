@@ -151,14 +151,8 @@ def split_km_lines(
     aliases = valid.filter(pl.col("alias").is_not_null()).select("line_no", "person", "alias", "ts")
     property_pairs = _valid_property_pairs(pairs, checked)
     properties = property_pairs.select(
-        "line_no",
-        "person",
-        "ts",
-        "name",
-        "name_label",
-        value="value",
-        value_number=_finite_number(pl.col("value"), pl.col("kind")),
-    )
+        "line_no", "person", "ts", "name", "name_label", "value"
+    ).with_columns(value_number=_value_numbers(property_pairs["value"], property_pairs["kind"]))
     sent_names = _sent_names(valid, property_pairs) if with_sent_names else None
     return SplitLines(
         events=events.cast(EVENTS_SCHEMA),  # type: ignore[arg-type]
@@ -172,11 +166,28 @@ def split_km_lines(
 
 
 def _with_names(pairs: pl.DataFrame) -> pl.DataFrame:
-    """Each pair's name as stored (normalised) and as compared (also lower-cased), once."""
-    return pairs.with_columns(
-        is_special=pl.col("key").is_in(SPECIAL_KEYS),
-        name_label=normalise_name(pl.col("key")),
-    ).with_columns(name=pl.col("name_label").str.to_lowercase())
+    """Each pair's name as stored (normalised), as compared (also lower-cased), whether
+    it is a special key, and what is wrong with it as a property name (a reason code).
+
+    Worked out once per distinct key of the chunk (a few hundred) and joined back.
+    """
+    label = pl.col("name_label")
+    distinct = (
+        pairs.select(pl.col("key").unique())
+        .with_columns(
+            is_special=pl.col("key").is_in(SPECIAL_KEYS), name_label=normalise_name(pl.col("key"))
+        )
+        .with_columns(
+            name=label.str.to_lowercase(),
+            name_code=pl.when(pl.col("is_special"))
+            .then(None)
+            .when(label.str.strip_chars() == "")
+            .then(_code("property_name_empty"))
+            .when(label.str.len_chars() > MAX_NAME_CHARS)
+            .then(_code("property_name_too_long")),
+        )
+    )
+    return pairs.join(distinct, on="key", how="left", maintain_order="left")
 
 
 def _valid_property_pairs(pairs: pl.DataFrame, checked: pl.DataFrame) -> pl.DataFrame:
@@ -199,16 +210,16 @@ def _sent_names(valid: pl.DataFrame, property_pairs: pl.DataFrame) -> pl.DataFra
     return pl.concat([events, properties]).unique()
 
 
-def _finite_number(value: pl.Expr, kind: pl.Expr) -> pl.Expr:
-    """A JSON number, or a string holding one, as a float; null when out of double range."""
-    numeric_string = (kind == KIND_STRING) & value.str.contains(_PADDED_NUMBER_RE)
-    number = (
-        pl.when(kind == KIND_NUMBER)
-        .then(value.cast(pl.Float64, strict=False))
-        .when(numeric_string)
-        .then(value.str.strip_chars().cast(pl.Float64, strict=False))
-    )
-    return pl.when(number.is_finite()).then(number)
+def _value_numbers(values: pl.Series, kinds: pl.Series) -> pl.Series:
+    """A JSON number, or a string holding one (spaces around allowed), as a float; null
+    for anything else and for numbers out of double range (their text is kept)."""
+    numbers = values.str.strip_chars().cast(pl.Float64, strict=False)
+    # The cast takes more than JSON's grammar ("inf", "+1", ".5"): check the strings it took.
+    strings_taken = ((kinds == KIND_STRING) & numbers.is_not_null()).arg_true()
+    if len(strings_taken):
+        not_json = ~values.gather(strings_taken).str.contains(_PADDED_NUMBER_RE)
+        numbers = numbers.scatter(strings_taken.filter(not_json), None)
+    return numbers.set(~numbers.is_finite().fill_null(True), None)
 
 
 def _code(reason: str) -> pl.Expr:
@@ -232,19 +243,15 @@ def _syntax_reason_code() -> pl.Expr:
 def _pair_reason_code() -> pl.Expr:
     """Reasons a single pair gives its line (property rules; special keys are checked later)."""
     prop = ~pl.col("is_special")
-    name = pl.col("name_label")
     return (
         pl.when(pl.col("escape_bad"))
         .then(_code("invalid_unicode_escape"))
-        .when(prop & (name.str.strip_chars() == ""))
-        .then(_code("property_name_empty"))
-        .when(prop & (name.str.len_chars() > MAX_NAME_CHARS))
-        .then(_code("property_name_too_long"))
+        .when(pl.col("name_code").is_not_null())
+        .then(pl.col("name_code"))
         .when(prop & (pl.col("kind") == KIND_NULL))
         .then(_code("property_value_null"))
         .when(prop & (pl.col("value").str.len_bytes() > MAX_VALUE_BYTES))
         .then(_code("property_value_too_long"))
-        .otherwise(None)
     )
 
 
