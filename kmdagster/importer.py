@@ -79,15 +79,16 @@ def import_file(
     reader = LineChunkReader(client, bucket, key, current.etag, current.size, chunk_bytes)
     totals = _Totals()
     stopped_on_budget = False
-    # The stages overlap on two cores: S3 reads (I/O), two chunks split at once (polars
-    # releases the GIL) and the previous chunk's DuckDB commit. Commits stay strictly in
+    # The stages overlap on two cores: the next S3 read (I/O), two chunks split at once
+    # (polars releases the GIL) and the previous chunk's DuckDB commit. Commits stay strictly in
     # order, one transaction each, so the exactly-once argument is unchanged.
+    readers = ThreadPoolExecutor(1, thread_name_prefix="kmdagster-read")
     splitters = ThreadPoolExecutor(SPLIT_WORKERS, thread_name_prefix="kmdagster-split")
     committer = ThreadPoolExecutor(1, thread_name_prefix="kmdagster-commit")
     in_flight: tuple[Future[LedgerRow], SplitLines] | None = None
     try:
         if not row.is_complete:
-            for chunk, split in _read_and_split(reader, row, now_epoch, splitters):
+            for chunk, split in _read_and_split(reader, row, now_epoch, splitters, readers):
                 if in_flight is not None:
                     row = _finish(in_flight, totals, after_commit)
                     in_flight = None
@@ -107,6 +108,7 @@ def import_file(
         _settle(in_flight, row)  # never leave a commit running on the connection
         committer.shutdown(wait=True)
         splitters.shutdown(wait=False, cancel_futures=True)
+        readers.shutdown(wait=False, cancel_futures=True)
     return ImportReport(
         ledger=row,
         start_offset=start_offset,
@@ -143,32 +145,39 @@ def _read_and_split(
     row: LedgerRow,
     now_epoch: Callable[[], float],
     splitters: ThreadPoolExecutor,
+    readers: ThreadPoolExecutor,
 ) -> Iterator[tuple[Chunk, SplitLines]]:
     """Chunks from the ledger's offset, in order, split ``SPLIT_WORKERS`` at a time.
 
-    Reads happen here while earlier chunks are being split; a chunk's first line number
-    comes from counting the newlines of the chunks before it, so splits need not wait
-    for one another.
+    The next chunk is always being read (in ``readers``) while earlier ones are split
+    and committed; a chunk's first line number comes from counting the newlines of the
+    chunks before it, so splits need not wait for one another.
     """
     line_no = row.lines_read + 1
-    offset = row.next_offset
+    # An empty file still gets its one (empty) chunk, which completes it.
+    next_read: Future[Chunk] | None = readers.submit(reader.read_chunk, row.next_offset)
     window: deque[tuple[Chunk, int, Future[SplitLines]]] = deque()
-    read_any = False  # an empty file still gets its one (empty) chunk, which completes it
-    while offset < reader.size or window or not read_any:
-        while (offset < reader.size or not read_any) and len(window) < SPLIT_WORKERS:
-            read_any = True
-            chunk = reader.read_chunk(offset)
-            crash_point("import.chunk_read")
-            lines = count_lines(chunk.data)
-            split = splitters.submit(split_km_lines, chunk.data, line_no, int(now_epoch()))
-            window.append((chunk, lines, split))
-            line_no += lines
-            offset = chunk.end
-        chunk, lines, split = window.popleft()
-        result = split.result()
-        if result.lines_read != lines:  # would shift every later line number
-            raise RuntimeError(f"split read {result.lines_read} lines where {lines} were counted")
-        yield chunk, result
+    try:
+        while next_read is not None or window:
+            while next_read is not None and len(window) < SPLIT_WORKERS:
+                chunk = next_read.result()
+                crash_point("import.chunk_read")
+                more = chunk.end < reader.size
+                next_read = readers.submit(reader.read_chunk, chunk.end) if more else None
+                lines = count_lines(chunk.data)
+                split = splitters.submit(split_km_lines, chunk.data, line_no, int(now_epoch()))
+                window.append((chunk, lines, split))
+                line_no += lines
+            chunk, lines, split = window.popleft()
+            result = split.result()
+            if result.lines_read != lines:  # would shift every later line number
+                raise RuntimeError(
+                    f"split read {result.lines_read} lines where {lines} were counted"
+                )
+            yield chunk, result
+    finally:
+        if next_read is not None:
+            next_read.cancel()  # stopped early (budget, error): the read-ahead is not needed
 
 
 def _finish(
