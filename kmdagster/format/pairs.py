@@ -17,7 +17,6 @@ import polars as pl
 KIND_STRING, KIND_NUMBER, KIND_BOOLEAN, KIND_NULL = 0, 1, 2, 3
 
 TOKEN_RE = r'"(?:[^"\\]|\\.)*"|[^\s,:{}"]+'  # a whole string, or a bare value
-_WHITESPACE = " \t\r"
 _SEPARATOR_CHARS = "{}:, \t\r"
 _SURROGATE_ESCAPE_RE = r"\\u[dD][89a-fA-F]"
 
@@ -72,14 +71,15 @@ def extract_pairs(well_formed: pl.DataFrame) -> pl.DataFrame:
 def _pairs_between_quotes(lines: pl.DataFrame) -> pl.DataFrame:
     """Pairs of lines without an escaped quote: cut at every quote, no regex.
 
-    Past the opening brace, a line's parts alternate: a string's contents, then the text
-    up to the next string. A string followed by a colon is a key; its value is the next
-    string when the colon stands alone, else the bare value after the colon.
+    With one quote put in front, a line's parts come in twos: a string's contents, then
+    the text up to the next string (the first two are an empty string and the opening
+    brace). A string followed by a colon is a key; its value is the next string when the
+    colon stands alone, else the bare value after the colon.
     """
     parts = lines.select(
         "row",
         may_escape=pl.col("text").str.contains("\\", literal=True),
-        part=pl.col("text").str.split('"').list.slice(1),
+        part=('"' + pl.col("text")).str.split('"'),
     ).explode("part")
     strings = parts.gather_every(2)
     return (
@@ -87,14 +87,12 @@ def _pairs_between_quotes(lines: pl.DataFrame) -> pl.DataFrame:
             after=parts["part"].gather_every(2, offset=1), next_string=pl.col("part").shift(-1)
         )
         .filter(pl.col("after").str.contains(":", literal=True))
-        .with_columns(value_is_string=pl.col("after").str.strip_chars(_WHITESPACE) == ":")
+        .with_columns(bare=pl.col("after").str.strip_chars(_SEPARATOR_CHARS))
         .select(
             "row",
             key="part",
-            value=pl.when(pl.col("value_is_string"))
-            .then(pl.col("next_string"))
-            .otherwise(pl.col("after").str.strip_chars(_SEPARATOR_CHARS)),
-            value_is_string="value_is_string",
+            value=pl.when(pl.col("bare") == "").then(pl.col("next_string")).otherwise("bare"),
+            value_is_string=pl.col("bare") == "",
             may_escape="may_escape",
         )
     )

@@ -25,7 +25,7 @@ MAX_IDENTITY_CHARS = 255
 MAX_VALUE_BYTES = 8 * 1024
 MAX_RAW_LINE_CHARS = 16 * 1024  # a rejected line is kept up to this length
 SPECIAL_KEYS = ("_p", "_t", "_n", "_p2")
-_SPECIAL_PREFIXES = (("_p", "p"), ("_t", "t"), ("_n", "n"), ("_p2", "p2"))
+_SPECIAL_PREFIXES = {"_p": "p", "_t": "t", "_n": "n", "_p2": "p2"}  # per-line column names
 
 _WS = r"[ \t\r]*"
 _STRING = r'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"'
@@ -102,35 +102,38 @@ def split_km_lines(
     Every non-blank line ends up either loaded or in ``rejects``, never both.
     ``with_sent_names`` also returns the names as sent (for the preview's warnings).
     """
-    lines = decode_lines(data, first_line_no)
-    blank = ~pl.col("invalid_utf8") & (pl.col("text").str.strip_chars(" \t\r") == "")
-    content = lines.filter(~blank)
-    is_flat = ~pl.col("invalid_utf8") & pl.col("text").str.contains(FLAT_OBJECT_RE)
-    content = content.with_columns(is_flat=is_flat)
-    well_formed = content.filter("is_flat").select(
+    lines = decode_lines(data, first_line_no).with_columns(
+        is_flat=~pl.col("invalid_utf8") & pl.col("text").str.contains(FLAT_OBJECT_RE)
+    )
+    well_formed = lines.filter("is_flat").select(
         "line_no", row=pl.int_range(pl.len(), dtype=pl.UInt32), text="text"
     )
+    # Blank or malformed: few lines, so the blank test runs on these alone.
+    blank = ~pl.col("invalid_utf8") & (pl.col("text").str.strip_chars(" \t\r") == "")
+    malformed = lines.filter(~pl.col("is_flat")).filter(~blank)
 
     pairs = _with_names(extract_pairs(well_formed.select("row", "text")))
     checked = (
         pl.concat(
-            [well_formed.select("line_no"), _line_summary(pairs, well_formed.height)],
+            [well_formed.select("line_no", "text"), _line_summary(pairs, well_formed.height)],
             how="horizontal",
         )
         .with_columns(_line_fields())
+        .with_columns(_line_seconds())
         .with_columns(reason_code=_line_reason_code(now_limit=now_epoch + FUTURE_TOLERANCE_SECONDS))
         .with_columns(ts=pl.from_epoch("t_seconds", time_unit="s").dt.replace_time_zone("UTC"))
     )
     valid = checked.filter(pl.col("reason_code").is_null())
 
-    rejected_codes = pl.concat(
-        [
-            content.filter(~pl.col("is_flat")).select("line_no", reason_code=_syntax_reason_code()),
-            checked.filter(pl.col("reason_code").is_not_null()).select("line_no", "reason_code"),
-        ]
-    )
     rejects = (
-        rejected_codes.join(content.select("line_no", "text"), on="line_no", how="left")
+        pl.concat(
+            [
+                malformed.select("line_no", "text", reason_code=_syntax_reason_code()),
+                checked.filter(pl.col("reason_code").is_not_null()).select(
+                    "line_no", "text", "reason_code"
+                ),
+            ]
+        )
         .sort("line_no")
         .select(
             "line_no",
@@ -160,7 +163,7 @@ def split_km_lines(
         aliases=aliases.cast(ALIASES_SCHEMA),  # type: ignore[arg-type]
         rejects=rejects.cast(REJECTS_SCHEMA),  # type: ignore[arg-type]
         lines_read=lines.height,
-        blank_lines=lines.height - content.height,
+        blank_lines=lines.height - well_formed.height - malformed.height,
         sent_names=sent_names,
     )
 
@@ -175,11 +178,15 @@ def _with_names(pairs: pl.DataFrame) -> pl.DataFrame:
     distinct = (
         pairs.select(pl.col("key").unique())
         .with_columns(
-            is_special=pl.col("key").is_in(SPECIAL_KEYS), name_label=normalise_name(pl.col("key"))
+            special=pl.col("key").replace_strict(
+                SPECIAL_KEYS, list(range(len(SPECIAL_KEYS))), default=None, return_dtype=pl.UInt8
+            ),
+            name_label=normalise_name(pl.col("key")),
         )
         .with_columns(
+            is_special=pl.col("special").is_not_null(),
             name=label.str.to_lowercase(),
-            name_code=pl.when(pl.col("is_special"))
+            name_code=pl.when(pl.col("special").is_not_null())
             .then(None)
             .when(label.str.strip_chars() == "")
             .then(_code("property_name_empty"))
@@ -264,9 +271,12 @@ def _line_summary(pairs: pl.DataFrame, lines: int) -> pl.DataFrame:
     two a scatter keeps does not matter.
     """
     columns: dict[str, pl.Series] = {}
-    specials = pairs.filter(pl.col("is_special")).select("row", "key", "kind", "value")
-    for key, prefix in _SPECIAL_PREFIXES:
-        found = specials.filter(pl.col("key") == key)
+    specials = pairs.filter(pl.col("is_special")).select("row", "special", "kind", "value")
+    by_key = specials.partition_by("special", as_dict=True, include_key=False)
+    empty = specials.clear()
+    for index, key in enumerate(SPECIAL_KEYS):
+        found = by_key.get((index,), empty)
+        prefix = _SPECIAL_PREFIXES[key]
         columns[f"{prefix}_kind"] = _scatter(lines, pl.UInt8, found["row"], found["kind"])
         columns[f"{prefix}_value"] = _scatter(lines, pl.String, found["row"], found["value"])
     property_rows = pairs.filter(~pl.col("is_special"))["row"]
@@ -325,7 +335,7 @@ def _identity_text(kind: str, value: str) -> pl.Expr:
 
 
 def _line_fields() -> list[pl.Expr]:
-    t_digits = (
+    t_text = (
         pl.when(pl.col("t_kind").is_in([KIND_NUMBER, KIND_STRING]))
         .then(pl.col("t_value").str.strip_chars())
         .otherwise(None)
@@ -337,18 +347,22 @@ def _line_fields() -> list[pl.Expr]:
         .then(normalise_name(pl.col("n_value")))
         .otherwise(None)
         .alias("event_label"),
-        t_digits.alias("t_text"),
-        pl.when(t_digits.str.contains(r"^[0-9]{1,18}$"))
-        .then(t_digits.cast(pl.Int64, strict=False))
-        .otherwise(None)
-        .alias("t_seconds"),
+        t_text.alias("t_text"),
+        t_text.str.contains(r"^[0-9]+$").fill_null(False).alias("t_is_digits"),
     ]
+
+
+def _line_seconds() -> pl.Expr:
+    """``_t`` as whole seconds when it is digits that fit (longer is the future anyway)."""
+    t_text = pl.col("t_text")
+    fits = pl.col("t_is_digits") & (t_text.str.len_bytes() <= 18)
+    return pl.when(fits).then(t_text.cast(pl.Int64, strict=False)).alias("t_seconds")
 
 
 def _line_reason_code(now_limit: int) -> pl.Expr:
     """The first broken rule of each well-formed line, as a reason code (null: valid)."""
     person, alias, event = pl.col("person"), pl.col("alias"), pl.col("event_label")
-    t_text, t_seconds = pl.col("t_text"), pl.col("t_seconds")
+    t_text, t_seconds, t_digits = pl.col("t_text"), pl.col("t_seconds"), pl.col("t_is_digits")
     candidates = [
         pl.col("pair_code"),
         pl.when(pl.col("duplicate_key")).then(_code("duplicate_key")),
@@ -361,19 +375,17 @@ def _line_reason_code(now_limit: int) -> pl.Expr:
             _code("timestamp_negative")
         ),
         pl.when(
-            pl.col("t_kind").is_not_null()
-            & ~t_text.fill_null("").str.starts_with("-")
-            & ~t_text.fill_null("").str.contains(r"^[0-9]+$")
+            pl.col("t_kind").is_not_null() & ~t_text.fill_null("").str.starts_with("-") & ~t_digits
         ).then(_code("timestamp_not_integer")),
         pl.when(
-            t_text.str.contains(r"^[0-9]+$")
+            t_digits
             & (t_seconds.is_null() | (t_seconds > now_limit))
             & (t_seconds // 1000 >= KM_EPOCH_START)
             & (t_seconds // 1000 <= now_limit)
         ).then(_code("timestamp_in_milliseconds")),
-        pl.when(
-            t_text.str.contains(r"^[0-9]+$") & (t_seconds.is_null() | (t_seconds > now_limit))
-        ).then(_code("timestamp_in_future")),
+        pl.when(t_digits & (t_seconds.is_null() | (t_seconds > now_limit))).then(
+            _code("timestamp_in_future")
+        ),
         pl.when(t_seconds < KM_EPOCH_START).then(_code("timestamp_before_2009")),
         pl.when(pl.col("n_kind").is_not_null() & event.is_null()).then(
             _code("event_name_not_text")
