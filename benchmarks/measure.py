@@ -16,7 +16,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+# isort: off
+import kmdagster  # noqa: F401 - first, as in a code location: its allocator setting applies
 import polars as pl
+
+# isort: on
 
 NOW = 1_800_000_000
 DIGEST_MOD = 2**64

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ def test_defaults_are_applied() -> None:
     [accounts] = config.sources
     assert accounts.cron == "0 * * * *"
     assert accounts.time_budget_seconds == 300.0
-    assert accounts.chunk_bytes == 4 * 1024 * 1024
+    assert accounts.chunk_bytes == 3 * 1024 * 1024
     assert config.warehouse.duckdb_path == ".kmdagster/warehouse.duckdb"
     assert config.s3.endpoint_url is None
 
@@ -69,3 +72,20 @@ def test_errors_name_the_field(document: dict[str, Any], field: str) -> None:
 def test_missing_file_says_how_to_point_at_one(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="KMDAGSTER_CONFIG"):
         load_config(tmp_path / "absent.yaml")
+
+
+def test_importing_kmdagster_sets_the_polars_allocator_decay_unless_already_set() -> None:
+    probe = "import os, kmdagster; print(os.environ['_RJEM_MALLOC_CONF'])"
+    env = {k: v for k, v in os.environ.items() if k != "_RJEM_MALLOC_CONF"}
+    default = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
+    )
+    assert default.stdout.strip() == "dirty_decay_ms:250,muzzy_decay_ms:0"
+    chosen = subprocess.run(
+        [sys.executable, "-c", probe],
+        env={**env, "_RJEM_MALLOC_CONF": "narenas:1"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert chosen.stdout.strip() == "narenas:1"
