@@ -169,8 +169,9 @@ def split_km_lines(
 
 
 def _with_names(pairs: pl.DataFrame) -> pl.DataFrame:
-    """Each pair's name as stored (normalised), as compared (also lower-cased), whether
-    it is a special key, and what is wrong with it as a property name (a reason code).
+    """Each pair's name as stored (normalised), as compared (also lower-cased) with a
+    small id for it, whether it is a special key, and what is wrong with it as a
+    property name (a reason code).
 
     Worked out once per distinct key of the chunk (a few hundred) and joined back.
     """
@@ -186,6 +187,7 @@ def _with_names(pairs: pl.DataFrame) -> pl.DataFrame:
         .with_columns(
             is_special=pl.col("special").is_not_null(),
             name=label.str.to_lowercase(),
+            # Keys that differ only in case, commas or colons share a name, and its id.
             name_code=pl.when(pl.col("special").is_not_null())
             .then(None)
             .when(label.str.strip_chars() == "")
@@ -193,6 +195,7 @@ def _with_names(pairs: pl.DataFrame) -> pl.DataFrame:
             .when(label.str.len_chars() > MAX_NAME_CHARS)
             .then(_code("property_name_too_long")),
         )
+        .with_columns(name_id=pl.col("name").rank("dense").cast(pl.UInt32))
     )
     return pairs.join(distinct, on="key", how="left", maintain_order="left")
 
@@ -247,19 +250,26 @@ def _syntax_reason_code() -> pl.Expr:
     )
 
 
-def _pair_reason_code() -> pl.Expr:
-    """Reasons a single pair gives its line (property rules; special keys are checked later)."""
+def _pair_reason_codes(pairs: pl.DataFrame) -> pl.DataFrame:
+    """(row, code) of the worst reason any pair gives its line (property rules; special
+    keys are checked per line). Few pairs are suspect, so codes are worked out for those."""
     prop = ~pl.col("is_special")
-    return (
+    suspect = (
+        pl.col("escape_bad")
+        | pl.col("name_code").is_not_null()
+        | (prop & (pl.col("kind") == KIND_NULL))
+        | (prop & (pl.col("value").str.len_bytes() > MAX_VALUE_BYTES))
+    )
+    code = (
         pl.when(pl.col("escape_bad"))
         .then(_code("invalid_unicode_escape"))
         .when(pl.col("name_code").is_not_null())
         .then(pl.col("name_code"))
         .when(prop & (pl.col("kind") == KIND_NULL))
         .then(_code("property_value_null"))
-        .when(prop & (pl.col("value").str.len_bytes() > MAX_VALUE_BYTES))
-        .then(_code("property_value_too_long"))
+        .otherwise(_code("property_value_too_long"))
     )
+    return pairs.filter(suspect).group_by("row").agg(pair_code=code.min())
 
 
 def _line_summary(pairs: pl.DataFrame, lines: int) -> pl.DataFrame:
@@ -283,12 +293,7 @@ def _line_summary(pairs: pl.DataFrame, lines: int) -> pl.DataFrame:
     columns["has_property"] = _scatter(lines, pl.Boolean, property_rows, True, fill=False)
     duplicate_rows = _rows_naming_a_key_twice(pairs)
     columns["duplicate_key"] = _scatter(lines, pl.Boolean, duplicate_rows, True, fill=False)
-    coded = (
-        pairs.select("row", pair_code=_pair_reason_code())
-        .filter(pl.col("pair_code").is_not_null())
-        .group_by("row")
-        .agg(pl.col("pair_code").min())
-    )
+    coded = _pair_reason_codes(pairs)
     columns["pair_code"] = _scatter(lines, pl.Int32, coded["row"], coded["pair_code"])
     return pl.DataFrame(columns)
 
@@ -308,19 +313,12 @@ def _scatter(
 
 
 def _rows_naming_a_key_twice(pairs: pl.DataFrame) -> pl.Series:
-    """Rows (lines) with two pairs of the same name, once names are normalised.
-
-    A sort of (row, hash of name) finds candidates cheaply; only candidate lines are
-    compared by name, so a hash collision never rejects a line.
-    """
-    row_bits = pl.col("row").cast(pl.UInt64) * pl.lit(1 << 32, dtype=pl.UInt64)
-    fingerprints = pairs.select(f=row_bits + pl.col("name").hash() // (1 << 32))["f"].sort()
-    repeated = fingerprints.filter(fingerprints == fingerprints.shift(1))
-    if not len(repeated):
-        return pl.Series("row", [], dtype=pl.UInt32)
-    candidate_rows = (repeated // (1 << 32)).cast(pl.UInt32).unique()
-    candidates = pairs.filter(pl.col("row").is_in(candidate_rows.implode()))
-    return candidates.filter(pl.struct("row", "name").is_duplicated())["row"].unique()
+    """Rows (lines) with two pairs of the same name, once names are normalised: sorted
+    (row, name id) pairs, where two neighbours are equal."""
+    row_and_name = (pl.col("row").cast(pl.UInt64) * (1 << 32) + pl.col("name_id")).sort()
+    repeated = pairs.select(f=row_and_name)["f"]
+    repeated = repeated.filter(repeated == repeated.shift(1))
+    return (repeated // (1 << 32)).cast(pl.UInt32).unique()
 
 
 def _identity_text(kind: str, value: str) -> pl.Expr:
