@@ -80,7 +80,7 @@ def test_importing_kmdagster_sets_the_polars_allocator_decay_unless_already_set(
     default = subprocess.run(
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
     )
-    assert default.stdout.strip() == "dirty_decay_ms:250,muzzy_decay_ms:0"
+    assert default.stdout.strip() == "dirty_decay_ms:1000,muzzy_decay_ms:0"
     chosen = subprocess.run(
         [sys.executable, "-c", probe],
         env={**env, "_RJEM_MALLOC_CONF": "narenas:1"},
