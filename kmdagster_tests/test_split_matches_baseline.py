@@ -51,9 +51,7 @@ def km_lines(draw: st.DrawFn) -> bytes:
         record = {"_p": "x", "_t": 1_700_000_000, "_n": "no duplicates"}
     items = list(record.items())
     draw(st.randoms()).shuffle(items)
-    text = json.dumps(
-        dict(items), ensure_ascii=draw(st.booleans()), separators=draw(SEPARATORS)
-    )
+    text = json.dumps(dict(items), ensure_ascii=draw(st.booleans()), separators=draw(SEPARATORS))
     padding = draw(st.sampled_from(["", " ", "\t"]))
     return (padding + text + padding).encode()
 
