@@ -187,7 +187,6 @@ def _with_names(pairs: pl.DataFrame) -> pl.DataFrame:
         .with_columns(
             is_special=pl.col("special").is_not_null(),
             name=label.str.to_lowercase(),
-            # Keys that differ only in case, commas or colons share a name, and its id.
             name_code=pl.when(pl.col("special").is_not_null())
             .then(None)
             .when(label.str.strip_chars() == "")
@@ -195,6 +194,7 @@ def _with_names(pairs: pl.DataFrame) -> pl.DataFrame:
             .when(label.str.len_chars() > MAX_NAME_CHARS)
             .then(_code("property_name_too_long")),
         )
+        # Keys that differ only in case, commas or colons share a name, and so its id.
         .with_columns(name_id=pl.col("name").rank("dense").cast(pl.UInt32))
     )
     return pairs.join(distinct, on="key", how="left", maintain_order="left")
