@@ -37,16 +37,23 @@ def extract_pairs(well_formed: pl.DataFrame) -> pl.DataFrame:
     ``escape_bad`` (a string of the pair escapes a lone surrogate). Pairs come out in
     line order, and in each line in the order they were sent.
     """
-    quote_escaped = pl.col("text").str.contains('\\"', literal=True)
-    by_quotes = _pairs_between_quotes(well_formed.filter(~quote_escaped))
-    by_regex = _pairs_by_regex(well_formed.filter(quote_escaped))
-    raw = by_quotes
-    if by_regex.height:
-        raw = pl.concat([by_quotes, by_regex]).sort("row", maintain_order=True)
-    key, key_bad = decode_string_contents(raw["key"], raw["may_escape"])
-    value, value_bad = decode_string_contents(
-        raw["value"], raw["may_escape"] & raw["value_is_string"]
-    )
+    # Escapes are rare: only lines with a backslash can hold one, and only those with an
+    # escaped quote cannot be cut at quotes.
+    escaped_lines = well_formed.filter(pl.col("text").str.contains("\\", literal=True))
+    quote_escaped = escaped_lines.filter(pl.col("text").str.contains('\\"', literal=True))
+    if quote_escaped.height:
+        by_regex = pl.col("row").is_in(quote_escaped["row"].implode())
+        raw = pl.concat(
+            [
+                _pairs_between_quotes(well_formed.filter(~by_regex)),
+                _pairs_by_regex(well_formed.filter(by_regex)),
+            ]
+        ).sort("row", maintain_order=True)
+    else:
+        raw = _pairs_between_quotes(well_formed)
+    may_escape = raw["row"].is_in(escaped_lines["row"].implode())
+    key, key_bad = decode_string_contents(raw["key"], may_escape)
+    value, value_bad = decode_string_contents(raw["value"], may_escape & raw["value_is_string"])
     bare = pl.col("value")
     kind = (
         pl.when(pl.col("value_is_string"))
@@ -76,11 +83,7 @@ def _pairs_between_quotes(lines: pl.DataFrame) -> pl.DataFrame:
     brace). A string followed by a colon is a key; its value is the next string when the
     colon stands alone, else the bare value after the colon.
     """
-    parts = lines.select(
-        "row",
-        may_escape=pl.col("text").str.contains("\\", literal=True),
-        part=('"' + pl.col("text")).str.split('"'),
-    ).explode("part")
+    parts = lines.select("row", part=('"' + pl.col("text")).str.split('"')).explode("part")
     strings = parts.gather_every(2)
     return (
         strings.with_columns(
@@ -93,7 +96,6 @@ def _pairs_between_quotes(lines: pl.DataFrame) -> pl.DataFrame:
             key="part",
             value=pl.when(pl.col("bare") == "").then(pl.col("next_string")).otherwise("bare"),
             value_is_string=pl.col("bare") == "",
-            may_escape="may_escape",
         )
     )
 
@@ -112,7 +114,6 @@ def _pairs_by_regex(lines: pl.DataFrame) -> pl.DataFrame:
         key=pl.col("token").str.strip_prefix('"').str.strip_suffix('"'),
         value=values.str.strip_prefix('"').str.strip_suffix('"'),  # bare values have none
         value_is_string=value_is_string,
-        may_escape=pl.lit(True),
     )
 
 
@@ -128,6 +129,8 @@ def decode_string_contents(
     bad = pl.repeat(False, len(contents), dtype=pl.Boolean, eager=True)
     if may_escape is None:
         candidates = pl.int_range(len(contents), dtype=pl.UInt32, eager=True)
+    elif not may_escape.any():
+        return contents, bad
     else:
         candidates = may_escape.arg_true()
     if not len(candidates):
