@@ -118,7 +118,7 @@ def _pairs_by_regex(lines: pl.DataFrame) -> pl.DataFrame:
 
 
 def decode_string_contents(
-    contents: pl.Series, may_escape: pl.Series | None = None
+    contents: pl.Series, may_escape: pl.Series
 ) -> tuple[pl.Series, pl.Series]:
     """Decode JSON string contents (no quotes). Returns (text, has_lone_surrogate).
 
@@ -127,14 +127,9 @@ def decode_string_contents(
     checked exactly by Python's decoder, since a lone surrogate is not storable text.
     """
     bad = pl.repeat(False, len(contents), dtype=pl.Boolean, eager=True)
-    if may_escape is None:
-        candidates = pl.int_range(len(contents), dtype=pl.UInt32, eager=True)
-    elif not may_escape.any():
+    if not may_escape.any():
         return contents, bad
-    else:
-        candidates = may_escape.arg_true()
-    if not len(candidates):
-        return contents, bad
+    candidates = may_escape.arg_true()
     escaped = candidates.filter(contents.gather(candidates).str.contains("\\", literal=True))
     if not len(escaped):
         return contents, bad
