@@ -254,21 +254,17 @@ def _pair_reason_codes(pairs: pl.DataFrame) -> pl.DataFrame:
     """(row, code) of the worst reason any pair gives its line (property rules; special
     keys are checked per line). Few pairs are suspect, so codes are worked out for those."""
     prop = ~pl.col("is_special")
-    suspect = (
-        pl.col("escape_bad")
-        | pl.col("name_code").is_not_null()
-        | (prop & (pl.col("kind") == KIND_NULL))
-        | (prop & (pl.col("value").str.len_bytes() > MAX_VALUE_BYTES))
-    )
-    code = (
-        pl.when(pl.col("escape_bad"))
-        .then(_code("invalid_unicode_escape"))
-        .when(pl.col("name_code").is_not_null())
-        .then(pl.col("name_code"))
-        .when(prop & (pl.col("kind") == KIND_NULL))
-        .then(_code("property_value_null"))
-        .otherwise(_code("property_value_too_long"))
-    )
+    rules = [  # in reason order: the first that holds is the pair's reason
+        (pl.col("escape_bad"), _code("invalid_unicode_escape")),
+        (pl.col("name_code").is_not_null(), pl.col("name_code")),
+        (prop & (pl.col("kind") == KIND_NULL), _code("property_value_null")),
+        (
+            prop & (pl.col("value").str.len_bytes() > MAX_VALUE_BYTES),
+            _code("property_value_too_long"),
+        ),
+    ]
+    suspect = pl.any_horizontal([condition for condition, _ in rules])
+    code = pl.coalesce([pl.when(condition).then(reason) for condition, reason in rules])
     return pairs.filter(suspect).group_by("row").agg(pair_code=code.min())
 
 
