@@ -120,13 +120,14 @@ def measure_baseline(path: Path, chunk_bytes: int) -> dict[str, object]:
 
 def measure_floor(path: Path, chunk_bytes: int) -> dict[str, object]:
     from benchmarks.baseline import parse_only
+    from kmdagster.format.lines import count_lines
 
     seconds, lines = 0.0, 0
     for data, _ in local_chunks(path, chunk_bytes):
         started = time.perf_counter()
         parse_only(data)
         seconds += time.perf_counter() - started
-        lines += data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+        lines += count_lines(data)
     return {"seconds": seconds, "lines": lines, "digest": None}
 
 
