@@ -108,7 +108,7 @@ def import_file(
         _settle(in_flight, row)  # never leave a commit running on the connection
         committer.shutdown(wait=True)
         splitters.shutdown(wait=False, cancel_futures=True)
-        readers.shutdown(wait=False, cancel_futures=True)
+        readers.shutdown(wait=False, cancel_futures=True)  # a read-ahead no longer needed
     return ImportReport(
         ledger=row,
         start_offset=start_offset,
@@ -157,27 +157,21 @@ def _read_and_split(
     # An empty file still gets its one (empty) chunk, which completes it.
     next_read: Future[Chunk] | None = readers.submit(reader.read_chunk, row.next_offset)
     window: deque[tuple[Chunk, int, Future[SplitLines]]] = deque()
-    try:
-        while next_read is not None or window:
-            while next_read is not None and len(window) < SPLIT_WORKERS:
-                chunk = next_read.result()
-                crash_point("import.chunk_read")
-                more = chunk.end < reader.size
-                next_read = readers.submit(reader.read_chunk, chunk.end) if more else None
-                lines = count_lines(chunk.data)
-                split = splitters.submit(split_km_lines, chunk.data, line_no, int(now_epoch()))
-                window.append((chunk, lines, split))
-                line_no += lines
-            chunk, lines, split = window.popleft()
-            result = split.result()
-            if result.lines_read != lines:  # would shift every later line number
-                raise RuntimeError(
-                    f"split read {result.lines_read} lines where {lines} were counted"
-                )
-            yield chunk, result
-    finally:
-        if next_read is not None:
-            next_read.cancel()  # stopped early (budget, error): the read-ahead is not needed
+    while next_read is not None or window:
+        while next_read is not None and len(window) < SPLIT_WORKERS:
+            chunk = next_read.result()
+            crash_point("import.chunk_read")
+            more = chunk.end < reader.size
+            next_read = readers.submit(reader.read_chunk, chunk.end) if more else None
+            lines = count_lines(chunk.data)
+            split = splitters.submit(split_km_lines, chunk.data, line_no, int(now_epoch()))
+            window.append((chunk, lines, split))
+            line_no += lines
+        chunk, lines, split = window.popleft()
+        result = split.result()
+        if result.lines_read != lines:  # would shift every later line number
+            raise RuntimeError(f"split read {result.lines_read} lines where {lines} were counted")
+        yield chunk, result
 
 
 def _finish(
