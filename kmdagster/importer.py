@@ -19,7 +19,13 @@ from kmdagster.storage.chunk_reader import Chunk, FileChangedError, LineChunkRea
 from kmdagster.storage.s3_objects import S3AccessError, head_file
 from kmdagster.storage.warehouse import LedgerRow, Warehouse
 
-SPLIT_WORKERS = 2  # chunks split at once: one per core of the machine it was tuned on
+SPLIT_WORKERS = 2  # pieces split at once: one per core of the machine it was tuned on
+# A chunk (one transaction) is read and split in pieces of about this size: the split's
+# working memory is ~15-20x its input, while a transaction should hold enough rows for
+# DuckDB to write compressed row groups straight to the file rather than each row to its
+# log (see docs/performance.md).
+SPLIT_PIECE_BYTES = 2 * 1024 * 1024
+PIECES_AHEAD = SPLIT_WORKERS + 1  # splitting, or split and waiting while another is inserted
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,7 @@ def import_file(
     resume_hint: tuple[int, str] | None = None,
     now_epoch: Callable[[], float] = time.time,
     clock: Callable[[], float] = time.monotonic,
+    piece_bytes: int = SPLIT_PIECE_BYTES,
     after_commit: Callable[[LedgerRow], None] | None = None,
 ) -> ImportReport:
     """Import ``s3://bucket/key`` from its committed offset until done or out of budget.
@@ -74,126 +81,127 @@ def import_file(
             f"s3://{bucket}/{key} no longer exists; it was deleted or moved before its import "
             "finished. Nothing more is read from it; the next tick moves on to the next file"
         )
-    row = warehouse.open_file(source, key, current.etag, current.size)
+    row = opened = warehouse.open_file(source, key, current.etag, current.size)
     start_offset = row.next_offset
-    reader = LineChunkReader(client, bucket, key, current.etag, current.size, chunk_bytes)
-    totals = _Totals()
+    # Each ranged read is one piece; a chunk is the pieces up to ``chunk_bytes``.
+    read_bytes = min(chunk_bytes, piece_bytes)
+    reader = LineChunkReader(client, bucket, key, current.etag, current.size, read_bytes)
+    chunks = 0
     stopped_on_budget = False
-    # The stages overlap on two cores: the next S3 read (I/O), two chunks split at once
-    # (polars releases the GIL) and the previous chunk's DuckDB commit. Commits stay strictly in
-    # order, one transaction each, so the exactly-once argument is unchanged.
+    # The stages overlap on two cores: the next S3 read (I/O), two pieces split at once
+    # (polars releases the GIL) and the insert of the piece before them (DuckDB releases it
+    # too). A chunk's pieces are inserted in one transaction with its ledger row, chunks
+    # strictly in order, so the exactly-once argument is unchanged.
     readers = ThreadPoolExecutor(1, thread_name_prefix="kmdagster-read")
     splitters = ThreadPoolExecutor(SPLIT_WORKERS, thread_name_prefix="kmdagster-split")
-    committer = ThreadPoolExecutor(1, thread_name_prefix="kmdagster-commit")
-    in_flight: tuple[Future[LedgerRow], SplitLines] | None = None
+    pieces = _PieceSplitter(reader, row, now_epoch, chunk_bytes, splitters, readers)
     try:
-        if not row.is_complete:
-            for chunk, split in _read_and_split(reader, row, now_epoch, splitters, readers):
-                if in_flight is not None:
-                    row = _finish(in_flight, totals, after_commit)
-                    in_flight = None
-                    if clock() - started >= time_budget_seconds:
-                        stopped_on_budget = True  # this chunk's split is dropped, not lost
-                        break
-                in_flight = (committer.submit(warehouse.commit_chunk, row, split, chunk.end), split)
-            if in_flight is not None:
-                row = _finish(in_flight, totals, after_commit)
-                in_flight = None
+        while not row.is_complete:
+            if chunks and clock() - started >= time_budget_seconds:
+                stopped_on_budget = True  # the pieces split ahead are dropped, not lost
+                break
+            row = warehouse.commit_chunk(row, pieces.next_chunk())
+            crash_point("import.chunk_committed")
+            chunks += 1
+            if after_commit is not None:
+                after_commit(row)
     except (FileChangedError, S3AccessError) as exc:
         # Deleted, replaced or unreadable mid-import: say so in the ledger (and status).
-        row = _settle(in_flight, row)
         warehouse.mark_failed(row, str(exc))
         raise
     finally:
-        _settle(in_flight, row)  # never leave a commit running on the connection
-        committer.shutdown(wait=True)
         splitters.shutdown(wait=False, cancel_futures=True)
         readers.shutdown(wait=False, cancel_futures=True)  # a read-ahead no longer needed
     return ImportReport(
         ledger=row,
         start_offset=start_offset,
-        chunks=totals.chunks,
+        chunks=chunks,
         bytes_read=row.next_offset - start_offset,
-        lines_read=totals.lines_read,
-        lines_loaded=totals.loaded,
-        lines_rejected=totals.rejected,
-        lines_blank=totals.blank,
+        lines_read=row.lines_read - opened.lines_read,
+        lines_loaded=row.lines_loaded - opened.lines_loaded,
+        lines_rejected=row.lines_rejected - opened.lines_rejected,
+        lines_blank=row.lines_blank - opened.lines_blank,
         seconds=clock() - started,
         resume_hint=resume_hint[0] if resume_hint and resume_hint[1] == row.file_etag else None,
         stopped_on_budget=stopped_on_budget,
     )
 
 
-@dataclass
-class _Totals:
-    chunks: int = 0
-    lines_read: int = 0
-    loaded: int = 0
-    rejected: int = 0
-    blank: int = 0
+class _PieceSplitter:
+    """The file's pieces (one ranged read each), split in order, ``PIECES_AHEAD`` at a time.
 
-    def add(self, split: SplitLines) -> None:
-        self.chunks += 1
-        self.lines_read += split.lines_read
-        self.loaded += split.loaded_lines
-        self.rejected += split.rejected_lines
-        self.blank += split.blank_lines
-
-
-def _read_and_split(
-    reader: LineChunkReader,
-    row: LedgerRow,
-    now_epoch: Callable[[], float],
-    splitters: ThreadPoolExecutor,
-    readers: ThreadPoolExecutor,
-) -> Iterator[tuple[Chunk, SplitLines]]:
-    """Chunks from the ledger's offset, in order, split ``SPLIT_WORKERS`` at a time.
-
-    The next chunk is always being read (in ``readers``) while earlier ones are split
-    and committed; a chunk's first line number comes from counting the newlines of the
-    chunks before it, so splits need not wait for one another.
+    The next piece is always being read (in ``readers``) while earlier ones are split and
+    inserted. A piece's first line number comes from counting the newlines before it, so
+    no split waits for another. Memory is bounded by the pieces in hand, not the chunk.
     """
-    line_no = row.lines_read + 1
-    # An empty file still gets its one (empty) chunk, which completes it.
-    next_read: Future[Chunk] | None = readers.submit(reader.read_chunk, row.next_offset)
-    window: deque[tuple[Chunk, int, Future[SplitLines]]] = deque()
-    while next_read is not None or window:
-        while next_read is not None and len(window) < SPLIT_WORKERS:
-            chunk = next_read.result()
+
+    def __init__(
+        self,
+        reader: LineChunkReader,
+        row: LedgerRow,
+        now_epoch: Callable[[], float],
+        chunk_bytes: int,
+        splitters: ThreadPoolExecutor,
+        readers: ThreadPoolExecutor,
+    ) -> None:
+        self._reader = reader
+        self._now_epoch = now_epoch
+        self._chunk_bytes = chunk_bytes
+        self._splitters = splitters
+        self._readers = readers
+        self._line_no = row.lines_read + 1
+        self._chunk_start = row.next_offset
+        # An empty file still gets its one (empty) piece, which completes it.
+        self._next_read: Future[Chunk] | None = readers.submit(reader.read_chunk, row.next_offset)
+        self._read_error: BaseException | None = None
+        # (lines counted, end offset, ends its chunk, the split)
+        self._splitting: deque[tuple[int, int, bool, Future[SplitLines]]] = deque()
+
+    def next_chunk(self) -> Iterator[tuple[SplitLines, int]]:
+        """The next chunk's pieces, in order: each one's split and the offset after it.
+
+        Iterate it fully before asking for the next chunk.
+        """
+        while True:
+            self._fill()
+            if not self._splitting:  # the rest of the file could not be read
+                raise self._read_error or RuntimeError("no piece left before the end of file")
+            lines, end, ends_chunk, split = self._splitting.popleft()
+            self._fill()  # the next piece starts splitting before this one is waited for
+            result = split.result()
+            if result.lines_read != lines:  # would shift every later line number
+                raise RuntimeError(
+                    f"split read {result.lines_read} lines where {lines} were counted"
+                )
+            yield result, end
+            if ends_chunk:
+                return
+
+    def _fill(self) -> None:
+        """Keep ``PIECES_AHEAD`` pieces splitting, each read starting the next one.
+
+        A failed read is kept until its lines are needed, so it never aborts the
+        transaction of the chunk before it.
+        """
+        while len(self._splitting) < PIECES_AHEAD and self._next_read is not None:
+            try:
+                piece = self._next_read.result()
+            except (FileChangedError, S3AccessError) as exc:
+                self._next_read, self._read_error = None, exc
+                return
             crash_point("import.chunk_read")
-            more = chunk.end < reader.size
-            next_read = readers.submit(reader.read_chunk, chunk.end) if more else None
-            lines = count_lines(chunk.data)
-            split = splitters.submit(split_km_lines, chunk.data, line_no, int(now_epoch()))
-            window.append((chunk, lines, split))
-            line_no += lines
-        chunk, lines, split = window.popleft()
-        result = split.result()
-        if result.lines_read != lines:  # would shift every later line number
-            raise RuntimeError(f"split read {result.lines_read} lines where {lines} were counted")
-        yield chunk, result
-
-
-def _finish(
-    in_flight: tuple[Future[LedgerRow], SplitLines],
-    totals: _Totals,
-    after_commit: Callable[[LedgerRow], None] | None,
-) -> LedgerRow:
-    """Wait for a chunk's commit and account for it."""
-    future, split = in_flight
-    row = future.result()
-    crash_point("import.chunk_committed")
-    totals.add(split)
-    if after_commit is not None:
-        after_commit(row)
-    return row
-
-
-def _settle(in_flight: tuple[Future[LedgerRow], SplitLines] | None, row: LedgerRow) -> LedgerRow:
-    """The ledger row after a commit still in flight, whatever became of it."""
-    if in_flight is None:
-        return row
-    try:
-        return in_flight[0].result()
-    except Exception:
-        return row
+            more = piece.end < self._reader.size
+            self._next_read = (
+                self._readers.submit(self._reader.read_chunk, piece.end) if more else None
+            )
+            # A chunk is as many pieces as fit in ``chunk_bytes`` (at least one).
+            ends_chunk = not more or (
+                piece.end - self._chunk_start + self._reader.chunk_bytes > self._chunk_bytes
+            )
+            if ends_chunk:
+                self._chunk_start = piece.end
+            lines = count_lines(piece.data)
+            now = int(self._now_epoch())
+            split = self._splitters.submit(split_km_lines, piece.data, self._line_no, now)
+            self._splitting.append((lines, piece.end, ends_chunk, split))
+            self._line_no += lines

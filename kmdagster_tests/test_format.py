@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
+from kmdagster.format.lines import count_lines
 from kmdagster.format.reasons import REJECT_REASONS
 from kmdagster.format.split import split_km_lines
 
@@ -240,3 +241,24 @@ def test_every_line_is_loaded_rejected_or_blank_exactly_once(chunks: list[bytes]
     assert result.lines_read == result.loaded_lines + result.rejected_lines + result.blank_lines
     assert len(loaded) == result.loaded_lines
     assert loaded | rejected <= set(range(1, result.lines_read + 1))
+
+
+def test_consecutive_pieces_split_to_the_same_rows_as_the_whole_block() -> None:
+    block = "\n".join(
+        [
+            json.dumps({"_p": f"u{i}", "_t": 1_700_000_000 + i, "_n": "Seen", "n": i})
+            for i in range(40)
+        ]
+        + ["not json", "", '{"_p": "u1", "_t": 1700000000, "_p2": "u2"}']
+    ).encode()
+    whole = split_km_lines(block, 7, NOW)
+    line_no = 7
+    parts = []
+    lines = block.splitlines(keepends=True)
+    for piece in (b"".join(lines[i : i + 6]) for i in range(0, len(lines), 6)):
+        parts.append(split_km_lines(piece, line_no, NOW))
+        line_no += count_lines(piece)
+    assert len(parts) > 5
+    for table in ("events", "properties", "aliases", "rejects"):
+        assert_frame_equal(pl.concat([getattr(p, table) for p in parts]), getattr(whole, table))
+    assert sum(p.blank_lines for p in parts) == whole.blank_lines == 1

@@ -158,9 +158,8 @@ def test_ledger_wins_over_a_stale_recorded_offset(
         assert row is not None
         reader = LineChunkReader(s3, bucket, KEY, row.file_etag, row.size_bytes, 2048)
         chunk = reader.read_chunk(row.next_offset)
-        warehouse.commit_chunk(
-            row, split_km_lines(chunk.data, row.lines_read + 1, 2**31), chunk.end
-        )
+        split = split_km_lines(chunk.data, row.lines_read + 1, 2**31)
+        warehouse.commit_chunk(row, [(split, chunk.end)])
     result = materialize_partition(config, instance, KEY)
     observation = only_observation(result)
     assert observation.metadata["resume_offset_corrected_from"].value == first[0]
