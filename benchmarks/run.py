@@ -58,6 +58,12 @@ def generated(workdir: Path, lines: int) -> Path:
     return path
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def import_run(server: SeaweedS3, client: Any, workdir: Path, path: Path, chunk: int) -> dict:
     key = path.name
     client.upload_file(str(path), BUCKET, key)
@@ -70,7 +76,10 @@ def import_run(server: SeaweedS3, client: Any, workdir: Path, path: Path, chunk:
         f"sources:\n  - name: accounts\n    bucket: {BUCKET}\n    base_filename: accounts.json\n"
         f"    chunk_bytes: {chunk}\n    time_budget_seconds: 3600\n"
     )
+    assert server.process is not None
+    server_cpu = process_cpu_seconds(server.process.pid)
     result = child(["import", key], {"KMDAGSTER_CONFIG": str(config)})
+    result["server_cpu_seconds"] = process_cpu_seconds(server.process.pid) - server_cpu
     warehouse.unlink(missing_ok=True)
     return result
 
@@ -80,6 +89,19 @@ def row(name: str, result: dict[str, Any], size: int) -> str:
     return (
         f"| {name} | {result['lines']:,} | {result['seconds']:.1f} | {rate:,.0f} | "
         f"{size / MB / result['seconds']:,.1f} | {result['peak_rss_mb']:,.0f} |"
+    )
+
+
+def cpu_budget(result: dict[str, Any], cores: int) -> str:
+    """Where the import's CPU went, and the rate the machine allows at that cost."""
+    millions = result["lines"] / 1e6
+    own, server = result["cpu_seconds"], result["server_cpu_seconds"]
+    busy = (own + server) / (result["seconds"] * cores)
+    ceiling = result["lines"] / ((own + server) / cores)
+    return (
+        f"import CPU per million lines: {own / millions:.1f} s in the import process, "
+        f"{server / millions:.1f} s in the local S3 server; {busy:.0%} of {cores} cores busy; "
+        f"at this cost the machine allows at most {ceiling:,.0f} lines/s"
     )
 
 
@@ -206,6 +228,7 @@ def main() -> int:
         print(row(f"import job, {gigabytes:g} GB file", measured, big_size))
     rate = {name: r["lines"] / r["seconds"] for name, r in results.items()}
     print(f"\nsame rows from baseline, split and import: {'yes' if same else 'NO'}")
+    print(cpu_budget(results["import"], os.cpu_count() or 1))
     print(
         f"split / baseline: {rate['split'] / rate['baseline']:.2f}x; "
         f"import / split: {rate['import'] / rate['split']:.2f}; "

@@ -11,6 +11,7 @@ See docs/format-rules.md for the rules.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache, lru_cache
 
 import polars as pl
 
@@ -118,10 +119,12 @@ def split_km_lines(
             [well_formed.select("line_no", "text"), _line_summary(pairs, well_formed.height)],
             how="horizontal",
         )
+        .lazy()  # one query, not one per step: a piece's fixed cost matters at 2 MB
         .with_columns(_line_fields())
         .with_columns(_line_seconds())
         .with_columns(reason_code=_line_reason_code(now_limit=now_epoch + FUTURE_TOLERANCE_SECONDS))
         .with_columns(ts=pl.from_epoch("t_seconds", time_unit="s").dt.replace_time_zone("UTC"))
+        .collect()
     )
     valid = checked.filter(pl.col("reason_code").is_null())
 
@@ -236,6 +239,7 @@ def _code(reason: str) -> pl.Expr:
     return pl.lit(REASON_ORDER[reason], dtype=pl.Int32)
 
 
+@cache
 def _syntax_reason_code() -> pl.Expr:
     """Why a line the flat-object grammar refused is not one."""
     stripped = pl.col("text").str.strip_chars(" \t\r")
@@ -253,6 +257,13 @@ def _syntax_reason_code() -> pl.Expr:
 def _pair_reason_codes(pairs: pl.DataFrame) -> pl.DataFrame:
     """(row, code) of the worst reason any pair gives its line (property rules; special
     keys are checked per line). Few pairs are suspect, so codes are worked out for those."""
+    suspect, code = _pair_rules()
+    return pairs.filter(suspect).group_by("row").agg(pair_code=code.min())
+
+
+@cache
+def _pair_rules() -> tuple[pl.Expr, pl.Expr]:
+    """(is the pair suspect, its reason code) from the property rules, in reason order."""
     prop = ~pl.col("is_special")
     rules = [  # in reason order: the first that holds is the pair's reason
         (pl.col("escape_bad"), _code("invalid_unicode_escape")),
@@ -265,7 +276,7 @@ def _pair_reason_codes(pairs: pl.DataFrame) -> pl.DataFrame:
     ]
     suspect = pl.any_horizontal([condition for condition, _ in rules])
     code = pl.coalesce([pl.when(condition).then(reason) for condition, reason in rules])
-    return pairs.filter(suspect).group_by("row").agg(pair_code=code.min())
+    return suspect, code
 
 
 def _line_summary(pairs: pl.DataFrame, lines: int) -> pl.DataFrame:
@@ -328,6 +339,7 @@ def _identity_text(kind: str, value: str) -> pl.Expr:
     )
 
 
+@cache
 def _line_fields() -> list[pl.Expr]:
     t_text = (
         pl.when(pl.col("t_kind").is_in([KIND_NUMBER, KIND_STRING]))
@@ -346,6 +358,7 @@ def _line_fields() -> list[pl.Expr]:
     ]
 
 
+@cache
 def _line_seconds() -> pl.Expr:
     """``_t`` as whole seconds when it is digits that fit (longer is the future anyway)."""
     t_text = pl.col("t_text")
@@ -353,6 +366,7 @@ def _line_seconds() -> pl.Expr:
     return pl.when(fits).then(t_text.cast(pl.Int64, strict=False)).alias("t_seconds")
 
 
+@lru_cache(maxsize=4)  # pieces split within the same second share it
 def _line_reason_code(now_limit: int) -> pl.Expr:
     """The first broken rule of each well-formed line, as a reason code (null: valid).
 
