@@ -13,7 +13,7 @@ from collections import Counter
 
 CRASH_ENV = "KMDAGSTER_CRASH_AT"
 CRASH_POINTS = (
-    "import.chunk_read",  # a chunk is in memory, nothing of it committed
+    "import.chunk_read",  # a piece read, nothing of its chunk committed
     "commit_chunk.in_transaction",  # rows inserted, ledger not yet updated or committed
     "import.chunk_committed",  # committed to the warehouse, Dagster not yet told
     "asset.before_progress_event",  # the run's last commit done, no observation logged

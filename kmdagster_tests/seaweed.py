@@ -125,6 +125,10 @@ def seaweed_command(data_dir: Path, config_path: Path, ports: dict[str, int]) ->
         "-ip=127.0.0.1",
         "-ip.bind=127.0.0.1",
         "-master.telemetry=false",
+        # Each bucket takes a few volumes; by default their number is capped by free disk
+        # space / 128 MB, which a test session's hundred buckets can exhaust on a fuller
+        # disk ("no writable volumes"). Volumes are created empty and grow on demand.
+        "-volume.max=2000",
         f"-s3.config={config_path}",
         *(f"-{flag}={port}" for flag, port in ports.items()),
     ]
