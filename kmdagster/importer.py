@@ -162,8 +162,8 @@ class _PieceSplitter:
 
         Iterate it fully before asking for the next chunk.
         """
+        self._fill()
         while True:
-            self._fill()
             if not self._splitting:  # the rest of the file could not be read
                 raise self._read_error or RuntimeError("no piece left before the end of file")
             lines, end, ends_chunk, split = self._splitting.popleft()

@@ -121,8 +121,8 @@ def test_chunks_split_in_pieces_load_the_same_rows_as_whole_chunks(
 def test_a_failure_between_pieces_commits_nothing_of_the_chunk(
     s3: Any, bucket: str, tmp_path: Path
 ) -> None:
-    data = km_file(seed=22, repeats=60).data
-    s3.put_object(Bucket=bucket, Key="q.json", Body=data)
+    km = km_file(seed=22, repeats=60)
+    s3.put_object(Bucket=bucket, Key="q.json", Body=km.data)
     calls = 0
 
     def clock_failing_mid_chunk() -> float:
@@ -155,7 +155,7 @@ def test_a_failure_between_pieces_commits_nothing_of_the_chunk(
         [(events, distinct_lines)] = con.execute(
             "SELECT count(*), count(DISTINCT line_no) FROM km_events"
         ).fetchall()
-    assert events == distinct_lines == km_file(seed=22, repeats=60).events
+    assert events == distinct_lines == km.events
 
 
 def test_a_file_replaced_mid_chunk_keeps_whole_chunks_only(
