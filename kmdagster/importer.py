@@ -15,7 +15,12 @@ from typing import Any
 from kmdagster.faults import crash_point
 from kmdagster.format.lines import count_lines
 from kmdagster.format.split import SplitLines, split_km_lines
-from kmdagster.storage.chunk_reader import Chunk, FileChangedError, LineChunkReader
+from kmdagster.storage.chunk_reader import (
+    REQUEST_BYTES,
+    FileChangedError,
+    LineChunkReader,
+    Piece,
+)
 from kmdagster.storage.s3_objects import S3AccessError, head_file
 from kmdagster.storage.warehouse import LedgerRow, Warehouse
 
@@ -66,6 +71,7 @@ def import_file(
     now_epoch: Callable[[], float] = time.time,
     clock: Callable[[], float] = time.monotonic,
     piece_bytes: int = SPLIT_PIECE_BYTES,
+    request_bytes: int = REQUEST_BYTES,
     after_commit: Callable[[LedgerRow], None] | None = None,
 ) -> ImportReport:
     """Import ``s3://bucket/key`` from its committed offset until done or out of budget.
@@ -83,9 +89,11 @@ def import_file(
         )
     row = opened = warehouse.open_file(source, key, current.etag, current.size)
     start_offset = row.next_offset
-    # Each ranged read is one piece; a chunk is the pieces up to ``chunk_bytes``.
+    # Pieces are read in order from streaming GETs; a chunk is the pieces up to ``chunk_bytes``.
     read_bytes = min(chunk_bytes, piece_bytes)
-    reader = LineChunkReader(client, bucket, key, current.etag, current.size, read_bytes)
+    reader = LineChunkReader(
+        client, bucket, key, current.etag, current.size, read_bytes, request_bytes
+    )
     chunks = 0
     stopped_on_budget = False
     # The stages overlap on two cores: the next S3 read (I/O), two pieces split at once
@@ -111,7 +119,9 @@ def import_file(
         raise
     finally:
         splitters.shutdown(wait=False, cancel_futures=True)
-        readers.shutdown(wait=False, cancel_futures=True)  # a read-ahead no longer needed
+        # The reader is the read thread's alone: it closes the GET after any read in flight.
+        readers.submit(reader.close)
+        readers.shutdown(wait=False)
     return ImportReport(
         ledger=row,
         start_offset=start_offset,
@@ -128,7 +138,7 @@ def import_file(
 
 
 class _PieceSplitter:
-    """The file's pieces (one ranged read each), split in order, ``PIECES_AHEAD`` at a time.
+    """The file's pieces, read in order and split ``PIECES_AHEAD`` at a time.
 
     The next piece is always being read (in ``readers``) while earlier ones are split and
     inserted. A piece's first line number comes from counting the newlines before it, so
@@ -152,7 +162,7 @@ class _PieceSplitter:
         self._line_no = row.lines_read + 1
         self._chunk_start = row.next_offset
         # An empty file still gets its one (empty) piece, which completes it.
-        self._next_read: Future[Chunk] | None = readers.submit(reader.read_chunk, row.next_offset)
+        self._next_read: Future[Piece] | None = readers.submit(reader.read_piece, row.next_offset)
         self._read_error: BaseException | None = None
         # (lines counted, end offset, ends its chunk, the split)
         self._splitting: deque[tuple[int, int, bool, Future[SplitLines]]] = deque()
@@ -192,11 +202,11 @@ class _PieceSplitter:
             crash_point("import.chunk_read")
             more = piece.end < self._reader.size
             self._next_read = (
-                self._readers.submit(self._reader.read_chunk, piece.end) if more else None
+                self._readers.submit(self._reader.read_piece, piece.end) if more else None
             )
             # A chunk is as many pieces as fit in ``chunk_bytes`` (at least one).
             ends_chunk = not more or (
-                piece.end - self._chunk_start + self._reader.chunk_bytes > self._chunk_bytes
+                piece.end - self._chunk_start + self._reader.read_bytes > self._chunk_bytes
             )
             if ends_chunk:
                 self._chunk_start = piece.end

@@ -53,18 +53,18 @@ def preview_file(
     stop_at_first_valid_line: bool = False,
 ) -> FilePreview:
     """Summarise the whole of one file version (or up to its first valid line)."""
-    reader = LineChunkReader(client, bucket, file.key, file.etag, file.size, chunk_bytes)
     accumulator = PreviewAccumulator()
     offset = 0
-    while offset < file.size:
-        chunk = reader.read_chunk(offset)
-        split = split_km_lines(
-            chunk.data, accumulator.lines + 1, int(now_epoch()), with_sent_names=True
-        )
-        accumulator.add(split)
-        offset = chunk.end
-        if stop_at_first_valid_line and accumulator.valid_lines:
-            break
+    with LineChunkReader(client, bucket, file.key, file.etag, file.size, chunk_bytes) as reader:
+        while offset < file.size:
+            piece = reader.read_piece(offset)
+            split = split_km_lines(
+                piece.data, accumulator.lines + 1, int(now_epoch()), with_sent_names=True
+            )
+            accumulator.add(split)
+            offset = piece.end
+            if stop_at_first_valid_line and accumulator.valid_lines:
+                break
     return FilePreview(bucket=bucket, file=file, summary=accumulator.summary(known_names))
 
 

@@ -21,7 +21,7 @@ LINE = b'{"_p":"a","_t":1700000000,"_n":"x"}'
 def read_all(reader: LineChunkReader) -> list[bytes]:
     chunks, offset = [], 0
     while offset < reader.size:
-        chunk = reader.read_chunk(offset)
+        chunk = reader.read_piece(offset)
         assert chunk.end > offset
         chunks.append(chunk.data)
         offset = chunk.end
@@ -52,7 +52,7 @@ def test_line_longer_than_a_chunk_and_no_final_newline(s3: Any, bucket: str) -> 
 def test_bom_is_removed_from_the_first_chunk_only(s3: Any, bucket: str) -> None:
     body = b"\xef\xbb\xbf" + LINE + b"\r\n" + LINE + b"\r\n"
     reader = reader_for(s3, bucket, "c.json", body, 1 << 20)
-    chunk = reader.read_chunk(0)
+    chunk = reader.read_piece(0)
     assert chunk.data == body[3:] and chunk.end == len(body)
 
 
@@ -60,7 +60,7 @@ def test_changed_etag_stops_the_read(s3: Any, bucket: str) -> None:
     reader = reader_for(s3, bucket, "d.json", LINE + b"\n", 1024)
     s3.put_object(Bucket=bucket, Key="d.json", Body=LINE + b"\n" + LINE + b"\n")
     with pytest.raises(FileChangedError, match="d.json changed during its import"):
-        reader.read_chunk(0)
+        reader.read_piece(0)
 
 
 @pytest.mark.parametrize(
@@ -167,7 +167,7 @@ def test_a_file_replaced_mid_chunk_keeps_whole_chunks_only(
 
     def replace_after_first_chunk(row: Any) -> None:
         # The pieces read ahead are of the old version; a later piece of the same chunk
-        # meets the new ETag, so that chunk must not commit in part.
+        # meets the new ETag in its own GET, so that chunk must not commit in part.
         committed.append(row)
         s3.put_object(Bucket=bucket, Key="r.json", Body=LINE + b"\n")
 
@@ -181,6 +181,7 @@ def test_a_file_replaced_mid_chunk_keeps_whole_chunks_only(
                 "r.json",
                 8192,
                 piece_bytes=500,
+                request_bytes=500,
                 after_commit=replace_after_first_chunk,
             )
         [row] = warehouse.ledger_rows("accounts")

@@ -14,8 +14,9 @@ from kmdagster.defs.assets import build_source_assets, recorded_resume_offset
 from kmdagster.defs.partitions import files_partitions, files_partitions_name
 from kmdagster.defs.resources import build_resources
 from kmdagster.format.split import split_km_lines
-from kmdagster.storage.archive import archive_key_for
+from kmdagster.storage.archive import archive_file, archive_key_for
 from kmdagster.storage.chunk_reader import LineChunkReader
+from kmdagster.storage.s3_objects import S3AccessError, S3File
 from kmdagster.storage.warehouse import DuckDBWarehouse
 from kmdagster_tests.conftest import make_config, run_import
 from kmdagster_tests.km_files import km_file
@@ -156,8 +157,8 @@ def test_ledger_wins_over_a_stale_recorded_offset(
     with DuckDBWarehouse.connect(warehouse_path) as warehouse:
         row = warehouse.ledger_row("accounts", KEY, first[1])
         assert row is not None
-        reader = LineChunkReader(s3, bucket, KEY, row.file_etag, row.size_bytes, 2048)
-        chunk = reader.read_chunk(row.next_offset)
+        with LineChunkReader(s3, bucket, KEY, row.file_etag, row.size_bytes, 2048) as reader:
+            chunk = reader.read_piece(row.next_offset)
         split = split_km_lines(chunk.data, row.lines_read + 1, 2**31)
         warehouse.commit_chunk(row, [(split, chunk.end)])
     result = materialize_partition(config, instance, KEY)
@@ -189,6 +190,24 @@ def test_archive_never_overwrites_a_different_object(
         assert archived_key == archive_key_for(KEY, today, attempt=1)
     assert s3.get_object(Bucket=bucket, Key=squatter)["Body"].read() == b"someone else's file\n"
     assert s3.get_object(Bucket=bucket, Key=archived_key)["Body"].read() == file.data
+
+
+def test_a_version_replaced_after_its_import_is_not_archived_under_its_name(
+    s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    # Lines streamed before an overwrite are the old version's: its import can complete,
+    # but the bucket no longer holds it, so there is nothing of it to move.
+    old = km_file(seed=15, repeats=3)
+    s3.put_object(Bucket=bucket, Key=KEY, Body=old.data)
+    with DuckDBWarehouse.connect(tmp_path / "w.duckdb") as warehouse:
+        report = run_import(s3, warehouse, bucket, KEY, 1 << 20)
+    assert report.complete
+    new_etag = s3.put_object(Bucket=bucket, Key=KEY, Body=b'{"_p":"x","_t":1700000000}\n')["ETag"]
+    imported = S3File(key=KEY, etag=report.ledger.file_etag, size=report.ledger.size_bytes)
+    with pytest.raises(S3AccessError, match=rf"s3://{bucket}/{KEY} no longer holds the imported"):
+        archive_file(s3, bucket, imported, datetime.now(timezone.utc))
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert keys == [KEY] and s3.head_object(Bucket=bucket, Key=KEY)["ETag"] == new_etag
 
 
 def test_crash_between_copy_and_delete_is_finished_without_reimport(
@@ -272,6 +291,7 @@ def test_etag_change_between_chunks_marks_the_file_failed(
                 KEY,
                 2048,
                 time_budget_seconds=300,
+                request_bytes=2048,  # each chunk its own GET, which meets the new ETag
                 after_commit=overwrite_after_first_chunk,
             )
         [row] = warehouse.ledger_rows("accounts")

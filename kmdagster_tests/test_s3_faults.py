@@ -102,10 +102,41 @@ def test_a_body_cut_off_mid_transfer_is_read_again_from_the_same_range(
         file = head_file(proxied, bucket, KEY)
         assert file is not None
         reader = LineChunkReader(proxied, bucket, KEY, file.etag, file.size, len(data) + 10)
-        chunk = reader.read_chunk(0)
+        chunk = reader.read_piece(0)
 
     assert plan.injected["reset_mid_body"] == 3
     assert chunk.data == data and chunk.end == len(data)
+
+
+def test_pieces_stream_from_one_get_and_resume_where_a_body_broke(
+    s3_server: SeaweedS3, s3: Any, bucket: str
+) -> None:
+    data = km_file(seed=6, repeats=60).data
+    s3.put_object(Bucket=bucket, Key=KEY, Body=data)
+    cuts = {"left": 2}
+
+    def choose(method: str, path: str, headers: dict[str, str]) -> str | None:
+        if cuts["left"] and method == "GET" and "Range" in headers:
+            cuts["left"] -= 1
+            return "reset_mid_body"
+        return None
+
+    plan = FaultPlan(choose)
+    pieces = []
+    with FaultProxy(s3_server.endpoint_url, plan) as proxy:
+        proxied = s3_server.client(ADMIN, endpoint_url=proxy.endpoint_url)
+        file = head_file(proxied, bucket, KEY)
+        assert file is not None
+        with LineChunkReader(proxied, bucket, KEY, file.etag, file.size, 1000) as reader:
+            offset = 0
+            while offset < file.size:
+                piece = reader.read_piece(offset)
+                pieces.append(piece.data)
+                offset = piece.end
+    # Many pieces, three GETs: two broken off mid-body, each resumed where it broke.
+    assert len(pieces) > 25 and all(p.endswith(b"\n") for p in pieces[:-1])
+    assert b"".join(pieces) == data
+    assert plan.injected["reset_mid_body"] == 2 and plan.requests["GET"] == 3
 
 
 @pytest.mark.parametrize(

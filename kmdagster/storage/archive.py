@@ -58,6 +58,8 @@ def archive_file(
         if state == "absent":
             _copy_if_absent(client, bucket, source, destination)
             state = _destination_state(client, bucket, destination, source)
+            if state == "absent":  # the copy's precondition on the source version failed
+                raise _version_gone(client, bucket, source)
         if state == "ours":
             crash_point("archive.copied")
             if record is not None:
@@ -105,6 +107,17 @@ def _copy_if_absent(client: Any, bucket: str, source: S3File, destination: str) 
         if code in ("PreconditionFailed", "412"):
             return  # the caller re-reads the destination and decides
         raise S3AccessError(describe_client_error(exc, "CopyObject", bucket, destination)) from exc
+
+
+def _version_gone(client: Any, bucket: str, source: S3File) -> S3AccessError:
+    current = head_file(client, bucket, source.key)
+    now = f"now has ETag {current.etag}" if current else "is gone"
+    return S3AccessError(
+        f"s3://{bucket}/{source.key} no longer holds the imported version (ETag "
+        f"{source.etag}; it {now}), so that version cannot be archived: it was replaced or "
+        "deleted after its lines were read. Its rows stay attributed to that ETag; new "
+        "content at this key is imported as a new file at the next tick"
+    )
 
 
 def _delete_source(client: Any, bucket: str, source: S3File) -> None:

@@ -1,7 +1,7 @@
-"""Read an S3 object as line-aligned chunks with ranged GETs pinned to its ETag.
+"""Read an S3 object as line-aligned pieces with ranged GETs pinned to its ETag.
 
-A chunk always ends on a line boundary (or at the end of the object), so a committed
-offset is always the start of a line. Memory per chunk is ``chunk_bytes`` plus, at
+A piece always ends on a line boundary (or at the end of the object), so a committed
+offset is always the start of a line. Memory per piece is ``read_bytes`` plus, at
 worst, one line longer than that.
 """
 
@@ -25,6 +25,7 @@ from kmdagster.storage.s3_objects import S3AccessError, describe_client_error
 
 BODY_READ_ATTEMPTS = 6
 BODY_PIECE = 1024 * 1024
+REQUEST_BYTES = 64 * 1024 * 1024  # bytes per GET; the pieces of it are read as it streams
 # What a body broken off mid-transfer raises, depending on where the connection died.
 BODY_ERRORS = (
     ConnectionError,
@@ -41,80 +42,113 @@ class FileChangedError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Chunk:
+class Piece:
     start: int
-    end: int  # exclusive: the next chunk starts here
+    end: int  # exclusive: the next piece starts here
     data: bytes  # whole lines; a UTF-8 BOM at the start of the object is already removed
 
 
 class LineChunkReader:
-    """Ranged, ETag-pinned reads of one object version."""
+    """Line-aligned pieces of one object version, read in order from ranged GETs.
+
+    Consecutive pieces come from one streaming GET of up to ``request_bytes``: a request
+    costs the server a lookup and, on a chunked store, reading whole stored chunks, so
+    one per piece would cost it several times the bytes served (measured on SeaweedFS:
+    15 ms of CPU per MB at 2 MB ranges, 4 ms streaming). Memory is one piece plus the
+    partial line after it. Not thread-safe: one thread reads, then calls ``close()``.
+    """
 
     def __init__(
-        self, client: Any, bucket: str, key: str, etag: str, size: int, chunk_bytes: int
+        self,
+        client: Any,
+        bucket: str,
+        key: str,
+        etag: str,
+        size: int,
+        read_bytes: int,
+        request_bytes: int = REQUEST_BYTES,
     ) -> None:
         self._client = client
         self.bucket = bucket
         self.key = key
         self.etag = etag
         self.size = size
-        self.chunk_bytes = chunk_bytes
+        self.read_bytes = read_bytes
+        self.request_bytes = max(request_bytes, read_bytes)
+        self._received = bytearray()  # bytes from ``_received_start`` not yet handed out
+        self._received_start = -1
+        self._body: Any = None  # the open streaming body, if any
+        self._body_end = 0  # where its range ends (exclusive)
 
-    def read_chunk(self, start: int) -> Chunk:
-        """The whole lines from ``start``: about ``chunk_bytes`` of them, at least one."""
+    def __enter__(self) -> LineChunkReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read_piece(self, start: int) -> Piece:
+        """The whole lines from ``start``: about ``read_bytes`` of them, at least one."""
         if start >= self.size:
-            return Chunk(start=start, end=start, data=b"")
-        end = min(start + self.chunk_bytes, self.size)
-        data = self._get_range(start, end)
-        cut = data.rfind(b"\n") if end < self.size else len(data) - 1
-        parts = [data]
-        while cut < 0:  # one line longer than a chunk: keep reading until it ends
-            more_end = min(end + self.chunk_bytes, self.size)
-            more = self._get_range(end, more_end)
-            newline = more.find(b"\n")
-            parts.append(more)
-            end = more_end
-            if newline >= 0:
-                cut = sum(len(p) for p in parts[:-1]) + newline
-            elif end >= self.size:
-                cut = sum(len(p) for p in parts) - 1
-        received = b"".join(parts) if len(parts) > 1 else data
-        chunk_end = start + cut + 1
+            return Piece(start=start, end=start, data=b"")
+        if start != self._received_start:  # not where the last piece ended: a new stream
+            self.close()
+            self._received, self._received_start = bytearray(), start
+        end = min(start + self.read_bytes, self.size)
+        self._receive_until(end)
+        received = self._received
+        cut = received.rfind(b"\n") if end < self.size else len(received) - 1
+        while cut < 0:  # one line longer than a piece: keep reading until it ends
+            searched = len(received)
+            end = min(end + self.read_bytes, self.size)
+            self._receive_until(end)
+            cut = received.find(b"\n", searched)
+            if cut < 0 and end >= self.size:
+                cut = len(received) - 1
         skip = len(UTF8_BOM) if start == 0 and received.startswith(UTF8_BOM) else 0
-        # One copy of the whole lines out of the receive buffer: a chunk is megabytes.
-        return Chunk(start=start, end=chunk_end, data=bytes(memoryview(received)[skip : cut + 1]))
+        # One copy of the whole lines out of the receive buffer: a piece is megabytes.
+        data = bytes(memoryview(received)[skip : cut + 1])
+        del received[: cut + 1]  # the partial line after them stays for the next piece
+        self._received_start = start + cut + 1
+        return Piece(start=start, end=start + cut + 1, data=data)
 
-    def _get_range(self, start: int, end: int) -> bytearray:
-        """Bytes [start, end). A body that breaks off mid-transfer is resumed from the
-        last byte received (botocore retries failed requests; this retries broken bodies)."""
-        received = bytearray()
+    def close(self) -> None:
+        """Drop the open request, if any (its connection is not reused)."""
+        if self._body is not None:
+            body, self._body = self._body, None
+            body.close()
+
+    def _receive_until(self, end: int) -> None:
+        """Append the object's bytes up to ``end`` to the buffer. A body that breaks off
+        mid-transfer is resumed from the last byte received (botocore retries failed
+        requests; this retries broken bodies)."""
         failures = 0
-        while start + len(received) < end:
+        while (position := self._received_start + len(self._received)) < end:
             try:
-                for piece in self._open_range(start + len(received), end).iter_chunks(BODY_PIECE):
-                    received += piece
+                body = self._body if self._body is not None else self._open(position)
+                block = body.read(min(end - position, BODY_PIECE))
             except BODY_ERRORS:
+                self.close()
                 failures += 1
                 if failures >= BODY_READ_ATTEMPTS:
                     raise
                 time.sleep(0.1 * 2**failures)
                 continue
-            if start + len(received) < end:  # the server ended the body early
+            if block:
+                self._received += block
+            elif position < self._body_end:  # the server ended the body early
+                self.close()
                 failures += 1
                 if failures >= BODY_READ_ATTEMPTS:
                     raise S3AccessError(
                         f"GetObject on s3://{self.bucket}/{self.key} kept returning short "
-                        f"bodies for bytes {start}-{end - 1}; retry the run"
+                        f"bodies from byte {position}; retry the run"
                     )
-        if len(received) > end - start:
-            raise S3AccessError(
-                f"GetObject on s3://{self.bucket}/{self.key} returned {len(received)} bytes "
-                f"for a range of {end - start}; the server ignored the Range header"
-            )
-        return received
+            else:  # this request's range is done; the next one starts here
+                self.close()
 
-    def _open_range(self, start: int, end: int) -> Any:
-        """The streaming body of bytes [start, end) of this exact version."""
+    def _open(self, start: int) -> Any:
+        """Open (and return) a streaming body of this exact version from ``start``."""
+        end = min(start + self.request_bytes, self.size)
         try:
             response = self._client.get_object(
                 Bucket=self.bucket,
@@ -133,4 +167,12 @@ class LineChunkReader:
             raise S3AccessError(
                 describe_client_error(exc, "GetObject", self.bucket, self.key)
             ) from exc
-        return response["Body"]
+        length = response.get("ContentLength")
+        if length is not None and length != end - start:
+            response["Body"].close()
+            raise S3AccessError(
+                f"GetObject on s3://{self.bucket}/{self.key} returned {length} bytes for a "
+                f"range of {end - start}; the server ignored the Range header"
+            )
+        self._body, self._body_end = response["Body"], end
+        return self._body
