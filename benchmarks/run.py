@@ -26,8 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.generate import write_file  # noqa: E402
-from kmdagster.config import DEFAULT_CHUNK_BYTES  # noqa: E402
-from kmdagster.importer import SPLIT_PIECE_BYTES  # noqa: E402
+from kmdagster.config import DEFAULT_CHUNK_BYTES, SPLIT_PIECE_BYTES  # noqa: E402
 from kmdagster_tests.seaweed import Identity, SeaweedS3  # noqa: E402
 
 BUCKET = "km-bench"

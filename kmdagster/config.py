@@ -17,7 +17,13 @@ CONFIG_ENV_VAR = "KMDAGSTER_CONFIG"
 DEFAULT_CONFIG_FILE = "kmdagster.yaml"
 DEFAULT_CRON = "0 * * * *"
 DEFAULT_TIME_BUDGET_SECONDS = 300.0
-DEFAULT_CHUNK_BYTES = 12 * 1024 * 1024  # per transaction: enough rows for DuckDB to skip its log
+# Bytes per warehouse transaction: enough lines that each large table gets more rows than
+# a DuckDB row group (122,880), which DuckDB then writes compressed straight to the file
+# instead of logging every row and compressing it again at a checkpoint.
+DEFAULT_CHUNK_BYTES = 48 * 1024 * 1024
+# A chunk is read and split in pieces of about this size: the split's working memory is
+# ~15-20x its input, so memory is bounded by the pieces in hand, not by the chunk.
+SPLIT_PIECE_BYTES = 2 * 1024 * 1024
 DEFAULT_SENSOR_INTERVAL_SECONDS = 180
 DEFAULT_DUCKDB_PATH = ".kmdagster/warehouse.duckdb"
 MIN_CHUNK_BYTES = 1024

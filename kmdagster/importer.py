@@ -12,6 +12,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from kmdagster.config import SPLIT_PIECE_BYTES
 from kmdagster.faults import crash_point
 from kmdagster.format.lines import count_lines
 from kmdagster.format.split import SplitLines, split_km_lines
@@ -25,11 +26,6 @@ from kmdagster.storage.s3_objects import S3AccessError, head_file
 from kmdagster.storage.warehouse import LedgerRow, Warehouse
 
 SPLIT_WORKERS = 2  # pieces split at once: one per core of the machine it was tuned on
-# A chunk (one transaction) is read and split in pieces of about this size: the split's
-# working memory is ~15-20x its input, while a transaction should hold enough rows for
-# DuckDB to write compressed row groups straight to the file rather than each row to its
-# log (see docs/performance.md).
-SPLIT_PIECE_BYTES = 2 * 1024 * 1024
 PIECES_AHEAD = SPLIT_WORKERS + 1  # splitting, or split and waiting while another is inserted
 
 

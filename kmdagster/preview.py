@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from kmdagster.config import SourceConfig
+from kmdagster.config import SPLIT_PIECE_BYTES, SourceConfig
 from kmdagster.format.preview import KnownNames, PreviewAccumulator, PreviewSummary
 from kmdagster.format.split import split_km_lines
 from kmdagster.storage.chunk_reader import LineChunkReader
@@ -55,7 +55,8 @@ def preview_file(
     """Summarise the whole of one file version (or up to its first valid line)."""
     accumulator = PreviewAccumulator()
     offset = 0
-    with LineChunkReader(client, bucket, file.key, file.etag, file.size, chunk_bytes) as reader:
+    read_bytes = min(chunk_bytes, SPLIT_PIECE_BYTES)  # the split's memory is ~20x its input
+    with LineChunkReader(client, bucket, file.key, file.etag, file.size, read_bytes) as reader:
         while offset < file.size:
             piece = reader.read_piece(offset)
             split = split_km_lines(

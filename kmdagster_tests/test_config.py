@@ -27,7 +27,7 @@ def test_defaults_are_applied() -> None:
     [accounts] = config.sources
     assert accounts.cron == "0 * * * *"
     assert accounts.time_budget_seconds == 300.0
-    assert accounts.chunk_bytes == 12 * 1024 * 1024
+    assert accounts.chunk_bytes == 48 * 1024 * 1024
     assert config.warehouse.duckdb_path == ".kmdagster/warehouse.duckdb"
     assert config.s3.endpoint_url is None
 
