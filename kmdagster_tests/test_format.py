@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from typing import Any
 
 import polars as pl
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
+from kmdagster.format.columns import constant, every_other_row
 from kmdagster.format.lines import count_lines
 from kmdagster.format.reasons import REJECT_REASONS
 from kmdagster.format.split import split_km_lines
@@ -262,3 +264,19 @@ def test_consecutive_pieces_split_to_the_same_rows_as_the_whole_block() -> None:
     for table in ("events", "properties", "aliases", "rejects"):
         assert_frame_equal(pl.concat([getattr(p, table) for p in parts]), getattr(whole, table))
     assert sum(p.blank_lines for p in parts) == whole.blank_lines == 1
+
+
+@pytest.mark.parametrize("length", [0, 1, 5])
+@pytest.mark.parametrize(
+    ("value", "dtype"), [(None, pl.UInt8), (False, pl.Boolean), (None, pl.String), (3, pl.Int32)]
+)
+def test_constant_columns_match_polars_repeat(length: int, value: object, dtype: Any) -> None:
+    expected = pl.repeat(value, length, dtype=dtype, eager=True)
+    assert constant(value, length, dtype).equals(expected, check_names=False)
+
+
+@pytest.mark.parametrize("rows", [0, 1, 6, 7])
+def test_every_other_row_matches_gather_every(rows: int) -> None:
+    frame = pl.DataFrame({"n": list(range(rows)), "s": [f"s{i}" for i in range(rows)]})
+    for offset in (0, 1):
+        assert every_other_row(frame, offset).equals(frame.gather_every(2, offset))

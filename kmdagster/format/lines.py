@@ -13,6 +13,8 @@ import threading
 import polars as pl
 import pyarrow as pa
 
+from kmdagster.format.columns import constant
+
 UTF8_BOM = b"\xef\xbb\xbf"
 LINES_SCHEMA = {"line_no": pl.Int64, "text": pl.String, "invalid_utf8": pl.Boolean}
 _PLACEHOLDER = b"?"  # stands in for an undecodable byte until its line is re-decoded
@@ -47,7 +49,7 @@ def decode_lines(data: bytes, first_line_no: int) -> pl.DataFrame:
         return pl.DataFrame(schema=LINES_SCHEMA)
     bad_spans = _undecodable_spans(data)
     offsets, text = _line_views(_patched(data, bad_spans) if bad_spans else data)
-    invalid = pl.repeat(False, len(text), dtype=pl.Boolean, eager=True)
+    invalid = constant(False, len(text), pl.Boolean)
     if bad_spans:
         bad_lines = (
             offsets.search_sorted(pl.Series([start for start, _ in bad_spans]), side="right") - 1

@@ -13,6 +13,8 @@ import json
 
 import polars as pl
 
+from kmdagster.format.columns import constant, every_other_row
+
 # Value kinds, as small codes: they are compared once per pair.
 KIND_STRING, KIND_NUMBER, KIND_BOOLEAN, KIND_NULL = 0, 1, 2, 3
 
@@ -84,7 +86,7 @@ def _pairs_between_quotes(lines: pl.DataFrame) -> pl.DataFrame:
     colon stands alone, else the bare value after the colon.
     """
     parts = lines.select("row", part=('"' + pl.col("text")).str.split('"')).explode("part")
-    strings = parts.gather_every(2)
+    strings = every_other_row(parts)
     return (
         strings.with_columns(
             after=parts["part"].gather_every(2, offset=1), next_string=pl.col("part").shift(-1)
@@ -107,7 +109,7 @@ def _pairs_by_regex(lines: pl.DataFrame) -> pl.DataFrame:
         .explode("token")
         .drop_nulls("token")  # an empty object has no tokens
     )
-    keys, values = tokens.gather_every(2), tokens["token"].gather_every(2, offset=1)
+    keys, values = every_other_row(tokens), tokens["token"].gather_every(2, offset=1)
     value_is_string = values.str.starts_with('"')
     return keys.select(
         "row",
@@ -126,7 +128,7 @@ def decode_string_contents(
     JSON decoder. Only ``may_escape`` rows are looked at. Surrogate escapes are rare and
     checked exactly by Python's decoder, since a lone surrogate is not storable text.
     """
-    bad = pl.repeat(False, len(contents), dtype=pl.Boolean, eager=True)
+    bad = constant(False, len(contents), pl.Boolean)
     if not may_escape.any():
         return contents, bad
     candidates = may_escape.arg_true()

@@ -15,6 +15,7 @@ from functools import cache, lru_cache
 
 import polars as pl
 
+from kmdagster.format.columns import constant
 from kmdagster.format.lines import decode_lines
 from kmdagster.format.pairs import KIND_NULL, KIND_NUMBER, KIND_STRING, extract_pairs
 from kmdagster.format.reasons import REASON_ORDER, REJECT_REASONS
@@ -313,7 +314,7 @@ def _scatter(
     fill: object = None,
 ) -> pl.Series:
     """A column of ``length`` rows, ``fill`` except where ``rows`` say."""
-    column = pl.repeat(fill, length, dtype=dtype, eager=True)
+    column = constant(fill, length, dtype)
     if len(rows):
         column = column.scatter(rows, values)
     return column
