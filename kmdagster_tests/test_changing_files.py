@@ -64,6 +64,7 @@ def test_file_deleted_during_its_import_is_marked_failed_keeping_what_loaded(
             FIRST,
             2048,
             time_budget_seconds=600,
+            request_bytes=2048,  # each chunk its own GET, which meets the deletion
             after_commit=delete_after_first_chunk,
         )
     with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as con:
