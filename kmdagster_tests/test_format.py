@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from kmdagster.format.columns import constant, every_other_row
+from kmdagster.format.key_names import KeyNames
 from kmdagster.format.lines import count_lines
 from kmdagster.format.reasons import REJECT_REASONS
 from kmdagster.format.split import split_km_lines
@@ -34,6 +35,7 @@ REJECT_CASES: list[tuple[str | bytes, str]] = [
     ("42", "not_an_object"),
     ('{"_p":"1","_t":1328044149,"a":{"b":1}}', "nested_value"),
     ('{"_p":"1","_t":1328044149,"a":[1]}', "nested_value"),
+    ('{"_p":"1","_t":1328044149,"a: {":Infinity}', "invalid_json"),  # ": {" in a string
     ('{"_p":"1","_t":', "invalid_json"),
     ('{"_p":"1","_t":1328044149,}', "invalid_json"),
     ("{'_p':'1'}", "invalid_json"),
@@ -212,6 +214,51 @@ def test_invalid_utf8_only_rejects_its_own_line() -> None:
     assert result.rejects["line_no"].to_list() == [2, 4]
     assert set(result.rejects["reason"]) == {"invalid_utf8"}
     assert result.events["line_no"].to_list() == [1, 3, 5]
+    assert result.rejects["raw_line"].to_list() == ["\ufffd( bad", "\ufffd"]
+
+
+def test_an_undecodable_piece_keeps_its_other_text_exact() -> None:
+    good = '{"_p":"é","_t":1328044149,"_n":"ünïcode"}'.encode()
+    result = split(good, b'{"_p":"1","_t":1328044149,"_n":"\xe9t\xc3"}', good)
+    assert result.events["person"].to_list() == ["é", "é"]
+    assert result.events["event_label"].to_list() == ["ünïcode", "ünïcode"]
+    assert result.rejects["raw_line"].to_list() == [
+        '{"_p":"1","_t":1328044149,"_n":"\ufffdt\ufffd"}'
+    ]
+
+
+def test_names_remembered_from_earlier_pieces_still_meet_the_rules() -> None:
+    split(f'{{"_p":"1","_t":{TS},"Plan":"a"}}')
+    result = split(
+        f'{{"_p":"1","_t":{TS},"plan":"b","PLAN":"c"}}',
+        f'{{"_p":"1","_t":{TS},"Plan":"d","Ti:er":"x"}}',
+    )
+    assert result.rejects.select("line_no", "reason").rows() == [(1, "duplicate_key")]
+    assert result.properties.select("name", "name_label").rows() == [
+        ("plan", "Plan"),
+        ("ti er", "Ti er"),
+    ]
+
+
+def test_key_names_describe_keys_only_when_one_is_new_and_stay_bounded() -> None:
+    described: list[list[str]] = []
+
+    def describe(keys: pl.DataFrame) -> pl.DataFrame:
+        described.append(sorted(keys["key"]))
+        return keys.with_columns(length=pl.col("key").str.len_chars())
+
+    names = KeyNames(describe, never_null="length", max_keys=3)
+
+    def lengths(*keys: str) -> list[int]:
+        return names.join(pl.DataFrame({"key": list(keys)}))["length"].to_list()
+
+    assert lengths("a", "bb", "a") == [1, 2, 1]
+    assert lengths("bb") == [2]
+    assert described == [["a", "bb"]]
+    assert lengths("ccc", "a") == [3, 1]
+    assert described[-1] == ["a", "bb", "ccc"]
+    assert lengths("dddd", "a") == [4, 1]
+    assert described[-1] == ["a", "dddd"]  # over the bound: this piece's keys only
 
 
 @settings(max_examples=200, deadline=None)

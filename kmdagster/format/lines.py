@@ -1,8 +1,9 @@
 """Turn a block of whole lines (bytes) into a polars frame of numbered text lines.
 
 The lines are views into the block's own buffer, cut at newline offsets found by polars:
-no Python object per line. Undecodable bytes (rare) are found by one decoding pass in C;
-only the lines that hold them are decoded again in Python, with U+FFFD for those bytes.
+no Python object per line. Undecodable bytes (rare) are found by one decoding pass in C,
+skipped for an all-ASCII block; only the lines that hold them are decoded again in
+Python, with U+FFFD for those bytes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from kmdagster.format.columns import constant
 
 UTF8_BOM = b"\xef\xbb\xbf"
 LINES_SCHEMA = {"line_no": pl.Int64, "text": pl.String, "invalid_utf8": pl.Boolean}
-_PLACEHOLDER = b"?"  # stands in for an undecodable byte until its line is re-decoded
 
 _errors = threading.local()
 
@@ -47,15 +47,18 @@ def decode_lines(data: bytes, first_line_no: int) -> pl.DataFrame:
     """
     if not data:
         return pl.DataFrame(schema=LINES_SCHEMA)
-    bad_spans = _undecodable_spans(data)
-    offsets, text = _line_views(_patched(data, bad_spans) if bad_spans else data)
+    bad_spans = [] if data.isascii() else _undecodable_spans(data)
+    # A block with undecodable bytes is cut as bytes, which may hold anything; its bad
+    # lines are swapped for their decoded text before polars takes it all as text.
+    offsets, text = _line_views(data, pa.large_binary() if bad_spans else pa.large_string())
     invalid = constant(False, len(text), pl.Boolean)
     if bad_spans:
         bad_lines = (
             offsets.search_sorted(pl.Series([start for start, _ in bad_spans]), side="right") - 1
         ).unique()
         invalid = invalid.scatter(bad_lines, True)
-        text = text.scatter(bad_lines, _decoded_with_replacements(data, offsets, bad_lines))
+        decoded = _decoded_with_replacements(data, offsets, bad_lines).cast(pl.Binary)
+        text = text.scatter(bad_lines, decoded).cast(pl.String)
     text = text.str.strip_suffix("\n")
     if b"\r" in data:
         text = text.str.strip_suffix("\r")
@@ -77,18 +80,11 @@ def _undecodable_spans(data: bytes) -> list[tuple[int, int]]:
     return _errors.spans
 
 
-def _patched(data: bytes, spans: list[tuple[int, int]]) -> bytes:
-    """``data`` with each undecodable byte replaced by a placeholder of the same size."""
-    patched = bytearray(data)
-    for start, end in spans:
-        patched[start:end] = _PLACEHOLDER * (end - start)
-    return bytes(patched)
+def _line_views(data: bytes, line_type: pa.DataType) -> tuple[pl.Series, pl.Series]:
+    """(line offsets, lines with their newline) of ``data``, as ``line_type``: large
+    string only for valid UTF-8, else large binary.
 
-
-def _line_views(data: bytes) -> tuple[pl.Series, pl.Series]:
-    """(line offsets, text with its newline) of the lines of valid UTF-8 ``data``.
-
-    Line ``i`` is ``data[offsets[i]:offsets[i + 1]]``; the text is a view of ``data``'s
+    Line ``i`` is ``data[offsets[i]:offsets[i + 1]]``; the lines are views of ``data``'s
     buffer: the bytes are not copied.
     """
     buffer = pa.py_buffer(data)
@@ -99,7 +95,7 @@ def _line_views(data: bytes) -> tuple[pl.Series, pl.Series]:
     offsets = pl.concat([pl.Series([0], dtype=pl.Int64), line_ends]).rechunk()
     arrow_offsets = offsets.to_arrow()
     lines = pa.Array.from_buffers(
-        pa.large_string(),
+        line_type,
         len(line_ends),
         [None, arrow_offsets.buffers()[1], buffer],
         offset=arrow_offsets.offset,

@@ -18,7 +18,8 @@ from kmdagster.format.columns import constant, every_other_row
 # Value kinds, as small codes: they are compared once per pair.
 KIND_STRING, KIND_NUMBER, KIND_BOOLEAN, KIND_NULL = 0, 1, 2, 3
 
-TOKEN_RE = r'"(?:[^"\\]|\\.)*"|[^\s,:{}"]+'  # a whole string, or a bare value
+ANY_STRING_RE = r'"(?:[^"\\]|\\.)*"'  # lax: also takes strings JSON refuses
+TOKEN_RE = rf'{ANY_STRING_RE}|[^\s,:{{}}"]+'  # a whole string, or a bare value
 _SEPARATOR_CHARS = "{}:, \t\r"
 _SURROGATE_ESCAPE_RE = r"\\u[dD][89a-fA-F]"
 

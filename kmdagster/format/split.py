@@ -16,8 +16,9 @@ from functools import cache, lru_cache
 import polars as pl
 
 from kmdagster.format.columns import constant
+from kmdagster.format.key_names import KeyNames
 from kmdagster.format.lines import decode_lines
-from kmdagster.format.pairs import KIND_NULL, KIND_NUMBER, KIND_STRING, extract_pairs
+from kmdagster.format.pairs import ANY_STRING_RE, KIND_NULL, KIND_NUMBER, KIND_STRING, extract_pairs
 from kmdagster.format.reasons import REASON_ORDER, REJECT_REASONS
 
 KM_EPOCH_START = 1_230_768_000  # 2009-01-01T00:00:00Z: KISSmetrics keeps nothing older
@@ -35,7 +36,7 @@ _NUMBER = r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"
 _SCALAR = rf"(?:{_STRING}|{_NUMBER}|true|false|null)"
 _PAIR = rf"{_STRING}{_WS}:{_WS}{_SCALAR}"
 FLAT_OBJECT_RE = rf"^{_WS}\{{{_WS}(?:{_PAIR}(?:{_WS},{_WS}{_PAIR})*)?{_WS}\}}{_WS}$"
-_NESTED_RE = rf":{_WS}[\[{{]"
+_NESTED_RE = rf":{_WS}[\[{{]"  # looked for once strings are emptied: they may hold ":{"
 _PADDED_NUMBER_RE = rf"^\s*{_NUMBER}\s*$"
 _INTEGER_TEXT_RE = r"^-?[0-9]+$"
 
@@ -124,18 +125,27 @@ def split_km_lines(
         .with_columns(_line_fields())
         .with_columns(_line_seconds())
         .with_columns(reason_code=_line_reason_code(now_limit=now_epoch + FUTURE_TOLERANCE_SECONDS))
-        .with_columns(ts=pl.from_epoch("t_seconds", time_unit="s").dt.replace_time_zone("UTC"))
+        .select(
+            "line_no",
+            "text",
+            "reason_code",
+            "person",
+            "alias",
+            "event_label",
+            "n_value",
+            ts=pl.from_epoch("t_seconds", time_unit="s").dt.replace_time_zone("UTC"),
+        )
         .collect()
     )
-    valid = checked.filter(pl.col("reason_code").is_null())
+    # Eager filters carry every column: narrow first, then filter by a mask.
+    is_valid = checked["reason_code"].is_null()
+    valid = checked.drop("text", "reason_code").filter(is_valid)
 
     rejects = (
         pl.concat(
             [
                 malformed.select("line_no", "text", reason_code=_syntax_reason_code()),
-                checked.filter(pl.col("reason_code").is_not_null()).select(
-                    "line_no", "text", "reason_code"
-                ),
+                checked.select("line_no", "text", "reason_code").filter(~is_valid),
             ]
         )
         .sort("line_no")
@@ -172,17 +182,13 @@ def split_km_lines(
     )
 
 
-def _with_names(pairs: pl.DataFrame) -> pl.DataFrame:
-    """Each pair's name as stored (normalised), as compared (also lower-cased) with a
-    small id for it, whether it is a special key, and what is wrong with it as a
-    property name (a reason code).
-
-    Worked out once per distinct key of the chunk (a few hundred) and joined back.
-    """
+def _describe_keys(keys: pl.DataFrame) -> pl.DataFrame:
+    """Each distinct key's name as stored (normalised), as compared (also lower-cased)
+    with a small id for it, whether it is a special key, and what is wrong with it as a
+    property name (a reason code)."""
     label = pl.col("name_label")
-    distinct = (
-        pairs.select(pl.col("key").unique())
-        .with_columns(
+    return (
+        keys.with_columns(
             special=pl.col("key").replace_strict(
                 SPECIAL_KEYS, list(range(len(SPECIAL_KEYS))), default=None, return_dtype=pl.UInt8
             ),
@@ -201,17 +207,24 @@ def _with_names(pairs: pl.DataFrame) -> pl.DataFrame:
         # Keys that differ only in case, commas or colons share a name, and so its id.
         .with_columns(name_id=pl.col("name").rank("dense").cast(pl.UInt32))
     )
-    return pairs.join(distinct, on="key", how="left", maintain_order="left")
+
+
+_KEY_NAMES = KeyNames(_describe_keys, never_null="name_id")
+
+
+def _with_names(pairs: pl.DataFrame) -> pl.DataFrame:
+    """``pairs`` with their key's columns from ``_describe_keys``."""
+    return _KEY_NAMES.join(pairs)
 
 
 def _valid_property_pairs(pairs: pl.DataFrame, checked: pl.DataFrame) -> pl.DataFrame:
     """The property pairs of valid lines, with their line's number, person and time."""
-    properties = pairs.filter(~pl.col("is_special"))
+    properties = pairs.select("row", "key", "kind", "value", "name", "name_label").filter(
+        ~pairs["is_special"]
+    )
     line = checked.select("line_no", "person", "ts", "reason_code")[properties["row"]]
-    return (
-        pl.concat([properties, line], how="horizontal")
-        .filter(pl.col("reason_code").is_null())
-        .drop("reason_code")
+    return pl.concat([properties.drop("row"), line.drop("reason_code")], how="horizontal").filter(
+        line["reason_code"].is_null()
     )
 
 
@@ -249,7 +262,7 @@ def _syntax_reason_code() -> pl.Expr:
         .then(_code("invalid_utf8"))
         .when(~stripped.str.starts_with("{"))
         .then(_code("not_an_object"))
-        .when(pl.col("text").str.contains(_NESTED_RE))
+        .when(pl.col("text").str.replace_all(ANY_STRING_RE, '""').str.contains(_NESTED_RE))
         .then(_code("nested_value"))
         .otherwise(_code("invalid_json"))
     )
@@ -259,7 +272,8 @@ def _pair_reason_codes(pairs: pl.DataFrame) -> pl.DataFrame:
     """(row, code) of the worst reason any pair gives its line (property rules; special
     keys are checked per line). Few pairs are suspect, so codes are worked out for those."""
     suspect, code = _pair_rules()
-    return pairs.filter(suspect).group_by("row").agg(pair_code=code.min())
+    columns = ["row", "escape_bad", "name_code", "is_special", "kind", "value"]
+    return pairs.select(columns).filter(suspect).group_by("row").agg(pair_code=code.min())
 
 
 @cache
@@ -289,7 +303,8 @@ def _line_summary(pairs: pl.DataFrame, lines: int) -> pl.DataFrame:
     two a scatter keeps does not matter.
     """
     columns: dict[str, pl.Series] = {}
-    specials = pairs.filter(pl.col("is_special")).select("row", "special", "kind", "value")
+    is_special = pairs["is_special"]
+    specials = pairs.select("row", "special", "kind", "value").filter(is_special)
     by_key = specials.partition_by("special", as_dict=True, include_key=False)
     empty = specials.clear()
     for index, key in enumerate(SPECIAL_KEYS):
@@ -297,7 +312,7 @@ def _line_summary(pairs: pl.DataFrame, lines: int) -> pl.DataFrame:
         prefix = _SPECIAL_PREFIXES[key]
         columns[f"{prefix}_kind"] = _scatter(lines, pl.UInt8, found["row"], found["kind"])
         columns[f"{prefix}_value"] = _scatter(lines, pl.String, found["row"], found["value"])
-    property_rows = pairs.filter(~pl.col("is_special"))["row"]
+    property_rows = pairs["row"].filter(~is_special)
     columns["has_property"] = _scatter(lines, pl.Boolean, property_rows, True, fill=False)
     duplicate_rows = _rows_naming_a_key_twice(pairs)
     columns["duplicate_key"] = _scatter(lines, pl.Boolean, duplicate_rows, True, fill=False)
