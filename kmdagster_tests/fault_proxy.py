@@ -3,7 +3,9 @@
 Requests pass through unchanged (the Host header too, so SigV4 signatures still verify);
 a ``FaultPlan`` decides per request whether to answer 500, 503 SlowDown, cut the body
 off mid-transfer, stall past the client's read timeout, or forward the request and then
-drop the response (the server acted, the client never heard).
+drop the response (the server acted, the client never heard). Not among the transient
+faults: ``ignore_range`` answers a ranged GET as a server that ignores Range would, with
+the plan's ``whole_body``, chunked (no Content-Length, no Content-Range).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class FaultPlan:
 
     choose: Callable[[str, str, dict[str, str]], str | None]
     stall_seconds: float = 3.0
+    whole_body: bytes = b""  # what ``ignore_range`` answers
     injected: Counter[str] = field(default_factory=Counter)
     requests: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -117,6 +120,8 @@ class FaultProxy:
             upstream.close()
         if fault == "drop_response":
             return self._close(handler)
+        if fault == "ignore_range":
+            return self._reply_chunked(handler, 200, self.plan.whole_body)
         handler.send_response(status)
         for key, value in reply_headers:
             if key.lower() not in ("transfer-encoding", "connection", "content-length"):
@@ -139,6 +144,14 @@ class FaultProxy:
         handler.send_header("Content-Length", str(len(body)))
         handler.end_headers()
         handler.wfile.write(body)
+
+    @staticmethod
+    def _reply_chunked(handler: BaseHTTPRequestHandler, status: int, body: bytes) -> None:
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/octet-stream")
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        handler.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
 
     @staticmethod
     def _close(handler: BaseHTTPRequestHandler) -> None:

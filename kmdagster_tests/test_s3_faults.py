@@ -182,3 +182,24 @@ def test_head_of_a_key_in_a_missing_bucket_names_the_bucket(s3_server: SeaweedS3
     client = s3_server.client(ADMIN)
     with pytest.raises(S3AccessError, match="bucket 'km-missing-bucket' does not exist"):
         head_file(client, "km-missing-bucket", KEY)
+
+
+def test_a_server_that_ignores_the_range_is_refused_not_read(
+    s3_server: SeaweedS3, s3: Any, bucket: str
+) -> None:
+    data = km_file(seed=7, repeats=20).data
+    s3.put_object(Bucket=bucket, Key=KEY, Body=data)
+    # Every ranged GET is answered with the whole object, chunked: neither Content-Length
+    # nor Content-Range tells the client it got something else.
+    plan = FaultPlan(lambda method, path, headers: "ignore_range" if "Range" in headers else None)
+    plan.whole_body = data
+    with FaultProxy(s3_server.endpoint_url, plan) as proxy:
+        proxied = s3_server.client(ADMIN, endpoint_url=proxy.endpoint_url)
+        file = head_file(proxied, bucket, KEY)
+        assert file is not None
+        second_line = data.index(b"\n") + 1
+        reader = LineChunkReader(proxied, bucket, KEY, file.etag, file.size, 1000)
+        with reader, pytest.raises(S3AccessError, match="ignored the Range header") as refused:
+            reader.read_piece(second_line)
+    assert f"s3://{bucket}/{KEY}" in str(refused.value)
+    assert plan.injected["ignore_range"] == 1

@@ -167,12 +167,26 @@ class LineChunkReader:
             raise S3AccessError(
                 describe_client_error(exc, "GetObject", self.bucket, self.key)
             ) from exc
-        length = response.get("ContentLength")
-        if length is not None and length != end - start:
+        served = _served_range(response, self.size)
+        if served != (start, end):
             response["Body"].close()
+            said = f"bytes {served[0]}-{served[1] - 1}" if served else "no byte range"
             raise S3AccessError(
-                f"GetObject on s3://{self.bucket}/{self.key} returned {length} bytes for a "
-                f"range of {end - start}; the server ignored the Range header"
+                f"GetObject on s3://{self.bucket}/{self.key} answered the range bytes "
+                f"{start}-{end - 1} with {said}; the server ignored the Range header. Reach "
+                "the bucket directly, not through a proxy or gateway that drops it"
             )
         self._body, self._body_end = response["Body"], end
         return self._body
+
+
+def _served_range(response: dict[str, Any], size: int) -> tuple[int, int] | None:
+    """(start, end) of the bytes a GET response holds, from Content-Range; without it,
+    the whole object when Content-Length says so, else None (unknown)."""
+    content_range = response.get("ContentRange")
+    if content_range:
+        first, _, last = content_range.removeprefix("bytes ").partition("/")[0].partition("-")
+        if first.isdigit() and last.isdigit():
+            return int(first), int(last) + 1
+        return None
+    return (0, size) if response.get("ContentLength") == size else None
