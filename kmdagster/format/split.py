@@ -305,10 +305,8 @@ def _line_summary(pairs: pl.DataFrame, lines: int) -> pl.DataFrame:
     columns: dict[str, pl.Series] = {}
     is_special = pairs["is_special"]
     specials = pairs.select("row", "special", "kind", "value").filter(is_special)
-    by_key = specials.partition_by("special", as_dict=True, include_key=False)
-    empty = specials.clear()
     for index, key in enumerate(SPECIAL_KEYS):
-        found = by_key.get((index,), empty)
+        found = specials.filter(specials["special"] == index)  # partition_by hashes: slower
         prefix = _SPECIAL_PREFIXES[key]
         columns[f"{prefix}_kind"] = _scatter(lines, pl.UInt8, found["row"], found["kind"])
         columns[f"{prefix}_value"] = _scatter(lines, pl.String, found["row"], found["value"])
