@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from kmdagster.storage.archive import archive_file, archive_key_for
 from kmdagster.storage.chunk_reader import LineChunkReader
 from kmdagster.storage.s3_objects import S3AccessError, S3File
 from kmdagster.storage.warehouse import DuckDBWarehouse
-from kmdagster_tests.conftest import make_config, run_import
+from kmdagster_tests.conftest import READ_ONLY, make_config, run_import
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.seaweed import SeaweedS3
 
@@ -208,6 +209,64 @@ def test_a_version_replaced_after_its_import_is_not_archived_under_its_name(
         archive_file(s3, bucket, imported, datetime.now(timezone.utc))
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
     assert keys == [KEY] and s3.head_object(Bucket=bucket, Key=KEY)["ETag"] == new_etag
+
+
+def test_a_file_over_the_single_copy_limit_is_archived_in_parts(s3: Any, bucket: str) -> None:
+    # CopyObject stops at 5 GB; a larger file is copied as parts of a multipart upload.
+    # Here the limit is scaled down to an 11 MB file, in S3's smallest parts (5 MB).
+    line = km_file(seed=16, repeats=1).data
+    data = line * (11 * 2**20 // len(line) + 1)
+    etag = s3.put_object(Bucket=bucket, Key=KEY, Body=data)["ETag"]
+    source = S3File(key=KEY, etag=etag, size=len(data))
+    in_parts = partial(archive_file, single_copy_max_bytes=2**20, copy_part_bytes=5 * 2**20)
+    archived = in_parts(s3, bucket, source, datetime.now(timezone.utc))
+    copy = s3.get_object(Bucket=bucket, Key=archived)
+    assert copy["Body"].read() == data
+    assert copy["Metadata"] == {"kmdagster-source-etag": etag.strip('"')}
+    assert copy["ETag"].endswith('-3"')  # two parts of 5 MB and the remainder
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == [archived]
+    # Archiving again (a retried step) finds its own copy and does not copy twice.
+    s3.put_object(Bucket=bucket, Key=KEY, Body=data)
+    assert in_parts(s3, bucket, source, datetime.now(timezone.utc)) == archived
+
+
+def test_a_parts_copy_of_a_replaced_version_fails_clearly_and_leaves_no_parts(
+    s3: Any, bucket: str
+) -> None:
+    data = km_file(seed=17, repeats=20).data
+    old_etag = s3.put_object(Bucket=bucket, Key=KEY, Body=data)["ETag"]
+    s3.put_object(Bucket=bucket, Key=KEY, Body=data + b"\n")
+    imported = S3File(key=KEY, etag=old_etag, size=len(data))
+    with pytest.raises(S3AccessError, match=rf"s3://{bucket}/{KEY} no longer holds the imported"):
+        archive_file(
+            s3,
+            bucket,
+            imported,
+            datetime.now(timezone.utc),
+            single_copy_max_bytes=1000,
+            copy_part_bytes=len(data) // 3,
+        )
+    assert "Uploads" not in s3.list_multipart_uploads(Bucket=bucket)
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == [KEY]
+
+
+def test_a_parts_copy_without_write_rights_names_the_permission(
+    s3_server: SeaweedS3, s3: Any, bucket: str
+) -> None:
+    data = km_file(seed=18, repeats=5).data
+    etag = s3.put_object(Bucket=bucket, Key=KEY, Body=data)["ETag"]
+    read_only = s3_server.client(READ_ONLY)
+    with pytest.raises(S3AccessError) as denied:
+        archive_file(
+            read_only,
+            bucket,
+            S3File(key=KEY, etag=etag, size=len(data)),
+            datetime.now(timezone.utc),
+            single_copy_max_bytes=1000,
+        )
+    assert str(denied.value).startswith(f"CreateMultipartUpload on s3://{bucket}/completed_")
+    assert "grant s3:PutObject on completed_imports/*" in str(denied.value)
+    assert READ_ONLY.secret_key not in str(denied.value)
 
 
 def test_crash_between_copy_and_delete_is_finished_without_reimport(

@@ -10,6 +10,7 @@ the destination is never overwritten; the copy takes the next free numbered name
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import suppress
 from datetime import datetime
 from typing import Any
 
@@ -26,6 +27,8 @@ from kmdagster.storage.s3_objects import (
 
 MAX_NAME_SUFFIX = 1000
 SOURCE_ETAG_METADATA = "kmdagster-source-etag"
+SINGLE_COPY_MAX_BYTES = 5 * 1024**3  # CopyObject's limit; larger files are copied in parts
+COPY_PART_BYTES = 512 * 1024**2  # 10,000 parts (S3's limit) reach 5 TB, S3's largest object
 
 
 def archive_key_for(key: str, completed_at: datetime, attempt: int = 0) -> str:
@@ -43,10 +46,14 @@ def archive_file(
     source: S3File,
     completed_at: datetime,
     record: Callable[[str], object] | None = None,
+    single_copy_max_bytes: int = SINGLE_COPY_MAX_BYTES,
+    copy_part_bytes: int = COPY_PART_BYTES,
 ) -> str:
     """Copy ``source`` under completed_imports/, check it, ``record`` its key, delete the original.
 
-    Returns the archive key. Raises S3AccessError on a permission or bucket problem.
+    A source over ``single_copy_max_bytes`` is copied server-side in parts of
+    ``copy_part_bytes``. Returns the archive key. Raises S3AccessError on a permission or
+    bucket problem.
     """
     if "/" in source.key or source.key.startswith("."):
         raise S3AccessError(
@@ -56,7 +63,10 @@ def archive_file(
         destination = archive_key_for(source.key, completed_at, attempt)
         state = _destination_state(client, bucket, destination, source)
         if state == "absent":
-            _copy_if_absent(client, bucket, source, destination)
+            if source.size > single_copy_max_bytes:
+                _copy_in_parts_if_absent(client, bucket, source, destination, copy_part_bytes)
+            else:
+                _copy_if_absent(client, bucket, source, destination)
             state = _destination_state(client, bucket, destination, source)
             if state == "absent":  # the copy's precondition on the source version failed
                 raise _version_gone(client, bucket, source)
@@ -107,6 +117,58 @@ def _copy_if_absent(client: Any, bucket: str, source: S3File, destination: str) 
         if code in ("PreconditionFailed", "412"):
             return  # the caller re-reads the destination and decides
         raise S3AccessError(describe_client_error(exc, "CopyObject", bucket, destination)) from exc
+
+
+def _copy_in_parts_if_absent(
+    client: Any, bucket: str, source: S3File, destination: str, part_bytes: int
+) -> None:
+    """The same copy as ``_copy_if_absent`` as a multipart upload of server-side part
+    copies, each pinned to the source's ETag; completed only if the destination is still
+    absent. A failed copy is aborted, so no parts are left behind (a killed process
+    leaves them to the bucket's AbortIncompleteMultipartUpload lifecycle rule)."""
+    operation = "CreateMultipartUpload"
+    upload_id = None
+    try:
+        upload_id = client.create_multipart_upload(
+            Bucket=bucket,
+            Key=destination,
+            Metadata={SOURCE_ETAG_METADATA: source.etag.strip('"')},
+        )["UploadId"]
+        operation = "UploadPartCopy"
+        parts = []
+        for number, start in enumerate(range(0, source.size, part_bytes), start=1):
+            end = min(start + part_bytes, source.size) - 1
+            copied = client.upload_part_copy(
+                Bucket=bucket,
+                Key=destination,
+                UploadId=upload_id,
+                PartNumber=number,
+                CopySource={"Bucket": bucket, "Key": source.key},
+                CopySourceIfMatch=source.etag,
+                CopySourceRange=f"bytes={start}-{end}",
+            )
+            parts.append({"PartNumber": number, "ETag": copied["CopyPartResult"]["ETag"]})
+        operation = "CompleteMultipartUpload"
+        client.complete_multipart_upload(
+            Bucket=bucket,
+            Key=destination,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": parts},
+            IfNoneMatch="*",
+        )
+    except ClientError as exc:
+        if upload_id is not None:
+            _abort_quietly(client, bucket, destination, upload_id)
+        code = exc.response.get("Error", {}).get("Code")
+        if code in ("PreconditionFailed", "412"):
+            return  # the caller re-reads the destination and decides
+        raise S3AccessError(describe_client_error(exc, operation, bucket, destination)) from exc
+
+
+def _abort_quietly(client: Any, bucket: str, destination: str, upload_id: str) -> None:
+    # The copy's own error is the one to report; failing that, the lifecycle rule cleans up.
+    with suppress(ClientError):
+        client.abort_multipart_upload(Bucket=bucket, Key=destination, UploadId=upload_id)
 
 
 def _version_gone(client: Any, bucket: str, source: S3File) -> S3AccessError:

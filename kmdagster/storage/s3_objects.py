@@ -22,6 +22,10 @@ PERMISSION_OF_OPERATION = {
     "CopyObject": "s3:GetObject on the source and s3:PutObject on completed_imports/*",
     "DeleteObject": "s3:DeleteObject",
     "PutObject": "s3:PutObject on completed_imports/*",
+    # The parts of an archive copy of a file over 5 GB:
+    "CreateMultipartUpload": "s3:PutObject on completed_imports/*",
+    "UploadPartCopy": "s3:GetObject on the source and s3:PutObject on completed_imports/*",
+    "CompleteMultipartUpload": "s3:PutObject on completed_imports/*",
 }
 
 
