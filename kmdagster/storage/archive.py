@@ -23,6 +23,7 @@ from kmdagster.storage.s3_objects import (
     S3File,
     describe_client_error,
     head_file,
+    is_precondition_failure,
 )
 
 MAX_NAME_SUFFIX = 1000
@@ -113,10 +114,10 @@ def _copy_if_absent(client: Any, bucket: str, source: S3File, destination: str) 
             IfNoneMatch="*",  # never replace an object someone else wrote meanwhile
         )
     except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code")
-        if code in ("PreconditionFailed", "412"):
-            return  # the caller re-reads the destination and decides
-        raise S3AccessError(describe_client_error(exc, "CopyObject", bucket, destination)) from exc
+        if not is_precondition_failure(exc):  # if it is, the caller re-reads and decides
+            raise S3AccessError(
+                describe_client_error(exc, "CopyObject", bucket, destination)
+            ) from exc
 
 
 def _copy_in_parts_if_absent(
@@ -159,10 +160,8 @@ def _copy_in_parts_if_absent(
     except ClientError as exc:
         if upload_id is not None:
             _abort_quietly(client, bucket, destination, upload_id)
-        code = exc.response.get("Error", {}).get("Code")
-        if code in ("PreconditionFailed", "412"):
-            return  # the caller re-reads the destination and decides
-        raise S3AccessError(describe_client_error(exc, operation, bucket, destination)) from exc
+        if not is_precondition_failure(exc):  # if it is, the caller re-reads and decides
+            raise S3AccessError(describe_client_error(exc, operation, bucket, destination)) from exc
 
 
 def _abort_quietly(client: Any, bucket: str, destination: str, upload_id: str) -> None:

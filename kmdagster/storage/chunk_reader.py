@@ -21,7 +21,11 @@ from botocore.exceptions import (
 from urllib3.exceptions import ProtocolError
 
 from kmdagster.format.lines import UTF8_BOM
-from kmdagster.storage.s3_objects import S3AccessError, describe_client_error
+from kmdagster.storage.s3_objects import (
+    S3AccessError,
+    describe_client_error,
+    is_precondition_failure,
+)
 
 BODY_READ_ATTEMPTS = 6
 BODY_PIECE = 1024 * 1024
@@ -157,8 +161,7 @@ class LineChunkReader:
                 IfMatch=self.etag,
             )
         except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
-            if code in ("PreconditionFailed", "412"):
+            if is_precondition_failure(exc):
                 raise FileChangedError(
                     f"s3://{self.bucket}/{self.key} changed during its import (it no longer "
                     f"has ETag {self.etag}); rows already loaded stay attributed to that "

@@ -86,6 +86,11 @@ def describe_client_error(
     return f"{operation} on {where} failed: {code} {message}".strip()
 
 
+def is_precondition_failure(exc: ClientError) -> bool:
+    """S3's answer when an If-Match, If-None-Match or CopySourceIfMatch does not hold."""
+    return exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412")
+
+
 def list_matching_files(client: Any, bucket: str, pattern: FilePattern) -> Iterator[S3File]:
     """Every root-level key of ``bucket`` matching ``pattern``, in S3's (lexicographic) order.
 
