@@ -55,6 +55,8 @@ class KeyNames:
             known = self._known
             if known is not None:
                 new = keys.filter(~pl.col("key").is_in(known["key"].implode()))
+                if new.is_empty():  # another thread learned them since this one looked
+                    return known
                 if known.height + new.height <= self._max_keys:
                     keys = pl.concat([known.select("key"), new])
             described = self._describe(keys)
