@@ -21,10 +21,10 @@ from kmdagster.config import ConfigError, KmConfig, SourceConfig, load_config
 from kmdagster.defs.resources import WarehouseResource, build_s3_resource
 from kmdagster.preview import FilePreview, SetupRuleError, setup_preview
 from kmdagster.report import check_markdown, preview_markdown, status_markdown
-from kmdagster.status import backlog, backlog_eta, file_states
+from kmdagster.status import backlog, backlog_eta, read_source_status
 from kmdagster.storage.permissions import PermissionResult, check_permissions, iam_policy
-from kmdagster.storage.s3_objects import FilePattern, S3AccessError, list_matching_files
-from kmdagster.storage.warehouse import DuckDBWarehouse, WarehouseBusy
+from kmdagster.storage.s3_objects import FilePattern, S3AccessError
+from kmdagster.storage.warehouse import WarehouseBusy
 
 DEFINITIONS_MODULE = "kmdagster.definitions"
 
@@ -81,17 +81,12 @@ def cmd_check(config: KmConfig, source: SourceConfig, args: argparse.Namespace) 
 
 
 def cmd_status(config: KmConfig, source: SourceConfig, args: argparse.Namespace) -> None:
-    pattern = FilePattern.from_base_filename(source.base_filename)
-    root_files = list(list_matching_files(s3_client(config), source.bucket, pattern))
-    ledger_note = None
-    try:
-        with DuckDBWarehouse.read_only(config.warehouse.duckdb_path, args.wait) as warehouse:
-            ledger = warehouse.ledger_rows(source.name) if warehouse else []
-    except WarehouseBusy as exc:
-        # An import run holds DuckDB's only write lock: show what S3 alone can tell.
-        ledger, ledger_note = [], f"ledger not read: {exc}; files at the root show as pending"
-        print(f"note: {ledger_note}", file=sys.stderr)
-    states = file_states(root_files, ledger)
+    status = read_source_status(
+        s3_client(config), source, config.warehouse.duckdb_path, args.wait
+    )
+    if status.ledger_note:
+        print(f"note: {status.ledger_note}", file=sys.stderr)
+    states, ledger_note = status.states, status.ledger_note
     waiting = backlog(states)
     eta = backlog_eta(source.cron, len(waiting), datetime.now(timezone.utc))
     if args.json:

@@ -25,6 +25,10 @@ DEFAULT_CHUNK_BYTES = 48 * 1024 * 1024
 # ~15-20x its input, so memory is bounded by the pieces in hand, not by the chunk.
 SPLIT_PIECE_BYTES = 2 * 1024 * 1024
 DEFAULT_SENSOR_INTERVAL_SECONDS = 180
+# The reject_rate check warns above this share of a file's non-blank lines.
+DEFAULT_REJECT_RATE_WARN_PERCENT = 5.0
+# The backlog check warns when the oldest file waiting at the bucket root is older than this.
+DEFAULT_BACKLOG_WARN_HOURS = 24.0
 DEFAULT_DUCKDB_PATH = ".kmdagster/warehouse.duckdb"
 MIN_CHUNK_BYTES = 1024
 
@@ -59,6 +63,8 @@ class SourceConfig:
     time_budget_seconds: float = DEFAULT_TIME_BUDGET_SECONDS
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     sensor_interval_seconds: int = DEFAULT_SENSOR_INTERVAL_SECONDS
+    reject_rate_warn_percent: float = DEFAULT_REJECT_RATE_WARN_PERCENT
+    backlog_warn_hours: float = DEFAULT_BACKLOG_WARN_HOURS
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,8 @@ def _parse_source(item: Any, origin: str, index: int) -> SourceConfig:
         "time_budget_seconds",
         "chunk_bytes",
         "sensor_interval_seconds",
+        "reject_rate_warn_percent",
+        "backlog_warn_hours",
     }
     _reject_unknown(raw, allowed, origin, where)
     name = _required_str(raw, "name", origin, where)
@@ -174,11 +182,14 @@ def _parse_source(item: Any, origin: str, index: int) -> SourceConfig:
             f"{origin}: {where}base_filename: {base_filename!r} needs a stem and an extension, "
             "such as accounts.json"
         )
-    budget = raw.get("time_budget_seconds", DEFAULT_TIME_BUDGET_SECONDS)
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
-        raise ConfigError(
-            f"{origin}: {where}time_budget_seconds: give a positive number of seconds"
-        )
+    budget = _positive_number(
+        raw, "time_budget_seconds", DEFAULT_TIME_BUDGET_SECONDS, origin, where, "seconds"
+    )
+    reject_rate = _positive_number(
+        raw, "reject_rate_warn_percent", DEFAULT_REJECT_RATE_WARN_PERCENT, origin, where, "percent"
+    )
+    if reject_rate > 100:
+        raise ConfigError(f"{origin}: {where}reject_rate_warn_percent: give at most 100")
     chunk_bytes = _positive_int(raw, "chunk_bytes", DEFAULT_CHUNK_BYTES, origin, where)
     if chunk_bytes < MIN_CHUNK_BYTES:
         raise ConfigError(f"{origin}: {where}chunk_bytes: must be at least {MIN_CHUNK_BYTES}")
@@ -189,10 +200,14 @@ def _parse_source(item: Any, origin: str, index: int) -> SourceConfig:
         bucket=bucket,
         base_filename=base_filename,
         cron=cron,
-        time_budget_seconds=float(budget),
+        time_budget_seconds=budget,
         chunk_bytes=chunk_bytes,
         sensor_interval_seconds=_positive_int(
             raw, "sensor_interval_seconds", DEFAULT_SENSOR_INTERVAL_SECONDS, origin, where
+        ),
+        reject_rate_warn_percent=reject_rate,
+        backlog_warn_hours=_positive_number(
+            raw, "backlog_warn_hours", DEFAULT_BACKLOG_WARN_HOURS, origin, where, "hours"
         ),
     )
 
@@ -241,3 +256,12 @@ def _positive_int(raw: dict[str, Any], key: str, default: int, origin: str, wher
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{origin}: {where}{key}: give a positive whole number")
     return value
+
+
+def _positive_number(
+    raw: dict[str, Any], key: str, default: float, origin: str, where: str, unit: str
+) -> float:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{origin}: {where}{key}: give a positive number of {unit}")
+    return float(value)

@@ -18,6 +18,7 @@ CRASH_POINTS = (
     "import.chunk_committed",  # committed to the warehouse, Dagster not yet told
     "asset.before_progress_event",  # the run's last commit done, no observation logged
     "archive.copied",  # the archive copy exists, the ledger does not know it
+    "archive.rejects_written",  # the rejects file exists beside it, the ledger does not know
     "archive.recorded",  # the ledger says archived, the original is not yet deleted
 )
 _passes: Counter[str] = Counter()

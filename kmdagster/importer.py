@@ -44,10 +44,15 @@ class ImportReport:
     seconds: float
     resume_hint: int | None  # the offset Dagster's last run recorded, if any
     stopped_on_budget: bool
+    already_imported: bool = False  # complete before this run: it read and loaded nothing
 
     @property
     def complete(self) -> bool:
         return self.ledger.is_complete
+
+    @property
+    def lines_per_second(self) -> float:
+        return round(self.lines_read / self.seconds, 1) if self.seconds > 0 else 0.0
 
     @property
     def hint_corrected(self) -> bool:
@@ -79,11 +84,16 @@ def import_file(
     started = clock()
     current = head_file(client, bucket, key)
     if current is None:
+        imported = warehouse.latest_ledger_row(source, key)
+        if imported is not None and imported.is_complete:  # a re-run after its archive
+            return _nothing_to_do(imported, clock() - started)
         raise S3AccessError(
             f"s3://{bucket}/{key} no longer exists; it was deleted or moved before its import "
             "finished. Nothing more is read from it; the next tick moves on to the next file"
         )
     row = opened = warehouse.open_file(source, key, current.etag, current.size)
+    if opened.is_complete:  # a re-run, or a file re-uploaded with content already imported
+        return _nothing_to_do(opened, clock() - started)
     start_offset = row.next_offset
     # Pieces are read in order from streaming GETs; a chunk is the pieces up to ``chunk_bytes``.
     read_bytes = min(chunk_bytes, piece_bytes)
@@ -104,7 +114,7 @@ def import_file(
             if chunks and clock() - started >= time_budget_seconds:
                 stopped_on_budget = True  # the pieces split ahead are dropped, not lost
                 break
-            row = warehouse.commit_chunk(row, pieces.next_chunk())
+            row = warehouse.commit_chunk(row, pieces.next_chunk(), first_of_run=not chunks)
             crash_point("import.chunk_committed")
             chunks += 1
             if after_commit is not None:
@@ -130,6 +140,23 @@ def import_file(
         seconds=clock() - started,
         resume_hint=resume_hint[0] if resume_hint and resume_hint[1] == row.file_etag else None,
         stopped_on_budget=stopped_on_budget,
+    )
+
+
+def _nothing_to_do(row: LedgerRow, seconds: float) -> ImportReport:
+    return ImportReport(
+        ledger=row,
+        start_offset=row.next_offset,
+        chunks=0,
+        bytes_read=0,
+        lines_read=0,
+        lines_loaded=0,
+        lines_rejected=0,
+        lines_blank=0,
+        seconds=seconds,
+        resume_hint=None,
+        stopped_on_budget=False,
+        already_imported=True,
     )
 
 

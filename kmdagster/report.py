@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import polars as pl
+
 from kmdagster.preview import FilePreview
 from kmdagster.status import FileState
 from kmdagster.storage.permissions import PermissionResult
@@ -100,33 +102,87 @@ def check_markdown(bucket: str, results: list[PermissionResult]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def status_markdown(
-    source: str, bucket: str, states: list[FileState], backlog: int, eta: datetime | None
-) -> str:
+def _progress(state: FileState) -> str:
+    if state.state in ("in_progress", "failed", "superseded", "deleted") and state.next_offset:
+        return f"{state.percent_done:g}% (resume at byte {state.next_offset:,})"
+    return "100%" if state.state in ("imported", "archived") else ""
+
+
+def file_states_markdown(states: list[FileState], limit: int | None = None) -> str:
+    """One row per file version: the backlog in import order (``#``), then the rest.
+
+    With ``limit``, at most that many of the backlog's first files and of the most recently
+    updated other files, and a line saying how many are left out.
+    """
+    shown = states
+    if limit is not None:
+        queued = [s for s in states if s.queue_position is not None]
+        others = [s for s in states if s.queue_position is None]
+        recent = sorted(
+            others, key=lambda s: s.updated_at.timestamp() if s.updated_at else 0, reverse=True
+        )
+        shown = queued[:limit] + sorted(recent[:limit], key=lambda s: s.key)
     rows = [
         [
+            state.queue_position or "",
             state.key,
             state.state,
             state.size_bytes,
-            f"{state.next_offset:,} ({state.percent_done:g}%)"
-            if state.state == "in_progress"
-            else "",
+            _progress(state),
             state.lines_loaded,
             state.lines_rejected,
             state.archived_key or state.error or "",
         ]
-        for state in states
+        for state in shown
     ]
+    table = markdown_table(
+        ["#", "key", "state", "bytes", "progress", "loaded", "rejected", "archive key / error"],
+        rows,
+    )
+    left_out = len(states) - len(shown)
+    if left_out:
+        table += (
+            f"\n\n{left_out:,} more files not shown (the backlog past the first {limit} and "
+            "older finished files); `kmdagster status SOURCE` lists every one."
+        )
+    return table
+
+
+def status_markdown(
+    source: str, bucket: str, states: list[FileState], backlog: int, eta: datetime | None
+) -> str:
     when = (
         f"at one file per tick, the backlog is done by the tick at {eta:%Y-%m-%d %H:%M} UTC"
         if eta is not None
         else "nothing is waiting"
     )
     return (
-        f"## Files of source {source} (s3://{bucket})\n\n"
-        + markdown_table(
-            ["key", "state", "bytes", "resume offset", "loaded", "rejected", "archive key / error"],
-            rows,
-        )
+        f"## Files of source {source} (s3://{bucket}), in import order\n\n"
+        + file_states_markdown(states)
         + f"\n\nBacklog: {backlog} files; {when}.\n"
     )
+
+
+def top_events_markdown(events: pl.DataFrame) -> str:
+    """The file's most frequent events (``file_rows.top_events``)."""
+    return markdown_table(
+        ["event", "as sent", "rows", "people"],
+        events.select("event", "label", "rows", "people").rows(),
+    )
+
+
+def top_properties_markdown(properties: pl.DataFrame) -> str:
+    """The file's most frequent property names (``file_rows.top_properties``)."""
+    return markdown_table(
+        ["property", "as sent", "rows", "people", "numeric"],
+        properties.select("name", "label", "rows", "people", "numeric_rows").rows(),
+    )
+
+
+def reject_reasons_markdown(reasons: pl.DataFrame) -> str:
+    """Rejected lines per reason with the first few (``file_rows.reject_reasons``)."""
+    rows = []
+    for reason, lines, first_lines, examples in reasons.iter_rows():
+        for i, (line_no, example) in enumerate(zip(first_lines, examples, strict=True)):
+            rows.append([reason if i == 0 else "", lines if i == 0 else "", line_no, example])
+    return markdown_table(["reason", "lines", "line", "line as sent"], rows)

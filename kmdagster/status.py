@@ -1,19 +1,21 @@
 """Where every file of a source stands: the bucket root joined with the warehouse ledger.
 
-``file_states`` is pure (S3 listing and ledger rows in, states out); ``backlog_eta``
-turns the backlog into tick times with the source's cron.
+``file_states`` is pure (S3 listing and ledger rows in, states out, in the order the
+schedule imports them: the backlog first, by key, then the finished files);
+``backlog_eta`` turns the backlog into tick times with the source's cron.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from dagster._utils.schedules import cron_string_iterator  # no public cron iterator in 1.13
 
-from kmdagster.storage.s3_objects import S3File
-from kmdagster.storage.warehouse import LedgerRow
+from kmdagster.config import SourceConfig
+from kmdagster.storage.s3_objects import FilePattern, S3File, list_matching_files
+from kmdagster.storage.warehouse import DuckDBWarehouse, LedgerRow, WarehouseBusy
 
 # States shown to people. The ledger's own statuses, plus two the ledger cannot know:
 # "superseded" (the key now holds other content) and "deleted" (gone before it finished).
@@ -35,10 +37,16 @@ class FileState:
     archived_key: str | None = None
     error: str | None = None
     updated_at: datetime | None = None
+    # When the version at the bucket root was written (None once it has left the root).
+    waiting_since: datetime | None = None
+    # 1 for the file the next tick imports, 2 for the one after, ...; None when not queued.
+    queue_position: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["updated_at"] = self.updated_at.isoformat() if self.updated_at else None
+        for name in ("updated_at", "waiting_since"):
+            value = getattr(self, name)
+            data[name] = value.isoformat() if value else None
         return data
 
 
@@ -48,7 +56,7 @@ def _percent(row: LedgerRow) -> float:
 
 def file_states(root_files: list[S3File], ledger: list[LedgerRow]) -> list[FileState]:
     """One state per file version: each root file and each ledger row, in key order."""
-    at_root = {(file.key, file.etag) for file in root_files}
+    at_root = {(file.key, file.etag): file for file in root_files}
     root_etag = {file.key: file.etag for file in root_files}
     states = []
     for row in ledger:
@@ -71,6 +79,9 @@ def file_states(root_files: list[S3File], ledger: list[LedgerRow]) -> list[FileS
                 archived_key=row.archived_key,
                 error=row.error,
                 updated_at=row.updated_at,
+                waiting_since=at_root[(row.file_key, row.file_etag)].last_modified
+                if here
+                else None,
             )
         )
     known = {(row.file_key, row.file_etag) for row in ledger}
@@ -81,16 +92,38 @@ def file_states(root_files: list[S3File], ledger: list[LedgerRow]) -> list[FileS
             state="pending",
             size_bytes=file.size,
             at_bucket_root=True,
+            waiting_since=file.last_modified,
         )
         for file in root_files
         if (file.key, file.etag) not in known
     )
-    return sorted(states, key=lambda s: (s.key, s.updated_at is None, s.updated_at or 0))
+    return in_import_order(states)
+
+
+def _is_queued(state: FileState) -> bool:
+    return state.at_bucket_root and state.state in BACKLOG_STATES
+
+
+def in_import_order(states: list[FileState]) -> list[FileState]:
+    """The backlog in the schedule's order (by key), numbered, then the rest by key."""
+    queued = sorted((s for s in states if _is_queued(s)), key=lambda s: s.key)
+    done = sorted(
+        (s for s in states if not _is_queued(s)),
+        key=lambda s: (s.key, s.updated_at is None, s.updated_at or 0),
+    )
+    numbered = [replace(state, queue_position=n) for n, state in enumerate(queued, start=1)]
+    return numbered + done
 
 
 def backlog(states: list[FileState]) -> list[FileState]:
     """Files the schedule still has to import or archive: everything still at the root."""
-    return [s for s in states if s.at_bucket_root and s.state in BACKLOG_STATES]
+    return [s for s in states if _is_queued(s)]
+
+
+def oldest_waiting(states: list[FileState]) -> FileState | None:
+    """The backlog file written longest ago (None when nothing waits)."""
+    dated = [s for s in backlog(states) if s.waiting_since is not None]
+    return min(dated, key=lambda s: s.waiting_since or 0) if dated else None
 
 
 def backlog_eta(cron: str, backlog_files: int, now: datetime) -> datetime | None:
@@ -102,3 +135,33 @@ def backlog_eta(cron: str, backlog_files: int, now: datetime) -> datetime | None
     for _ in range(backlog_files):
         tick = next(ticks)
     return tick
+
+
+@dataclass(frozen=True)
+class SourceStatus:
+    """Every file of a source in import order; ``ledger_note`` says why the ledger is missing."""
+
+    states: list[FileState]
+    ledger_note: str | None = None
+
+
+def read_source_status(
+    client: Any,
+    source: SourceConfig,
+    duckdb_path: str,
+    wait_seconds: float,
+    root_files: list[S3File] | None = None,
+) -> SourceStatus:
+    """List the bucket root (unless given) and read the ledger read-only, waiting up to
+    ``wait_seconds`` for a running import to release it."""
+    if root_files is None:
+        pattern = FilePattern.from_base_filename(source.base_filename)
+        root_files = list(list_matching_files(client, source.bucket, pattern))
+    try:
+        with DuckDBWarehouse.read_only(duckdb_path, wait_seconds) as warehouse:
+            ledger = warehouse.ledger_rows(source.name) if warehouse else []
+    except WarehouseBusy as exc:
+        # An import run holds DuckDB's only write lock: show what S3 alone can tell.
+        note = f"ledger not read: {exc}; files at the root show as pending"
+        return SourceStatus(file_states(root_files, []), note)
+    return SourceStatus(file_states(root_files, ledger))

@@ -28,9 +28,11 @@ TICK = datetime(2026, 11, 26, 9, 0, tzinfo=timezone.utc)
 LINE = b'{"_p":"a","_t":1700000000,"_n":"x"}\n'
 
 
-def evaluate_sensor(defs: Any, instance: DagsterInstance):
+def evaluate_sensor(defs: Any, instance: DagsterInstance, cursor: str | None = None):
     sensor = defs.resolve_sensor_def("accounts_file_sensor")
-    with build_sensor_context(instance=instance, resources=defs.resources) as context:
+    with build_sensor_context(
+        instance=instance, resources=defs.resources, cursor=cursor
+    ) as context:
         return sensor(context)
 
 
@@ -72,7 +74,8 @@ def test_sensor_registers_matching_keys_once(
     assert sorted(request.partition_keys or []) == sorted(keys)
     instance.add_dynamic_partitions("accounts_files", list(request.partition_keys or []))
 
-    again = evaluate_sensor(defs, instance)
+    # Nothing new and the file states unchanged since the cursor's report: a skip.
+    again = evaluate_sensor(defs, instance, cursor=result.cursor)
     assert isinstance(again, SkipReason)
 
 

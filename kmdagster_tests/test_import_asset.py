@@ -17,6 +17,7 @@ from kmdagster.defs.resources import build_resources
 from kmdagster.format.split import split_km_lines
 from kmdagster.storage.archive import archive_file, archive_key_for
 from kmdagster.storage.chunk_reader import LineChunkReader
+from kmdagster.storage.rejects_file import rejects_key_for
 from kmdagster.storage.s3_objects import S3AccessError, S3File
 from kmdagster.storage.warehouse import DuckDBWarehouse
 from kmdagster_tests.conftest import READ_ONLY, make_config, run_import
@@ -304,7 +305,7 @@ def test_crash_between_copy_and_delete_is_finished_without_reimport(
     ]
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix=KEY)
     listed = s3.list_objects_v2(Bucket=bucket, Prefix="completed_imports/")["Contents"]
-    assert [o["Key"] for o in listed] == [destination]
+    assert [o["Key"] for o in listed] == [destination, rejects_key_for(destination)]
 
 
 def test_file_overwritten_mid_import_fails_clearly_then_imports_as_new_version(

@@ -6,6 +6,7 @@ archived exactly once.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -23,6 +24,7 @@ from dagster._daemon.monitoring.run_monitoring import check_run_timeout
 
 from kmdagster.defs.factory import build_definitions
 from kmdagster.faults import CRASH_ENV, CRASH_POINTS
+from kmdagster.storage.rejects_file import rejects_key_for
 from kmdagster.storage.s3_objects import ARCHIVE_PREFIX
 from kmdagster_tests.conftest import make_config, write_config
 from kmdagster_tests.km_files import KmFile, km_file
@@ -46,6 +48,7 @@ DETERMINISTIC = [
     ("asset.before_progress_event", 1, 1024, 600),
     ("asset.before_progress_event", 1, 8192, 0.001),  # budget stop: the hint goes unrecorded
     ("archive.copied", 1, 1024, 600),
+    ("archive.rejects_written", 1, 1024, 600),
     ("archive.recorded", 1, 1024, 600),
 ]
 RANDOM_SCENARIOS = 12
@@ -116,9 +119,12 @@ def assert_exactly_once(s3: Any, bucket: str, warehouse_path: Path, expected: Km
     assert (loaded, rejected, blank) == (expected.valid_lines, expected.rejects, expected.blanks)
     keys = [item["Key"] for item in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
     archived = [key for key in keys if key.startswith(ARCHIVE_PREFIX)]
-    assert archived == [archived_key]
+    assert archived == [archived_key, rejects_key_for(archived_key)]
     assert KEY not in keys
     assert s3.get_object(Bucket=bucket, Key=archived_key)["Body"].read() == expected.data
+    rejects_file = s3.get_object(Bucket=bucket, Key=rejects_key_for(archived_key))["Body"].read()
+    line_numbers = [json.loads(line)["line_no"] for line in rejects_file.splitlines()]
+    assert len(line_numbers) == len(set(line_numbers)) == expected.rejects
 
 
 def run_scenario(

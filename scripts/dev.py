@@ -3,6 +3,8 @@
 Everything lives under .kmdagster/ (fresh SeaweedFS data each start, DuckDB warehouse,
 Dagster home). The demo source is confirmed with `kmdagster confirm` before the UI starts
 (set KMDAGSTER_DEV_CONFIRM=0 to walk through setup yourself). Ctrl-C stops both servers.
+`.kmdagster/dev.env` holds the endpoint and the generated credentials for the AWS CLI and
+the kmdagster commands (`source .kmdagster/dev.env`); they are never printed.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from kmdagster_tests.seaweed import Identity, SeaweedS3  # noqa: E402
-from scripts.demo_data import DEMO_DECOYS, DEMO_FILES, demo_file  # noqa: E402
+from scripts.demo_data import DEMO_DECOYS, demo_files  # noqa: E402
 
 STATE = ROOT / ".kmdagster"
 BUCKET = "km-imports"
@@ -51,9 +53,35 @@ sources:
   - name: accounts
     bucket: {bucket}
     base_filename: accounts.json
-    cron: "*/5 * * * *"   # every 5 minutes for the demo; the default is hourly
-    sensor_interval_seconds: 30
+    cron: "* * * * *"     # every minute for the demo; the default is hourly
+    sensor_interval_seconds: 15
+    time_budget_seconds: 1  # the demo's large file takes several runs; the default is 300
+    chunk_bytes: 1048576
 """
+
+ENV_FILE = """\
+# kmdagster dev server: `source .kmdagster/dev.env`, then use `aws s3 ...` or `kmdagster ...`.
+export AWS_ENDPOINT_URL={endpoint}
+export AWS_ACCESS_KEY_ID={access_key}
+export AWS_SECRET_ACCESS_KEY={secret_key}
+export AWS_DEFAULT_REGION=us-east-1
+export KMDAGSTER_CONFIG={config}
+export DAGSTER_HOME={dagster_home}
+"""
+
+
+def write_env_file(path: Path, identity: Identity, endpoint: str, **paths: Path) -> None:
+    """The settings a shell needs to reach the dev servers; readable by its owner only."""
+    path.touch(mode=0o600)
+    os.chmod(path, 0o600)
+    path.write_text(
+        ENV_FILE.format(
+            endpoint=endpoint,
+            access_key=identity.access_key,
+            secret_key=identity.secret_key,
+            **{name: str(value) for name, value in paths.items()},
+        )
+    )
 
 
 def main() -> int:
@@ -68,8 +96,9 @@ def main() -> int:
     server = SeaweedS3(STATE / "seaweedfs", (identity,), ports=dict(DEV_PORTS)).start()
     client = server.client(identity)
     client.create_bucket(Bucket=BUCKET)
-    for key, seed in DEMO_FILES.items():
-        client.put_object(Bucket=BUCKET, Key=key, Body=demo_file(seed))
+    files = demo_files()
+    for key, body in files.items():
+        client.put_object(Bucket=BUCKET, Key=key, Body=body)
     for key, body in DEMO_DECOYS.items():
         client.put_object(Bucket=BUCKET, Key=key, Body=body)
 
@@ -80,6 +109,13 @@ def main() -> int:
     dagster_home = STATE / "dagster_home"
     dagster_home.mkdir(exist_ok=True)
     shutil.copy(ROOT / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
+    write_env_file(
+        STATE / "dev.env",
+        identity,
+        server.endpoint_url,
+        config=config_path,
+        dagster_home=dagster_home,
+    )
     env = {
         **os.environ,
         "KMDAGSTER_CONFIG": str(config_path),
@@ -87,7 +123,12 @@ def main() -> int:
         "AWS_ACCESS_KEY_ID": identity.access_key,
         "AWS_SECRET_ACCESS_KEY": identity.secret_key,
     }
-    print(f"SeaweedFS S3 on {server.endpoint_url}, bucket {BUCKET!r} with {len(DEMO_FILES)} files")
+    print(f"SeaweedFS S3 on {server.endpoint_url}, bucket {BUCKET!r} with {len(files)} files")
+    print(
+        "To reach it from another shell (AWS CLI, kmdagster status accounts): "
+        "source .kmdagster/dev.env",
+        flush=True,
+    )
     if os.environ.get("KMDAGSTER_DEV_CONFIRM", "1") == "1":
         # The setup a user does by hand: check, preview, then switch the source on.
         kmdagster = Path(sys.executable).with_name("kmdagster")

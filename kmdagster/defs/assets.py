@@ -1,14 +1,20 @@
 """Per-source assets: the S3 file, the four warehouse tables it feeds, and its archive.
 
-The import multi-asset materializes the table assets only when the whole file is in the
-warehouse; a run stopped by its budget records its progress as an observation of the
-file asset instead, which the next run reads back as its resume hint.
+- ``<source>/s3_file``: the file in S3, one partition per key. The sensor reports it
+  materialized when it registers the key; each import run records its progress (resume
+  offset, percent, lines, throughput) as an observation, which the next run reads back as
+  its resume hint.
+- ``<source>/km_events``, ``km_properties``, ``km_aliases``, ``km_rejects``: materialized,
+  with their own row counts and data checks, only when the whole file is in the
+  warehouse. A re-run of a complete file loads nothing and says so.
+- ``<source>/archived_file``: the move to completed_imports/ with the rejects file beside it.
 """
 
+
 from dataclasses import dataclass
-from typing import Any
 
 from dagster import (
+    AssetCheckKey,
     AssetExecutionContext,
     AssetKey,
     AssetObservation,
@@ -20,23 +26,25 @@ from dagster import (
     DynamicPartitionsDefinition,
     Failure,
     MaterializeResult,
-    MetadataValue,
     asset,
     multi_asset,
 )
 from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import SourceConfig
+from kmdagster.defs.checks import data_check_results, data_check_specs, table_key
+from kmdagster.defs.metadata import archive_metadata, progress_metadata, table_metadata
 from kmdagster.defs.resources import WarehouseResource
 from kmdagster.defs.runs import MAX_RUNTIME_TAG, active_runs
 from kmdagster.faults import crash_point
 from kmdagster.importer import ImportReport, import_file
 from kmdagster.storage.archive import archive_file
 from kmdagster.storage.chunk_reader import FileChangedError
-from kmdagster.storage.s3_objects import S3AccessError, S3File
-from kmdagster.storage.warehouse import LedgerConflict
+from kmdagster.storage.file_rows import reject_batches
+from kmdagster.storage.rejects_file import rejects_key_for, write_rejects_file
+from kmdagster.storage.s3_objects import S3AccessError, S3File, head_file
+from kmdagster.storage.warehouse import ROW_TABLES, DuckDBWarehouse, LedgerConflict, LedgerRow
 
-TABLES = ("km_events", "km_properties", "km_aliases", "km_rejects")
 TABLE_DESCRIPTIONS = {
     "km_events": "Events (_n) of this source's files, one row per valid event line.",
     "km_properties": "Properties set by this source's files, one row per property.",
@@ -51,13 +59,13 @@ class SourceAssets:
     tables: AssetsDefinition
     archive: AssetsDefinition
 
-    @property
-    def table_keys(self) -> list[AssetKey]:
-        return [AssetKey([self.file.key.path[0], table]) for table in TABLES]
-
 
 def file_asset_key(source: SourceConfig) -> AssetKey:
     return AssetKey([source.name, "s3_file"])
+
+
+def archive_asset_key(source: SourceConfig) -> AssetKey:
+    return AssetKey([source.name, "archived_file"])
 
 
 def recorded_resume_offset(
@@ -77,92 +85,104 @@ def recorded_resume_offset(
     return int(offset.value), str(etag.value)  # type: ignore[arg-type]
 
 
-def progress_metadata(report: ImportReport, bucket: str) -> dict[str, Any]:
-    """What a person (and the next run) needs to know about one run's progress."""
-    row = report.ledger
-    metadata: dict[str, Any] = {
-        "s3_uri": MetadataValue.url(f"s3://{bucket}/{row.file_key}"),
-        "etag": row.file_etag,
-        "status": row.status,
-        "next_offset": row.next_offset,
-        "size_bytes": row.size_bytes,
-        "percent_done": round(100.0 * row.next_offset / row.size_bytes, 2)
-        if row.size_bytes
-        else 100.0,
-        "run_start_offset": report.start_offset,
-        "run_bytes": report.bytes_read,
-        "run_chunks": report.chunks,
-        "run_lines_read": report.lines_read,
-        "run_lines_loaded": report.lines_loaded,
-        "run_lines_rejected": report.lines_rejected,
-        "run_lines_blank": report.lines_blank,
-        "run_seconds": round(report.seconds, 3),
-        "file_lines_read": row.lines_read,
-        "file_lines_loaded": row.lines_loaded,
-        "file_lines_rejected": row.lines_rejected,
-        "file_lines_blank": row.lines_blank,
-        "stopped_on_budget": report.stopped_on_budget,
-    }
-    if report.hint_corrected:
-        metadata["resume_offset_corrected_from"] = report.resume_hint
-    return metadata
-
-
-def build_source_assets(
-    source: SourceConfig, partitions: DynamicPartitionsDefinition
-) -> SourceAssets:
-    """The file spec, the import multi-asset and the archive asset of one source."""
-    file_key = file_asset_key(source)
-    file_spec = AssetSpec(
-        key=file_key,
+def build_file_spec(source: SourceConfig, partitions: DynamicPartitionsDefinition) -> AssetSpec:
+    return AssetSpec(
+        key=file_asset_key(source),
         description=(
             f"Files s3://{source.bucket}/{source.base_filename} pattern matches; one partition "
-            "per S3 key. Observations record each run's import progress."
+            "per S3 key, materialized when the sensor registers it. Observations record each "
+            "run's import progress; the backlog check lists every file's state."
         ),
         partitions_def=partitions,
         group_name=source.name,
         kinds={"s3"},
     )
+
+
+def _refuse_second_run(context: AssetExecutionContext, source: SourceConfig) -> None:
+    # The run queue admits one run per source; this guard also covers runs launched
+    # around it (a manual launch without the queue, a second Dagster instance).
+    others = active_runs(
+        context.instance, source, [DagsterRunStatus.STARTED], excluding_run_id=context.run.run_id
+    )
+    if others:
+        raise Failure(
+            description=(
+                f"run {others[0].run_id} of source {source.name!r} is already importing; "
+                "a source imports one file at a time, so this run stops without reading. "
+                "If that run's process died, Dagster's run monitoring fails it once it "
+                f"exceeds its {MAX_RUNTIME_TAG} tag and the next tick proceeds."
+            )
+        )
+
+
+def _already_imported_message(source: SourceConfig, row: LedgerRow) -> str:
+    where = f" and archived to s3://{source.bucket}/{row.archived_key}" if row.archived_key else ""
+    return (
+        f"s3://{source.bucket}/{row.file_key} (ETag {row.file_etag}) was already imported "
+        f"at {row.completed_at:%Y-%m-%d %H:%M:%S} UTC{where}; this run loaded nothing"
+    )
+
+
+def _report_progress(
+    context: AssetExecutionContext, source: SourceConfig, report: ImportReport
+) -> None:
+    """Log the run's progress on the file asset, and say where the next run resumes."""
+    if report.already_imported:
+        context.log.info(_already_imported_message(source, report.ledger))
+        return
+    if report.hint_corrected:
+        context.log.warning(
+            f"recorded resume offset {report.resume_hint} disagreed with the ledger's "
+            f"{report.start_offset}; resumed from the ledger"
+        )
+    context.log_event(
+        AssetObservation(
+            asset_key=file_asset_key(source),
+            partition=context.partition_key,
+            metadata=progress_metadata(report, source.bucket),
+        )
+    )
+    if not report.complete:
+        context.log.info(
+            f"time budget of {source.time_budget_seconds}s used: stopped at byte "
+            f"{report.ledger.next_offset} of {report.ledger.size_bytes}; "
+            "the next scheduled run resumes there"
+        )
+
+
+def build_import_asset(
+    source: SourceConfig, partitions: DynamicPartitionsDefinition
+) -> AssetsDefinition:
+    """``<source>_import``: loads the partition's file within the budget, then checks it."""
     table_specs = [
         AssetSpec(
-            key=AssetKey([source.name, table]),
-            deps=[file_key],
+            key=table_key(source, table),
+            deps=[file_asset_key(source)],
             description=TABLE_DESCRIPTIONS[table],
             partitions_def=partitions,
             group_name=source.name,
             skippable=True,
             kinds={"duckdb", "polars"},
         )
-        for table in TABLES
+        for table in ROW_TABLES
     ]
 
     @multi_asset(
         name=f"{source.name}_import",
         specs=table_specs,
+        check_specs=data_check_specs(source, partitions),
         partitions_def=partitions,
         description="Reads the file in line-aligned chunks and loads it, within the budget.",
+        # A run stopped by its budget yields no check results: they are optional outputs.
+        # A file always loads into all four tables; a subset only limits what is reported.
+        can_subset=True,
     )
     def import_tables(
         context: AssetExecutionContext, km_s3: S3Resource, km_warehouse: WarehouseResource
     ):
         key = context.partition_key
-        # The run queue admits one run per source; this guard also covers runs launched
-        # around it (a manual launch without the queue, a second Dagster instance).
-        others = active_runs(
-            context.instance,
-            source,
-            [DagsterRunStatus.STARTED],
-            excluding_run_id=context.run.run_id,
-        )
-        if others:
-            raise Failure(
-                description=(
-                    f"run {others[0].run_id} of source {source.name!r} is already importing; "
-                    "a source imports one file at a time, so this run stops without reading. "
-                    "If that run's process died, Dagster's run monitoring fails it once it "
-                    f"exceeds its {MAX_RUNTIME_TAG} tag and the next tick proceeds."
-                )
-            )
+        _refuse_second_run(context, source)
         with km_warehouse.connect() as warehouse:
             try:
                 report = import_file(
@@ -177,36 +197,55 @@ def build_source_assets(
                 )
             except (S3AccessError, FileChangedError, LedgerConflict) as exc:
                 raise Failure(description=str(exc)) from exc
-        crash_point("asset.before_progress_event")
-        metadata = progress_metadata(report, source.bucket)
-        if report.hint_corrected:
-            context.log.warning(
-                f"recorded resume offset {report.resume_hint} disagreed with the ledger's "
-                f"{report.start_offset}; resumed from the ledger"
-            )
-        context.log_event(AssetObservation(asset_key=file_key, partition=key, metadata=metadata))
-        if not report.complete:
-            context.log.info(
-                f"time budget of {source.time_budget_seconds}s used: stopped at byte "
-                f"{report.ledger.next_offset} of {report.ledger.size_bytes}; "
-                "the next scheduled run resumes there"
-            )
-            return
-        for spec in table_specs:
-            yield MaterializeResult(asset_key=spec.key, metadata=metadata)
+            crash_point("asset.before_progress_event")
+            _report_progress(context, source, report)
+            if not report.complete:
+                return
+            row, con = report.ledger, warehouse.connection
+            for table in ROW_TABLES:
+                if table_key(source, table) in context.selected_asset_keys:
+                    yield MaterializeResult(
+                        asset_key=table_key(source, table),
+                        metadata=table_metadata(con, table, row, report.already_imported),
+                    )
+            selected_checks = context.selected_asset_check_keys
+            for result in data_check_results(con, source, row):
+                if AssetCheckKey(result.asset_key, result.check_name or "") in selected_checks:  # type: ignore[arg-type]
+                    yield result
+
+    return import_tables
+
+
+def _write_rejects_beside(
+    client: object, source: SourceConfig, warehouse: DuckDBWarehouse, row: LedgerRow, archived: str
+) -> None:
+    if row.lines_rejected:
+        batches = reject_batches(warehouse.connection, row)
+        write_rejects_file(client, source.bucket, rejects_key_for(archived), row.file_etag, batches)
+        crash_point("archive.rejects_written")
+
+
+def build_archive_asset(
+    source: SourceConfig, partitions: DynamicPartitionsDefinition
+) -> AssetsDefinition:
+    """``<source>/archived_file``: the complete file moved under completed_imports/."""
 
     @asset(
-        key=AssetKey([source.name, "archived_file"]),
-        deps=[spec.key for spec in table_specs],
+        key=archive_asset_key(source),
+        deps=[table_key(source, table) for table in ROW_TABLES],
         partitions_def=partitions,
         group_name=source.name,
-        description="Moves a fully imported file to completed_imports/YYYY/MM/DD/ in its bucket.",
+        description=(
+            "Moves a fully imported file to completed_imports/YYYY/MM/DD/ in its bucket, with "
+            "its rejected lines beside it as NAME.rejects.jsonl."
+        ),
         kinds={"s3"},
     )
     def archived_file(
         context: AssetExecutionContext, km_s3: S3Resource, km_warehouse: WarehouseResource
     ) -> MaterializeResult:
         key = context.partition_key
+        client = km_s3.get_client()
         with km_warehouse.connect() as warehouse:
             row = warehouse.latest_ledger_row(source.name, key)
             if row is None or not row.is_complete or row.completed_at is None:
@@ -215,23 +254,45 @@ def build_source_assets(
                 )
             imported = row
             try:
-                archived_key = archive_file(
-                    km_s3.get_client(),
-                    source.bucket,
-                    S3File(key=key, etag=row.file_etag, size=row.size_bytes),
-                    row.completed_at,
-                    record=lambda archive_key: warehouse.mark_archived(imported, archive_key),
-                )
+                at_root = head_file(client, source.bucket, key)
+                if row.archived_key and (at_root is None or at_root.etag != row.file_etag):
+                    context.log.info(
+                        f"s3://{source.bucket}/{key} (ETag {row.file_etag}) was already "
+                        f"archived to {row.archived_key}; nothing to move"
+                    )
+                    archived_key, already = row.archived_key, True
+                else:
+
+                    def record(archive_key: str) -> None:
+                        _write_rejects_beside(client, source, warehouse, imported, archive_key)
+                        warehouse.mark_archived(imported, archive_key)
+
+                    archived_key, already = (
+                        archive_file(
+                            client,
+                            source.bucket,
+                            S3File(key=key, etag=row.file_etag, size=row.size_bytes),
+                            row.completed_at,
+                            record=record,
+                        ),
+                        False,
+                    )
             except S3AccessError as exc:
                 raise Failure(description=str(exc)) from exc
+        rejects_key = rejects_key_for(archived_key) if row.lines_rejected else None
         return MaterializeResult(
-            metadata={
-                "archived_key": archived_key,
-                "archive_uri": MetadataValue.url(f"s3://{source.bucket}/{archived_key}"),
-                "etag": row.file_etag,
-                "lines_loaded": row.lines_loaded,
-                "lines_rejected": row.lines_rejected,
-            }
+            metadata=archive_metadata(row, source.bucket, archived_key, rejects_key, already)
         )
 
-    return SourceAssets(file=file_spec, tables=import_tables, archive=archived_file)
+    return archived_file
+
+
+def build_source_assets(
+    source: SourceConfig, partitions: DynamicPartitionsDefinition
+) -> SourceAssets:
+    """The file spec, the import multi-asset and the archive asset of one source."""
+    return SourceAssets(
+        file=build_file_spec(source, partitions),
+        tables=build_import_asset(source, partitions),
+        archive=build_archive_asset(source, partitions),
+    )

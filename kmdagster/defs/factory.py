@@ -5,7 +5,8 @@ from __future__ import annotations
 from dagster import Definitions
 
 from kmdagster.config import KmConfig, SourceConfig
-from kmdagster.defs.assets import build_source_assets
+from kmdagster.defs.assets import build_source_assets, file_asset_key
+from kmdagster.defs.backlog import build_backlog_check
 from kmdagster.defs.jobs import build_import_job
 from kmdagster.defs.partitions import files_partitions
 from kmdagster.defs.resources import build_resources
@@ -21,9 +22,12 @@ def build_source_definitions(source: SourceConfig) -> Definitions:
     job = build_import_job(source, assets)
     return Definitions(
         assets=[assets.file, assets.tables, assets.archive, build_preview_asset(source)],
-        asset_checks=[build_permission_check(source)],
+        asset_checks=[
+            build_permission_check(source),
+            build_backlog_check(source, file_asset_key(source)),
+        ],
         jobs=[job],
-        sensors=[build_file_sensor(source, partitions)],
+        sensors=[build_file_sensor(source, partitions, file_asset_key(source))],
         schedules=[build_import_schedule(source, job)],
     )
 

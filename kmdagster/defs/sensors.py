@@ -1,8 +1,15 @@
-"""The sensor that registers each new matching S3 key as a dynamic partition."""
+"""The sensor of a source: registers each new matching S3 key as a dynamic partition.
+
+It also reports what it sees: a materialization of ``<source>/s3_file`` for each file it
+registers (the file landed in S3), and the source's ``backlog`` check whenever the table
+of file states changed since its last report.
+"""
 
 from dagster import (
+    AssetMaterialization,
     DefaultSensorStatus,
     DynamicPartitionsDefinition,
+    MetadataValue,
     SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
@@ -12,8 +19,10 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import SourceConfig
+from kmdagster.defs.backlog import backlog_evaluation, outcome_fingerprint, read_backlog_outcome
 from kmdagster.defs.partitions import files_partitions_name, is_valid_partition_key
-from kmdagster.storage.s3_objects import FilePattern, list_matching_files
+from kmdagster.defs.resources import WarehouseResource
+from kmdagster.storage.s3_objects import FilePattern, S3File, list_matching_files
 
 
 def new_partition_keys(listed_keys: list[str], registered: set[str]) -> tuple[list[str], list[str]]:
@@ -25,8 +34,23 @@ def new_partition_keys(listed_keys: list[str], registered: set[str]) -> tuple[li
     )
 
 
+def landed_materialization(file_key: object, bucket: str, file: S3File) -> AssetMaterialization:
+    """The S3 file as an asset partition: it exists, with this version."""
+    return AssetMaterialization(
+        asset_key=file_key,  # type: ignore[arg-type]
+        partition=file.key,
+        description=f"s3://{bucket}/{file.key} registered for import",
+        metadata={
+            "etag": file.etag,
+            "size_bytes": file.size,
+            "last_modified": file.last_modified.isoformat() if file.last_modified else "",
+            "s3_uri": MetadataValue.url(f"s3://{bucket}/{file.key}"),
+        },
+    )
+
+
 def build_file_sensor(
-    source: SourceConfig, partitions: DynamicPartitionsDefinition
+    source: SourceConfig, partitions: DynamicPartitionsDefinition, file_key: object
 ) -> SensorDefinition:
     pattern = FilePattern.from_base_filename(source.base_filename)
     partitions_name = files_partitions_name(source)
@@ -38,23 +62,40 @@ def build_file_sensor(
         default_status=DefaultSensorStatus.STOPPED,
         description=(
             f"Registers each key matching {pattern.describe()} at the root of "
-            f"s3://{source.bucket} as a partition of {partitions_name}."
+            f"s3://{source.bucket} as a partition of {partitions_name}, and reports the "
+            "source's backlog check."
         ),
     )
-    def file_sensor(context: SensorEvaluationContext, km_s3: S3Resource):
-        listed = [f.key for f in list_matching_files(km_s3.get_client(), source.bucket, pattern)]
+    def file_sensor(
+        context: SensorEvaluationContext, km_s3: S3Resource, km_warehouse: WarehouseResource
+    ):
+        client = km_s3.get_client()
+        listed = list(list_matching_files(client, source.bucket, pattern))
         registered = set(context.instance.get_dynamic_partitions(partitions_name))
-        to_add, unusable = new_partition_keys(listed, registered)
+        to_add, unusable = new_partition_keys([f.key for f in listed], registered)
         for key in unusable:
             context.log.warning(
                 f"s3://{source.bucket}/{key} matches but cannot be a Dagster partition key "
                 "(it contains '...' or a control character); rename it to import it"
             )
-        if not to_add:
+        by_key = {f.key: f for f in listed}
+        events: list = [landed_materialization(file_key, source.bucket, by_key[k]) for k in to_add]
+        passed, metadata = read_backlog_outcome(
+            client, source, km_warehouse.duckdb_path, root_files=listed
+        )
+        fingerprint = outcome_fingerprint(passed, metadata)
+        # Without the ledger (an import holds it) the table would be partial: report later.
+        if fingerprint != context.cursor and "ledger_note" not in metadata:
+            events.append(backlog_evaluation(file_key, passed, metadata))
+        if not events:
             return SkipReason(
                 f"no new keys matching {pattern.describe()} in s3://{source.bucket} "
-                f"({len(listed)} listed, all registered)"
+                f"({len(listed)} listed, all registered); file states unchanged"
             )
-        return SensorResult(dynamic_partitions_requests=[partitions.build_add_request(to_add)])
+        return SensorResult(
+            dynamic_partitions_requests=[partitions.build_add_request(to_add)] if to_add else [],
+            asset_events=events,
+            cursor=fingerprint if "ledger_note" not in metadata else context.cursor,
+        )
 
     return file_sensor

@@ -85,6 +85,15 @@ class SplitLines:
     def rejected_lines(self) -> int:
         return self.rejects.height
 
+    def tables(self) -> dict[str, pl.DataFrame]:
+        """Each warehouse table's rows, by table name."""
+        return {
+            "km_events": self.events,
+            "km_properties": self.properties,
+            "km_aliases": self.aliases,
+            "km_rejects": self.rejects,
+        }
+
     @property
     def loaded_lines(self) -> int:
         return self.lines_read - self.blank_lines - self.rejected_lines

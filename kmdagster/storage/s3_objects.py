@@ -7,7 +7,8 @@ any S3-compatible endpoint and is easy to test against a real local server.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -21,7 +22,7 @@ PERMISSION_OF_OPERATION = {
     "GetObject": "s3:GetObject",
     "CopyObject": "s3:GetObject on the source and s3:PutObject on completed_imports/*",
     "DeleteObject": "s3:DeleteObject",
-    "PutObject": "s3:PutObject on completed_imports/*",
+    "PutObject": "s3:PutObject on completed_imports/*",  # archive probes and rejects files
     # The parts of an archive copy of a file over 5 GB:
     "CreateMultipartUpload": "s3:PutObject on completed_imports/*",
     "UploadPartCopy": "s3:GetObject on the source and s3:PutObject on completed_imports/*",
@@ -38,6 +39,8 @@ class S3File:
     key: str
     etag: str
     size: int
+    # When this version was written; a file's identity is its key and ETag alone.
+    last_modified: datetime | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,12 @@ def list_matching_files(client: Any, bucket: str, pattern: FilePattern) -> Itera
         for page in paginator.paginate(Bucket=bucket, Prefix=pattern.stem, Delimiter="/"):
             for item in page.get("Contents", []):
                 if pattern.matches(item["Key"]):
-                    yield S3File(key=item["Key"], etag=item["ETag"], size=int(item["Size"]))
+                    yield S3File(
+                        key=item["Key"],
+                        etag=item["ETag"],
+                        size=int(item["Size"]),
+                        last_modified=item.get("LastModified"),
+                    )
     except ClientError as exc:
         raise S3AccessError(describe_client_error(exc, "ListObjectsV2", bucket)) from exc
 
@@ -128,4 +136,9 @@ def head_file(client: Any, bucket: str, key: str) -> S3File | None:
             _require_bucket(client, bucket)  # a HEAD's 404 does not say which is missing
             return None
         raise S3AccessError(describe_client_error(exc, "HeadObject", bucket, key)) from exc
-    return S3File(key=key, etag=head["ETag"], size=int(head["ContentLength"]))
+    return S3File(
+        key=key,
+        etag=head["ETag"],
+        size=int(head["ContentLength"]),
+        last_modified=head.get("LastModified"),
+    )

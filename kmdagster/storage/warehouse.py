@@ -54,13 +54,23 @@ CREATE TABLE IF NOT EXISTS km_import_files (
     lines_read BIGINT NOT NULL, lines_loaded BIGINT NOT NULL, lines_rejected BIGINT NOT NULL,
     lines_blank BIGINT NOT NULL, started_at TIMESTAMPTZ, completed_at TIMESTAMPTZ,
     archived_key VARCHAR, error VARCHAR, updated_at TIMESTAMPTZ NOT NULL,
+    events_rows BIGINT DEFAULT 0, properties_rows BIGINT DEFAULT 0,
+    aliases_rows BIGINT DEFAULT 0, rejects_rows BIGINT DEFAULT 0, import_runs BIGINT DEFAULT 0,
     PRIMARY KEY (source, file_key, file_etag)
 );
 """
 
+# The tables a file's lines land in, and the ledger column counting its rows in each.
+ROW_TABLES = ("km_events", "km_properties", "km_aliases", "km_rejects")
+ROW_COUNT_COLUMNS = {table: f"{table.removeprefix('km_')}_rows" for table in ROW_TABLES}
+# Ledger columns added after the first release: a warehouse without them gets them, with the
+# row counts of the files it holds, in one transaction when it is first opened for writing.
+_ADDED_LEDGER_COLUMNS = (*ROW_COUNT_COLUMNS.values(), "import_runs")
+
 _LEDGER_COLUMNS = (
     "source, file_key, file_etag, size_bytes, status, next_offset, lines_read, lines_loaded, "
-    "lines_rejected, lines_blank, started_at, completed_at, archived_key, error, updated_at"
+    "lines_rejected, lines_blank, started_at, completed_at, archived_key, error, updated_at, "
+    "events_rows, properties_rows, aliases_rows, rejects_rows, import_runs"
 )
 
 
@@ -110,10 +120,21 @@ class LedgerRow:
     archived_key: str | None
     error: str | None
     updated_at: datetime | None = None
+    # Rows this file version put in each table, committed with them (zero before its first
+    # chunk), and how many runs committed at least one of its chunks.
+    events_rows: int = 0
+    properties_rows: int = 0
+    aliases_rows: int = 0
+    rejects_rows: int = 0
+    import_runs: int = 0
 
     @property
     def is_complete(self) -> bool:
         return self.status in ("imported", "archived")
+
+    def rows_in(self, table: str) -> int:
+        """The rows this file version committed to ``table`` (one of ``ROW_TABLES``)."""
+        return int(getattr(self, ROW_COUNT_COLUMNS[table]))
 
 
 class Warehouse(Protocol):
@@ -126,7 +147,10 @@ class Warehouse(Protocol):
     def latest_ledger_row(self, source: str, key: str) -> LedgerRow | None: ...
 
     def commit_chunk(
-        self, row: LedgerRow, pieces: Iterable[tuple[SplitLines, int]]
+        self,
+        row: LedgerRow,
+        pieces: Iterable[tuple[SplitLines, int]],
+        first_of_run: bool = False,
     ) -> LedgerRow: ...
 
     def mark_archived(self, row: LedgerRow, archived_key: str) -> LedgerRow: ...
@@ -154,6 +178,7 @@ class DuckDBWarehouse:
             # contend with them (measured: about 20% less CPU per commit with one).
             self._con.execute("SET threads = 1")
             self._con.execute(SCHEMA_SQL)
+            self._add_missing_ledger_columns()
 
     @classmethod
     @contextmanager
@@ -193,6 +218,36 @@ class DuckDBWarehouse:
     def connection(self) -> duckdb.DuckDBPyConnection:
         return self._con
 
+    def _add_missing_ledger_columns(self) -> None:
+        """Give a ledger written before the per-table row counts its missing columns."""
+        present = {
+            name
+            for (name,) in self._con.execute(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_name = 'km_import_files'"
+            ).fetchall()
+        }
+        missing = [column for column in _ADDED_LEDGER_COLUMNS if column not in present]
+        if not missing:
+            return
+        con = self._con
+        con.begin()
+        try:
+            for column in missing:
+                con.execute(f"ALTER TABLE km_import_files ADD COLUMN {column} BIGINT DEFAULT 0")
+            for table, column in ROW_COUNT_COLUMNS.items():
+                if column in missing:
+                    con.execute(
+                        f"UPDATE km_import_files AS f SET {column} = c.n FROM ("
+                        f"SELECT source, file_key, file_etag, count(*) AS n FROM {table} "
+                        "GROUP BY ALL) AS c WHERE f.source = c.source "
+                        "AND f.file_key = c.file_key AND f.file_etag = c.file_etag"
+                    )
+            con.commit()
+        except BaseException:
+            con.rollback()
+            raise
+
     def _select_row(self, where: str, params: list[object]) -> LedgerRow | None:
         found = self._con.execute(
             f"SELECT {_LEDGER_COLUMNS} FROM km_import_files WHERE {where}", params
@@ -229,21 +284,27 @@ class DuckDBWarehouse:
     def open_file(self, source: str, key: str, etag: str, size: int) -> LedgerRow:
         """The ledger row of this file version, created as ``pending`` on first sight."""
         self._con.execute(
-            "INSERT INTO km_import_files VALUES "
-            "(?, ?, ?, ?, 'pending', 0, 0, 0, 0, 0, NULL, NULL, NULL, NULL, ?) "
-            "ON CONFLICT DO NOTHING",
+            "INSERT INTO km_import_files (source, file_key, file_etag, size_bytes, status, "
+            "next_offset, lines_read, lines_loaded, lines_rejected, lines_blank, updated_at) "
+            "VALUES (?, ?, ?, ?, 'pending', 0, 0, 0, 0, 0, ?) ON CONFLICT DO NOTHING",
             [source, key, etag, size, utc_now()],
         )
         row = self.ledger_row(source, key, etag)
         assert row is not None
         return row
 
-    def commit_chunk(self, row: LedgerRow, pieces: Iterable[tuple[SplitLines, int]]) -> LedgerRow:
+    def commit_chunk(
+        self,
+        row: LedgerRow,
+        pieces: Iterable[tuple[SplitLines, int]],
+        first_of_run: bool = False,
+    ) -> LedgerRow:
         """Insert a chunk's rows and advance the ledger in one transaction.
 
         ``pieces`` are the chunk's consecutive pieces in file order: each one's split and
         the file offset just after it, inserted as they come (an iterator may still be
-        splitting the later ones); the ledger moves to the last offset. The update is
+        splitting the later ones); the ledger moves to the last offset and adds the rows
+        of each table. ``first_of_run`` counts one more import run. The update is
         conditional on the offset we started from, so a second importer of the same file
         can never commit the same lines twice.
         """
@@ -251,6 +312,7 @@ class DuckDBWarehouse:
         con = self._con
         next_offset = row.next_offset
         lines_read = lines_loaded = lines_rejected = lines_blank = 0
+        rows = dict.fromkeys(ROW_TABLES, 0)
         con.begin()
         try:
             for split, end in pieces:
@@ -260,6 +322,8 @@ class DuckDBWarehouse:
                 lines_loaded += split.loaded_lines
                 lines_rejected += split.rejected_lines
                 lines_blank += split.blank_lines
+                for table, frame in split.tables().items():
+                    rows[table] += frame.height
             complete = next_offset >= row.size_bytes
             now = utc_now()
             crash_point("commit_chunk.in_transaction")
@@ -268,7 +332,9 @@ class DuckDBWarehouse:
                 "lines_read = lines_read + ?, lines_loaded = lines_loaded + ?, "
                 "lines_rejected = lines_rejected + ?, lines_blank = lines_blank + ?, "
                 "started_at = coalesce(started_at, ?), completed_at = ?, error = NULL, "
-                "updated_at = ? "
+                "updated_at = ?, events_rows = events_rows + ?, "
+                "properties_rows = properties_rows + ?, aliases_rows = aliases_rows + ?, "
+                "rejects_rows = rejects_rows + ?, import_runs = import_runs + ? "
                 "WHERE source = ? AND file_key = ? AND file_etag = ? AND next_offset = ? "
                 f"RETURNING {_LEDGER_COLUMNS}",
                 [
@@ -281,6 +347,8 @@ class DuckDBWarehouse:
                     now,
                     now if complete else None,
                     now,
+                    *rows.values(),
+                    int(first_of_run),
                     *file_columns,
                     row.next_offset,
                 ],
@@ -297,12 +365,7 @@ class DuckDBWarehouse:
         return LedgerRow(*updated)
 
     def _insert_rows(self, split: SplitLines, file_columns: list[str]) -> None:
-        for table, frame in (
-            ("km_events", split.events),
-            ("km_properties", split.properties),
-            ("km_aliases", split.aliases),
-            ("km_rejects", split.rejects),
-        ):
+        for table, frame in split.tables().items():
             if frame.height:
                 # String views as polars holds them: no conversion on the way to DuckDB.
                 arrow_rows = frame.to_arrow(compat_level=pl.CompatLevel.newest())  # noqa: F841

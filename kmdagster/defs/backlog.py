@@ -1,0 +1,108 @@
+"""The per-source ``backlog`` check on ``<source>/s3_file``: every file's state, at a glance.
+
+Its metadata holds the table of every file of the source in import order (state, percent
+and resume offset, rows, archive key or error); it warns when the oldest file waiting at
+the bucket root was written more than ``backlog_warn_hours`` ago. The file sensor
+evaluates it at every tick where the table changed (so it warns even when no run
+happens: a stopped schedule, a stuck file), and it can be executed from the UI.
+"""
+
+
+import hashlib
+from datetime import datetime, timezone
+from typing import Any
+
+from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetChecksDefinition,
+    AssetCheckSeverity,
+    MetadataValue,
+    asset_check,
+)
+
+from kmdagster.config import SourceConfig
+from dagster_aws.s3 import S3Resource
+
+from kmdagster.defs.resources import WarehouseResource
+from kmdagster.report import file_states_markdown
+from kmdagster.status import SourceStatus, backlog, oldest_waiting, read_source_status
+from kmdagster.storage.s3_objects import FilePattern, S3File
+
+BACKLOG_CHECK = "backlog"
+LEDGER_WAIT_SECONDS = 2.0  # a sensor tick must not wait long for a running import
+FILES_SHOWN = 100  # of the backlog's head and of the latest finished files, each
+
+
+def backlog_outcome(
+    source: SourceConfig, status: SourceStatus, now: datetime
+) -> tuple[bool, dict[str, Any]]:
+    """(passed, metadata) of the backlog check for this status of the source."""
+    waiting = backlog(status.states)
+    oldest = oldest_waiting(status.states)
+    hours = (
+        (now - oldest.waiting_since).total_seconds() / 3600
+        if oldest is not None and oldest.waiting_since is not None
+        else 0.0
+    )
+    metadata: dict[str, Any] = {
+        "files": MetadataValue.md(file_states_markdown(status.states, FILES_SHOWN)),
+        "backlog_files": len(waiting),
+        "backlog_bytes": sum(state.size_bytes - state.next_offset for state in waiting),
+        "oldest_waiting_hours": round(hours, 4),
+        "oldest_waiting_key": oldest.key if oldest else "",
+        "threshold_hours": source.backlog_warn_hours,
+    }
+    if status.ledger_note:
+        metadata["ledger_note"] = status.ledger_note
+    return hours <= source.backlog_warn_hours, metadata
+
+
+def read_backlog_outcome(
+    client: Any, source: SourceConfig, duckdb_path: str, root_files: list[S3File] | None = None
+) -> tuple[bool, dict[str, Any]]:
+    status = read_source_status(client, source, duckdb_path, LEDGER_WAIT_SECONDS, root_files)
+    return backlog_outcome(source, status, datetime.now(timezone.utc))
+
+
+def backlog_evaluation(
+    file_key: Any, passed: bool, metadata: dict[str, Any]
+) -> AssetCheckEvaluation:
+    """The check result as an event a sensor reports."""
+    return AssetCheckEvaluation(
+        asset_key=file_key,
+        check_name=BACKLOG_CHECK,
+        passed=passed,
+        metadata=metadata,
+        severity=AssetCheckSeverity.WARN,
+    )
+
+
+def outcome_fingerprint(passed: bool, metadata: dict[str, Any]) -> str:
+    """Changes when the result or the file table changes, not as time passes."""
+    table = metadata["files"].value
+    return hashlib.sha256(f"{passed}|{table}".encode()).hexdigest()[:16]
+
+
+def build_backlog_check(source: SourceConfig, file_key: Any) -> AssetChecksDefinition:
+    pattern = FilePattern.from_base_filename(source.base_filename)
+
+    @asset_check(
+        asset=file_key,
+        name=BACKLOG_CHECK,
+        description=(
+            f"Every {pattern.describe()} file of s3://{source.bucket} in import order, with "
+            f"its state; warns when the oldest waiting file is over "
+            f"{source.backlog_warn_hours:g} h old (backlog_warn_hours)."
+        ),
+    )
+    def backlog_check(
+        context: AssetCheckExecutionContext, km_s3: S3Resource, km_warehouse: WarehouseResource
+    ) -> AssetCheckResult:
+        passed, metadata = read_backlog_outcome(
+            km_s3.get_client(), source, km_warehouse.duckdb_path
+        )
+        return AssetCheckResult(passed=passed, metadata=metadata, severity=AssetCheckSeverity.WARN)
+
+    return backlog_check

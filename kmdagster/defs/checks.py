@@ -1,0 +1,133 @@
+"""Asset checks on the imported data, per file (partition), evaluated by the import run.
+
+For each table: its rows in the warehouse equal the rows the import committed in the
+ledger (``rows_match_ledger``), and no line appears twice (``no_duplicate_lines``). On
+``km_rejects`` also: every line read is loaded, rejected or blank (``lines_accounted_for``)
+and the share of rejected lines stays under the source's threshold (``reject_rate``, a
+warning). The checks run when a file is complete, in the run that completed it (or
+re-ran it), so a check never shows a result for a file it has not looked at.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import duckdb
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetKey,
+    DynamicPartitionsDefinition,
+    PreviewWarning,
+)
+
+from kmdagster.config import SourceConfig
+from kmdagster.storage.file_rows import ROW_IDENTITY, duplicate_rows, rows_by_table
+from kmdagster.storage.warehouse import ROW_TABLES, LedgerRow
+
+ROWS_MATCH_LEDGER = "rows_match_ledger"
+NO_DUPLICATE_LINES = "no_duplicate_lines"
+LINES_ACCOUNTED_FOR = "lines_accounted_for"
+REJECT_RATE = "reject_rate"
+FILE_CHECKS_TABLE = "km_rejects"  # the file-level checks sit on the rejects table
+
+
+def table_key(source: SourceConfig, table: str) -> AssetKey:
+    return AssetKey([source.name, table])
+
+
+def data_check_specs(
+    source: SourceConfig, partitions: DynamicPartitionsDefinition
+) -> list[AssetCheckSpec]:
+    """The checks the import multi-asset declares, one result per file."""
+    described = [
+        (table, ROWS_MATCH_LEDGER, f"Rows of the file in {table} equal what its import committed.")
+        for table in ROW_TABLES
+    ]
+    described += [
+        (table, NO_DUPLICATE_LINES, f"No ({ROW_IDENTITY[table]}) appears twice for the file.")
+        for table in ROW_TABLES
+    ]
+    described += [
+        (
+            FILE_CHECKS_TABLE,
+            LINES_ACCOUNTED_FOR,
+            "Every line read is loaded, rejected or blank: lines_read = loaded + rejected + blank.",
+        ),
+        (
+            FILE_CHECKS_TABLE,
+            REJECT_RATE,
+            f"Warns when over {source.reject_rate_warn_percent:g}% of the file's non-blank "
+            "lines were rejected (reject_rate_warn_percent).",
+        ),
+    ]
+    # Per-partition checks are a preview feature of Dagster 1.13; its warning is noise here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PreviewWarning)
+        return [
+            AssetCheckSpec(
+                name, asset=table_key(source, table), description=text, partitions_def=partitions
+            )
+            for table, name, text in described
+        ]
+
+
+def reject_rate_percent(row: LedgerRow) -> float:
+    """Rejected lines as a share of the file's non-blank lines."""
+    non_blank = row.lines_read - row.lines_blank
+    return round(100.0 * row.lines_rejected / non_blank, 3) if non_blank else 0.0
+
+
+def data_check_results(
+    con: duckdb.DuckDBPyConnection, source: SourceConfig, row: LedgerRow
+) -> list[AssetCheckResult]:
+    """Evaluate every data check of one complete file version against the warehouse."""
+    counted = rows_by_table(con, row)
+    results = []
+    for table in ROW_TABLES:
+        key = table_key(source, table)
+        results.append(
+            AssetCheckResult(
+                asset_key=key,
+                check_name=ROWS_MATCH_LEDGER,
+                passed=counted[table] == row.rows_in(table),
+                metadata={"rows_in_warehouse": counted[table], "rows_committed": row.rows_in(table)},
+            )
+        )
+        duplicates = duplicate_rows(con, row, table)
+        results.append(
+            AssetCheckResult(
+                asset_key=key,
+                check_name=NO_DUPLICATE_LINES,
+                passed=duplicates == 0,
+                metadata={"duplicate_rows": duplicates},
+            )
+        )
+    accounted = row.lines_loaded + row.lines_rejected + row.lines_blank
+    rate = reject_rate_percent(row)
+    rejects = table_key(source, FILE_CHECKS_TABLE)
+    results += [
+        AssetCheckResult(
+            asset_key=rejects,
+            check_name=LINES_ACCOUNTED_FOR,
+            passed=row.lines_read == accounted,
+            metadata={
+                "lines_read": row.lines_read,
+                "lines_loaded": row.lines_loaded,
+                "lines_rejected": row.lines_rejected,
+                "lines_blank": row.lines_blank,
+            },
+        ),
+        AssetCheckResult(
+            asset_key=rejects,
+            check_name=REJECT_RATE,
+            passed=rate <= source.reject_rate_warn_percent,
+            severity=AssetCheckSeverity.WARN,
+            metadata={
+                "reject_rate_percent": rate,
+                "threshold_percent": source.reject_rate_warn_percent,
+            },
+        ),
+    ]
+    return results

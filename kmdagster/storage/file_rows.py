@@ -1,0 +1,123 @@
+"""What one file version put in the warehouse: row counts, duplicates, top names, rejects.
+
+Read-only queries for the import's metadata, its data checks and the rejects file. Every
+query is filtered to one (source, file_key, file_etag): the tables are appended file by
+file, so DuckDB's zone maps skip the other files' row groups.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import duckdb
+import polars as pl
+
+from kmdagster.storage.warehouse import ROW_TABLES, LedgerRow
+
+# The columns that identify one row of a file version in each table: one row per line,
+# except properties, one per (line, name) since a line's names are unique once normalised.
+ROW_IDENTITY = {
+    "km_events": "line_no",
+    "km_properties": "line_no, name",
+    "km_aliases": "line_no",
+    "km_rejects": "line_no",
+}
+_OF_FILE = "source = ? AND file_key = ? AND file_etag = ?"
+
+
+def _file(row: LedgerRow) -> list[str]:
+    return [row.source, row.file_key, row.file_etag]
+
+
+def _count(con: duckdb.DuckDBPyConnection, sql: str, params: list[object]) -> int:
+    found = con.execute(sql, params).fetchone()
+    return int(found[0]) if found else 0
+
+
+def _frame(con: duckdb.DuckDBPyConnection, sql: str, params: list[object]) -> pl.DataFrame:
+    return pl.DataFrame(pl.from_arrow(con.execute(sql, params).to_arrow_table()))
+
+
+def rows_by_table(con: duckdb.DuckDBPyConnection, row: LedgerRow) -> dict[str, int]:
+    """The rows each table holds for this file version, counted in the warehouse."""
+    return {
+        table: _count(con, f"SELECT count(*) FROM {table} WHERE {_OF_FILE}", _file(row))
+        for table in ROW_TABLES
+    }
+
+
+def duplicate_rows(con: duckdb.DuckDBPyConnection, row: LedgerRow, table: str) -> int:
+    """Rows of this file version in ``table`` beyond the first with the same identity."""
+    return _count(
+        con,
+        f"SELECT count(*) - count(DISTINCT ({ROW_IDENTITY[table]})) FROM {table} "
+        f"WHERE {_OF_FILE}",
+        _file(row),
+    )
+
+
+def top_events(con: duckdb.DuckDBPyConnection, row: LedgerRow, limit: int = 10) -> pl.DataFrame:
+    """The file's most frequent events: name, the label sent most, rows, people."""
+    return _frame(
+        con,
+        "SELECT event, mode(event_label) AS label, count(*) AS rows, "
+        f"count(DISTINCT person) AS people FROM km_events WHERE {_OF_FILE} "
+        "GROUP BY event ORDER BY rows DESC, event LIMIT ?",
+        [*_file(row), limit],
+    )
+
+
+def top_properties(
+    con: duckdb.DuckDBPyConnection, row: LedgerRow, limit: int = 10
+) -> pl.DataFrame:
+    """The file's most frequent property names: name, label, rows, people, numeric rows."""
+    return _frame(
+        con,
+        "SELECT name, mode(name_label) AS label, count(*) AS rows, "
+        "count(DISTINCT person) AS people, count(value_number) AS numeric_rows "
+        f"FROM km_properties WHERE {_OF_FILE} "
+        "GROUP BY name ORDER BY rows DESC, name LIMIT ?",
+        [*_file(row), limit],
+    )
+
+
+def reject_reasons(
+    con: duckdb.DuckDBPyConnection, row: LedgerRow, examples: int = 3, example_chars: int = 120
+) -> pl.DataFrame:
+    """Rejected lines per reason, most frequent first, with the first few of each."""
+    return _frame(
+        con,
+        "SELECT reason, count(*) AS lines, "
+        "list(line_no ORDER BY line_no)[1:?] AS first_lines, "
+        "list(left(raw_line, ?) ORDER BY line_no)[1:?] AS examples "
+        f"FROM km_rejects WHERE {_OF_FILE} GROUP BY reason ORDER BY lines DESC, reason",
+        [examples, example_chars, examples, *_file(row)],
+    )
+
+
+def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[tuple[str, str]]:
+    """(name, type) of each column of ``table``, in order."""
+    return [
+        (name, data_type)
+        for name, data_type in con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = ? ORDER BY ordinal_position",
+            [table],
+        ).fetchall()
+    ]
+
+
+def reject_batches(
+    con: duckdb.DuckDBPyConnection, row: LedgerRow, batch_rows: int = 50_000
+) -> Iterator[pl.DataFrame]:
+    """The file version's rejects in line order, ``batch_rows`` at a time (bounded memory).
+
+    Read on a cursor of its own, so the connection stays free for other statements.
+    """
+    with con.cursor() as cursor:
+        reader = cursor.execute(
+            f"SELECT line_no, reason, raw_line FROM km_rejects WHERE {_OF_FILE} ORDER BY line_no",
+            _file(row),
+        ).to_arrow_reader(batch_rows)
+        for batch in reader:
+            yield pl.DataFrame(pl.from_arrow(batch))

@@ -1,0 +1,95 @@
+"""The rejects file beside an archived copy: ``completed_imports/.../NAME.rejects.jsonl``.
+
+One JSON object per rejected line, in line order: ``line_no``, ``reason``, ``raw_line``
+(its first ``RAW_LINE_MAX_CHARS`` characters) and ``raw_chars`` (its full length), so the
+file's author can fix and resend those lines. Written once with ``If-None-Match: *`` and
+the source ETag in its metadata: a retry after a crash finds its own file and moves on,
+and a different object at that name is never overwritten.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable
+from typing import Any
+
+import polars as pl
+from botocore.exceptions import ClientError
+
+from kmdagster.storage.archive import SOURCE_ETAG_METADATA
+from kmdagster.storage.s3_objects import (
+    S3AccessError,
+    describe_client_error,
+    is_precondition_failure,
+)
+
+REJECTS_SUFFIX = ".rejects.jsonl"
+RAW_LINE_MAX_CHARS = 1000
+# The body is spooled to disk past this size, so memory stays bounded by one batch.
+SPOOL_BYTES = 16 * 1024 * 1024
+
+
+def rejects_key_for(archived_key: str) -> str:
+    """The rejects file's key: the archived copy's key plus ``.rejects.jsonl``."""
+    return archived_key + REJECTS_SUFFIX
+
+
+def rejects_jsonl(rejects: pl.DataFrame) -> bytes:
+    """JSON lines for a batch of (line_no, reason, raw_line) rows, raw lines truncated."""
+    if rejects.height == 0:
+        return b""
+    lines = rejects.select(
+        pl.struct(
+            pl.col("line_no"),
+            pl.col("reason"),
+            pl.col("raw_line").str.slice(0, RAW_LINE_MAX_CHARS),
+            pl.col("raw_line").str.len_chars().alias("raw_chars"),
+        ).struct.json_encode()
+    ).to_series()
+    return ("\n".join(lines.to_list()) + "\n").encode()
+
+
+def write_rejects_file(
+    client: Any, bucket: str, key: str, source_etag: str, batches: Iterable[pl.DataFrame]
+) -> bool:
+    """Write the rejects file at ``key`` unless this file version's is already there.
+
+    Returns True when this call wrote it. Raises S3AccessError when the write is denied or
+    another object holds the name.
+    """
+    if _is_ours(client, bucket, key, source_etag):
+        return False
+    with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as body:
+        for batch in batches:
+            body.write(rejects_jsonl(batch))
+        body.seek(0)
+        try:
+            client.put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=body,
+                ContentType="application/x-ndjson",
+                Metadata={SOURCE_ETAG_METADATA: source_etag.strip('"')},
+                IfNoneMatch="*",
+            )
+        except ClientError as exc:
+            if not is_precondition_failure(exc):
+                raise S3AccessError(describe_client_error(exc, "PutObject", bucket, key)) from exc
+            if not _is_ours(client, bucket, key, source_etag):
+                raise S3AccessError(
+                    f"s3://{bucket}/{key} already holds another object; the rejects of "
+                    f"ETag {source_etag} were not written. Move that object away and "
+                    "re-run the archive step"
+                ) from exc
+            return False
+    return True
+
+
+def _is_ours(client: Any, bucket: str, key: str, source_etag: str) -> bool:
+    try:
+        head = client.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise S3AccessError(describe_client_error(exc, "HeadObject", bucket, key)) from exc
+    return head.get("Metadata", {}).get(SOURCE_ETAG_METADATA) == source_etag.strip('"')

@@ -1,0 +1,249 @@
+"""What the Dagster UI shows: per-table metadata, data checks, progress, re-runs, rejects files.
+
+materialize() runs over SeaweedFS and a DuckDB file, as in test_import_asset.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckSeverity,
+    AssetMaterialization,
+    DagsterInstance,
+    SensorResult,
+    build_sensor_context,
+)
+
+from kmdagster.defs.factory import build_definitions
+from kmdagster.storage.rejects_file import RAW_LINE_MAX_CHARS, rejects_key_for, write_rejects_file
+from kmdagster.storage.s3_objects import S3AccessError
+from kmdagster.storage.warehouse import DuckDBWarehouse
+from kmdagster_tests.conftest import make_config
+from kmdagster_tests.km_files import km_file
+from kmdagster_tests.seaweed import SeaweedS3
+from kmdagster_tests.test_import_asset import KEY, materialize_partition, only_observation, query
+
+TABLE_COUNTS = ("events", "properties", "aliases", "rejects")
+
+
+def materializations(result: Any) -> dict[str, Any]:
+    """The metadata of each materialized asset of the run, by the asset's last name."""
+    return {
+        event.asset_key.path[-1]: event.materialization.metadata
+        for event in result.get_asset_materialization_events()
+    }
+
+
+def test_each_table_reports_its_own_rows_schema_and_top_names(
+    s3_server: SeaweedS3, s3: Any, bucket: str, warehouse_path: Path, instance: DagsterInstance
+) -> None:
+    file = km_file(seed=5, repeats=20)
+    s3.put_object(Bucket=bucket, Key=KEY, Body=file.data)
+
+    result = materialize_partition(make_config(s3_server, bucket, warehouse_path), instance, KEY)
+
+    assert result.success
+    tables = materializations(result)
+    for name in TABLE_COUNTS:
+        metadata = tables[f"km_{name}"]
+        assert metadata["dagster/row_count"].value == getattr(file, name), name
+        assert metadata["dagster/partition_row_count"].value == getattr(file, name), name
+        assert metadata["dagster/table_name"].value == f"km_{name}"
+        columns = [c.name for c in metadata["dagster/column_schema"].value.columns]
+        with duckdb.connect(str(warehouse_path), read_only=True) as con:
+            described = [row[0] for row in con.execute(f"DESCRIBE km_{name}").fetchall()]
+        assert columns == described
+        assert metadata["already_imported"].value is False
+    top_events = tables["km_events"]["top_events"].value
+    assert "| signed up " in top_events and "Signed Up" in top_events
+    assert "viewed  page" in top_events  # the comma became a space, as in the warehouse
+    assert "| url " in tables["km_properties"]["top_properties"].value
+    by_reason = tables["km_rejects"]["rejects_by_reason"].value
+    assert "invalid_json" in by_reason and "timestamp_in_milliseconds" in by_reason
+    assert tables["km_rejects"]["reject_rate_percent"].value == pytest.approx(
+        100 * file.rejects / (file.lines - file.blanks), abs=0.001
+    )
+    archive = tables["archived_file"]
+    assert archive["rejects_key"].value == rejects_key_for(archive["archived_key"].value)
+    assert archive["already_archived"].value is False
+
+
+def test_data_checks_run_per_file_and_reject_rate_warns_over_its_threshold(
+    s3_server: SeaweedS3, s3: Any, bucket: str, warehouse_path: Path, instance: DagsterInstance
+) -> None:
+    file = km_file(seed=6, repeats=10)  # 2 of 7 non-blank lines rejected: 28.6%
+    s3.put_object(Bucket=bucket, Key=KEY, Body=file.data)
+    config = make_config(s3_server, bucket, warehouse_path, reject_rate_warn_percent=25)
+
+    result = materialize_partition(config, instance, KEY)
+
+    assert result.success  # a warning does not fail the run or stop the archive
+    evaluations = result.get_asset_check_evaluations()
+    assert {e.partition for e in evaluations} == {KEY}
+    outcome = {(e.asset_key.path[-1], e.check_name): e for e in evaluations}
+    assert len(outcome) == 10
+    failed = {key for key, e in outcome.items() if not e.passed}
+    assert failed == {("km_rejects", "reject_rate")}
+    assert outcome[("km_rejects", "reject_rate")].severity == AssetCheckSeverity.WARN
+    assert outcome[("km_rejects", "lines_accounted_for")].metadata["lines_read"].value == 80
+
+
+def test_checks_fail_when_the_warehouse_disagrees_with_the_ledger(
+    s3_server: SeaweedS3, s3: Any, bucket: str, warehouse_path: Path, instance: DagsterInstance
+) -> None:
+    s3.put_object(Bucket=bucket, Key=KEY, Body=km_file(seed=8, repeats=5).data)
+    config = make_config(s3_server, bucket, warehouse_path, reject_rate_warn_percent=50)
+    assert materialize_partition(config, instance, KEY).success
+    with duckdb.connect(str(warehouse_path)) as con:  # a row loaded twice by someone else
+        con.execute("INSERT INTO km_events SELECT * FROM km_events LIMIT 1")
+
+    again = materialize_partition(config, instance, KEY)
+
+    assert again.success
+    failed = {
+        (e.asset_key.path[-1], e.check_name)
+        for e in again.get_asset_check_evaluations()
+        if not e.passed
+    }
+    assert failed == {("km_events", "rows_match_ledger"), ("km_events", "no_duplicate_lines")}
+
+
+def test_budget_stopped_runs_report_progress_with_stable_types_and_no_checks(
+    s3_server: SeaweedS3, s3: Any, bucket: str, warehouse_path: Path, instance: DagsterInstance
+) -> None:
+    file = km_file(seed=9, repeats=30)
+    s3.put_object(Bucket=bucket, Key=KEY, Body=file.data)
+    config = make_config(
+        s3_server, bucket, warehouse_path, chunk_bytes=1024, time_budget_seconds=0.001
+    )
+    observations = []
+    for _ in range(2):
+        result = materialize_partition(config, instance, KEY)
+        assert result.success
+        assert result.get_asset_check_evaluations() == []
+        assert materializations(result) == {}
+        observations.append(only_observation(result).metadata)
+
+    first, second = observations
+    assert [o["import_runs"].value for o in observations] == [1, 2]
+    assert 0 < first["percent_done"].value < second["percent_done"].value < 100
+    assert second["run_start_offset"].value == first["next_offset"].value
+    assert isinstance(first["run_lines_per_second"].value, float)
+    assert {k: type(v) for k, v in first.items()} == {k: type(v) for k, v in second.items()}
+
+
+def test_rerun_of_an_archived_file_loads_nothing_and_stays_green(
+    s3_server: SeaweedS3, s3: Any, bucket: str, warehouse_path: Path, instance: DagsterInstance
+) -> None:
+    file = km_file(seed=10, repeats=8)
+    s3.put_object(Bucket=bucket, Key=KEY, Body=file.data)
+    config = make_config(s3_server, bucket, warehouse_path, reject_rate_warn_percent=50)
+    first = materialize_partition(config, instance, KEY)
+    archived = materializations(first)["archived_file"]["archived_key"].value
+    listing = s3.list_objects_v2(Bucket=bucket)["Contents"]
+
+    again = materialize_partition(config, instance, KEY)
+
+    assert again.success
+    tables = materializations(again)
+    assert set(tables) == {"km_events", "km_properties", "km_aliases", "km_rejects", "archived_file"}
+    assert all(tables[f"km_{name}"]["already_imported"].value for name in TABLE_COUNTS)
+    assert tables["km_events"]["dagster/row_count"].value == file.events
+    assert tables["archived_file"]["already_archived"].value is True
+    assert tables["archived_file"]["archived_key"].value == archived
+    assert all(e.passed for e in again.get_asset_check_evaluations())
+    messages = [entry.user_message for entry in instance.all_logs(again.run_id)]
+    assert any("was already imported" in m and archived in m for m in messages)
+    assert query(warehouse_path, "SELECT count(*) FROM km_events") == [(file.events,)]
+    assert s3.list_objects_v2(Bucket=bucket)["Contents"] == listing
+
+
+def test_rejects_file_lists_every_rejected_line_with_long_lines_truncated(
+    s3_server: SeaweedS3, s3: Any, bucket: str, warehouse_path: Path, instance: DagsterInstance
+) -> None:
+    long_bad = '{"_p": "x", "_t": 1700000000, "note": "' + "é" * 3000 + '"'  # no closing brace
+    data = km_file(seed=12, repeats=3).data + long_bad.encode() + b"\n"
+    s3.put_object(Bucket=bucket, Key=KEY, Body=data)
+
+    result = materialize_partition(make_config(s3_server, bucket, warehouse_path), instance, KEY)
+
+    rejects_key = materializations(result)["archived_file"]["rejects_key"].value
+    body = s3.get_object(Bucket=bucket, Key=rejects_key)["Body"].read().decode()
+    written = [json.loads(line) for line in body.splitlines()]
+    expected = query(
+        warehouse_path, "SELECT line_no, reason, raw_line FROM km_rejects ORDER BY line_no"
+    )
+    assert [(r["line_no"], r["reason"]) for r in written] == [(n, r) for n, r, _ in expected]
+    last = written[-1]
+    assert last["line_no"] == 25 and last["raw_chars"] == len(long_bad)
+    assert last["raw_line"] == long_bad[:RAW_LINE_MAX_CHARS]
+    assert written[0]["raw_line"] == expected[0][2]  # short lines are kept whole
+
+
+def test_rejects_file_never_replaces_another_object(s3: Any, bucket: str) -> None:
+    key = "completed_imports/2026/11/30/accounts.json.rejects.jsonl"
+    s3.put_object(Bucket=bucket, Key=key, Body=b"someone else's\n")
+    with pytest.raises(S3AccessError, match="already holds another object"):
+        write_rejects_file(s3, bucket, key, '"abc"', [])
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b"someone else's\n"
+
+
+def test_sensor_reports_landed_files_and_the_backlog_in_import_order(
+    s3_server: SeaweedS3, s3: Any, bucket: str, warehouse_path: Path, instance: DagsterInstance
+) -> None:
+    keys = ["accounts.1764.json", "accounts-zz.json", "accounts-a.json"]
+    for key in keys:
+        s3.put_object(Bucket=bucket, Key=key, Body=km_file(seed=1, repeats=1).data)
+    config = make_config(s3_server, bucket, warehouse_path, backlog_warn_hours=0.001)
+    defs = build_definitions(config)
+    sensor = defs.resolve_sensor_def("accounts_file_sensor")
+
+    with build_sensor_context(instance=instance, resources=defs.resources) as context:
+        result = sensor(context)
+
+    assert isinstance(result, SensorResult)
+    landed = [e for e in result.asset_events if isinstance(e, AssetMaterialization)]
+    assert sorted(e.partition for e in landed) == sorted(keys)
+    assert {e.asset_key.path[-1] for e in landed} == {"s3_file"}
+    [backlog] = [e for e in result.asset_events if isinstance(e, AssetCheckEvaluation)]
+    assert backlog.check_name == "backlog" and backlog.passed
+    table = backlog.metadata["files"].value
+    positions = [table.index(f"| {n} ") for n in (1, 2, 3)]
+    order = [table.index(key) for key in sorted(keys)]  # the schedule's order
+    assert positions == sorted(positions) and order == sorted(order)
+    assert backlog.metadata["backlog_files"].value == 3
+
+    time.sleep(4)  # past the 3.6 s threshold
+    with build_sensor_context(
+        instance=instance, resources=defs.resources, cursor=result.cursor
+    ) as context:
+        later = sensor(context)
+    assert isinstance(later, SensorResult)
+    [warned] = [e for e in later.asset_events if isinstance(e, AssetCheckEvaluation)]
+    assert not warned.passed and warned.severity == AssetCheckSeverity.WARN
+    assert warned.metadata["oldest_waiting_hours"].value >= 0.001
+
+
+def test_ledger_written_before_row_counts_is_upgraded_with_its_counts(tmp_path: Path) -> None:
+    path = tmp_path / "old.duckdb"
+    with DuckDBWarehouse.connect(path) as warehouse:
+        con = warehouse.connection
+        con.execute("INSERT INTO km_events VALUES ('s', 'k', 'e', 1, 'p', 'x', 'X', now())")
+        con.execute("INSERT INTO km_events VALUES ('s', 'k', 'e', 2, 'p', 'y', 'Y', now())")
+        warehouse.open_file("s", "k", "e", 10)
+        for column in ("events_rows", "properties_rows", "aliases_rows", "rejects_rows"):
+            con.execute(f"ALTER TABLE km_import_files DROP COLUMN {column}")
+        con.execute("ALTER TABLE km_import_files DROP COLUMN import_runs")
+
+    with DuckDBWarehouse.connect(path) as warehouse:
+        row = warehouse.ledger_row("s", "k", "e")
+
+    assert row is not None
+    assert (row.events_rows, row.properties_rows, row.import_runs) == (2, 0, 0)
