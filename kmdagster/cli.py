@@ -16,9 +16,11 @@ from datetime import datetime, timezone
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, NoCredentialsError
+from dagster import DagsterInstance
 
 from kmdagster.config import ConfigError, KmConfig, SourceConfig, load_config
 from kmdagster.defs.resources import WarehouseResource, build_s3_resource
+from kmdagster.defs.setup_assets import record_confirmed_setup
 from kmdagster.preview import FilePreview, SetupRuleError, setup_preview
 from kmdagster.report import check_markdown, preview_markdown, status_markdown
 from kmdagster.status import backlog, backlog_eta, read_source_status
@@ -81,9 +83,7 @@ def cmd_check(config: KmConfig, source: SourceConfig, args: argparse.Namespace) 
 
 
 def cmd_status(config: KmConfig, source: SourceConfig, args: argparse.Namespace) -> None:
-    status = read_source_status(
-        s3_client(config), source, config.warehouse.duckdb_path, args.wait
-    )
+    status = read_source_status(s3_client(config), source, config.warehouse.duckdb_path, args.wait)
     if status.ledger_note:
         print(f"note: {status.ledger_note}", file=sys.stderr)
     states, ledger_note = status.states, status.ledger_note
@@ -119,12 +119,16 @@ def cmd_confirm(config: KmConfig, source: SourceConfig, args: argparse.Namespace
     problems = []
     if not all(r.passed for r in results):
         problems.append(f"fix the S3 permissions on bucket {source.bucket!r}")
+    preview = None
     try:
-        print(preview_markdown(run_preview(config, source, None)))
+        preview = run_preview(config, source, None)
+        print(preview_markdown(preview))
     except SetupRuleError as exc:
         problems.append(str(exc))
-    if problems:
+    if problems or preview is None:
         raise CommandFailed("not confirmed: " + "; ".join(problems))
+    with DagsterInstance.get() as instance:  # the UI shows what was confirmed
+        record_confirmed_setup(instance, source, results, preview)
     target = ["-w", args.workspace] if args.workspace else ["-m", DEFINITIONS_MODULE]
     for kind, name in (
         ("sensor", f"{source.name}_file_sensor"),

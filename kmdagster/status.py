@@ -50,10 +50,6 @@ class FileState:
         return data
 
 
-def _percent(row: LedgerRow) -> float:
-    return round(100.0 * row.next_offset / row.size_bytes, 2) if row.size_bytes else 100.0
-
-
 def file_states(root_files: list[S3File], ledger: list[LedgerRow]) -> list[FileState]:
     """One state per file version: each root file and each ledger row, in key order."""
     at_root = {(file.key, file.etag): file for file in root_files}
@@ -72,7 +68,7 @@ def file_states(root_files: list[S3File], ledger: list[LedgerRow]) -> list[FileS
                 size_bytes=row.size_bytes,
                 at_bucket_root=here,
                 next_offset=row.next_offset,
-                percent_done=_percent(row),
+                percent_done=row.percent_done,
                 lines_read=row.lines_read,
                 lines_loaded=row.lines_loaded,
                 lines_rejected=row.lines_rejected,

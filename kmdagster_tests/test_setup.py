@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dagster import DagsterInstance, materialize
+from dagster import AssetCheckKey, AssetKey, DagsterInstance, materialize
 
 from kmdagster.cli import main
 from kmdagster.defs.resources import build_resources
@@ -256,24 +256,26 @@ def test_status_shows_every_state_and_the_backlog(
 
     assert code == 0
     report = json.loads(out)
-    states = [(f["key"], f["state"]) for f in report["files"]]
+    # In import order: the backlog first, numbered as the schedule will take it, then the rest.
+    states = [(f["queue_position"], f["key"], f["state"]) for f in report["files"]]
     assert states == [
-        ("accounts.1.json", "archived"),
-        ("accounts.2.json", "in_progress"),
-        ("accounts.3.json", "superseded"),
-        ("accounts.3.json", "pending"),
-        ("accounts.4.json", "pending"),
+        (1, "accounts.2.json", "in_progress"),
+        (2, "accounts.3.json", "pending"),
+        (3, "accounts.4.json", "pending"),
+        (None, "accounts.1.json", "archived"),
+        (None, "accounts.3.json", "superseded"),
     ]
-    archived = report["files"][0]
+    archived = report["files"][3]
     assert archived["archived_key"].startswith("completed_imports/")
-    in_progress = report["files"][1]
+    in_progress = report["files"][0]
     assert in_progress["next_offset"] == partial.next_offset
     assert 0 < in_progress["percent_done"] < 100
     assert report["backlog"] == 3
     assert report["backlog_done_by"] is not None
 
     code, out, _ = run_cli(capsys, "status", "accounts")
-    assert "Backlog: 3 files" in out and f"{partial.next_offset:,} (" in out
+    assert "Backlog: 3 files" in out and f"resume at byte {partial.next_offset:,}" in out
+    assert out.index("accounts.2.json") < out.index("accounts.4.json") < out.index("accounts.1")
 
 
 def test_status_during_an_import_shows_the_bucket_and_says_the_ledger_is_busy(
@@ -327,6 +329,17 @@ def test_confirm_switches_the_sensor_and_schedule_on(
             if state.status.value == "RUNNING"
         }
     assert running == {"accounts_file_sensor", "accounts_hourly_import"}
+    # The UI shows what was confirmed: the preview materialized, the permission check passed.
+    with DagsterInstance.get() as instance:
+        preview_key = AssetKey(["accounts", "import_preview"])
+        preview = instance.get_latest_materialization_event(preview_key)
+        check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [AssetCheckKey(preview_key, "s3_permissions")]
+        )
+    assert preview is not None and preview.asset_materialization is not None
+    assert preview.asset_materialization.metadata["valid_lines"].value == 50
+    [execution] = check.values()
+    assert execution.status.value == "SUCCEEDED"
 
 
 def test_preview_asset_and_permission_check_in_dagster(

@@ -10,7 +10,6 @@
 - ``<source>/archived_file``: the move to completed_imports/ with the rejects file beside it.
 """
 
-
 from dataclasses import dataclass
 
 from dagster import (
@@ -174,7 +173,6 @@ def build_import_asset(
         check_specs=data_check_specs(source, partitions),
         partitions_def=partitions,
         description="Reads the file in line-aligned chunks and loads it, within the budget.",
-        # A run stopped by its budget yields no check results: they are optional outputs.
         # A file always loads into all four tables; a subset only limits what is reported.
         can_subset=True,
     )
@@ -199,15 +197,15 @@ def build_import_asset(
                 raise Failure(description=str(exc)) from exc
             crash_point("asset.before_progress_event")
             _report_progress(context, source, report)
-            if not report.complete:
-                return
             row, con = report.ledger, warehouse.connection
-            for table in ROW_TABLES:
-                if table_key(source, table) in context.selected_asset_keys:
-                    yield MaterializeResult(
-                        asset_key=table_key(source, table),
-                        metadata=table_metadata(con, table, row, report.already_imported),
-                    )
+            if report.complete:
+                for table in ROW_TABLES:
+                    if table_key(source, table) in context.selected_asset_keys:
+                        yield MaterializeResult(
+                            asset_key=table_key(source, table),
+                            metadata=table_metadata(con, table, row, report.already_imported),
+                        )
+            # Checked at every run, on what the file has committed so far.
             selected_checks = context.selected_asset_check_keys
             for result in data_check_results(con, source, row):
                 if AssetCheckKey(result.asset_key, result.check_name or "") in selected_checks:  # type: ignore[arg-type]

@@ -7,7 +7,6 @@ evaluates it at every tick where the table changed (so it warns even when no run
 happens: a stopped schedule, a stuck file), and it can be executed from the UI.
 """
 
-
 import hashlib
 from datetime import datetime, timezone
 from typing import Any
@@ -21,10 +20,9 @@ from dagster import (
     MetadataValue,
     asset_check,
 )
-
-from kmdagster.config import SourceConfig
 from dagster_aws.s3 import S3Resource
 
+from kmdagster.config import SourceConfig
 from kmdagster.defs.resources import WarehouseResource
 from kmdagster.report import file_states_markdown
 from kmdagster.status import SourceStatus, backlog, oldest_waiting, read_source_status

@@ -4,8 +4,8 @@ For each table: its rows in the warehouse equal the rows the import committed in
 ledger (``rows_match_ledger``), and no line appears twice (``no_duplicate_lines``). On
 ``km_rejects`` also: every line read is loaded, rejected or blank (``lines_accounted_for``)
 and the share of rejected lines stays under the source's threshold (``reject_rate``, a
-warning). The checks run when a file is complete, in the run that completed it (or
-re-ran it), so a check never shows a result for a file it has not looked at.
+warning). Every import run of a file evaluates them on what the file has committed so
+far (a partial file too), so a check never shows a result for data it has not looked at.
 """
 
 from __future__ import annotations
@@ -82,8 +82,9 @@ def reject_rate_percent(row: LedgerRow) -> float:
 def data_check_results(
     con: duckdb.DuckDBPyConnection, source: SourceConfig, row: LedgerRow
 ) -> list[AssetCheckResult]:
-    """Evaluate every data check of one complete file version against the warehouse."""
+    """Evaluate every data check of one file version's committed rows."""
     counted = rows_by_table(con, row)
+    progress = {"percent_done": row.percent_done}
     results = []
     for table in ROW_TABLES:
         key = table_key(source, table)
@@ -92,7 +93,11 @@ def data_check_results(
                 asset_key=key,
                 check_name=ROWS_MATCH_LEDGER,
                 passed=counted[table] == row.rows_in(table),
-                metadata={"rows_in_warehouse": counted[table], "rows_committed": row.rows_in(table)},
+                metadata={
+                    "rows_in_warehouse": counted[table],
+                    "rows_committed": row.rows_in(table),
+                    **progress,
+                },
             )
         )
         duplicates = duplicate_rows(con, row, table)
@@ -101,7 +106,7 @@ def data_check_results(
                 asset_key=key,
                 check_name=NO_DUPLICATE_LINES,
                 passed=duplicates == 0,
-                metadata={"duplicate_rows": duplicates},
+                metadata={"duplicate_rows": duplicates, **progress},
             )
         )
     accounted = row.lines_loaded + row.lines_rejected + row.lines_blank
@@ -117,6 +122,7 @@ def data_check_results(
                 "lines_loaded": row.lines_loaded,
                 "lines_rejected": row.lines_rejected,
                 "lines_blank": row.lines_blank,
+                **progress,
             },
         ),
         AssetCheckResult(
@@ -127,6 +133,7 @@ def data_check_results(
             metadata={
                 "reject_rate_percent": rate,
                 "threshold_percent": source.reject_rate_warn_percent,
+                **progress,
             },
         ),
     ]

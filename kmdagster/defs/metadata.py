@@ -30,10 +30,6 @@ TOP_NAMES = 10
 REJECT_EXAMPLES = 3
 
 
-def percent_done(row: LedgerRow) -> float:
-    return round(100.0 * row.next_offset / row.size_bytes, 2) if row.size_bytes else 100.0
-
-
 def progress_metadata(report: ImportReport, bucket: str) -> dict[str, Any]:
     """The file asset's observation after a run: where the file stands and what the run did."""
     row = report.ledger
@@ -43,7 +39,7 @@ def progress_metadata(report: ImportReport, bucket: str) -> dict[str, Any]:
         "status": row.status,
         "next_offset": row.next_offset,
         "size_bytes": row.size_bytes,
-        "percent_done": percent_done(row),
+        "percent_done": row.percent_done,
         "import_runs": row.import_runs,
         "run_start_offset": report.start_offset,
         "run_bytes": report.bytes_read,

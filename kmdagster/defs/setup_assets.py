@@ -2,16 +2,22 @@
 
 Both only read: the preview's materialization carries the summary as Markdown metadata
 (no output is stored), and the check's probes leave nothing in the bucket.
+``kmdagster confirm`` records the check and preview it ran with the same metadata.
 """
 
+from typing import Any
+
 from dagster import (
+    AssetCheckEvaluation,
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetChecksDefinition,
     AssetCheckSeverity,
     AssetExecutionContext,
     AssetKey,
+    AssetMaterialization,
     AssetsDefinition,
+    DagsterInstance,
     Failure,
     MaterializeResult,
     MetadataValue,
@@ -22,15 +28,44 @@ from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import SourceConfig
 from kmdagster.defs.resources import WarehouseResource
-from kmdagster.preview import SetupRuleError, setup_preview
+from kmdagster.preview import FilePreview, SetupRuleError, setup_preview
 from kmdagster.report import check_markdown, preview_markdown
-from kmdagster.storage.permissions import check_permissions
+from kmdagster.storage.permissions import PermissionResult, check_permissions
 from kmdagster.storage.s3_objects import FilePattern, S3AccessError
 from kmdagster.storage.warehouse import WarehouseBusy
+
+PERMISSION_CHECK = "s3_permissions"
 
 
 def preview_asset_key(source: SourceConfig) -> AssetKey:
     return AssetKey([source.name, "import_preview"])
+
+
+def preview_metadata(preview: FilePreview) -> dict[str, Any]:
+    """The preview as asset metadata: the Markdown report and its headline numbers."""
+    summary = preview.summary
+    return {
+        "preview": MetadataValue.md(preview_markdown(preview)),
+        "file": preview.file.key,
+        "etag": preview.file.etag,
+        "lines": summary.lines,
+        "valid_lines": summary.valid_lines,
+        "rejected_lines": summary.rejected_lines,
+        "blank_lines": summary.blank_lines,
+        "people": summary.people,
+        "events": summary.events.height,
+        "properties": summary.properties.height,
+        "aliases": summary.aliases,
+        "warnings": len(summary.warnings),
+    }
+
+
+def permission_check_metadata(bucket: str, results: list[PermissionResult]) -> dict[str, Any]:
+    """The permission check's report and one pass/FAIL entry per permission."""
+    return {
+        "report": MetadataValue.md(check_markdown(bucket, results)),
+        **{result.permission.name: "pass" if result.passed else "FAIL" for result in results},
+    }
 
 
 def build_preview_asset(source: SourceConfig) -> AssetsDefinition:
@@ -55,23 +90,7 @@ def build_preview_asset(source: SourceConfig) -> AssetsDefinition:
             preview = setup_preview(km_s3.get_client(), source, known)
         except (SetupRuleError, S3AccessError) as exc:
             raise Failure(description=str(exc)) from exc
-        summary = preview.summary
-        return MaterializeResult(
-            metadata={
-                "preview": MetadataValue.md(preview_markdown(preview)),
-                "file": preview.file.key,
-                "etag": preview.file.etag,
-                "lines": summary.lines,
-                "valid_lines": summary.valid_lines,
-                "rejected_lines": summary.rejected_lines,
-                "blank_lines": summary.blank_lines,
-                "people": summary.people,
-                "events": summary.events.height,
-                "properties": summary.properties.height,
-                "aliases": summary.aliases,
-                "warnings": len(summary.warnings),
-            }
-        )
+        return MaterializeResult(metadata=preview_metadata(preview))
 
     return import_preview
 
@@ -81,7 +100,7 @@ def build_permission_check(source: SourceConfig) -> AssetChecksDefinition:
 
     @asset_check(
         asset=preview_asset_key(source),
-        name="s3_permissions",
+        name=PERMISSION_CHECK,
         description=(
             f"Tries list, read, write under completed_imports/ and delete on s3://{source.bucket}"
             "; a failure shows the IAM policy statement that grants what is missing."
@@ -92,13 +111,34 @@ def build_permission_check(source: SourceConfig) -> AssetChecksDefinition:
         return AssetCheckResult(
             passed=all(result.passed for result in results),
             severity=AssetCheckSeverity.ERROR,
-            metadata={
-                "report": MetadataValue.md(check_markdown(source.bucket, results)),
-                **{
-                    result.permission.name: "pass" if result.passed else "FAIL"
-                    for result in results
-                },
-            },
+            metadata=permission_check_metadata(source.bucket, results),
         )
 
     return s3_permissions
+
+
+def record_confirmed_setup(
+    instance: DagsterInstance,
+    source: SourceConfig,
+    results: list[PermissionResult],
+    preview: FilePreview,
+) -> None:
+    """What ``kmdagster confirm`` checked, as the UI shows it: the permission check's result
+    and the preview's materialization, as if run from the UI."""
+    key = preview_asset_key(source)
+    instance.report_runless_asset_event(
+        AssetMaterialization(
+            asset_key=key,
+            description="the preview `kmdagster confirm` showed",
+            metadata=preview_metadata(preview),
+        )
+    )
+    instance.report_runless_asset_event(
+        AssetCheckEvaluation(
+            asset_key=key,
+            check_name=PERMISSION_CHECK,
+            passed=all(result.passed for result in results),
+            metadata=permission_check_metadata(source.bucket, results),
+            severity=AssetCheckSeverity.ERROR,
+        )
+    )

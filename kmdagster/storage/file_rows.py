@@ -25,7 +25,7 @@ ROW_IDENTITY = {
 _OF_FILE = "source = ? AND file_key = ? AND file_etag = ?"
 
 
-def _file(row: LedgerRow) -> list[str]:
+def _file(row: LedgerRow) -> list[object]:
     return [row.source, row.file_key, row.file_etag]
 
 
@@ -50,8 +50,7 @@ def duplicate_rows(con: duckdb.DuckDBPyConnection, row: LedgerRow, table: str) -
     """Rows of this file version in ``table`` beyond the first with the same identity."""
     return _count(
         con,
-        f"SELECT count(*) - count(DISTINCT ({ROW_IDENTITY[table]})) FROM {table} "
-        f"WHERE {_OF_FILE}",
+        f"SELECT count(*) - count(DISTINCT ({ROW_IDENTITY[table]})) FROM {table} WHERE {_OF_FILE}",
         _file(row),
     )
 
@@ -67,9 +66,7 @@ def top_events(con: duckdb.DuckDBPyConnection, row: LedgerRow, limit: int = 10) 
     )
 
 
-def top_properties(
-    con: duckdb.DuckDBPyConnection, row: LedgerRow, limit: int = 10
-) -> pl.DataFrame:
+def top_properties(con: duckdb.DuckDBPyConnection, row: LedgerRow, limit: int = 10) -> pl.DataFrame:
     """The file's most frequent property names: name, label, rows, people, numeric rows."""
     return _frame(
         con,
@@ -119,5 +116,5 @@ def reject_batches(
             f"SELECT line_no, reason, raw_line FROM km_rejects WHERE {_OF_FILE} ORDER BY line_no",
             _file(row),
         ).to_arrow_reader(batch_rows)
-        for batch in reader:
+        for batch in reader:  # type: ignore[union-attr]
             yield pl.DataFrame(pl.from_arrow(batch))

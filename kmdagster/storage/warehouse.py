@@ -132,6 +132,11 @@ class LedgerRow:
     def is_complete(self) -> bool:
         return self.status in ("imported", "archived")
 
+    @property
+    def percent_done(self) -> float:
+        """Bytes committed as a share of the file, 100 for an empty file."""
+        return round(100.0 * self.next_offset / self.size_bytes, 2) if self.size_bytes else 100.0
+
     def rows_in(self, table: str) -> int:
         """The rows this file version committed to ``table`` (one of ``ROW_TABLES``)."""
         return int(getattr(self, ROW_COUNT_COLUMNS[table]))
@@ -312,7 +317,7 @@ class DuckDBWarehouse:
         con = self._con
         next_offset = row.next_offset
         lines_read = lines_loaded = lines_rejected = lines_blank = 0
-        rows = dict.fromkeys(ROW_TABLES, 0)
+        rows: dict[str, int] = dict.fromkeys(ROW_TABLES, 0)
         con.begin()
         try:
             for split, end in pieces:

@@ -1,0 +1,171 @@
+"""The Dagster UI as an analyst sees it, in headless Chromium (Debian's, driven by Playwright).
+
+A source with an archived, an in-progress and a pending file is served by a real
+``dagster-webserver`` on 127.0.0.1; the test opens the lineage, a table's partitions with
+its metadata, the data checks and the backlog check, asserts what must be visible there,
+and saves screenshots (to ``$KMDAGSTER_SCREENSHOTS`` when set, as docs/screenshots/ is made).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kmdagster_tests.conftest import ADMIN, make_config, write_config
+from kmdagster_tests.seaweed import SeaweedS3, free_ports
+from kmdagster_tests.ui_demo import (
+    ARCHIVED_KEY,
+    IN_PROGRESS_KEY,
+    PENDING_KEY,
+    UiDemo,
+    prepare_ui_demo,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+playwright_api = pytest.importorskip(
+    "playwright.sync_api", reason="pip install playwright (in the dev extras)"
+)
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no system Chromium: install it with `apt-get install chromium` (.ci/run does)",
+)
+TIMEOUT_MS = 60_000
+
+
+def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"dagster-webserver exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
+
+
+@pytest.fixture
+def served_demo(
+    tmp_path: Path, s3_server: SeaweedS3, s3: Any, bucket: str
+) -> Iterator[tuple[str, UiDemo]]:
+    config = make_config(
+        s3_server,
+        bucket,
+        tmp_path / "warehouse.duckdb",
+        chunk_bytes=2048,
+        time_budget_seconds=0.001,
+    )
+    home = tmp_path / "dagster_home"
+    demo = prepare_ui_demo(s3, bucket, config, home)
+    [port] = free_ports(1)
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "KMDAGSTER_CONFIG": str(write_config(tmp_path / "kmdagster.yaml", config)),
+        "AWS_ACCESS_KEY_ID": ADMIN.access_key,
+        "AWS_SECRET_ACCESS_KEY": ADMIN.secret_key,
+    }
+    webserver = Path(sys.executable).with_name("dagster-webserver")
+    with (tmp_path / "webserver.log").open("wb") as log:
+        process = subprocess.Popen(
+            [str(webserver), "-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(f"{url}/server_info", process)
+        yield url, demo
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def screenshot_dir(tmp_path: Path) -> Path:
+    target = Path(os.environ.get("KMDAGSTER_SCREENSHOTS") or tmp_path / "screenshots")
+    target.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def dismiss_welcome(page: Any) -> None:
+    """Dagster shows a one-time community dialog to a new instance; skip it if it is there."""
+    skip = page.get_by_role("button", name="Skip")
+    try:
+        skip.wait_for(timeout=5_000)
+    except playwright_api.TimeoutError:
+        return
+    skip.click()
+
+
+def test_an_analyst_sees_file_states_row_counts_and_checks(
+    served_demo: tuple[str, UiDemo], tmp_path: Path
+) -> None:
+    url, demo = served_demo
+    shots = screenshot_dir(tmp_path)
+    expect = playwright_api.expect
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1440, "height": 960})
+        page.set_default_timeout(TIMEOUT_MS)
+
+        # The lineage: the file, the four tables, the archive.
+        page.goto(f"{url}/asset-groups/accounts")
+        dismiss_welcome(page)
+        for name in ("s3_file", "km_events", "km_rejects", "archived_file"):
+            expect(page.get_by_text(name, exact=True).first).to_be_visible()
+        page.wait_for_timeout(2_000)  # let the graph lay itself out
+        page.screenshot(path=str(shots / "lineage.png"))
+
+        # Every registered file is a materialized partition of the file asset.
+        page.goto(f"{url}/assets/accounts/s3_file?view=partitions")
+        expect(page.get_by_text("Materialized (3)")).to_be_visible()
+        expect(page.get_by_text("Missing (0)")).to_be_visible()
+
+        # A table: the imported file materialized, the others not yet, with its own numbers.
+        page.goto(f"{url}/assets/accounts/km_events?view=partitions")
+        expect(page.get_by_text("Materialized (1)")).to_be_visible()
+        expect(page.get_by_text("Missing (2)")).to_be_visible()
+        page.get_by_text(ARCHIVED_KEY, exact=True).first.click()
+        row_count = page.locator("tr", has_text="dagster/row_count").first
+        expect(row_count).to_contain_text(str(demo.archived.events))
+        expect(page.locator("tr", has_text="top_events").first).to_contain_text("signed up")
+        page.screenshot(path=str(shots / "table-partition.png"), full_page=True)
+
+        # The data checks of the rejects table, evaluated by the import runs.
+        page.goto(f"{url}/assets/accounts/km_rejects?view=checks")
+        for check in ("rows_match_ledger", "no_duplicate_lines", "lines_accounted_for"):
+            expect(page.get_by_text(check, exact=True).first).to_be_visible()
+        expect(page.get_by_text("reject_rate", exact=True).first).to_be_visible()
+        expect(page.get_by_text("Passed").first).to_be_visible()
+        page.screenshot(path=str(shots / "data-checks.png"))
+
+        # Every file's state at a glance: the backlog check's table.
+        page.goto(f"{url}/assets/accounts/s3_file?view=checks")
+        expect(page.get_by_text("backlog", exact=True).first).to_be_visible()
+        page.get_by_text("[Show Markdown]").first.click()
+        dialog = page.get_by_role("dialog")
+        for text in (ARCHIVED_KEY, "archived", IN_PROGRESS_KEY, "in_progress", PENDING_KEY):
+            expect(dialog).to_contain_text(text)
+        expect(dialog).to_contain_text("pending")
+        page.wait_for_timeout(1_000)  # the dialog fades in
+        page.screenshot(path=str(shots / "file-states.png"))
+        browser.close()
