@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install dev test lint check bench
+.PHONY: install dev test lint check bench screenshots
 
 $(BIN)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ dev: install
 
 test: install
 	$(BIN)/pytest -q -p no:cacheprovider
+
+screenshots: install  # docs/screenshots/ from the browser test (needs the system chromium)
+	KMDAGSTER_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q -p no:cacheprovider \
+		kmdagster_tests/test_browser.py
 
 bench: install
 	$(BIN)/python -m benchmarks.run
