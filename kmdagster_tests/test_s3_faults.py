@@ -14,6 +14,7 @@ from dagster import DagsterInstance
 from kmdagster.config import KmConfig, S3Settings
 from kmdagster.defs.factory import build_definitions
 from kmdagster.storage.chunk_reader import LineChunkReader
+from kmdagster.storage.rejects_file import rejects_key_for
 from kmdagster.storage.s3_objects import ARCHIVE_PREFIX, S3AccessError, head_file
 from kmdagster_tests.conftest import ADMIN, WRITE_ONLY, make_config
 from kmdagster_tests.fault_proxy import FAULTS, FaultPlan, FaultProxy, every_nth
@@ -78,8 +79,11 @@ def test_transient_s3_errors_are_retried_and_every_line_loads_once(
     assert ledger == [
         ("archived", expected.lines, expected.valid_lines, expected.rejects, expected.blanks)
     ]
-    listed = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
-    assert len(listed) == 1 and listed[0].startswith(ARCHIVE_PREFIX)
+    # The archive copy and its rejects file, each once, whatever the faults on their PUTs.
+    archived, rejects = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert archived.startswith(ARCHIVE_PREFIX) and rejects == rejects_key_for(archived)
+    written = s3.get_object(Bucket=bucket, Key=rejects)["Body"].read().splitlines()
+    assert len(written) == expected.rejects
 
 
 def test_a_body_cut_off_mid_transfer_is_read_again_from_the_same_range(

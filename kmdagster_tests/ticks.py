@@ -15,14 +15,21 @@ from dagster import (
 )
 
 
-def run_tick(defs: Any, instance: DagsterInstance, tick: datetime) -> RunRequest | SkipReason:
-    """Evaluate the sensor then the schedule once, and execute the requested run."""
+def report_sensor_tick(defs: Any, instance: DagsterInstance) -> None:
+    """One evaluation of the file sensor, its requests and events applied as the daemon does."""
     sensor = defs.resolve_sensor_def("accounts_file_sensor")
     with build_sensor_context(instance=instance, resources=defs.resources) as context:
         result = sensor(context)
-        if isinstance(result, SensorResult):
-            for request in result.dynamic_partitions_requests or []:
-                instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+    if isinstance(result, SensorResult):
+        for request in result.dynamic_partitions_requests or []:
+            instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+        for event in result.asset_events:
+            instance.report_runless_asset_event(event)
+
+
+def run_tick(defs: Any, instance: DagsterInstance, tick: datetime) -> RunRequest | SkipReason:
+    """Evaluate the sensor then the schedule once, and execute the requested run."""
+    report_sensor_tick(defs, instance)
     schedule = defs.resolve_schedule_def("accounts_hourly_import")
     with build_schedule_context(
         instance=instance, scheduled_execution_time=tick, resources=defs.resources

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dagster import DagsterInstance, SensorResult, build_sensor_context
+from dagster import DagsterInstance
 
 from kmdagster.config import KmConfig
 from kmdagster.defs.factory import build_definitions
 from kmdagster_tests.km_files import KmFile, km_file
+from kmdagster_tests.ticks import report_sensor_tick
 
 ROOT = Path(__file__).resolve().parent.parent
 ARCHIVED_KEY = "accounts.1764460800.json"  # imported in full, then archived
@@ -29,18 +30,6 @@ class UiDemo:
     archived: KmFile
     in_progress: KmFile
     pending: KmFile
-
-
-def report_sensor_tick(defs: Any, instance: DagsterInstance) -> None:
-    """One evaluation of the file sensor, its requests applied as the daemon applies them."""
-    sensor = defs.resolve_sensor_def("accounts_file_sensor")
-    with build_sensor_context(instance=instance, resources=defs.resources) as context:
-        result = sensor(context)
-    if isinstance(result, SensorResult):
-        for request in result.dynamic_partitions_requests or []:
-            instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
-        for event in result.asset_events:
-            instance.report_runless_asset_event(event)
 
 
 def prepare_ui_demo(

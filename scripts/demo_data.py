@@ -47,8 +47,15 @@ def demo_key(seed: int) -> str:
     return f"accounts.{DEMO_START + seed * 3_600}.json"
 
 
-# seed -> (lines, share of bad lines): hour 3 is messy, hour 4 is large (about 25 MB).
-DEMO_HOURS = {1: (400, 0.03), 2: (900, 0.02), 3: (600, 0.2), 4: (200_000, 0.01), 5: (500, 0.03)}
+LARGE_SEED = 4
+# seed -> (lines, share of bad lines): hour 3 is messy, hour 4 is large (about 27 MB).
+DEMO_HOURS = {
+    1: (400, 0.03),
+    2: (900, 0.02),
+    3: (600, 0.2),
+    LARGE_SEED: (300_000, 0.01),
+    5: (500, 0.03),
+}
 DEMO_FILES = {demo_key(seed): seed for seed in DEMO_HOURS}
 DEMO_DECOYS = {"notes.txt": b"not a KM file\n", "accounts.csv": b"_p,_t\n"}
 

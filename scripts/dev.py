@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from kmdagster_tests.seaweed import Identity, SeaweedS3  # noqa: E402
 from scripts.demo_data import DEMO_DECOYS, demo_files  # noqa: E402
+from scripts.demo_feed import start_feeder  # noqa: E402
 
 STATE = ROOT / ".kmdagster"
 BUCKET = "km-imports"
@@ -55,7 +56,7 @@ sources:
     base_filename: accounts.json
     cron: "* * * * *"     # every minute for the demo; the default is hourly
     sensor_interval_seconds: 15
-    time_budget_seconds: 1  # the demo's large file takes several runs; the default is 300
+    time_budget_seconds: 0.5  # the large demo file takes several runs; the default is 300
     chunk_bytes: 1048576
 """
 
@@ -144,6 +145,9 @@ def main() -> int:
         env=env,
         start_new_session=True,
     )
+    # Live traffic for the demo: a re-sent file and new hours (KMDAGSTER_DEV_FEED=0: none).
+    feeding = os.environ.get("KMDAGSTER_DEV_FEED", "1") == "1"
+    stop_feed = start_feeder(client, BUCKET, STATE / "warehouse.duckdb") if feeding else None
 
     def interrupt(*_: object) -> None:
         raise KeyboardInterrupt
@@ -154,6 +158,8 @@ def main() -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        if stop_feed is not None:
+            stop_feed.set()
         # dagster dev shuts down cleanly on SIGINT (Ctrl-C); escalate if it lingers.
         for escalation in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
             if web.poll() is not None:
