@@ -150,6 +150,14 @@ def test_an_analyst_sees_file_states_row_counts_and_checks(
         expect(page.locator("tr", has_text="top_events").first).to_contain_text("signed up")
         page.screenshot(path=str(shots / "table-partition.png"), full_page=True)
 
+        # The table's overview: its columns, and its numbers plotted file after file.
+        page.goto(f"{url}/assets/accounts/km_rejects")
+        expect(page.get_by_text("raw_line", exact=True).first).to_be_visible()
+        page.get_by_role("button", name="Plots").click()
+        expect(page.get_by_text("reject_rate_percent").first).to_be_visible()
+        page.wait_for_timeout(1_000)  # the charts draw
+        page.screenshot(path=str(shots / "table-plots.png"), full_page=True)
+
         # The data checks of the rejects table, evaluated by the import runs.
         page.goto(f"{url}/assets/accounts/km_rejects?view=checks")
         for check in ("rows_match_ledger", "no_duplicate_lines", "lines_accounted_for"):
