@@ -26,7 +26,8 @@ from kmdagster.report import check_markdown, preview_markdown, status_markdown
 from kmdagster.status import backlog, backlog_eta, read_source_status
 from kmdagster.storage.permissions import PermissionResult, check_permissions, iam_policy
 from kmdagster.storage.s3_objects import FilePattern, S3AccessError
-from kmdagster.storage.warehouse import WarehouseBusy
+from kmdagster.storage.schema import SCHEMA_VERSION, WarehouseSchemaError
+from kmdagster.storage.warehouse import DuckDBWarehouse, WarehouseBusy
 
 DEFINITIONS_MODULE = "kmdagster.definitions"
 
@@ -145,6 +146,24 @@ def cmd_confirm(config: KmConfig, source: SourceConfig, args: argparse.Namespace
     print(f"confirmed: {source.name} registers new files and imports one per tick ({source.cron})")
 
 
+def cmd_upgrade_warehouse(config: KmConfig, args: argparse.Namespace) -> None:
+    path = config.warehouse.duckdb_path
+    with DuckDBWarehouse.connect(path, lock_wait_seconds=args.wait) as warehouse:
+        found = warehouse.upgraded_from
+    if found is None or found == SCHEMA_VERSION:
+        print(f"{path}: schema version {SCHEMA_VERSION}, nothing to upgrade")
+    else:
+        print(f"{path}: upgraded from schema version {found} to {SCHEMA_VERSION}, rows kept")
+
+
+# Commands about the warehouse as a whole, not one source.
+WAREHOUSE_COMMANDS = {
+    "upgrade-warehouse": (
+        cmd_upgrade_warehouse,
+        "upgrade the warehouse file to this version's schema, in one transaction",
+    ),
+}
+
 COMMANDS = {
     "preview": (cmd_preview, "show what the first pending file would import"),
     "check": (cmd_check, "verify each S3 permission the import needs"),
@@ -160,6 +179,14 @@ def parser() -> argparse.ArgumentParser:
         "--config", help="configuration file (default: $KMDAGSTER_CONFIG or ./kmdagster.yaml)"
     )
     commands = main_parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text) in WAREHOUSE_COMMANDS.items():
+        command = commands.add_parser(name, help=help_text, description=help_text)
+        command.add_argument(
+            "--wait",
+            type=float,
+            default=120.0,
+            help="seconds to wait for a running import to release the warehouse",
+        )
     for name, (_, help_text) in COMMANDS.items():
         command = commands.add_parser(name, help=help_text, description=help_text)
         command.add_argument("source", help="the source's name in the configuration")
@@ -187,8 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.config:
             os.environ["KMDAGSTER_CONFIG"] = args.config  # confirm's dagster calls read it too
         config = load_config()
-        source = config.source(args.source)
-        COMMANDS[args.command][0](config, source, args)
+        if args.command in WAREHOUSE_COMMANDS:
+            WAREHOUSE_COMMANDS[args.command][0](config, args)
+        else:
+            COMMANDS[args.command][0](config, config.source(args.source), args)
     except ConfigError as exc:
         print(f"kmdagster: {exc}", file=sys.stderr)
         return 2
@@ -199,7 +228,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    except (CommandFailed, SetupRuleError, S3AccessError, WarehouseBusy) as exc:
+    except (
+        CommandFailed,
+        SetupRuleError,
+        S3AccessError,
+        WarehouseBusy,
+        WarehouseSchemaError,
+    ) as exc:
         print(f"kmdagster: {exc}", file=sys.stderr)
         return 1
     except BotoCoreError as exc:  # e.g. the endpoint cannot be reached

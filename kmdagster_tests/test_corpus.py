@@ -126,12 +126,12 @@ def test_ten_megabyte_lines_are_rejected_whole_and_their_neighbours_load(
     assert report.complete and report.ledger.next_offset == len(data)
     with duckdb.connect(str(warehouse_path), read_only=True) as con:
         rejects = con.execute(
-            "SELECT line_no, reason, length(raw_line) FROM km_rejects ORDER BY line_no"
+            "SELECT line_no, reason, length(raw_line), raw_chars FROM km_rejects ORDER BY line_no"
         ).fetchall()
         events = con.execute("SELECT line_no FROM km_events ORDER BY line_no").fetchall()
     assert rejects == [
-        (2, "property_value_too_long", MAX_RAW_LINE_CHARS),
-        (4, "invalid_json", MAX_RAW_LINE_CHARS),
+        (2, "property_value_too_long", MAX_RAW_LINE_CHARS, len(huge_value)),
+        (4, "invalid_json", MAX_RAW_LINE_CHARS, len(huge_garbage)),
     ]
     assert events == [(1,), (3,), (5,)]
 

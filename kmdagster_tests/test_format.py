@@ -16,7 +16,7 @@ from kmdagster.format.columns import constant, every_other_row
 from kmdagster.format.key_names import KeyNames
 from kmdagster.format.lines import count_lines
 from kmdagster.format.reasons import REJECT_REASONS
-from kmdagster.format.split import split_km_lines
+from kmdagster.format.split import MAX_RAW_LINE_CHARS, split_km_lines
 
 NOW = 1_800_000_000
 TS = 1_328_044_149
@@ -205,7 +205,8 @@ def test_rejected_raw_line_is_kept_and_truncated() -> None:
     long_bad = "{" + "x" * 20_000
     result = split("[1]", long_bad)
     assert result.rejects["raw_line"].to_list()[0] == "[1]"
-    assert len(result.rejects["raw_line"].to_list()[1]) == 16 * 1024
+    assert len(result.rejects["raw_line"].to_list()[1]) == MAX_RAW_LINE_CHARS
+    assert result.rejects["raw_chars"].to_list() == [3, len(long_bad)]
 
 
 def test_invalid_utf8_only_rejects_its_own_line() -> None:

@@ -120,7 +120,7 @@ def test_preview_warns_about_names_that_merge_and_names_the_warehouse_knows(
     )
     with DuckDBWarehouse.connect(warehouse_path) as warehouse:
         warehouse.connection.execute(
-            "INSERT INTO km_events VALUES ('s', 'k', 'e', 1, 'p', 'signed up', 'x', now())"
+            "INSERT INTO km_names VALUES (nextval('km_name_ids'), 'event', 'signed up', 'x')"
         )
 
     code, out, _ = run_cli(capsys, "preview", "accounts", "--json")

@@ -23,11 +23,12 @@ from dagster import (
 
 from kmdagster.defs.factory import build_definitions
 from kmdagster.defs.schedules import first_pending_key
+from kmdagster.format.split import MAX_RAW_LINE_CHARS
 from kmdagster.report import file_states_markdown
 from kmdagster.status import file_states
-from kmdagster.storage.rejects_file import RAW_LINE_MAX_CHARS, rejects_key_for, write_rejects_file
+from kmdagster.storage.rejects_file import rejects_key_for, write_rejects_file
 from kmdagster.storage.s3_objects import S3AccessError, S3File
-from kmdagster.storage.warehouse import DuckDBWarehouse, LedgerRow
+from kmdagster.storage.warehouse import LedgerRow
 from kmdagster_tests.conftest import make_config
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.seaweed import SeaweedS3
@@ -105,7 +106,7 @@ def test_checks_fail_when_the_warehouse_disagrees_with_the_ledger(
     config = make_config(s3_server, bucket, warehouse_path, reject_rate_warn_percent=50)
     assert materialize_partition(config, instance, KEY).success
     with duckdb.connect(str(warehouse_path)) as con:  # a row loaded twice by someone else
-        con.execute("INSERT INTO km_events SELECT * FROM km_events LIMIT 1")
+        con.execute("INSERT INTO km_event_rows SELECT * FROM km_event_rows LIMIT 1")
 
     again = materialize_partition(config, instance, KEY)
 
@@ -193,7 +194,7 @@ def test_rejects_file_lists_every_rejected_line_with_long_lines_truncated(
     assert [(r["line_no"], r["reason"]) for r in written] == [(n, r) for n, r, _ in expected]
     last = written[-1]
     assert last["line_no"] == 25 and last["raw_chars"] == len(long_bad)
-    assert last["raw_line"] == long_bad[:RAW_LINE_MAX_CHARS]
+    assert last["raw_line"] == long_bad[:MAX_RAW_LINE_CHARS]
     assert written[0]["raw_line"] == expected[0][2]  # short lines are kept whole
 
 
@@ -239,24 +240,6 @@ def test_sensor_reports_landed_files_and_the_backlog_in_import_order(
     [warned] = [e for e in later.asset_events if isinstance(e, AssetCheckEvaluation)]
     assert not warned.passed and warned.severity == AssetCheckSeverity.WARN
     assert float(warned.metadata["oldest_waiting_hours"].value) >= 0.001  # type: ignore[arg-type]
-
-
-def test_ledger_written_before_row_counts_is_upgraded_with_its_counts(tmp_path: Path) -> None:
-    path = tmp_path / "old.duckdb"
-    with DuckDBWarehouse.connect(path) as warehouse:
-        con = warehouse.connection
-        con.execute("INSERT INTO km_events VALUES ('s', 'k', 'e', 1, 'p', 'x', 'X', now())")
-        con.execute("INSERT INTO km_events VALUES ('s', 'k', 'e', 2, 'p', 'y', 'Y', now())")
-        warehouse.open_file("s", "k", "e", 10)
-        for column in ("events_rows", "properties_rows", "aliases_rows", "rejects_rows"):
-            con.execute(f"ALTER TABLE km_import_files DROP COLUMN {column}")
-        con.execute("ALTER TABLE km_import_files DROP COLUMN import_runs")
-
-    with DuckDBWarehouse.connect(path) as warehouse:
-        row = warehouse.ledger_row("s", "k", "e")
-
-    assert row is not None
-    assert (row.events_rows, row.properties_rows, row.import_runs) == (2, 0, 0)
 
 
 def test_file_states_list_the_backlog_in_the_schedules_order_then_the_rest() -> None:

@@ -26,7 +26,9 @@ FUTURE_TOLERANCE_SECONDS = 86_400
 MAX_NAME_CHARS = 254  # names must be under 255 characters
 MAX_IDENTITY_CHARS = 255
 MAX_VALUE_BYTES = 8 * 1024
-MAX_RAW_LINE_CHARS = 16 * 1024  # a rejected line is kept up to this length
+# A rejected line is kept up to this many characters, with its full length in raw_chars:
+# enough to see what is wrong, and a bad upload cannot flood the warehouse.
+MAX_RAW_LINE_CHARS = 1000
 SPECIAL_KEYS = ("_p", "_t", "_n", "_p2")
 _SPECIAL_PREFIXES = {"_p": "p", "_t": "t", "_n": "n", "_p2": "p2"}  # per-line column names
 
@@ -62,7 +64,12 @@ ALIASES_SCHEMA = {
     "alias": pl.String,
     "ts": pl.Datetime("us", "UTC"),
 }
-REJECTS_SCHEMA = {"line_no": pl.Int64, "reason": pl.String, "raw_line": pl.String}
+REJECTS_SCHEMA = {
+    "line_no": pl.Int64,
+    "reason": pl.String,
+    "raw_line": pl.String,
+    "raw_chars": pl.Int64,
+}
 
 _REASON_NAMES = list(REJECT_REASONS)
 
@@ -164,6 +171,7 @@ def split_km_lines(
                 list(range(len(_REASON_NAMES))), _REASON_NAMES, return_dtype=pl.String
             ),
             raw_line=pl.col("text").str.slice(0, MAX_RAW_LINE_CHARS),
+            raw_chars=pl.col("text").str.len_chars(),
         )
     )
 

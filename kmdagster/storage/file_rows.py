@@ -1,8 +1,8 @@
 """What one file version put in the warehouse: row counts, duplicates, top names, rejects.
 
 Read-only queries for the import's metadata, its data checks and the rejects file. Every
-query is filtered to one (source, file_key, file_etag): the tables are appended file by
-file, so DuckDB's zone maps skip the other files' row groups.
+query is filtered to one ``file_id``: the storage tables are appended file by file, so
+DuckDB's zone maps skip the other files' row groups.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ ROW_IDENTITY = {
     "km_aliases": "line_no",
     "km_rejects": "line_no",
 }
-_OF_FILE = "source = ? AND file_key = ? AND file_etag = ?"
+_OF_FILE = "file_id = ?"
 
 
 def _file(row: LedgerRow) -> list[object]:
-    return [row.source, row.file_key, row.file_etag]
+    return [row.file_id]
 
 
 def _count(con: duckdb.DuckDBPyConnection, sql: str, params: list[object]) -> int:
@@ -113,7 +113,8 @@ def reject_batches(
     """
     with con.cursor() as cursor:
         reader = cursor.execute(
-            f"SELECT line_no, reason, raw_line FROM km_rejects WHERE {_OF_FILE} ORDER BY line_no",
+            "SELECT line_no, reason, raw_line, raw_chars FROM km_rejects "
+            f"WHERE {_OF_FILE} ORDER BY line_no",
             _file(row),
         ).to_arrow_reader(batch_rows)
         for batch in reader:  # type: ignore[union-attr]

@@ -1,10 +1,11 @@
 """The rejects file beside an archived copy: ``completed_imports/.../NAME.rejects.jsonl``.
 
 One JSON object per rejected line, in line order: ``line_no``, ``reason``, ``raw_line``
-(its first ``RAW_LINE_MAX_CHARS`` characters) and ``raw_chars`` (its full length), so the
-file's author can fix and resend those lines. Written once with ``If-None-Match: *`` and
-the source ETag in its metadata: a retry after a crash finds its own file and moves on,
-and a different object at that name is never overwritten.
+(its first ``MAX_RAW_LINE_CHARS`` characters, as the warehouse keeps it) and
+``raw_chars`` (its full length), so the file's author can fix and resend those lines.
+Written once with ``If-None-Match: *`` and the source ETag in its metadata: a retry after
+a crash finds its own file and moves on, and a different object at that name is never
+overwritten.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from kmdagster.storage.s3_objects import (
 )
 
 REJECTS_SUFFIX = ".rejects.jsonl"
-RAW_LINE_MAX_CHARS = 1000
 # The body is spooled to disk past this size, so memory stays bounded by one batch.
 SPOOL_BYTES = 16 * 1024 * 1024
 
@@ -35,16 +35,11 @@ def rejects_key_for(archived_key: str) -> str:
 
 
 def rejects_jsonl(rejects: pl.DataFrame) -> bytes:
-    """JSON lines for a batch of (line_no, reason, raw_line) rows, raw lines truncated."""
+    """JSON lines for a batch of (line_no, reason, raw_line, raw_chars) rows."""
     if rejects.height == 0:
         return b""
     lines = rejects.select(
-        pl.struct(
-            pl.col("line_no"),
-            pl.col("reason"),
-            pl.col("raw_line").str.slice(0, RAW_LINE_MAX_CHARS),
-            pl.col("raw_line").str.len_chars().alias("raw_chars"),
-        ).struct.json_encode()
+        pl.struct("line_no", "reason", "raw_line", "raw_chars").struct.json_encode()
     ).to_series()
     return ("\n".join(lines.to_list()) + "\n").encode()
 

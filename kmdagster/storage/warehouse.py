@@ -1,8 +1,8 @@
-"""The warehouse: KM tables plus the import ledger, one transaction per chunk.
+"""The warehouse: KM rows plus the import ledger, one transaction per chunk.
 
 ``Warehouse`` is the small interface the importer and archiver need; ``DuckDBWarehouse``
-implements it on an embedded DuckDB file. A PostgreSQL backend would implement the same
-methods over the same tables.
+implements it on an embedded DuckDB file (schema and upgrades: ``schema.py``). A
+PostgreSQL backend would implement the same methods over the same relations.
 """
 
 from __future__ import annotations
@@ -21,56 +21,22 @@ import polars as pl
 from kmdagster.faults import crash_point
 from kmdagster.format.preview import KnownNames
 from kmdagster.format.split import SplitLines
+from kmdagster.storage.names import NameIds
+from kmdagster.storage.schema import check_readable, prepare_for_writing
 
 STATUSES = ("pending", "in_progress", "imported", "archived", "failed")
 LOCK_WAIT_SECONDS = 120.0
 DUCKDB_MEMORY_LIMIT = "64MB"
 CHECKPOINT_THRESHOLD = "256MB"
 
-SCHEMA_SQL = """
-CREATE TABLE IF NOT EXISTS km_events (
-    source VARCHAR NOT NULL, file_key VARCHAR NOT NULL, file_etag VARCHAR NOT NULL,
-    line_no BIGINT NOT NULL, person VARCHAR NOT NULL, event VARCHAR NOT NULL,
-    event_label VARCHAR NOT NULL, ts TIMESTAMPTZ NOT NULL
-);
-CREATE TABLE IF NOT EXISTS km_properties (
-    source VARCHAR NOT NULL, file_key VARCHAR NOT NULL, file_etag VARCHAR NOT NULL,
-    line_no BIGINT NOT NULL, person VARCHAR NOT NULL, ts TIMESTAMPTZ NOT NULL,
-    name VARCHAR NOT NULL, name_label VARCHAR NOT NULL, value VARCHAR NOT NULL,
-    value_number DOUBLE
-);
-CREATE TABLE IF NOT EXISTS km_aliases (
-    source VARCHAR NOT NULL, file_key VARCHAR NOT NULL, file_etag VARCHAR NOT NULL,
-    line_no BIGINT NOT NULL, person VARCHAR NOT NULL, alias VARCHAR NOT NULL,
-    ts TIMESTAMPTZ NOT NULL
-);
-CREATE TABLE IF NOT EXISTS km_rejects (
-    source VARCHAR NOT NULL, file_key VARCHAR NOT NULL, file_etag VARCHAR NOT NULL,
-    line_no BIGINT NOT NULL, reason VARCHAR NOT NULL, raw_line VARCHAR NOT NULL
-);
-CREATE TABLE IF NOT EXISTS km_import_files (
-    source VARCHAR NOT NULL, file_key VARCHAR NOT NULL, file_etag VARCHAR NOT NULL,
-    size_bytes BIGINT NOT NULL, status VARCHAR NOT NULL, next_offset BIGINT NOT NULL,
-    lines_read BIGINT NOT NULL, lines_loaded BIGINT NOT NULL, lines_rejected BIGINT NOT NULL,
-    lines_blank BIGINT NOT NULL, started_at TIMESTAMPTZ, completed_at TIMESTAMPTZ,
-    archived_key VARCHAR, error VARCHAR, updated_at TIMESTAMPTZ NOT NULL,
-    events_rows BIGINT DEFAULT 0, properties_rows BIGINT DEFAULT 0,
-    aliases_rows BIGINT DEFAULT 0, rejects_rows BIGINT DEFAULT 0, import_runs BIGINT DEFAULT 0,
-    PRIMARY KEY (source, file_key, file_etag)
-);
-"""
-
 # The tables a file's lines land in, and the ledger column counting its rows in each.
 ROW_TABLES = ("km_events", "km_properties", "km_aliases", "km_rejects")
 ROW_COUNT_COLUMNS = {table: f"{table.removeprefix('km_')}_rows" for table in ROW_TABLES}
-# Ledger columns added after the first release: a warehouse without them gets them, with the
-# row counts of the files it holds, in one transaction when it is first opened for writing.
-_ADDED_LEDGER_COLUMNS = (*ROW_COUNT_COLUMNS.values(), "import_runs")
 
 _LEDGER_COLUMNS = (
     "source, file_key, file_etag, size_bytes, status, next_offset, lines_read, lines_loaded, "
     "lines_rejected, lines_blank, started_at, completed_at, archived_key, error, updated_at, "
-    "events_rows, properties_rows, aliases_rows, rejects_rows, import_runs"
+    "events_rows, properties_rows, aliases_rows, rejects_rows, import_runs, file_id"
 )
 
 
@@ -127,6 +93,7 @@ class LedgerRow:
     aliases_rows: int = 0
     rejects_rows: int = 0
     import_runs: int = 0
+    file_id: int = 0  # what the file's rows point at in the storage tables
 
     @property
     def is_complete(self) -> bool:
@@ -170,8 +137,11 @@ def utc_now() -> datetime:
 class DuckDBWarehouse:
     """An embedded DuckDB file. Open it with ``connect()`` for the length of one step."""
 
-    def __init__(self, connection: duckdb.DuckDBPyConnection, read_only: bool = False) -> None:
+    def __init__(
+        self, connection: duckdb.DuckDBPyConnection, path: str | Path, read_only: bool = False
+    ) -> None:
         self._con = connection
+        self._names = NameIds()
         self._con.execute("SET TimeZone = 'UTC'")
         # DuckDB caches up to 80% of RAM by default; an import needs little of it.
         self._con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
@@ -182,8 +152,9 @@ class DuckDBWarehouse:
             # The import's own threads split on the other cores; DuckDB's workers would only
             # contend with them (measured: about 20% less CPU per commit with one).
             self._con.execute("SET threads = 1")
-            self._con.execute(SCHEMA_SQL)
-            self._add_missing_ledger_columns()
+            self.upgraded_from = prepare_for_writing(self._con, str(path))
+        else:
+            check_readable(self._con, str(path))
 
     @classmethod
     @contextmanager
@@ -195,7 +166,7 @@ class DuckDBWarehouse:
         path.parent.mkdir(parents=True, exist_ok=True)
         connection = _connect_waiting(path, read_only=False, lock_wait_seconds=lock_wait_seconds)
         try:
-            yield cls(connection)
+            yield cls(connection, path)
         finally:
             connection.close()
 
@@ -215,43 +186,13 @@ class DuckDBWarehouse:
             return
         connection = _connect_waiting(path, read_only=True, lock_wait_seconds=lock_wait_seconds)
         try:
-            yield cls(connection, read_only=True)
+            yield cls(connection, path, read_only=True)
         finally:
             connection.close()
 
     @property
     def connection(self) -> duckdb.DuckDBPyConnection:
         return self._con
-
-    def _add_missing_ledger_columns(self) -> None:
-        """Give a ledger written before the per-table row counts its missing columns."""
-        present = {
-            name
-            for (name,) in self._con.execute(
-                "SELECT column_name FROM information_schema.columns "
-                "WHERE table_name = 'km_import_files'"
-            ).fetchall()
-        }
-        missing = [column for column in _ADDED_LEDGER_COLUMNS if column not in present]
-        if not missing:
-            return
-        con = self._con
-        con.begin()
-        try:
-            for column in missing:
-                con.execute(f"ALTER TABLE km_import_files ADD COLUMN {column} BIGINT DEFAULT 0")
-            for table, column in ROW_COUNT_COLUMNS.items():
-                if column in missing:
-                    con.execute(
-                        f"UPDATE km_import_files AS f SET {column} = c.n FROM ("
-                        f"SELECT source, file_key, file_etag, count(*) AS n FROM {table} "
-                        "GROUP BY ALL) AS c WHERE f.source = c.source "
-                        "AND f.file_key = c.file_key AND f.file_etag = c.file_etag"
-                    )
-            con.commit()
-        except BaseException:
-            con.rollback()
-            raise
 
     def _select_row(self, where: str, params: list[object]) -> LedgerRow | None:
         found = self._con.execute(
@@ -279,8 +220,9 @@ class DuckDBWarehouse:
 
     def known_names(self) -> KnownNames:
         """Every event and property name any source has loaded (lower-cased)."""
-        events = self._con.execute("SELECT DISTINCT event FROM km_events").fetchall()
-        properties = self._con.execute("SELECT DISTINCT name FROM km_properties").fetchall()
+        names = "SELECT DISTINCT name FROM km_names WHERE kind = ?"
+        events = self._con.execute(names, ["event"]).fetchall()
+        properties = self._con.execute(names, ["property"]).fetchall()
         return KnownNames(
             events=frozenset(row[0] for row in events),
             properties=frozenset(row[0] for row in properties),
@@ -290,8 +232,9 @@ class DuckDBWarehouse:
         """The ledger row of this file version, created as ``pending`` on first sight."""
         self._con.execute(
             "INSERT INTO km_import_files (source, file_key, file_etag, size_bytes, status, "
-            "next_offset, lines_read, lines_loaded, lines_rejected, lines_blank, updated_at) "
-            "VALUES (?, ?, ?, ?, 'pending', 0, 0, 0, 0, 0, ?) ON CONFLICT DO NOTHING",
+            "next_offset, lines_read, lines_loaded, lines_rejected, lines_blank, updated_at, "
+            "file_id) VALUES (?, ?, ?, ?, 'pending', 0, 0, 0, 0, 0, ?, nextval('km_file_ids')) "
+            "ON CONFLICT DO NOTHING",
             [source, key, etag, size, utc_now()],
         )
         row = self.ledger_row(source, key, etag)
@@ -315,13 +258,15 @@ class DuckDBWarehouse:
         """
         file_columns = [row.source, row.file_key, row.file_etag]
         con = self._con
+        if not row.file_id:
+            raise ValueError(f"ledger row of {row.file_key!r} has no file_id; open it first")
         next_offset = row.next_offset
         lines_read = lines_loaded = lines_rejected = lines_blank = 0
         rows: dict[str, int] = dict.fromkeys(ROW_TABLES, 0)
         con.begin()
         try:
             for split, end in pieces:
-                self._insert_rows(split, file_columns)
+                self._insert_rows(split, row.file_id)
                 next_offset = end
                 lines_read += split.lines_read
                 lines_loaded += split.loaded_lines
@@ -364,21 +309,34 @@ class DuckDBWarehouse:
                     f"{row.next_offset} in another import; this run stops without loading"
                 )
             con.commit()
+            self._names.commit()
         except BaseException:
             con.rollback()
+            self._names.rollback()
             raise
         return LedgerRow(*updated)
 
-    def _insert_rows(self, split: SplitLines, file_columns: list[str]) -> None:
-        for table, frame in split.tables().items():
+    def _insert_rows(self, split: SplitLines, file_id: int) -> None:
+        """Append one piece's rows to the storage tables, names replaced by their ids."""
+        con, names = self._con, self._names
+        rows = {
+            "km_event_rows": names.with_name_ids(
+                con, "event", split.events, "event", "event_label"
+            ),
+            "km_property_rows": names.with_name_ids(
+                con, "property", split.properties, "name", "name_label"
+            ),
+            "km_alias_rows": split.aliases,
+            "km_reject_rows": split.rejects,
+        }
+        for table, frame in rows.items():
             if frame.height:
                 # String views as polars holds them: no conversion on the way to DuckDB.
                 arrow_rows = frame.to_arrow(compat_level=pl.CompatLevel.newest())  # noqa: F841
                 columns = ", ".join(frame.columns)
-                self._con.execute(
-                    f"INSERT INTO {table} (source, file_key, file_etag, {columns}) "
-                    f"SELECT ?, ?, ?, {columns} FROM arrow_rows",
-                    file_columns,
+                con.execute(
+                    f"INSERT INTO {table} (file_id, {columns}) SELECT ?, {columns} FROM arrow_rows",
+                    [file_id],
                 )
 
     def mark_archived(self, row: LedgerRow, archived_key: str) -> LedgerRow:

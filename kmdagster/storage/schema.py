@@ -1,0 +1,215 @@
+"""The warehouse schema: compact storage behind the documented relations, and its upgrades.
+
+Storage: rows point at their file by ``file_id`` (from the ledger) and at their event or
+property name by ``name_id`` (``km_names``, one row per label as sent), so the constant
+file columns and the repeated names are stored once. The documented relations
+``km_events``, ``km_properties``, ``km_aliases`` and ``km_rejects`` are views over it
+with the documented columns (plus ``file_id``); ``km_import_files`` is the ledger table.
+
+``km_schema`` records the version. A writer upgrades an older warehouse in one
+transaction, rows kept; a reader refuses it, naming the command that upgrades it; any
+warehouse newer than this code is refused, never misread.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import duckdb
+
+from kmdagster.format.split import MAX_RAW_LINE_CHARS
+
+SCHEMA_VERSION = 2
+UPGRADE_COMMAND = "kmdagster upgrade-warehouse"
+
+_SEQUENCES = """
+CREATE SEQUENCE IF NOT EXISTS km_file_ids START 1;
+CREATE SEQUENCE IF NOT EXISTS km_name_ids START 1;
+"""
+
+_LEDGER = """
+CREATE TABLE IF NOT EXISTS km_import_files (
+    source VARCHAR NOT NULL, file_key VARCHAR NOT NULL, file_etag VARCHAR NOT NULL,
+    size_bytes BIGINT NOT NULL, status VARCHAR NOT NULL, next_offset BIGINT NOT NULL,
+    lines_read BIGINT NOT NULL, lines_loaded BIGINT NOT NULL, lines_rejected BIGINT NOT NULL,
+    lines_blank BIGINT NOT NULL, started_at TIMESTAMPTZ, completed_at TIMESTAMPTZ,
+    archived_key VARCHAR, error VARCHAR, updated_at TIMESTAMPTZ NOT NULL,
+    events_rows BIGINT DEFAULT 0, properties_rows BIGINT DEFAULT 0,
+    aliases_rows BIGINT DEFAULT 0, rejects_rows BIGINT DEFAULT 0, import_runs BIGINT DEFAULT 0,
+    file_id INTEGER,  -- from the km_file_ids sequence, unique
+    PRIMARY KEY (source, file_key, file_etag)
+);
+"""
+
+_STORAGE = """
+CREATE TABLE IF NOT EXISTS km_names (
+    name_id INTEGER PRIMARY KEY, kind VARCHAR NOT NULL, name VARCHAR NOT NULL,
+    label VARCHAR NOT NULL, UNIQUE (kind, label)
+);
+CREATE TABLE IF NOT EXISTS km_event_rows (
+    file_id INTEGER NOT NULL, line_no BIGINT NOT NULL, person VARCHAR NOT NULL,
+    name_id INTEGER NOT NULL, ts TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS km_property_rows (
+    file_id INTEGER NOT NULL, line_no BIGINT NOT NULL, person VARCHAR NOT NULL,
+    ts TIMESTAMPTZ NOT NULL, name_id INTEGER NOT NULL, value VARCHAR NOT NULL,
+    value_number DOUBLE
+);
+CREATE TABLE IF NOT EXISTS km_alias_rows (
+    file_id INTEGER NOT NULL, line_no BIGINT NOT NULL, person VARCHAR NOT NULL,
+    alias VARCHAR NOT NULL, ts TIMESTAMPTZ NOT NULL
+);
+CREATE TABLE IF NOT EXISTS km_reject_rows (
+    file_id INTEGER NOT NULL, line_no BIGINT NOT NULL, reason VARCHAR NOT NULL,
+    raw_line VARCHAR NOT NULL, raw_chars BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS km_schema (version INTEGER NOT NULL, written_at TIMESTAMPTZ NOT NULL);
+"""
+
+_FILE = "JOIN km_import_files AS f ON f.file_id = r.file_id"
+_VIEWS = f"""
+CREATE OR REPLACE VIEW km_events AS
+SELECT f.source, f.file_key, f.file_etag, r.line_no, r.person, n.name AS event,
+       n.label AS event_label, r.ts, r.file_id
+FROM km_event_rows AS r {_FILE} JOIN km_names AS n ON n.name_id = r.name_id;
+CREATE OR REPLACE VIEW km_properties AS
+SELECT f.source, f.file_key, f.file_etag, r.line_no, r.person, r.ts, n.name,
+       n.label AS name_label, r.value, r.value_number, r.file_id
+FROM km_property_rows AS r {_FILE} JOIN km_names AS n ON n.name_id = r.name_id;
+CREATE OR REPLACE VIEW km_aliases AS
+SELECT f.source, f.file_key, f.file_etag, r.line_no, r.person, r.alias, r.ts, r.file_id
+FROM km_alias_rows AS r {_FILE};
+CREATE OR REPLACE VIEW km_rejects AS
+SELECT f.source, f.file_key, f.file_etag, r.line_no, r.reason, r.raw_line, r.raw_chars,
+       r.file_id
+FROM km_reject_rows AS r {_FILE};
+"""
+
+# The storage table behind each documented relation.
+STORAGE_TABLES = {
+    "km_events": "km_event_rows",
+    "km_properties": "km_property_rows",
+    "km_aliases": "km_alias_rows",
+    "km_rejects": "km_reject_rows",
+}
+
+
+class WarehouseSchemaError(RuntimeError):
+    """The warehouse file's schema is not the one this code reads and writes."""
+
+
+def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    found = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
+    ).fetchone()
+    return bool(found and found[0])
+
+
+def schema_version(con: duckdb.DuckDBPyConnection) -> int | None:
+    """The warehouse's version; 1 for a warehouse written before versions were recorded,
+    None for an empty file."""
+    if _has_table(con, "km_schema"):
+        found = con.execute("SELECT max(version) FROM km_schema").fetchone()
+        return int(found[0]) if found and found[0] is not None else None
+    return 1 if _has_table(con, "km_import_files") else None
+
+
+def _too_new(path: str, version: int) -> WarehouseSchemaError:
+    return WarehouseSchemaError(
+        f"the warehouse {path} has schema version {version}, written by a newer kmdagster; "
+        f"this one reads version {SCHEMA_VERSION}. Upgrade kmdagster to use it"
+    )
+
+
+def check_readable(con: duckdb.DuckDBPyConnection, path: str) -> None:
+    """Refuse, with the fix, a warehouse a read-only connection cannot read as is."""
+    version = schema_version(con)
+    if version is None or version == SCHEMA_VERSION:
+        return
+    if version > SCHEMA_VERSION:
+        raise _too_new(path, version)
+    raise WarehouseSchemaError(
+        f"the warehouse {path} has schema version {version}; this kmdagster reads version "
+        f"{SCHEMA_VERSION}. Run `{UPGRADE_COMMAND}` (or let the next import run upgrade it)"
+    )
+
+
+def prepare_for_writing(con: duckdb.DuckDBPyConnection, path: str) -> int | None:
+    """Create the schema, or upgrade an older one in one transaction; returns the version
+    found (None for a new warehouse)."""
+    version = schema_version(con)
+    if version is not None and version > SCHEMA_VERSION:
+        raise _too_new(path, version)
+    if version == SCHEMA_VERSION:
+        return version
+    con.begin()
+    try:
+        if version is None:
+            con.execute(_SEQUENCES + _LEDGER + _STORAGE + _VIEWS)
+        else:
+            _upgrade_from_v1(con)
+        con.execute("DELETE FROM km_schema")
+        con.execute(
+            "INSERT INTO km_schema VALUES (?, ?)", [SCHEMA_VERSION, datetime.now(timezone.utc)]
+        )
+        con.commit()
+    except BaseException:
+        con.rollback()
+        raise
+    return version
+
+
+def _upgrade_from_v1(con: duckdb.DuckDBPyConnection) -> None:
+    """Version 1 kept every column in every row (wide tables km_events, ...): move the rows
+    into the compact storage, count each file's rows, and put the views in their place."""
+    con.execute(_SEQUENCES)
+    for column in ("events_rows", "properties_rows", "aliases_rows", "rejects_rows"):
+        con.execute(f"ALTER TABLE km_import_files ADD COLUMN {column} BIGINT DEFAULT 0")
+    con.execute("ALTER TABLE km_import_files ADD COLUMN import_runs BIGINT DEFAULT 0")
+    con.execute("ALTER TABLE km_import_files ADD COLUMN file_id INTEGER")
+    con.execute("UPDATE km_import_files SET file_id = nextval('km_file_ids')")
+    con.execute(_STORAGE)
+    for kind, name, label, table in (
+        ("event", "event", "event_label", "km_events"),
+        ("property", "name", "name_label", "km_properties"),
+    ):
+        con.execute(
+            "INSERT INTO km_names SELECT nextval('km_name_ids'), ?, name, label FROM "
+            f"(SELECT DISTINCT {name} AS name, {label} AS label FROM {table} ORDER BY label)",
+            [kind],
+        )
+    of_file = (
+        "JOIN km_import_files AS f ON f.source = v.source AND f.file_key = v.file_key "
+        "AND f.file_etag = v.file_etag"
+    )
+    con.execute(
+        "INSERT INTO km_event_rows SELECT f.file_id, v.line_no, v.person, n.name_id, v.ts "
+        f"FROM km_events AS v {of_file} "
+        "JOIN km_names AS n ON n.kind = 'event' AND n.label = v.event_label "
+        "ORDER BY f.file_id, v.line_no"
+    )
+    con.execute(
+        "INSERT INTO km_property_rows SELECT f.file_id, v.line_no, v.person, v.ts, n.name_id, "
+        f"v.value, v.value_number FROM km_properties AS v {of_file} "
+        "JOIN km_names AS n ON n.kind = 'property' AND n.label = v.name_label "
+        "ORDER BY f.file_id, v.line_no"
+    )
+    con.execute(
+        "INSERT INTO km_alias_rows SELECT f.file_id, v.line_no, v.person, v.alias, v.ts "
+        f"FROM km_aliases AS v {of_file} ORDER BY f.file_id, v.line_no"
+    )
+    # Version 1 kept up to 16 KB of a rejected line and not its length: what it kept is
+    # cut to today's length and that is the length recorded.
+    con.execute(
+        "INSERT INTO km_reject_rows SELECT f.file_id, v.line_no, v.reason, "
+        f"left(v.raw_line, {MAX_RAW_LINE_CHARS}), length(v.raw_line) "
+        f"FROM km_rejects AS v {of_file} ORDER BY f.file_id, v.line_no"
+    )
+    for view, table in STORAGE_TABLES.items():
+        con.execute(f"DROP TABLE {view}")
+        column = f"{view.removeprefix('km_')}_rows"
+        con.execute(
+            f"UPDATE km_import_files AS f SET {column} = c.n FROM (SELECT file_id, count(*) AS n "
+            f"FROM {table} GROUP BY file_id) AS c WHERE f.file_id = c.file_id"
+        )
+    con.execute(_VIEWS)

@@ -1,0 +1,183 @@
+"""The warehouse schema: compact storage behind the documented relations, and upgrades.
+
+``fixtures/warehouse_v1.duckdb.gz`` was written by the previous release (schema version
+1, wide tables): one file imported in full and one stopped partway, from km_file seeds 1
+(10 blocks) and 2 (30 blocks, 1 KB chunks).
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pytest
+
+from kmdagster.cli import main
+from kmdagster.format.split import MAX_RAW_LINE_CHARS, split_km_lines
+from kmdagster.storage.schema import SCHEMA_VERSION, UPGRADE_COMMAND, WarehouseSchemaError
+from kmdagster.storage.warehouse import DuckDBWarehouse
+from kmdagster_tests.km_files import km_file
+
+FIXTURE = Path(__file__).parent / "fixtures" / "warehouse_v1.duckdb.gz"
+RELATIONS = ("km_events", "km_properties", "km_aliases", "km_rejects")
+DOCUMENTED_COLUMNS = {
+    "km_events": [
+        "source", "file_key", "file_etag", "line_no", "person", "event", "event_label", "ts",
+    ],
+    "km_properties": [
+        "source", "file_key", "file_etag", "line_no", "person", "ts", "name", "name_label",
+        "value", "value_number",
+    ],
+    "km_aliases": ["source", "file_key", "file_etag", "line_no", "person", "alias", "ts"],
+    "km_rejects": ["source", "file_key", "file_etag", "line_no", "reason", "raw_line"],
+}  # fmt: skip
+
+
+@pytest.fixture
+def v1_path(tmp_path: Path) -> Path:
+    path = tmp_path / "v1.duckdb"
+    with gzip.open(FIXTURE) as packed, path.open("wb") as out:
+        shutil.copyfileobj(packed, out)
+    return path
+
+
+def rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
+    with duckdb.connect(str(path), read_only=True) as con:
+        return con.execute(sql).fetchall()
+
+
+def snapshot(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every documented column of every relation and the ledger's v1 columns, sorted."""
+    found = {
+        relation: rows(path, f"SELECT {', '.join(columns)} FROM {relation} ORDER BY ALL")
+        for relation, columns in DOCUMENTED_COLUMNS.items()
+    }
+    found["km_import_files"] = rows(
+        path,
+        "SELECT source, file_key, file_etag, size_bytes, status, next_offset, lines_read, "
+        "lines_loaded, lines_rejected, lines_blank, completed_at FROM km_import_files ORDER BY ALL",
+    )
+    return found
+
+
+def test_a_warehouse_of_the_previous_version_is_upgraded_with_every_row_kept(
+    v1_path: Path,
+) -> None:
+    before = snapshot(v1_path)
+    assert len(before["km_events"]) == 37 and len(before["km_rejects"]) == 24
+
+    with DuckDBWarehouse.connect(v1_path) as warehouse:
+        assert warehouse.upgraded_from == 1
+
+    assert snapshot(v1_path) == before
+    assert rows(v1_path, "SELECT version FROM km_schema") == [(SCHEMA_VERSION,)]
+    kinds = dict(rows(v1_path, "SELECT table_name, table_type FROM information_schema.tables"))
+    assert all(kinds[relation] == "VIEW" for relation in RELATIONS)
+    # The per-table counts are filled in from the rows each file held.
+    counted = rows(
+        v1_path,
+        "SELECT file_key, events_rows, properties_rows, aliases_rows, rejects_rows "
+        "FROM km_import_files ORDER BY file_key",
+    )
+    held = [
+        (key, *(sum(1 for r in before[t] if r[1] == key) for t in RELATIONS))
+        for key in ("accounts.1.json", "accounts.2.json")
+    ]
+    assert counted == held and counted[0] == ("accounts.1.json", 30, 30, 10, 20)
+
+
+def test_an_upgraded_warehouse_resumes_its_partial_file_and_takes_new_rows(
+    v1_path: Path,
+) -> None:
+    data = km_file(seed=2, repeats=30).data
+    with DuckDBWarehouse.connect(v1_path) as warehouse:
+        [(etag, offset, lines)] = warehouse.connection.execute(
+            "SELECT file_etag, next_offset, lines_read FROM km_import_files "
+            "WHERE file_key = 'accounts.2.json'"
+        ).fetchall()
+        row = warehouse.open_file("accounts", "accounts.2.json", etag, len(data))
+        assert (row.next_offset, row.lines_read, row.file_id > 0) == (offset, lines, True)
+        split = split_km_lines(data[offset:], lines + 1, 1_764_000_000)
+        done = warehouse.commit_chunk(row, [(split, len(data))])
+    expected = km_file(seed=2, repeats=30)
+    assert done.status == "imported" and done.lines_read == expected.lines
+    assert rows(
+        v1_path,
+        "SELECT count(*), count(DISTINCT line_no) FROM km_events "
+        "WHERE file_key = 'accounts.2.json'",
+    ) == [(expected.events, expected.events)]
+    assert done.events_rows == expected.events and done.rejects_rows == expected.rejects
+
+
+def test_a_reader_refuses_an_old_warehouse_naming_the_upgrade(v1_path: Path) -> None:
+    with (
+        pytest.raises(WarehouseSchemaError, match=UPGRADE_COMMAND),
+        DuckDBWarehouse.read_only(v1_path),
+    ):
+        pass
+
+
+def test_a_newer_warehouse_is_refused_by_readers_and_writers(tmp_path: Path) -> None:
+    path = tmp_path / "new.duckdb"
+    with DuckDBWarehouse.connect(path):
+        pass
+    with duckdb.connect(str(path)) as con:
+        con.execute("UPDATE km_schema SET version = ?", [SCHEMA_VERSION + 1])
+    for opening in (DuckDBWarehouse.connect, DuckDBWarehouse.read_only):
+        with pytest.raises(WarehouseSchemaError, match="newer kmdagster"), opening(path):
+            pass
+
+
+def test_rejected_lines_are_kept_short_with_their_full_length(tmp_path: Path) -> None:
+    long_line = '{"_p": "a", "_t": 1700000000, "x": ' + "[" * 50_000
+    split = split_km_lines(long_line.encode() + b"\n", 1, 1_764_000_000)
+    with DuckDBWarehouse.connect(tmp_path / "w.duckdb") as warehouse:
+        row = warehouse.open_file("accounts", "k.json", '"e"', len(long_line) + 1)
+        warehouse.commit_chunk(row, [(split, len(long_line) + 1)])
+        [(kept, full)] = warehouse.connection.execute(
+            "SELECT length(raw_line), raw_chars FROM km_rejects"
+        ).fetchall()
+    assert (kept, full) == (MAX_RAW_LINE_CHARS, len(long_line))
+
+
+def test_names_are_stored_once_with_each_label_as_sent(tmp_path: Path) -> None:
+    lines = b"\n".join(
+        [
+            b'{"_p": "a", "_t": 1700000000, "_n": "Signed Up", "Plan": "Gold"}',
+            b'{"_p": "b", "_t": 1700000001, "_n": "signed up", "plan": "Free"}',
+            b'{"_p": "c", "_t": 1700000002, "_n": "Signed Up"}',
+        ]
+    )
+    with DuckDBWarehouse.connect(tmp_path / "w.duckdb") as warehouse:
+        for n, key in enumerate(("a.json", "b.json")):  # the second file learns no new name
+            row = warehouse.open_file("accounts", key, f'"{n}"', len(lines))
+            warehouse.commit_chunk(row, [(split_km_lines(lines, 1, 1_764_000_000), len(lines))])
+        con = warehouse.connection
+        names = con.execute("SELECT kind, name, label FROM km_names ORDER BY ALL").fetchall()
+        events = con.execute("SELECT event, event_label FROM km_events ORDER BY ALL").fetchall()
+    assert names == [
+        ("event", "signed up", "Signed Up"),
+        ("event", "signed up", "signed up"),
+        ("property", "plan", "Plan"),
+        ("property", "plan", "plan"),
+    ]
+    assert events == [("signed up", "Signed Up")] * 4 + [("signed up", "signed up")] * 2
+
+
+def test_the_upgrade_command_upgrades_once(
+    v1_path: Path, tmp_path: Path, capsys: Any, monkeypatch: Any
+) -> None:
+    config = tmp_path / "kmdagster.yaml"
+    config.write_text(
+        f"warehouse:\n  duckdb_path: {v1_path}\n"
+        "sources:\n  - {name: accounts, bucket: b, base_filename: accounts.json}\n"
+    )
+    monkeypatch.setenv("KMDAGSTER_CONFIG", str(config))
+    assert main(["upgrade-warehouse"]) == 0
+    assert "upgraded from schema version 1" in capsys.readouterr().out
+    assert main(["upgrade-warehouse"]) == 0
+    assert "nothing to upgrade" in capsys.readouterr().out
+    assert main(["status", "accounts", "--json"]) != 2  # readers take it now (S3 aside)
