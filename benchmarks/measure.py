@@ -171,6 +171,43 @@ def measure_import(key: str) -> dict[str, object]:
     }
 
 
+def measure_store(key: str, layout: str) -> dict[str, object]:
+    """``import_file`` alone (no Dagster) into a fresh DuckDB file, in one storage layout:
+    ``compact`` (the product's) or ``wide`` (the previous release's)."""
+    from benchmarks.wide_storage import WideTablesWarehouse
+    from kmdagster.config import load_config
+    from kmdagster.defs.resources import build_s3_resource
+    from kmdagster.importer import import_file
+    from kmdagster.storage.warehouse import DuckDBWarehouse
+
+    config = load_config()
+    source = config.sources[0]
+    path = Path(config.warehouse.duckdb_path)
+    path.unlink(missing_ok=True)
+    layouts = {"compact": DuckDBWarehouse, "wide": WideTablesWarehouse}
+    with layouts[layout].connect(path) as warehouse:
+        started, cpu_started = time.perf_counter(), cpu_seconds()
+        report = import_file(
+            client=build_s3_resource(config).get_client(),
+            warehouse=warehouse,
+            source=source.name,
+            bucket=source.bucket,
+            key=key,
+            chunk_bytes=source.chunk_bytes,
+            time_budget_seconds=3600,
+        )
+        seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
+    size_mb = path.stat().st_size / 1024 / 1024
+    path.unlink()
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "lines": report.lines_read,
+        "peak_rss_mb": peak_rss_mb(),
+        "file_mb": size_mb,
+    }
+
+
 def cpu_seconds() -> float:
     """CPU time of this process so far, all threads, user and system."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -185,6 +222,8 @@ def main() -> int:
     mode = sys.argv[1]
     if mode == "import":
         result = measure_import(sys.argv[2])
+    elif mode == "store":
+        result = measure_store(sys.argv[2], sys.argv[3])
     else:
         path, chunk_bytes = Path(sys.argv[2]), int(sys.argv[3])
         measure = {"split": measure_split, "baseline": measure_baseline, "floor": measure_floor}

@@ -64,9 +64,8 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def import_run(server: SeaweedS3, client: Any, workdir: Path, path: Path, chunk: int) -> dict:
-    key = path.name
-    client.upload_file(str(path), BUCKET, key)
+def bench_config(server: SeaweedS3, workdir: Path, key: str, chunk: int) -> tuple[Path, Path]:
+    """(configuration file, its warehouse path) for importing ``key`` from the bench bucket."""
     warehouse = workdir / f"warehouse-{key}.duckdb"
     warehouse.unlink(missing_ok=True)
     config = workdir / f"kmdagster-{key}.yaml"
@@ -76,6 +75,13 @@ def import_run(server: SeaweedS3, client: Any, workdir: Path, path: Path, chunk:
         f"sources:\n  - name: accounts\n    bucket: {BUCKET}\n    base_filename: accounts.json\n"
         f"    chunk_bytes: {chunk}\n    time_budget_seconds: 3600\n"
     )
+    return config, warehouse
+
+
+def import_run(server: SeaweedS3, client: Any, workdir: Path, path: Path, chunk: int) -> dict:
+    key = path.name
+    client.upload_file(str(path), BUCKET, key)
+    config, warehouse = bench_config(server, workdir, key, chunk)
     assert server.process is not None
     server_cpu = process_cpu_seconds(server.process.pid)
     result = child(["import", key], {"KMDAGSTER_CONFIG": str(config)})
@@ -84,12 +90,31 @@ def import_run(server: SeaweedS3, client: Any, workdir: Path, path: Path, chunk:
     return result
 
 
+def storage_runs(
+    server: SeaweedS3, client: Any, workdir: Path, path: Path, chunk: int, rounds: int
+) -> dict[str, dict[str, Any]]:
+    """The import alone into the previous wide layout and the compact one, taking turns;
+    the fastest round of each. The file is uploaded again: the import job archived it."""
+    key = path.name
+    client.upload_file(str(path), BUCKET, key)
+    config, _ = bench_config(server, workdir, key, chunk)
+    runs: dict[str, list[dict[str, Any]]] = {"wide": [], "compact": []}
+    for _ in range(rounds):
+        for layout, measured in runs.items():
+            measured.append(child(["store", key, layout], {"KMDAGSTER_CONFIG": str(config)}))
+    return {layout: min(measured, key=lambda r: r["seconds"]) for layout, measured in runs.items()}
+
+
 def row(name: str, result: dict[str, Any], size: int) -> str:
     rate = result["lines"] / result["seconds"]
     return (
         f"| {name} | {result['lines']:,} | {result['seconds']:.1f} | {rate:,.0f} | "
         f"{size / MB / result['seconds']:,.1f} | {result['peak_rss_mb']:,.0f} |"
     )
+
+
+def per_million(result: dict[str, Any]) -> str:
+    return f"{result['cpu_seconds'] / (result['lines'] / 1e6):.1f}"
 
 
 def cpu_budget(result: dict[str, Any], cores: int) -> str:
@@ -213,6 +238,7 @@ def main() -> int:
         os.environ["AWS_ACCESS_KEY_ID"] = identity.access_key
         os.environ["AWS_SECRET_ACCESS_KEY"] = identity.secret_key
         results["import"] = import_run(server, client, workdir, path, args.chunk_bytes)
+        stores = storage_runs(server, client, workdir, path, args.chunk_bytes, args.rounds)
         for gigabytes in [float(g) for g in args.memory_gb.split(",") if g.strip()]:
             big = generated(workdir, int(gigabytes * 1024 * MB / AVERAGE_LINE_BYTES))
             measured = import_run(server, client, workdir, big, args.chunk_bytes)
@@ -237,7 +263,18 @@ def main() -> int:
     print(row("kmdagster import job: S3 -> DuckDB (2 cores)", results["import"], size))
     for gigabytes, big_size, measured in memory_runs:
         print(row(f"import job, {gigabytes:g} GB file", measured, big_size))
+    print(row("import alone, previous wide tables", stores["wide"], size))
+    print(row("import alone, compact storage", stores["compact"], size))
     rate = {name: r["lines"] / r["seconds"] for name, r in results.items()}
+    store_rate = {layout: r["lines"] / r["seconds"] for layout, r in stores.items()}
+    storage_gain = store_rate["compact"] / store_rate["wide"]
+    print(
+        f"\ncompact / wide storage: {storage_gain:.2f}x lines/s (fastest of {args.rounds} "
+        f"alternated rounds each); CPU-s per million lines {per_million(stores['wide'])} -> "
+        f"{per_million(stores['compact'])}; DuckDB file {stores['wide']['file_mb']:,.0f} MB -> "
+        f"{stores['compact']['file_mb']:,.0f} MB; peak RSS {stores['wide']['peak_rss_mb']:,.0f}"
+        f" -> {stores['compact']['peak_rss_mb']:,.0f} MB"
+    )
     print(f"\nsame rows from baseline, split and import: {'yes' if same else 'NO'}")
     print(cpu_budget(results["import"], os.cpu_count() or 1))
     print(
@@ -260,6 +297,7 @@ def main() -> int:
             "import peak RSS < 512 MB",
             all(m["peak_rss_mb"] < 512 for m in [results["import"], *(r[2] for r in memory_runs)]),
         ),
+        ("compact storage >= 1.3x the wide tables' import", storage_gain >= 1.3),
         ("sensor < 10 s", scale["sensor_seconds"] < 10),
         ("schedule tick < 2 s", scale["tick_seconds"] < 2),
     ]
