@@ -5,6 +5,10 @@ property name by ``name_id`` (``km_names``, one row per label as sent), so the c
 file columns and the repeated names are stored once. The documented relations
 ``km_events``, ``km_properties``, ``km_aliases`` and ``km_rejects`` are views over it
 with the documented columns (plus ``file_id``); ``km_import_files`` is the ledger table.
+KISSmetrics' own counting is served by views too: ``km_events_dedup`` (one event per
+person, name and second: the first line that sent it), ``km_properties_dedup`` (one value
+per person, property and second: the last line that sent it) and ``km_people`` (every
+identity with its group's person id, from ``km_identity_groups``).
 
 ``km_schema`` records the version. A writer upgrades an older warehouse in one
 transaction, rows kept; a reader refuses it, naming the command that upgrades it; any
@@ -16,8 +20,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import duckdb
+import polars as pl
 
 from kmdagster.format.split import MAX_RAW_LINE_CHARS
+from kmdagster.storage.people import add_alias_pairs
 
 SCHEMA_VERSION = 2
 UPGRADE_COMMAND = "kmdagster upgrade-warehouse"
@@ -63,6 +69,9 @@ CREATE TABLE IF NOT EXISTS km_reject_rows (
     file_id INTEGER NOT NULL, line_no BIGINT NOT NULL, reason VARCHAR NOT NULL,
     raw_line VARCHAR NOT NULL, raw_chars BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS km_identity_groups (
+    identity VARCHAR NOT NULL, person_id VARCHAR NOT NULL
+);
 CREATE TABLE IF NOT EXISTS km_schema (version INTEGER NOT NULL, written_at TIMESTAMPTZ NOT NULL);
 """
 
@@ -83,6 +92,21 @@ CREATE OR REPLACE VIEW km_rejects AS
 SELECT f.source, f.file_key, f.file_etag, r.line_no, r.reason, r.raw_line, r.raw_chars,
        r.file_id
 FROM km_reject_rows AS r {_FILE};
+CREATE OR REPLACE VIEW km_events_dedup AS
+SELECT * FROM km_events
+QUALIFY row_number() OVER (PARTITION BY person, event, ts ORDER BY file_id, line_no) = 1;
+CREATE OR REPLACE VIEW km_properties_dedup AS
+SELECT * FROM km_properties
+QUALIFY row_number() OVER (PARTITION BY person, name, ts ORDER BY file_id DESC, line_no DESC) = 1;
+CREATE OR REPLACE VIEW km_people AS
+WITH seen AS (
+    SELECT person AS identity FROM km_event_rows
+    UNION SELECT person FROM km_property_rows
+    UNION SELECT person FROM km_alias_rows
+    UNION SELECT alias FROM km_alias_rows
+)
+SELECT s.identity, coalesce(g.person_id, s.identity) AS person_id
+FROM seen AS s LEFT JOIN km_identity_groups AS g ON g.identity = s.identity;
 """
 
 # The storage table behind each documented relation.
@@ -198,6 +222,10 @@ def _upgrade_from_v1(con: duckdb.DuckDBPyConnection) -> None:
         "INSERT INTO km_alias_rows SELECT f.file_id, v.line_no, v.person, v.alias, v.ts "
         f"FROM km_aliases AS v {of_file} ORDER BY f.file_id, v.line_no"
     )
+    aliases = pl.DataFrame(
+        pl.from_arrow(con.execute("SELECT person, alias FROM km_alias_rows").to_arrow_table())
+    )
+    add_alias_pairs(con, aliases)
     # Version 1 kept up to 16 KB of a rejected line and not its length: what it kept is
     # cut to today's length and that is the length recorded.
     con.execute(

@@ -22,6 +22,7 @@ from kmdagster.faults import crash_point
 from kmdagster.format.preview import KnownNames
 from kmdagster.format.split import SplitLines
 from kmdagster.storage.names import NameIds
+from kmdagster.storage.people import add_alias_pairs
 from kmdagster.storage.schema import check_readable, prepare_for_writing
 
 STATUSES = ("pending", "in_progress", "imported", "archived", "failed")
@@ -263,10 +264,12 @@ class DuckDBWarehouse:
         next_offset = row.next_offset
         lines_read = lines_loaded = lines_rejected = lines_blank = 0
         rows: dict[str, int] = dict.fromkeys(ROW_TABLES, 0)
+        aliases = []
         con.begin()
         try:
             for split, end in pieces:
                 self._insert_rows(split, row.file_id)
+                aliases.append(split.aliases.select("person", "alias"))
                 next_offset = end
                 lines_read += split.lines_read
                 lines_loaded += split.loaded_lines
@@ -274,6 +277,8 @@ class DuckDBWarehouse:
                 lines_blank += split.blank_lines
                 for table, frame in split.tables().items():
                     rows[table] += frame.height
+            if aliases:
+                add_alias_pairs(con, pl.concat(aliases))
             complete = next_offset >= row.size_bytes
             now = utc_now()
             crash_point("commit_chunk.in_transaction")
