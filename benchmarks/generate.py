@@ -85,3 +85,17 @@ def write_file(path: Path, lines: int, seed: int = 42, block: int = 200_000) -> 
         for start in range(0, lines, block):
             handle.write(generate_lines(min(block, lines - start), seed + start))
     return path.stat().st_size
+
+
+def write_invalid_file(path: Path, size_bytes: int) -> int:
+    """About ``size_bytes`` of lines that all break a rule (each kind in turn, padded to
+    realistic lengths); returns the number of lines."""
+    pad = b" " * 120
+    block = b"".join(kind + pad + b"\n" for kind in INVALID_KINDS)
+    lines_per_block = len(INVALID_KINDS)
+    repeats = max(1, size_bytes // len(block))
+    with path.open("wb") as out:
+        for _ in range(repeats // 1000):
+            out.write(block * 1000)
+        out.write(block * (repeats % 1000))
+    return repeats * lines_per_block

@@ -21,6 +21,8 @@ def test_benchmark_runs_end_to_end_and_methods_agree(tmp_path: Path) -> None:
             "",
             "--scale-keys",
             "300",
+            "--invalid-gb",
+            "0.002",
             "--workdir",
             str(tmp_path),
         ],
@@ -35,4 +37,6 @@ def test_benchmark_runs_end_to_end_and_methods_agree(tmp_path: Path) -> None:
     for method in ("orjson parse only", "msgspec + checks", "validate-and-split", "import job"):
         assert method in out
     assert "sensor over 300 keys (30 matching)" in out
-    assert out.count("HOLDS") + out.count("MISSED") == 7
+    assert "every line invalid" in out and "compact / wide storage:" in out
+    assert out.count("HOLDS") + out.count("MISSED") == 8
+    assert "| 1,000,000 | 200,000 |" in out  # km_people at scale

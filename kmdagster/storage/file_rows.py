@@ -35,7 +35,7 @@ def _count(con: duckdb.DuckDBPyConnection, sql: str, params: list[object]) -> in
 
 
 def _frame(con: duckdb.DuckDBPyConnection, sql: str, params: list[object]) -> pl.DataFrame:
-    return pl.DataFrame(pl.from_arrow(con.execute(sql, params).to_arrow_table()))
+    return con.sql(sql, params=params).pl()
 
 
 def rows_by_table(con: duckdb.DuckDBPyConnection, row: LedgerRow) -> dict[str, int]:

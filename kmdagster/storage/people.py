@@ -20,15 +20,11 @@ def add_alias_pairs(con: duckdb.DuckDBPyConnection, aliases: pl.DataFrame) -> No
         return
     identities = pl.concat([pairs.get_column("a"), pairs.get_column("b")])
     touched = identities.unique().to_frame("identity")  # noqa: F841 - read by DuckDB
-    members = pl.DataFrame(
-        pl.from_arrow(
-            con.execute(
-                "SELECT identity AS a, person_id AS b FROM km_identity_groups WHERE person_id IN "
-                "(SELECT g.person_id FROM km_identity_groups AS g "
-                "JOIN touched AS t ON t.identity = g.identity)"
-            ).to_arrow_table()
-        )
-    )
+    members = con.sql(
+        "SELECT identity AS a, person_id AS b FROM km_identity_groups WHERE person_id IN "
+        "(SELECT g.person_id FROM km_identity_groups AS g "
+        "JOIN touched AS t ON t.identity = g.identity)"
+    ).pl()
     groups = identity_groups(pl.concat([pairs, members.cast(pl.String)]))  # noqa: F841 - as above
     con.execute("DELETE FROM km_identity_groups WHERE identity IN (SELECT identity FROM groups)")
     con.execute("INSERT INTO km_identity_groups SELECT identity, person_id FROM groups")

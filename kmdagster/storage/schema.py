@@ -20,7 +20,6 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 import duckdb
-import polars as pl
 
 from kmdagster.format.split import MAX_RAW_LINE_CHARS
 from kmdagster.storage.people import add_alias_pairs
@@ -222,10 +221,7 @@ def _upgrade_from_v1(con: duckdb.DuckDBPyConnection) -> None:
         "INSERT INTO km_alias_rows SELECT f.file_id, v.line_no, v.person, v.alias, v.ts "
         f"FROM km_aliases AS v {of_file} ORDER BY f.file_id, v.line_no"
     )
-    aliases = pl.DataFrame(
-        pl.from_arrow(con.execute("SELECT person, alias FROM km_alias_rows").to_arrow_table())
-    )
-    add_alias_pairs(con, aliases)
+    add_alias_pairs(con, con.sql("SELECT person, alias FROM km_alias_rows").pl())
     # Version 1 kept up to 16 KB of a rejected line and not its length: what it kept is
     # cut to today's length and that is the length recorded.
     con.execute(
