@@ -24,7 +24,12 @@ screenshots: install  # docs/screenshots/ from the browser test (needs the syste
 	KMDAGSTER_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q -p no:cacheprovider \
 		kmdagster_tests/test_browser.py
 
-bench: install
+# The dlt comparison runs in its own environment: dlt pins its own botocore.
+.venv-dlt/bin/python:
+	$(PYTHON) -m venv .venv-dlt
+	.venv-dlt/bin/python -m pip install --quiet 'dlt[duckdb,s3]>=1.20,<2'
+
+bench: install .venv-dlt/bin/python
 	$(BIN)/python -m benchmarks.run
 
 lint: install

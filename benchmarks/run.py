@@ -105,6 +105,84 @@ def storage_runs(
     return {layout: min(measured, key=lambda r: r["seconds"]) for layout, measured in runs.items()}
 
 
+DLT_PYTHON = ROOT / ".venv-dlt" / "bin" / "python"
+
+
+def dlt_runs(
+    server: SeaweedS3, client: Any, workdir: Path, path: Path, sample_lines: int
+) -> dict[str, Any] | None:
+    """dlt's filesystem JSONL reader into DuckDB on the first ``sample_lines`` lines as they
+    are, and on the same lines without those that are not JSON; kmdagster's import alone on
+    the latter. None when .venv-dlt is missing (`make bench` makes it)."""
+    import orjson
+
+    if not DLT_PYTHON.exists():
+        return None
+    with path.open("rb") as source:
+        lines = [line for _, line in zip(range(sample_lines), source, strict=False)]
+
+    def is_json(line: bytes) -> bool:
+        try:
+            orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return False
+        return True
+
+    samples = {"as is": lines, "JSON lines only": [line for line in lines if is_json(line)]}
+    found: dict[str, Any] = {}
+    for name, kept in samples.items():
+        key = f"accounts.dlt-{len(kept)}.json"
+        (workdir / key).write_bytes(b"".join(kept))
+        client.upload_file(str(workdir / key), BUCKET, key)
+        target = workdir / f"dlt-{len(kept)}.duckdb"
+        target.unlink(missing_ok=True)
+        done = subprocess.run(
+            [
+                str(DLT_PYTHON),
+                "benchmarks/dlt_loader.py",
+                server.endpoint_url,
+                BUCKET,
+                key,
+                str(target),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"dlt loader failed:\n{done.stderr[-4000:]}")
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        result.update(lines=len(kept), bytes=sum(map(len, kept)))
+        found[name] = result
+        target.unlink(missing_ok=True)
+    clean_key = f"accounts.dlt-{len(samples['JSON lines only'])}.json"
+    config, _ = bench_config(server, workdir, clean_key, DEFAULT_CHUNK_BYTES)
+    found["kmdagster"] = child(["store", clean_key, "compact"], {"KMDAGSTER_CONFIG": str(config)})
+    return found
+
+
+def dlt_report(found: dict[str, Any]) -> str:
+    out = [
+        "| loader, sample | lines | seconds | lines/s | rows loaded | peak RSS MB | stopped by |"
+    ]
+    out.append("| --- | --- | --- | --- | --- | --- | --- |")
+    for name in ("as is", "JSON lines only"):
+        r = found[name]
+        rows = ", ".join(f"{t} {n:,}" for t, n in sorted(r["tables"].items())) or "none"
+        out.append(
+            f"| dlt, {name} | {r['lines']:,} | {r['seconds']:.1f} | "
+            f"{r['lines'] / r['seconds']:,.0f} | {rows} | {r['peak_rss_mb']:,.0f} | "
+            f"{r['error'] or ''} |"
+        )
+    k = found["kmdagster"]
+    out.append(
+        f"| kmdagster import alone, JSON lines only | {k['lines']:,} | {k['seconds']:.1f} | "
+        f"{k['lines'] / k['seconds']:,.0f} | every line loaded or rejected with its reason | "
+        f"{k['peak_rss_mb']:,.0f} | |"
+    )
+    return "\n".join(out)
+
+
 def row(name: str, result: dict[str, Any], size: int) -> str:
     rate = result["lines"] / result["seconds"]
     return (
@@ -198,6 +276,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="turns of the one-core methods")
     parser.add_argument("--memory-gb", default="0.5,1,2", help="file sizes for RSS runs")
     parser.add_argument("--scale-keys", type=int, default=100_000)
+    parser.add_argument("--dlt-lines", type=int, default=200_000, help="dlt comparison sample")
     parser.add_argument(
         "--invalid-gb", default="1", help="size of a file whose every line is invalid ('' skips)"
     )
@@ -242,6 +321,7 @@ def main() -> int:
         os.environ["AWS_SECRET_ACCESS_KEY"] = identity.secret_key
         results["import"] = import_run(server, client, workdir, path, args.chunk_bytes)
         stores = storage_runs(server, client, workdir, path, args.chunk_bytes, args.rounds)
+        dlt_found = dlt_runs(server, client, workdir, path, args.dlt_lines)
         for gigabytes in [float(g) for g in args.memory_gb.split(",") if g.strip()]:
             big = generated(workdir, int(gigabytes * 1024 * MB / AVERAGE_LINE_BYTES))
             measured = import_run(server, client, workdir, big, args.chunk_bytes)
@@ -332,6 +412,8 @@ def main() -> int:
     print()
     for name, held in verdicts:
         print(f"{'HOLDS' if held else 'MISSED'}: {name}")
+    print("\ndlt filesystem source (read_jsonl) into DuckDB, on the file's first lines:")
+    print(dlt_report(dlt_found) if dlt_found else "skipped: no .venv-dlt (`make bench` makes it)")
     print("\nkm_people: alias groups merged chunk by chunk, then the view counted")
     people = subprocess.run(
         [sys.executable, "-m", "benchmarks.people"], cwd=ROOT, capture_output=True, text=True

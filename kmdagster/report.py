@@ -166,7 +166,7 @@ def status_markdown(
 def top_events_markdown(events: pl.DataFrame) -> str:
     """The file's most frequent events (``file_rows.top_events``)."""
     return markdown_table(
-        ["event", "as sent", "rows", "people"],
+        ["event", "as sent", "rows", "people (est.)"],
         events.select("event", "label", "rows", "people").rows(),
     )
 
@@ -174,7 +174,7 @@ def top_events_markdown(events: pl.DataFrame) -> str:
 def top_properties_markdown(properties: pl.DataFrame) -> str:
     """The file's most frequent property names (``file_rows.top_properties``)."""
     return markdown_table(
-        ["property", "as sent", "rows", "people", "numeric"],
+        ["property", "as sent", "rows", "people (est.)", "numeric"],
         properties.select("name", "label", "rows", "people", "numeric_rows").rows(),
     )
 

@@ -47,31 +47,41 @@ def rows_by_table(con: duckdb.DuckDBPyConnection, row: LedgerRow) -> dict[str, i
 
 
 def duplicate_rows(con: duckdb.DuckDBPyConnection, row: LedgerRow, table: str) -> int:
-    """Rows of this file version in ``table`` beyond the first with the same identity."""
+    """Rows of this file version in ``table`` beyond the first with the same identity.
+
+    A grouping (which DuckDB spills to disk past its memory limit), not a count of
+    distinct tuples (which it must hold in memory).
+    """
     return _count(
         con,
-        f"SELECT count(*) - count(DISTINCT ({ROW_IDENTITY[table]})) FROM {table} WHERE {_OF_FILE}",
+        f"SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM {table} "
+        f"WHERE {_OF_FILE} GROUP BY {ROW_IDENTITY[table]} HAVING count(*) > 1)",
         _file(row),
     )
 
 
+# Distinct people are estimated (HyperLogLog, within a few percent): memory stays constant
+# whatever the file's size.
 def top_events(con: duckdb.DuckDBPyConnection, row: LedgerRow, limit: int = 10) -> pl.DataFrame:
-    """The file's most frequent events: name, the label sent most, rows, people."""
+    """The file's most frequent events: name, the label sent most, rows, people (estimated)."""
     return _frame(
         con,
         "SELECT event, mode(event_label) AS label, count(*) AS rows, "
-        f"count(DISTINCT person) AS people FROM km_events WHERE {_OF_FILE} "
+        f"approx_count_distinct(person) AS people FROM km_events WHERE {_OF_FILE} "
         "GROUP BY event ORDER BY rows DESC, event LIMIT ?",
         [*_file(row), limit],
     )
 
 
-def top_properties(con: duckdb.DuckDBPyConnection, row: LedgerRow, limit: int = 10) -> pl.DataFrame:
-    """The file's most frequent property names: name, label, rows, people, numeric rows."""
+def top_properties(
+    con: duckdb.DuckDBPyConnection, row: LedgerRow, limit: int = 10
+) -> pl.DataFrame:
+    """The file's most frequent property names: name, label, rows, people (estimated),
+    numeric rows."""
     return _frame(
         con,
         "SELECT name, mode(name_label) AS label, count(*) AS rows, "
-        "count(DISTINCT person) AS people, count(value_number) AS numeric_rows "
+        "approx_count_distinct(person) AS people, count(value_number) AS numeric_rows "
         f"FROM km_properties WHERE {_OF_FILE} "
         "GROUP BY name ORDER BY rows DESC, name LIMIT ?",
         [*_file(row), limit],
@@ -81,12 +91,12 @@ def top_properties(con: duckdb.DuckDBPyConnection, row: LedgerRow, limit: int = 
 def reject_reasons(
     con: duckdb.DuckDBPyConnection, row: LedgerRow, examples: int = 3, example_chars: int = 120
 ) -> pl.DataFrame:
-    """Rejected lines per reason, most frequent first, with the first few of each."""
+    """Rejected lines per reason, most frequent first, with the first few of each (kept
+    ``examples`` at a time: memory does not grow with the number of rejects)."""
     return _frame(
         con,
-        "SELECT reason, count(*) AS lines, "
-        "list(line_no ORDER BY line_no)[1:?] AS first_lines, "
-        "list(left(raw_line, ?) ORDER BY line_no)[1:?] AS examples "
+        "SELECT reason, count(*) AS lines, min(line_no, ?) AS first_lines, "
+        "min_by(left(raw_line, ?), line_no, ?) AS examples "
         f"FROM km_rejects WHERE {_OF_FILE} GROUP BY reason ORDER BY lines DESC, reason",
         [examples, example_chars, examples, *_file(row)],
     )

@@ -1,0 +1,66 @@
+"""The loader a Dagster user would otherwise pick: dlt's filesystem source, JSONL reader,
+into DuckDB, as dlt's documentation shows it. Runs in its own environment (.venv-dlt,
+made by `make bench`), since dlt pins its own botocore.
+
+    .venv-dlt/bin/python benchmarks/dlt_loader.py ENDPOINT BUCKET KEY DUCKDB_PATH
+
+Prints one JSON object: seconds, rows loaded into each table, and the error that stopped
+the load, if any. Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+
+import dlt
+import duckdb
+from dlt.common.configuration.specs import AwsCredentials
+from dlt.sources.filesystem import readers
+
+
+def main() -> int:
+    endpoint, bucket, key, path = sys.argv[1:5]
+    credentials = AwsCredentials(
+        aws_access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"],
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+    )
+    jsonl = readers(
+        bucket_url=f"s3://{bucket}", file_glob=key, credentials=credentials
+    ).read_jsonl()
+    error = None
+    with tempfile.TemporaryDirectory() as pipelines_dir:
+        pipeline = dlt.pipeline(
+            pipeline_name="km_dlt",
+            destination=dlt.destinations.duckdb(path),
+            dataset_name="km",
+            pipelines_dir=pipelines_dir,
+        )
+        started = time.perf_counter()
+        try:
+            pipeline.run(jsonl)
+        except Exception as exc:  # what stopped it is the finding
+            error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        seconds = time.perf_counter() - started
+    tables: dict[str, int] = {}
+    if os.path.exists(path):
+        with duckdb.connect(path, read_only=True) as con:
+            for (table,) in con.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'km' "
+                "AND NOT starts_with(table_name, '_dlt')"
+            ).fetchall():
+                [(count,)] = con.execute(f'SELECT count(*) FROM km."{table}"').fetchall()
+                tables[table] = count
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "tables": tables, "error": error, "peak_rss_mb": rss}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
