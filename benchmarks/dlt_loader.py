@@ -2,7 +2,12 @@
 into DuckDB, as dlt's documentation shows it. Runs in its own environment (.venv-dlt,
 made by `make bench`), since dlt pins its own botocore.
 
-    .venv-dlt/bin/python benchmarks/dlt_loader.py ENDPOINT BUCKET KEY DUCKDB_PATH
+    .venv-dlt/bin/python benchmarks/dlt_loader.py ENDPOINT BUCKET KEY DUCKDB_PATH MODE
+
+MODE ``readers``: ``readers(...).read_jsonl()``, as dlt's documentation shows it (on S3
+each line read costs a ranged read of an fsspec block); ``extract_content``:
+``filesystem(..., extract_content=True) | read_jsonl()``, which reads the whole file into
+memory first.
 
 Prints one JSON object: seconds, rows loaded into each table, and the error that stopped
 the load, if any. Credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
@@ -24,7 +29,7 @@ from dlt.sources.filesystem import readers
 
 
 def main() -> int:
-    endpoint, bucket, key, path = sys.argv[1:5]
+    endpoint, bucket, key, path, mode = sys.argv[1:6]
     credentials = AwsCredentials(
         aws_access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"],
