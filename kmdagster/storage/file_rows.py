@@ -30,8 +30,8 @@ def _file(row: LedgerRow) -> list[object]:
 
 
 def _count(con: duckdb.DuckDBPyConnection, sql: str, params: list[object]) -> int:
-    found = con.execute(sql, params).fetchone()
-    return int(found[0]) if found else 0
+    [(found,)] = con.execute(sql, params).fetchall()  # fetched whole: the connection is free
+    return int(found or 0)
 
 
 def _frame(con: duckdb.DuckDBPyConnection, sql: str, params: list[object]) -> pl.DataFrame:
@@ -122,10 +122,11 @@ def reject_batches(
     Read on a cursor of its own, so the connection stays free for other statements.
     """
     with con.cursor() as cursor:
-        reader = cursor.execute(
+        # A relation streams its result; a DB-API result would be copied whole first.
+        reader = cursor.sql(
             "SELECT line_no, reason, raw_line, raw_chars FROM km_rejects "
             f"WHERE {_OF_FILE} ORDER BY line_no",
-            _file(row),
+            params=_file(row),
         ).to_arrow_reader(batch_rows)
-        for batch in reader:  # type: ignore[union-attr]
+        for batch in reader:
             yield pl.DataFrame(pl.from_arrow(batch))
