@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +96,29 @@ def test_people_follow_alias_chains_cycles_and_merges_across_files(tmp_path: Pat
         merged = people()
     assert {merged[i] for i in ("w", "x", "y", "z")} == {"w"}
     assert merged["c3"] == "c1" and merged["solo"] == "solo"
+
+
+def test_the_readme_queries_give_kissmetrics_answers(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    counts, plans, identities = [
+        query.strip() for query in re.findall(r"```sql\n(.*?)```", readme, re.S)[0].split(";")
+    ][:3]
+    with DuckDBWarehouse.connect(tmp_path / "w.duckdb") as warehouse:
+        load(
+            warehouse,
+            "accounts.1.json",
+            [
+                {"_p": "user42@example.com", "_t": T1, "_n": "Signed Up", "Plan": "Free"},
+                {"_p": "user42@example.com", "_t": T1, "_n": "signed up"},  # same event
+                {"_p": "crm-42", "_t": T2, "_n": "Purchased", "Plan": "Gold"},
+                {"_p": "user42@example.com", "_t": T2, "_p2": "crm-42"},  # one person
+                {"_p": "user7@example.com", "_t": T1, "_n": "Signed Up"},
+            ],
+        )
+        con = warehouse.connection
+        assert con.execute(counts).fetchall() == [("signed up", 2, 2), ("purchased", 1, 1)]
+        assert sorted(con.execute(plans).fetchall()) == [("crm-42", "Gold")]
+        assert sorted(con.execute(identities).fetchall()) == [
+            ("crm-42",),
+            ("user42@example.com",),
+        ]
