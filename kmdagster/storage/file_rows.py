@@ -73,9 +73,7 @@ def top_events(con: duckdb.DuckDBPyConnection, row: LedgerRow, limit: int = 10) 
     )
 
 
-def top_properties(
-    con: duckdb.DuckDBPyConnection, row: LedgerRow, limit: int = 10
-) -> pl.DataFrame:
+def top_properties(con: duckdb.DuckDBPyConnection, row: LedgerRow, limit: int = 10) -> pl.DataFrame:
     """The file's most frequent property names: name, label, rows, people (estimated),
     numeric rows."""
     return _frame(
