@@ -23,6 +23,7 @@ from kmdagster.storage.s3_objects import (
     S3File,
     describe_client_error,
     head_file,
+    head_object,
     is_precondition_failure,
 )
 
@@ -90,12 +91,9 @@ def _destination_state(client: Any, bucket: str, destination: str, source: S3Fil
     A copy's ETag differs from a multipart original's, so the copy carries the source
     ETag in its metadata and is recognised by that and its size.
     """
-    try:
-        head = client.head_object(Bucket=bucket, Key=destination)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            return "absent"
-        raise S3AccessError(describe_client_error(exc, "HeadObject", bucket, destination)) from exc
+    head = head_object(client, bucket, destination)
+    if head is None:
+        return "absent"
     same_size = int(head["ContentLength"]) == source.size
     copied_from = head.get("Metadata", {}).get(SOURCE_ETAG_METADATA)
     same_version = copied_from == source.etag.strip('"') or head["ETag"] == source.etag

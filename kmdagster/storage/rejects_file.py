@@ -21,6 +21,7 @@ from kmdagster.storage.archive import SOURCE_ETAG_METADATA
 from kmdagster.storage.s3_objects import (
     S3AccessError,
     describe_client_error,
+    head_object,
     is_precondition_failure,
 )
 
@@ -81,10 +82,7 @@ def write_rejects_file(
 
 
 def _is_ours(client: Any, bucket: str, key: str, source_etag: str) -> bool:
-    try:
-        head = client.head_object(Bucket=bucket, Key=key)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-            return False
-        raise S3AccessError(describe_client_error(exc, "HeadObject", bucket, key)) from exc
-    return head.get("Metadata", {}).get(SOURCE_ETAG_METADATA) == source_etag.strip('"')
+    head = head_object(client, bucket, key)
+    return head is not None and (
+        head.get("Metadata", {}).get(SOURCE_ETAG_METADATA) == source_etag.strip('"')
+    )

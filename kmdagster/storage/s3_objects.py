@@ -126,16 +126,22 @@ def _require_bucket(client: Any, bucket: str) -> None:
             ) from exc
 
 
-def head_file(client: Any, bucket: str, key: str) -> S3File | None:
-    """The object's current ETag and size, or None when it does not exist."""
+def head_object(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
+    """HeadObject's answer, or None when the key does not exist (nor, maybe, the bucket)."""
     try:
-        head = client.head_object(Bucket=bucket, Key=key)
+        return client.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code")
-        if code in ("404", "NoSuchKey", "NotFound"):
-            _require_bucket(client, bucket)  # a HEAD's 404 does not say which is missing
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
             return None
         raise S3AccessError(describe_client_error(exc, "HeadObject", bucket, key)) from exc
+
+
+def head_file(client: Any, bucket: str, key: str) -> S3File | None:
+    """The object's current ETag and size, or None when it does not exist."""
+    head = head_object(client, bucket, key)
+    if head is None:
+        _require_bucket(client, bucket)  # a HEAD's 404 does not say which is missing
+        return None
     return S3File(
         key=key,
         etag=head["ETag"],
