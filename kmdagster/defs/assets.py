@@ -42,7 +42,8 @@ from kmdagster.storage.chunk_reader import FileChangedError
 from kmdagster.storage.file_rows import reject_batches
 from kmdagster.storage.rejects_file import rejects_key_for, write_rejects_file
 from kmdagster.storage.s3_objects import S3AccessError, S3File, head_file
-from kmdagster.storage.warehouse import ROW_TABLES, DuckDBWarehouse, LedgerConflict, LedgerRow
+from kmdagster.storage.schema import ROW_TABLES
+from kmdagster.storage.warehouse import DuckDBWarehouse, LedgerConflict, LedgerRow
 
 TABLE_DESCRIPTIONS = {
     "km_events": "Events (_n) of this source's files, one row per valid event line.",

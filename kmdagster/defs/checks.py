@@ -24,7 +24,8 @@ from dagster import (
 
 from kmdagster.config import SourceConfig
 from kmdagster.storage.file_rows import ROW_IDENTITY, duplicate_rows, rows_by_table
-from kmdagster.storage.warehouse import ROW_TABLES, LedgerRow
+from kmdagster.storage.schema import ROW_TABLES
+from kmdagster.storage.warehouse import LedgerRow
 
 ROWS_MATCH_LEDGER = "rows_match_ledger"
 NO_DUPLICATE_LINES = "no_duplicate_lines"

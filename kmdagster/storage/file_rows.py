@@ -12,7 +12,8 @@ from collections.abc import Iterator
 import duckdb
 import polars as pl
 
-from kmdagster.storage.warehouse import ROW_TABLES, LedgerRow
+from kmdagster.storage.schema import ROW_TABLES
+from kmdagster.storage.warehouse import LedgerRow
 
 # The columns that identify one row of a file version in each table: one row per line,
 # except properties, one per (line, name) since a line's names are unique once normalised.

@@ -108,13 +108,16 @@ SELECT s.identity, coalesce(g.person_id, s.identity) AS person_id
 FROM seen AS s LEFT JOIN km_identity_groups AS g ON g.identity = s.identity;
 """
 
-# The storage table behind each documented relation.
+# The storage table behind each documented relation, and the ledger column counting each
+# file's rows in it.
 STORAGE_TABLES = {
     "km_events": "km_event_rows",
     "km_properties": "km_property_rows",
     "km_aliases": "km_alias_rows",
     "km_rejects": "km_reject_rows",
 }
+ROW_TABLES = tuple(STORAGE_TABLES)
+ROW_COUNT_COLUMNS = {table: f"{table.removeprefix('km_')}_rows" for table in ROW_TABLES}
 
 
 class WarehouseSchemaError(RuntimeError):
@@ -186,7 +189,7 @@ def _upgrade_from_v1(con: duckdb.DuckDBPyConnection) -> None:
     """Version 1 kept every column in every row (wide tables km_events, ...): move the rows
     into the compact storage, count each file's rows, and put the views in their place."""
     con.execute(_SEQUENCES)
-    for column in ("events_rows", "properties_rows", "aliases_rows", "rejects_rows"):
+    for column in ROW_COUNT_COLUMNS.values():
         con.execute(f"ALTER TABLE km_import_files ADD COLUMN {column} BIGINT DEFAULT 0")
     con.execute("ALTER TABLE km_import_files ADD COLUMN import_runs BIGINT DEFAULT 0")
     con.execute("ALTER TABLE km_import_files ADD COLUMN file_id INTEGER")
@@ -231,7 +234,7 @@ def _upgrade_from_v1(con: duckdb.DuckDBPyConnection) -> None:
     )
     for view, table in STORAGE_TABLES.items():
         con.execute(f"DROP TABLE {view}")
-        column = f"{view.removeprefix('km_')}_rows"
+        column = ROW_COUNT_COLUMNS[view]
         con.execute(
             f"UPDATE km_import_files AS f SET {column} = c.n FROM (SELECT file_id, count(*) AS n "
             f"FROM {table} GROUP BY file_id) AS c WHERE f.file_id = c.file_id"

@@ -23,17 +23,21 @@ from kmdagster.format.preview import KnownNames
 from kmdagster.format.split import SplitLines
 from kmdagster.storage.names import NameIds
 from kmdagster.storage.people import add_alias_pairs
-from kmdagster.storage.schema import check_readable, prepare_for_writing
+from kmdagster.storage.schema import (
+    ROW_COUNT_COLUMNS,
+    ROW_TABLES,
+    STORAGE_TABLES,
+    check_readable,
+    prepare_for_writing,
+)
 
 STATUSES = ("pending", "in_progress", "imported", "archived", "failed")
 LOCK_WAIT_SECONDS = 120.0
 DUCKDB_MEMORY_LIMIT = "64MB"
 CHECKPOINT_THRESHOLD = "256MB"
 
-# The tables a file's lines land in, and the ledger column counting its rows in each.
-ROW_TABLES = ("km_events", "km_properties", "km_aliases", "km_rejects")
-ROW_COUNT_COLUMNS = {table: f"{table.removeprefix('km_')}_rows" for table in ROW_TABLES}
-
+# Each table's row count is added in the ledger update of the chunk that inserted them.
+_ADD_ROW_COUNTS = ", ".join(f"{c} = {c} + ?" for c in ROW_COUNT_COLUMNS.values())
 _LEDGER_COLUMNS = (
     "source, file_key, file_etag, size_bytes, status, next_offset, lines_read, lines_loaded, "
     "lines_rejected, lines_blank, started_at, completed_at, archived_key, error, updated_at, "
@@ -143,6 +147,7 @@ class DuckDBWarehouse:
     ) -> None:
         self._con = connection
         self._names = NameIds()
+        self.upgraded_from: int | None = None  # the schema version a writer found
         self._con.execute("SET TimeZone = 'UTC'")
         # DuckDB caches up to 80% of RAM by default; an import needs little of it.
         self._con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
@@ -287,9 +292,7 @@ class DuckDBWarehouse:
                 "lines_read = lines_read + ?, lines_loaded = lines_loaded + ?, "
                 "lines_rejected = lines_rejected + ?, lines_blank = lines_blank + ?, "
                 "started_at = coalesce(started_at, ?), completed_at = ?, error = NULL, "
-                "updated_at = ?, events_rows = events_rows + ?, "
-                "properties_rows = properties_rows + ?, aliases_rows = aliases_rows + ?, "
-                "rejects_rows = rejects_rows + ?, import_runs = import_runs + ? "
+                f"updated_at = ?, {_ADD_ROW_COUNTS}, import_runs = import_runs + ? "
                 "WHERE source = ? AND file_key = ? AND file_etag = ? AND next_offset = ? "
                 f"RETURNING {_LEDGER_COLUMNS}",
                 [
@@ -324,23 +327,19 @@ class DuckDBWarehouse:
     def _insert_rows(self, split: SplitLines, file_id: int) -> None:
         """Append one piece's rows to the storage tables, names replaced by their ids."""
         con, names = self._con, self._names
-        rows = {
-            "km_event_rows": names.with_name_ids(
-                con, "event", split.events, "event", "event_label"
-            ),
-            "km_property_rows": names.with_name_ids(
-                con, "property", split.properties, "name", "name_label"
-            ),
-            "km_alias_rows": split.aliases,
-            "km_reject_rows": split.rejects,
-        }
-        for table, frame in rows.items():
+        rows = split.tables()
+        rows["km_events"] = names.with_name_ids(con, "event", split.events, "event", "event_label")
+        rows["km_properties"] = names.with_name_ids(
+            con, "property", split.properties, "name", "name_label"
+        )
+        for relation, frame in rows.items():
             if frame.height:
                 # String views as polars holds them: no conversion on the way to DuckDB.
                 arrow_rows = frame.to_arrow(compat_level=pl.CompatLevel.newest())  # noqa: F841
                 columns = ", ".join(frame.columns)
                 con.execute(
-                    f"INSERT INTO {table} (file_id, {columns}) SELECT ?, {columns} FROM arrow_rows",
+                    f"INSERT INTO {STORAGE_TABLES[relation]} (file_id, {columns}) "
+                    f"SELECT ?, {columns} FROM arrow_rows",
                     [file_id],
                 )
 
