@@ -51,7 +51,7 @@ class FileState:
 
 
 def file_states(root_files: list[S3File], ledger: list[LedgerRow]) -> list[FileState]:
-    """One state per file version: each root file and each ledger row, in key order."""
+    """One state per file version, each root file and each ledger row, in import order."""
     at_root = {(file.key, file.etag): file for file in root_files}
     root_etag = {file.key: file.etag for file in root_files}
     states = []
@@ -118,8 +118,8 @@ def backlog(states: list[FileState]) -> list[FileState]:
 
 def oldest_waiting(states: list[FileState]) -> FileState | None:
     """The backlog file written longest ago (None when nothing waits)."""
-    dated = [s for s in backlog(states) if s.waiting_since is not None]
-    return min(dated, key=lambda s: s.waiting_since or 0) if dated else None
+    dated = [(s.waiting_since, s) for s in backlog(states) if s.waiting_since is not None]
+    return min(dated, key=lambda pair: pair[0])[1] if dated else None
 
 
 def backlog_eta(cron: str, backlog_files: int, now: datetime) -> datetime | None:

@@ -5,8 +5,9 @@
   offset, percent, lines, throughput) as an observation, which the next run reads back as
   its resume hint.
 - ``<source>/km_events``, ``km_properties``, ``km_aliases``, ``km_rejects``: materialized,
-  with their own row counts and data checks, only when the whole file is in the
-  warehouse. A re-run of a complete file loads nothing and says so.
+  with their own row counts, only when the whole file is in the warehouse; their data
+  checks are evaluated at every run, on what the file has committed so far. A re-run of
+  a complete file loads nothing and says so.
 - ``<source>/archived_file``: the move to completed_imports/ with the rejects file beside it.
 """
 
@@ -254,27 +255,28 @@ def build_archive_asset(
             imported = row
             try:
                 at_root = head_file(client, source.bucket, key)
-                if row.archived_key and (at_root is None or at_root.etag != row.file_etag):
+                # Archived before, and this version is no longer at the root: nothing to move.
+                gone = at_root is None or at_root.etag != row.file_etag
+                archived_before = row.archived_key if gone else None
+                already = archived_before is not None
+                if archived_before is not None:
                     context.log.info(
                         f"s3://{source.bucket}/{key} (ETag {row.file_etag}) was already "
-                        f"archived to {row.archived_key}; nothing to move"
+                        f"archived to {archived_before}; nothing to move"
                     )
-                    archived_key, already = row.archived_key, True
+                    archived_key = archived_before
                 else:
 
                     def record(archive_key: str) -> None:
                         _write_rejects_beside(client, source, warehouse, imported, archive_key)
                         warehouse.mark_archived(imported, archive_key)
 
-                    archived_key, already = (
-                        archive_file(
-                            client,
-                            source.bucket,
-                            S3File(key=key, etag=row.file_etag, size=row.size_bytes),
-                            row.completed_at,
-                            record=record,
-                        ),
-                        False,
+                    archived_key = archive_file(
+                        client,
+                        source.bucket,
+                        S3File(key=key, etag=row.file_etag, size=row.size_bytes),
+                        row.completed_at,
+                        record=record,
                     )
             except S3AccessError as exc:
                 raise Failure(description=str(exc)) from exc

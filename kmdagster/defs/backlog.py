@@ -17,6 +17,7 @@ from dagster import (
     AssetCheckResult,
     AssetChecksDefinition,
     AssetCheckSeverity,
+    AssetKey,
     MetadataValue,
     asset_check,
 )
@@ -65,7 +66,7 @@ def read_backlog_outcome(
 
 
 def backlog_evaluation(
-    file_key: Any, passed: bool, metadata: dict[str, Any]
+    file_key: AssetKey, passed: bool, metadata: dict[str, Any]
 ) -> AssetCheckEvaluation:
     """The check result as an event a sensor reports."""
     return AssetCheckEvaluation(
@@ -78,12 +79,13 @@ def backlog_evaluation(
 
 
 def outcome_fingerprint(passed: bool, metadata: dict[str, Any]) -> str:
-    """Changes when the result or the file table changes, not as time passes."""
-    table = metadata["files"].value
-    return hashlib.sha256(f"{passed}|{table}".encode()).hexdigest()[:16]
+    """Changes when the result, the file table or the backlog's size changes, not as time
+    passes (the table shows at most ``FILES_SHOWN`` files of each kind)."""
+    settled = {k: str(v) for k, v in metadata.items() if k != "oldest_waiting_hours"}
+    return hashlib.sha256(f"{passed}|{sorted(settled.items())}".encode()).hexdigest()[:16]
 
 
-def build_backlog_check(source: SourceConfig, file_key: Any) -> AssetChecksDefinition:
+def build_backlog_check(source: SourceConfig, file_key: AssetKey) -> AssetChecksDefinition:
     pattern = FilePattern.from_base_filename(source.base_filename)
 
     @asset_check(

@@ -6,6 +6,7 @@ of file states changed since its last report.
 """
 
 from dagster import (
+    AssetKey,
     AssetMaterialization,
     DefaultSensorStatus,
     DynamicPartitionsDefinition,
@@ -34,10 +35,10 @@ def new_partition_keys(listed_keys: list[str], registered: set[str]) -> tuple[li
     )
 
 
-def landed_materialization(file_key: object, bucket: str, file: S3File) -> AssetMaterialization:
+def landed_materialization(file_key: AssetKey, bucket: str, file: S3File) -> AssetMaterialization:
     """The S3 file as an asset partition: it exists, with this version."""
     return AssetMaterialization(
-        asset_key=file_key,  # type: ignore[arg-type]
+        asset_key=file_key,
         partition=file.key,
         description=f"s3://{bucket}/{file.key} registered for import",
         metadata={
@@ -50,7 +51,7 @@ def landed_materialization(file_key: object, bucket: str, file: S3File) -> Asset
 
 
 def build_file_sensor(
-    source: SourceConfig, partitions: DynamicPartitionsDefinition, file_key: object
+    source: SourceConfig, partitions: DynamicPartitionsDefinition, file_key: AssetKey
 ) -> SensorDefinition:
     pattern = FilePattern.from_base_filename(source.base_filename)
     partitions_name = files_partitions_name(source)
@@ -83,9 +84,10 @@ def build_file_sensor(
         passed, metadata = read_backlog_outcome(
             client, source, km_warehouse.duckdb_path, root_files=listed
         )
-        fingerprint = outcome_fingerprint(passed, metadata)
         # Without the ledger (an import holds it) the table would be partial: report later.
-        if fingerprint != context.cursor and "ledger_note" not in metadata:
+        ledger_read = "ledger_note" not in metadata
+        fingerprint = outcome_fingerprint(passed, metadata) if ledger_read else context.cursor
+        if fingerprint != context.cursor:
             events.append(backlog_evaluation(file_key, passed, metadata))
         if not events:
             return SkipReason(
@@ -95,7 +97,7 @@ def build_file_sensor(
         return SensorResult(
             dynamic_partitions_requests=[partitions.build_add_request(to_add)] if to_add else [],
             asset_events=events,
-            cursor=fingerprint if "ledger_note" not in metadata else context.cursor,
+            cursor=fingerprint,
         )
 
     return file_sensor
