@@ -1,4 +1,4 @@
-"""``kmdagster``: set up and watch sources from a terminal.
+"""kmdagster: set up and watch sources from a terminal.
 
 preview, check, status and policy only read (S3 and, read-only, the warehouse); confirm
 runs check and preview, then switches the source's sensor and schedule on in the Dagster
@@ -7,7 +7,7 @@ instance with Dagster's own CLI, so the daemon sees exactly what the UI toggle w
 
 from __future__ import annotations
 
-import argparse
+import functools
 import json
 import os
 import subprocess
@@ -15,10 +15,11 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
+import click
 from botocore.exceptions import BotoCoreError, NoCredentialsError
 from dagster import DagsterInstance
 
-from kmdagster.config import ConfigError, KmConfig, SourceConfig, load_config
+from kmdagster.config import CONFIG_ENV_VAR, ConfigError, KmConfig, SourceConfig, load_config
 from kmdagster.defs.resources import WarehouseResource, build_s3_resource
 from kmdagster.defs.setup_assets import record_confirmed_setup
 from kmdagster.preview import FilePreview, SetupRuleError, setup_preview
@@ -45,7 +46,7 @@ def run_preview(config: KmConfig, source: SourceConfig, key: str | None) -> File
     try:
         names = WarehouseResource(duckdb_path=config.warehouse.duckdb_path).known_names()
     except WarehouseBusy as exc:
-        print(f"note: names are not compared with the warehouse: {exc}", file=sys.stderr)
+        click.echo(f"note: names are not compared with the warehouse: {exc}", err=True)
         names = None
     return setup_preview(s3_client(config), source, names, key=key)
 
@@ -55,17 +56,51 @@ def run_check(config: KmConfig, source: SourceConfig) -> list[PermissionResult]:
     return check_permissions(s3_client(config), source.bucket, pattern)
 
 
-def cmd_preview(config: KmConfig, source: SourceConfig, args: argparse.Namespace) -> None:
-    preview = run_preview(config, source, args.key)
-    if args.json:
-        print(json.dumps(preview.to_dict(), indent=2))
-    else:
-        print(preview_markdown(preview))
+WAIT_HELP = "seconds to wait for a running import to release the warehouse"
+JSON_HELP = "print one JSON object"
 
 
-def cmd_check(config: KmConfig, source: SourceConfig, args: argparse.Namespace) -> None:
+@click.group(help=__doc__)
+@click.option(
+    "--config",
+    "config_file",
+    help="configuration file (default: $KMDAGSTER_CONFIG or ./kmdagster.yaml)",
+)
+def cli(config_file: str | None) -> None:
+    # Read by each command when it runs (so --help needs no configuration), and by the
+    # dagster commands confirm starts.
+    if config_file:
+        os.environ[CONFIG_ENV_VAR] = config_file
+
+
+def source_command(help_text: str) -> Any:
+    """A command about one source: it is given the configuration and that source."""
+
+    def decorate(function: Any) -> Any:
+        @click.argument("source_name", metavar="SOURCE")
+        @functools.wraps(function)
+        def command(source_name: str, **options: Any) -> None:
+            config = load_config()
+            function(config, config.source(source_name), **options)
+
+        return cli.command(function.__name__.replace("_", "-"), help=help_text)(command)
+
+    return decorate
+
+
+@source_command("show what the first pending file would import")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@click.option("--key", help="preview this key instead of the first pending")
+def preview(config: KmConfig, source: SourceConfig, as_json: bool, key: str | None) -> None:
+    result = run_preview(config, source, key)
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else preview_markdown(result))
+
+
+@source_command("verify each S3 permission the import needs")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+def check(config: KmConfig, source: SourceConfig, as_json: bool) -> None:
     results = run_check(config, source)
-    if args.json:
+    if as_json:
         rows = [
             {
                 "permission": r.permission.name,
@@ -76,21 +111,24 @@ def cmd_check(config: KmConfig, source: SourceConfig, args: argparse.Namespace) 
             }
             for r in results
         ]
-        print(json.dumps({"bucket": source.bucket, "permissions": rows}, indent=2))
+        click.echo(json.dumps({"bucket": source.bucket, "permissions": rows}, indent=2))
     else:
-        print(check_markdown(source.bucket, results))
+        click.echo(check_markdown(source.bucket, results))
     if not all(r.passed for r in results):
         raise CommandFailed(f"missing S3 permissions on bucket {source.bucket!r}")
 
 
-def cmd_status(config: KmConfig, source: SourceConfig, args: argparse.Namespace) -> None:
-    status = read_source_status(s3_client(config), source, config.warehouse.duckdb_path, args.wait)
-    if status.ledger_note:
-        print(f"note: {status.ledger_note}", file=sys.stderr)
-    states, ledger_note = status.states, status.ledger_note
+@source_command("list every known file and the backlog")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
+@click.option("--wait", type=float, default=10.0, show_default=True, help=WAIT_HELP)
+def status(config: KmConfig, source: SourceConfig, as_json: bool, wait: float) -> None:
+    found = read_source_status(s3_client(config), source, config.warehouse.duckdb_path, wait)
+    if found.ledger_note:
+        click.echo(f"note: {found.ledger_note}", err=True)
+    states = found.states
     waiting = backlog(states)
     eta = backlog_eta(source.cron, len(waiting), datetime.now(timezone.utc))
-    if args.json:
+    if as_json:
         report = {
             "source": source.name,
             "bucket": source.bucket,
@@ -98,39 +136,37 @@ def cmd_status(config: KmConfig, source: SourceConfig, args: argparse.Namespace)
             "backlog": len(waiting),
             "backlog_bytes": sum(state.size_bytes - state.next_offset for state in waiting),
             "backlog_done_by": eta.isoformat() if eta else None,
-            "ledger_note": ledger_note,
+            "ledger_note": found.ledger_note,
         }
-        print(json.dumps(report, indent=2))
+        click.echo(json.dumps(report, indent=2))
     else:
-        print(status_markdown(source.name, source.bucket, states, len(waiting), eta))
+        click.echo(status_markdown(source.name, source.bucket, states, len(waiting), eta))
 
 
-def cmd_policy(config: KmConfig, source: SourceConfig, args: argparse.Namespace) -> None:
-    print(json.dumps(iam_policy(source.bucket), indent=2))
-
-
-def cmd_confirm(config: KmConfig, source: SourceConfig, args: argparse.Namespace) -> None:
+@source_command("check, preview, then switch the sensor and schedule on")
+@click.option("--workspace", help=f"workspace.yaml to load (default: -m {DEFINITIONS_MODULE})")
+def confirm(config: KmConfig, source: SourceConfig, workspace: str | None) -> None:
     if not os.environ.get("DAGSTER_HOME"):
         raise CommandFailed(
             "DAGSTER_HOME is not set: confirm switches the sensor and schedule on in the "
             "Dagster instance, so set it to the instance your daemon uses"
         )
     results = run_check(config, source)
-    print(check_markdown(source.bucket, results))
+    click.echo(check_markdown(source.bucket, results))
     problems = []
     if not all(r.passed for r in results):
         problems.append(f"fix the S3 permissions on bucket {source.bucket!r}")
-    preview = None
+    found = None
     try:
-        preview = run_preview(config, source, None)
-        print(preview_markdown(preview))
+        found = run_preview(config, source, None)
+        click.echo(preview_markdown(found))
     except SetupRuleError as exc:
         problems.append(str(exc))
-    if problems or preview is None:
+    if problems or found is None:
         raise CommandFailed("not confirmed: " + "; ".join(problems))
     with DagsterInstance.get() as instance:  # the UI shows what was confirmed
-        record_confirmed_setup(instance, source, results, preview)
-    target = ["-w", args.workspace] if args.workspace else ["-m", DEFINITIONS_MODULE]
+        record_confirmed_setup(instance, source, results, found)
+    target = ["-w", workspace] if workspace else ["-m", DEFINITIONS_MODULE]
     for kind, name in (
         ("sensor", f"{source.name}_file_sensor"),
         ("schedule", f"{source.name}_hourly_import"),
@@ -142,90 +178,46 @@ def cmd_confirm(config: KmConfig, source: SourceConfig, args: argparse.Namespace
         )
         if done.returncode != 0:
             raise CommandFailed(f"could not start {kind} {name}: {done.stderr.strip()[-2000:]}")
-        print(f"{kind} {name} is now running")
-    print(f"confirmed: {source.name} registers new files and imports one per tick ({source.cron})")
+        click.echo(f"{kind} {name} is now running")
+    click.echo(
+        f"confirmed: {source.name} registers new files and imports one per tick ({source.cron})"
+    )
 
 
-def cmd_upgrade_warehouse(config: KmConfig, args: argparse.Namespace) -> None:
-    path = config.warehouse.duckdb_path
-    with DuckDBWarehouse.connect(path, lock_wait_seconds=args.wait) as warehouse:
+@source_command("print the least-privilege IAM policy for the source's bucket")
+def policy(config: KmConfig, source: SourceConfig) -> None:
+    click.echo(json.dumps(iam_policy(source.bucket), indent=2))
+
+
+@cli.command(help="upgrade the warehouse file to this version's schema, in one transaction")
+@click.option("--wait", type=float, default=120.0, show_default=True, help=WAIT_HELP)
+def upgrade_warehouse(wait: float) -> None:
+    path = load_config().warehouse.duckdb_path
+    with DuckDBWarehouse.connect(path, lock_wait_seconds=wait) as warehouse:
         found = warehouse.upgraded_from
     if found is None or found == SCHEMA_VERSION:
-        print(f"{path}: schema version {SCHEMA_VERSION}, nothing to upgrade")
+        click.echo(f"{path}: schema version {SCHEMA_VERSION}, nothing to upgrade")
     else:
-        print(f"{path}: upgraded from schema version {found} to {SCHEMA_VERSION}, rows kept")
-
-
-# Commands about the warehouse as a whole, not one source.
-WAREHOUSE_COMMANDS = {
-    "upgrade-warehouse": (
-        cmd_upgrade_warehouse,
-        "upgrade the warehouse file to this version's schema, in one transaction",
-    ),
-}
-
-COMMANDS = {
-    "preview": (cmd_preview, "show what the first pending file would import"),
-    "check": (cmd_check, "verify each S3 permission the import needs"),
-    "status": (cmd_status, "list every known file and the backlog"),
-    "confirm": (cmd_confirm, "check, preview, then switch the sensor and schedule on"),
-    "policy": (cmd_policy, "print the least-privilege IAM policy for the source's bucket"),
-}
-
-
-def parser() -> argparse.ArgumentParser:
-    main_parser = argparse.ArgumentParser(prog="kmdagster", description=__doc__)
-    main_parser.add_argument(
-        "--config", help="configuration file (default: $KMDAGSTER_CONFIG or ./kmdagster.yaml)"
-    )
-    commands = main_parser.add_subparsers(dest="command", required=True)
-    for name, (_, help_text) in WAREHOUSE_COMMANDS.items():
-        command = commands.add_parser(name, help=help_text, description=help_text)
-        command.add_argument(
-            "--wait",
-            type=float,
-            default=120.0,
-            help="seconds to wait for a running import to release the warehouse",
-        )
-    for name, (_, help_text) in COMMANDS.items():
-        command = commands.add_parser(name, help=help_text, description=help_text)
-        command.add_argument("source", help="the source's name in the configuration")
-        if name in ("preview", "check", "status"):
-            command.add_argument("--json", action="store_true", help="print one JSON object")
-        if name == "preview":
-            command.add_argument("--key", help="preview this key instead of the first pending")
-        if name == "status":
-            command.add_argument(
-                "--wait",
-                type=float,
-                default=10.0,
-                help="seconds to wait for a running import to release the warehouse",
-            )
-        if name == "confirm":
-            command.add_argument(
-                "--workspace", help=f"workspace.yaml to load (default: -m {DEFINITIONS_MODULE})"
-            )
-    return main_parser
+        click.echo(f"{path}: upgraded from schema version {found} to {SCHEMA_VERSION}, rows kept")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    """Run one command; the exit code is 0, 1 (a check or S3 failed) or 2 (usage, config)."""
     try:
-        if args.config:
-            os.environ["KMDAGSTER_CONFIG"] = args.config  # confirm's dagster calls read it too
-        config = load_config()
-        if args.command in WAREHOUSE_COMMANDS:
-            WAREHOUSE_COMMANDS[args.command][0](config, args)
-        else:
-            COMMANDS[args.command][0](config, config.source(args.source), args)
+        cli.main(args=argv, prog_name="kmdagster", standalone_mode=False)
+    except click.ClickException as exc:  # usage errors: exit code 2, as before
+        exc.show()
+        return exc.exit_code
+    except click.Abort:
+        return 1
     except ConfigError as exc:
-        print(f"kmdagster: {exc}", file=sys.stderr)
+        click.echo(f"kmdagster: {exc}", err=True)
         return 2
     except NoCredentialsError:
-        print(
+        click.echo(
             "kmdagster: no AWS credentials found: set AWS_ACCESS_KEY_ID and "
             "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run with an instance role",
-            file=sys.stderr,
+            err=True,
         )
         return 1
     except (
@@ -235,10 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         WarehouseBusy,
         WarehouseSchemaError,
     ) as exc:
-        print(f"kmdagster: {exc}", file=sys.stderr)
+        click.echo(f"kmdagster: {exc}", err=True)
         return 1
     except BotoCoreError as exc:  # e.g. the endpoint cannot be reached
-        print(f"kmdagster: S3 request failed: {exc}", file=sys.stderr)
+        click.echo(f"kmdagster: S3 request failed: {exc}", err=True)
         return 1
     return 0
 

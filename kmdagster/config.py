@@ -1,22 +1,24 @@
-"""The kmdagster YAML configuration: parsed once, validated field by field.
+"""The kmdagster YAML configuration: one typed model per section, validated by pydantic.
 
-Credentials never live here: boto3 takes them from the standard AWS chain.
+Every setting is declared once, here, with its default and its rule; a wrong value fails
+with a ``ConfigError`` naming the file and the field. Credentials never live here: boto3
+takes them from the standard AWS chain.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from kmdagster.dagster_internals import is_valid_cron
 
 CONFIG_ENV_VAR = "KMDAGSTER_CONFIG"
 DEFAULT_CONFIG_FILE = "kmdagster.yaml"
-DEFAULT_CRON = "0 * * * *"
-DEFAULT_TIME_BUDGET_SECONDS = 300.0
 # Bytes per warehouse transaction: enough lines that each large table gets more rows than
 # a DuckDB row group (122,880), which DuckDB then writes compressed straight to the file
 # instead of logging every row and compressing it again at a checkpoint.
@@ -24,54 +26,84 @@ DEFAULT_CHUNK_BYTES = 48 * 1024 * 1024
 # A chunk is read and split in pieces of about this size: the split's working memory is
 # ~15-20x its input, so memory is bounded by the pieces in hand, not by the chunk.
 SPLIT_PIECE_BYTES = 2 * 1024 * 1024
-DEFAULT_SENSOR_INTERVAL_SECONDS = 180
-# The reject_rate check warns above this share of a file's non-blank lines.
-DEFAULT_REJECT_RATE_WARN_PERCENT = 5.0
-# The backlog check warns when the oldest file waiting at the bucket root is older than this.
-DEFAULT_BACKLOG_WARN_HOURS = 24.0
-DEFAULT_DUCKDB_PATH = ".kmdagster/warehouse.duckdb"
 MIN_CHUNK_BYTES = 1024
-
 _SOURCE_NAME = re.compile(r"^[a-z0-9_]+$")
+
+# Whole numbers and numbers as YAML writes them: no strings, no booleans.
+PositiveInt = Annotated[int, Field(strict=True, gt=0)]
+PositiveNumber = Annotated[float, Field(strict=True, gt=0)]
+Text = Annotated[str, Field(strict=True, min_length=1)]
 
 
 class ConfigError(ValueError):
     """The configuration file is invalid; the message names the file and the field."""
 
 
-@dataclass(frozen=True)
-class S3Settings:
-    endpoint_url: str | None = None
-    region_name: str | None = None
-    max_attempts: int = 8
-    retry_mode: str = "standard"  # botocore's "standard" or "adaptive" (client-side rate limit)
-    connect_timeout_seconds: int = 10
-    read_timeout_seconds: int = 60
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
 
-@dataclass(frozen=True)
-class WarehouseSettings:
-    duckdb_path: str = DEFAULT_DUCKDB_PATH
+class S3Settings(_Section):
+    """How the S3 client connects; the Dagster resource takes these fields as they are."""
+
+    endpoint_url: Text | None = None
+    region_name: Text | None = None
+    max_attempts: PositiveInt = 8
+    retry_mode: Literal["standard", "adaptive"] = "standard"  # adaptive: client-side rate limit
+    connect_timeout_seconds: PositiveInt = 10
+    read_timeout_seconds: PositiveInt = 60
 
 
-@dataclass(frozen=True)
-class SourceConfig:
-    name: str
-    bucket: str
-    base_filename: str
-    cron: str = DEFAULT_CRON
-    time_budget_seconds: float = DEFAULT_TIME_BUDGET_SECONDS
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES
-    sensor_interval_seconds: int = DEFAULT_SENSOR_INTERVAL_SECONDS
-    reject_rate_warn_percent: float = DEFAULT_REJECT_RATE_WARN_PERCENT
-    backlog_warn_hours: float = DEFAULT_BACKLOG_WARN_HOURS
+class WarehouseSettings(_Section):
+    duckdb_path: Text = ".kmdagster/warehouse.duckdb"
 
 
-@dataclass(frozen=True)
-class KmConfig:
-    s3: S3Settings = field(default_factory=S3Settings)
-    warehouse: WarehouseSettings = field(default_factory=WarehouseSettings)
-    sources: tuple[SourceConfig, ...] = ()
+class SourceConfig(_Section):
+    """One recurring import: the files ``base_filename`` matches at the root of ``bucket``."""
+
+    name: Text
+    bucket: Text
+    base_filename: Text
+    cron: Text = "0 * * * *"
+    time_budget_seconds: PositiveNumber = 300.0
+    chunk_bytes: Annotated[int, Field(strict=True, ge=MIN_CHUNK_BYTES)] = DEFAULT_CHUNK_BYTES
+    sensor_interval_seconds: PositiveInt = 180
+    # The reject_rate check warns above this share of a file's non-blank lines.
+    reject_rate_warn_percent: Annotated[float, Field(strict=True, gt=0, le=100)] = 5.0
+    # The backlog check warns when the oldest file waiting at the bucket root is older.
+    backlog_warn_hours: PositiveNumber = 24.0
+
+    @field_validator("name")
+    @classmethod
+    def _a_dagster_name(cls, value: str) -> str:
+        # Asset keys, jobs and tags are named after it.
+        if not _SOURCE_NAME.match(value):
+            raise ValueError(f"{value!r} must be lower-case letters, digits and underscores")
+        return value
+
+    @field_validator("base_filename")
+    @classmethod
+    def _a_file_at_the_root(cls, value: str) -> str:
+        if "/" in value:
+            raise ValueError(f"{value!r} must be a file name at the bucket root, without '/'")
+        stem, dot, extension = value.rpartition(".")
+        if not dot or not stem or not extension:
+            raise ValueError(f"{value!r} needs a stem and an extension, such as accounts.json")
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _a_cron_dagster_runs(cls, value: str) -> str:
+        # Checked here so the error names the field; Dagster would only fail later, less clearly.
+        if not is_valid_cron(value):
+            raise ValueError(f"{value!r} is not a valid cron expression")
+        return value
+
+
+class KmConfig(_Section):
+    s3: S3Settings = S3Settings()
+    warehouse: WarehouseSettings = WarehouseSettings()
+    sources: Annotated[tuple[SourceConfig, ...], Field(min_length=1)]
 
     def source(self, name: str) -> SourceConfig:
         for source in self.sources:
@@ -104,164 +136,45 @@ def load_config(path: Path | None = None) -> KmConfig:
 
 def parse_config(raw: Any, origin: str = "configuration") -> KmConfig:
     """Validate an already-parsed YAML document; every error names the offending field."""
-    top = _mapping(raw if raw is not None else {}, origin, "top level")
-    _reject_unknown(top, {"s3", "warehouse", "sources"}, origin, "")
-    s3 = _parse_s3(_mapping(top.get("s3") or {}, origin, "s3"), origin)
-    warehouse = _parse_warehouse(_mapping(top.get("warehouse") or {}, origin, "warehouse"), origin)
-    raw_sources = top.get("sources")
-    if not isinstance(raw_sources, list) or not raw_sources:
-        raise ConfigError(f"{origin}: sources: give a list with at least one source")
-    sources = tuple(_parse_source(item, origin, i) for i, item in enumerate(raw_sources))
+    try:
+        config = KmConfig.model_validate({} if raw is None else raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{origin}: {_first_error(exc)}") from None
     seen: set[str] = set()
-    for i, source in enumerate(sources):
+    for i, source in enumerate(config.sources):
         if source.name in seen:
             raise ConfigError(f"{origin}: sources[{i}].name: duplicate source name {source.name!r}")
         seen.add(source.name)
-    return KmConfig(s3=s3, warehouse=warehouse, sources=sources)
+    return config
 
 
-def _parse_s3(raw: dict[str, Any], origin: str) -> S3Settings:
-    known = {
-        "endpoint_url",
-        "region_name",
-        "max_attempts",
-        "retry_mode",
-        "connect_timeout_seconds",
-        "read_timeout_seconds",
-    }
-    _reject_unknown(raw, known, origin, "s3.")
-    retry_mode = raw.get("retry_mode", "standard")
-    if retry_mode not in ("standard", "adaptive"):
-        raise ConfigError(f"{origin}: s3.retry_mode: give 'standard' or 'adaptive'")
-    return S3Settings(
-        endpoint_url=_optional_str(raw, "endpoint_url", origin, "s3."),
-        region_name=_optional_str(raw, "region_name", origin, "s3."),
-        max_attempts=_positive_int(raw, "max_attempts", 8, origin, "s3."),
-        retry_mode=retry_mode,
-        connect_timeout_seconds=_positive_int(raw, "connect_timeout_seconds", 10, origin, "s3."),
-        read_timeout_seconds=_positive_int(raw, "read_timeout_seconds", 60, origin, "s3."),
-    )
+def _first_error(exc: ValidationError) -> str:
+    """pydantic's first error as ``field.path: what to give``; a misspelt key comes first,
+    since it is often why a required key is missing."""
+    errors = exc.errors()
+    error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    location = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
+    field = location.lstrip(".") or "top level"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        known = ", ".join(_model_at(error["loc"][:-1]).model_fields)
+        return f"{field}: unknown key (known keys: {known})"
+    if kind == "too_short":
+        return f"{field}: give at least one"
+    if kind == "missing":
+        return f"{field}: required"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return f"{field}: expected a mapping of keys to values"
+    if kind == "value_error":  # our own validators: their message as written
+        return f"{field}: {error.get('ctx', {}).get('error', error['msg'])}"
+    given = "" if isinstance(error["input"], (dict, list)) else f" (given {error['input']!r})"
+    return f"{field}: {error['msg']}{given}"
 
 
-def _parse_warehouse(raw: dict[str, Any], origin: str) -> WarehouseSettings:
-    _reject_unknown(raw, {"duckdb_path"}, origin, "warehouse.")
-    path = _optional_str(raw, "duckdb_path", origin, "warehouse.") or DEFAULT_DUCKDB_PATH
-    return WarehouseSettings(duckdb_path=path)
-
-
-def _parse_source(item: Any, origin: str, index: int) -> SourceConfig:
-    where = f"sources[{index}]."
-    raw = _mapping(item, origin, f"sources[{index}]")
-    allowed = {
-        "name",
-        "bucket",
-        "base_filename",
-        "cron",
-        "time_budget_seconds",
-        "chunk_bytes",
-        "sensor_interval_seconds",
-        "reject_rate_warn_percent",
-        "backlog_warn_hours",
-    }
-    _reject_unknown(raw, allowed, origin, where)
-    name = _required_str(raw, "name", origin, where)
-    if not _SOURCE_NAME.match(name):
-        raise ConfigError(
-            f"{origin}: {where}name: {name!r} must be lower-case letters, digits and underscores"
-        )
-    bucket = _required_str(raw, "bucket", origin, where)
-    base_filename = _required_str(raw, "base_filename", origin, where)
-    if "/" in base_filename:
-        raise ConfigError(
-            f"{origin}: {where}base_filename: {base_filename!r} must be a file name at the "
-            "bucket root, without '/'"
-        )
-    stem, dot, extension = base_filename.rpartition(".")
-    if not dot or not stem or not extension:
-        raise ConfigError(
-            f"{origin}: {where}base_filename: {base_filename!r} needs a stem and an extension, "
-            "such as accounts.json"
-        )
-    budget = _positive_number(
-        raw, "time_budget_seconds", DEFAULT_TIME_BUDGET_SECONDS, origin, where, "seconds"
-    )
-    reject_rate = _positive_number(
-        raw, "reject_rate_warn_percent", DEFAULT_REJECT_RATE_WARN_PERCENT, origin, where, "percent"
-    )
-    if reject_rate > 100:
-        raise ConfigError(f"{origin}: {where}reject_rate_warn_percent: give at most 100")
-    chunk_bytes = _positive_int(raw, "chunk_bytes", DEFAULT_CHUNK_BYTES, origin, where)
-    if chunk_bytes < MIN_CHUNK_BYTES:
-        raise ConfigError(f"{origin}: {where}chunk_bytes: must be at least {MIN_CHUNK_BYTES}")
-    cron = _optional_str(raw, "cron", origin, where) or DEFAULT_CRON
-    _check_cron(cron, origin, where)
-    return SourceConfig(
-        name=name,
-        bucket=bucket,
-        base_filename=base_filename,
-        cron=cron,
-        time_budget_seconds=budget,
-        chunk_bytes=chunk_bytes,
-        sensor_interval_seconds=_positive_int(
-            raw, "sensor_interval_seconds", DEFAULT_SENSOR_INTERVAL_SECONDS, origin, where
-        ),
-        reject_rate_warn_percent=reject_rate,
-        backlog_warn_hours=_positive_number(
-            raw, "backlog_warn_hours", DEFAULT_BACKLOG_WARN_HOURS, origin, where, "hours"
-        ),
-    )
-
-
-def _check_cron(cron: str, origin: str, where: str) -> None:
-    # Checked here so the error names the field; Dagster would only fail later, less clearly.
-    try:
-        from dagster._utils.schedules import is_valid_cron_string
-    except ImportError:  # the helper moved: Dagster still validates when the schedule is built
-        return
-    if not is_valid_cron_string(cron):
-        raise ConfigError(f"{origin}: {where}cron: {cron!r} is not a valid cron expression")
-
-
-def _mapping(value: Any, origin: str, where: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ConfigError(f"{origin}: {where}: expected a mapping of keys to values")
-    return value
-
-
-def _reject_unknown(raw: dict[str, Any], allowed: set[str], origin: str, where: str) -> None:
-    for key in raw:
-        if key not in allowed:
-            known = ", ".join(sorted(allowed))
-            raise ConfigError(f"{origin}: {where}{key}: unknown key (known keys: {known})")
-
-
-def _required_str(raw: dict[str, Any], key: str, origin: str, where: str) -> str:
-    value = raw.get(key)
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{origin}: {where}{key}: required, give a non-empty string")
-    return value.strip()
-
-
-def _optional_str(raw: dict[str, Any], key: str, origin: str, where: str) -> str | None:
-    value = raw.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ConfigError(f"{origin}: {where}{key}: expected a string")
-    return value
-
-
-def _positive_int(raw: dict[str, Any], key: str, default: int, origin: str, where: str) -> int:
-    value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ConfigError(f"{origin}: {where}{key}: give a positive whole number")
-    return value
-
-
-def _positive_number(
-    raw: dict[str, Any], key: str, default: float, origin: str, where: str, unit: str
-) -> float:
-    value = raw.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigError(f"{origin}: {where}{key}: give a positive number of {unit}")
-    return float(value)
+def _model_at(location: tuple[int | str, ...]) -> type[BaseModel]:
+    """The section whose key is unknown at ``location``, for its list of known keys."""
+    if not location:
+        return KmConfig
+    return {"s3": S3Settings, "warehouse": WarehouseSettings, "sources": SourceConfig}[
+        str(location[0])
+    ]

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import polars as pl
+from tabulate import tabulate
 
 from kmdagster.preview import FilePreview
 from kmdagster.status import FileState
@@ -34,19 +35,11 @@ def _cell(value: Any) -> str:
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A pipe table (GitHub Markdown), each value formatted by ``_cell``."""
     if not rows:
         return "_none_"
     cells = [[_cell(value) for value in row] for row in rows]
-    widths = [max(len(h), *(len(row[i]) for row in cells)) for i, h in enumerate(headers)]
-    lines = [
-        "| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |",
-        "| " + " | ".join("-" * w for w in widths) + " |",
-    ]
-    lines += [
-        "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
-        for row in cells
-    ]
-    return "\n".join(lines)
+    return tabulate(cells, headers=list(headers), tablefmt="github", disable_numparse=True)
 
 
 def preview_markdown(preview: FilePreview) -> str:

@@ -11,9 +11,8 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from dagster._utils.schedules import cron_string_iterator  # no public cron iterator in 1.13
-
 from kmdagster.config import SourceConfig
+from kmdagster.dagster_internals import cron_ticks_after
 from kmdagster.storage.s3_objects import FilePattern, S3File, list_matching_files
 from kmdagster.storage.warehouse import DuckDBWarehouse, LedgerRow, WarehouseBusy
 
@@ -126,7 +125,7 @@ def backlog_eta(cron: str, backlog_files: int, now: datetime) -> datetime | None
     """When the last backlog file's tick comes, at one file per tick (None: no backlog)."""
     if backlog_files <= 0:
         return None
-    ticks = cron_string_iterator(now.timestamp(), cron, "UTC")
+    ticks = cron_ticks_after(cron, now)
     tick = now
     for _ in range(backlog_files):
         tick = next(ticks)

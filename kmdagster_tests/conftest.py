@@ -99,20 +99,7 @@ def make_config(
 
 def write_config(path: Path, config: KmConfig) -> Path:
     """Write ``config`` as the YAML file a separate process (or the CLI) loads."""
-    document = {
-        "s3": {"endpoint_url": config.s3.endpoint_url, "region_name": config.s3.region_name},
-        "warehouse": {"duckdb_path": config.warehouse.duckdb_path},
-        "sources": [
-            {
-                "name": source.name,
-                "bucket": source.bucket,
-                "base_filename": source.base_filename,
-                "time_budget_seconds": source.time_budget_seconds,
-                "chunk_bytes": source.chunk_bytes,
-            }
-            for source in config.sources
-        ],
-    }
+    document = config.model_dump(mode="json", exclude_defaults=True)
     path.write_text(yaml.safe_dump(document))
     return path
 

@@ -3,7 +3,6 @@ every line still loads exactly once; permanent errors fail clearly."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ def through(proxy: FaultProxy, config: KmConfig) -> KmConfig:
         read_timeout_seconds=1,
         connect_timeout_seconds=2,
     )
-    return replace(config, s3=s3)
+    return config.model_copy(update={"s3": s3})
 
 
 def test_transient_s3_errors_are_retried_and_every_line_loads_once(

@@ -10,13 +10,11 @@ from kmdagster.config import SourceConfig
 from kmdagster.defs.assets import SourceAssets
 from kmdagster.defs.runs import import_run_tags
 
-if TYPE_CHECKING:  # Dagster does not export this type at the top level
-    from dagster._core.definitions.unresolved_asset_job_definition import (
-        UnresolvedAssetJobDefinition,
-    )
+if TYPE_CHECKING:
+    from kmdagster.dagster_internals import AssetJob
 
 
-def build_import_job(source: SourceConfig, assets: SourceAssets) -> UnresolvedAssetJobDefinition:
+def build_import_job(source: SourceConfig, assets: SourceAssets) -> AssetJob:
     """``<source>_import_job``. In-process: the DuckDB file admits one writing process."""
     return define_asset_job(
         name=f"{source.name}_import_job",

@@ -37,9 +37,10 @@ class WarehouseResource(ConfigurableResource):
 class KmS3Resource(S3Resource):
     """dagster-aws's S3 resource with the retry mode and timeouts the import relies on."""
 
-    retry_mode: str = Field(default="standard", description="botocore retry mode.")
-    connect_timeout_seconds: int = Field(default=10, description="Connect timeout per attempt.")
-    read_timeout_seconds: int = Field(default=60, description="Read timeout per attempt.")
+    # Defaults and rules live in ``S3Settings``; the YAML's values arrive here as they are.
+    retry_mode: str = Field(description="botocore retry mode: standard or adaptive.")
+    connect_timeout_seconds: int = Field(description="Connect timeout per attempt.")
+    read_timeout_seconds: int = Field(description="Read timeout per attempt.")
 
     def get_client(self) -> Any:
         session = Session(profile_name=self.profile_name)
@@ -62,14 +63,7 @@ class KmS3Resource(S3Resource):
 
 def build_s3_resource(config: KmConfig) -> KmS3Resource:
     """The S3 client settings every component shares. Credentials: the standard AWS chain."""
-    return KmS3Resource(
-        endpoint_url=config.s3.endpoint_url,
-        region_name=config.s3.region_name,
-        max_attempts=config.s3.max_attempts,
-        retry_mode=config.s3.retry_mode,
-        connect_timeout_seconds=config.s3.connect_timeout_seconds,
-        read_timeout_seconds=config.s3.read_timeout_seconds,
-    )
+    return KmS3Resource(**config.s3.model_dump())
 
 
 def build_resources(config: KmConfig) -> dict[str, object]:

@@ -17,10 +17,8 @@ from kmdagster.defs.partitions import files_partitions_name
 from kmdagster.defs.runs import SOURCE_TAG, active_runs
 from kmdagster.storage.s3_objects import FilePattern, list_matching_files
 
-if TYPE_CHECKING:  # Dagster does not export this type at the top level
-    from dagster._core.definitions.unresolved_asset_job_definition import (
-        UnresolvedAssetJobDefinition,
-    )
+if TYPE_CHECKING:
+    from kmdagster.dagster_internals import AssetJob
 
 
 def first_pending_key(keys_at_root: list[str], registered: set[str]) -> str | None:
@@ -35,7 +33,7 @@ def first_pending_key(keys_at_root: list[str], registered: set[str]) -> str | No
 
 def build_import_schedule(
     source: SourceConfig,
-    job: "UnresolvedAssetJobDefinition",
+    job: "AssetJob",
 ) -> ScheduleDefinition:
     pattern = FilePattern.from_base_filename(source.base_filename)
     partitions_name = files_partitions_name(source)
