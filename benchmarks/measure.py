@@ -188,13 +188,10 @@ def measure_store(key: str, layout: str) -> dict[str, object]:
     with layouts[layout].connect(path) as warehouse:
         started, cpu_started = time.perf_counter(), cpu_seconds()
         report = import_file(
-            client=build_s3_resource(config).get_client(),
-            warehouse=warehouse,
-            source=source.name,
-            bucket=source.bucket,
-            key=key,
-            chunk_bytes=source.chunk_bytes,
-            time_budget_seconds=3600,
+            build_s3_resource(config).get_client(),
+            warehouse,
+            source.model_copy(update={"time_budget_seconds": 3600.0}),
+            key,
         )
         seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
     size_mb = path.stat().st_size / 1024 / 1024

@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.generate import write_file, write_invalid_file  # noqa: E402
-from kmdagster.config import DEFAULT_CHUNK_BYTES, SPLIT_PIECE_BYTES  # noqa: E402
+from kmdagster.config import DEFAULT_CHUNK_BYTES  # noqa: E402
+from kmdagster.storage.piece_reader import PIECE_BYTES  # noqa: E402
 from kmdagster_tests.seaweed import Identity, SeaweedS3  # noqa: E402
 
 BUCKET = "km-bench"
@@ -289,7 +290,7 @@ def main() -> int:
     size = path.stat().st_size
     # The import reads and splits in pieces, committing a chunk of them per transaction;
     # the methods on one core work on the same pieces.
-    piece = str(min(args.chunk_bytes, SPLIT_PIECE_BYTES))
+    piece = str(min(args.chunk_bytes, PIECE_BYTES))
     one_core = {"POLARS_MAX_THREADS": "1"}
     # The one-core methods take turns, so each round sees the VM in one state; the
     # fastest round of each is reported, and the ratio of each round is printed too.

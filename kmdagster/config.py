@@ -23,9 +23,6 @@ DEFAULT_CONFIG_FILE = "kmdagster.yaml"
 # a DuckDB row group (122,880), which DuckDB then writes compressed straight to the file
 # instead of logging every row and compressing it again at a checkpoint.
 DEFAULT_CHUNK_BYTES = 48 * 1024 * 1024
-# A chunk is read and split in pieces of about this size: the split's working memory is
-# ~15-20x its input, so memory is bounded by the pieces in hand, not by the chunk.
-SPLIT_PIECE_BYTES = 2 * 1024 * 1024
 MIN_CHUNK_BYTES = 1024
 _SOURCE_NAME = re.compile(r"^[a-z0-9_]+$")
 

@@ -1,15 +1,16 @@
-"""Named crash points for the kill tests: inert unless ``KMDAGSTER_CRASH_AT`` is set.
+"""Named crash points for the kill tests: armed only when ``KMDAGSTER_CRASH_AT`` is set.
 
 ``KMDAGSTER_CRASH_AT=commit_chunk.in_transaction:3`` kills the process with SIGKILL the
 third time it passes that point, so a test can stop an import at an exact instant and
-prove nothing is lost or loaded twice. Production never sets the variable.
+prove nothing is lost or loaded twice. The variable is read once, when the process
+starts; without it ``crash_point`` is a function that does nothing.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-from collections import Counter
+from collections.abc import Callable
 
 CRASH_ENV = "KMDAGSTER_CRASH_AT"
 CRASH_POINTS = (
@@ -21,16 +22,28 @@ CRASH_POINTS = (
     "archive.rejects_written",  # the rejects file exists beside it, the ledger does not know
     "archive.recorded",  # the ledger says archived, the original is not yet deleted
 )
-_passes: Counter[str] = Counter()
 
 
-def crash_point(name: str) -> None:
-    spec = os.environ.get(CRASH_ENV)
-    if not spec:
-        return
+def _no_crash(name: str) -> None:
+    """No crash point is armed: production."""
+
+
+def armed_crash_point(spec: str) -> Callable[[str], None]:
+    """A ``crash_point`` that kills this process at the nth pass of ``point:n``."""
     point, _, nth = spec.partition(":")
-    if point != name:
-        return
-    _passes[name] += 1
-    if _passes[name] == int(nth or "1"):
-        os.kill(os.getpid(), signal.SIGKILL)
+    if point not in CRASH_POINTS:
+        raise ValueError(f"{CRASH_ENV}={spec!r}: no such crash point (known: {CRASH_POINTS})")
+    remaining = int(nth or "1")
+
+    def crash_point(name: str) -> None:
+        nonlocal remaining
+        if name == point:
+            remaining -= 1
+            if remaining == 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return crash_point
+
+
+_spec = os.environ.get(CRASH_ENV)
+crash_point: Callable[[str], None] = armed_crash_point(_spec) if _spec else _no_crash

@@ -12,15 +12,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from kmdagster.config import SPLIT_PIECE_BYTES
+from kmdagster.config import SourceConfig
 from kmdagster.faults import crash_point
 from kmdagster.format.lines import count_lines
 from kmdagster.format.split import SplitLines, split_km_lines
-from kmdagster.storage.chunk_reader import (
+from kmdagster.storage.piece_reader import (
+    PIECE_BYTES,
     REQUEST_BYTES,
     FileChangedError,
-    LineChunkReader,
     Piece,
+    PieceReader,
 )
 from kmdagster.storage.s3_objects import S3AccessError, head_file
 from kmdagster.storage.warehouse import LedgerRow, Warehouse
@@ -59,21 +60,31 @@ class ImportReport:
         return self.resume_hint is not None and self.resume_hint != self.start_offset
 
 
+@dataclass(frozen=True)
+class ReadSizes:
+    """How much one request and one piece read (see ``storage.piece_reader``)."""
+
+    piece_bytes: int = PIECE_BYTES
+    request_bytes: int = REQUEST_BYTES
+
+
+@dataclass(frozen=True)
+class ImportHooks:
+    """Seams a test sets to control time or act between commits; the defaults do nothing."""
+
+    now_epoch: Callable[[], float] = time.time  # bounds timestamps in the future
+    clock: Callable[[], float] = time.monotonic  # measures the time budget
+    after_commit: Callable[[LedgerRow], None] | None = None
+
+
 def import_file(
-    *,
     client: Any,
     warehouse: Warehouse,
-    source: str,
-    bucket: str,
+    source: SourceConfig,
     key: str,
-    chunk_bytes: int,
-    time_budget_seconds: float,
     resume_hint: tuple[int, str] | None = None,
-    now_epoch: Callable[[], float] = time.time,
-    clock: Callable[[], float] = time.monotonic,
-    piece_bytes: int = SPLIT_PIECE_BYTES,
-    request_bytes: int = REQUEST_BYTES,
-    after_commit: Callable[[LedgerRow], None] | None = None,
+    sizes: ReadSizes = ReadSizes(),
+    hooks: ImportHooks = ImportHooks(),
 ) -> ImportReport:
     """Import ``s3://bucket/key`` from its committed offset until done or out of budget.
 
@@ -81,24 +92,25 @@ def import_file(
     metadata is only compared with it, and only for the same file version.
     Every call commits at least one chunk unless the file is done.
     """
+    clock, bucket, chunk_bytes = hooks.clock, source.bucket, source.chunk_bytes
     started = clock()
     current = head_file(client, bucket, key)
     if current is None:
-        imported = warehouse.latest_ledger_row(source, key)
+        imported = warehouse.latest_ledger_row(source.name, key)
         if imported is not None and imported.is_complete:  # a re-run after its archive
             return _nothing_to_do(imported, clock() - started)
         raise S3AccessError(
             f"s3://{bucket}/{key} no longer exists; it was deleted or moved before its import "
             "finished. Nothing more is read from it; the next tick moves on to the next file"
         )
-    row = opened = warehouse.open_file(source, key, current.etag, current.size)
+    row = opened = warehouse.open_file(source.name, key, current.etag, current.size)
     if opened.is_complete:  # a re-run, or a file re-uploaded with content already imported
         return _nothing_to_do(opened, clock() - started)
     start_offset = row.next_offset
     # Pieces are read in order from streaming GETs; a chunk is the pieces up to ``chunk_bytes``.
-    read_bytes = min(chunk_bytes, piece_bytes)
-    reader = LineChunkReader(
-        client, bucket, key, current.etag, current.size, read_bytes, request_bytes
+    piece_bytes = min(chunk_bytes, sizes.piece_bytes)
+    reader = PieceReader(
+        client, bucket, key, current.etag, current.size, piece_bytes, sizes.request_bytes
     )
     chunks = 0
     stopped_on_budget = False
@@ -108,17 +120,17 @@ def import_file(
     # strictly in order, so the exactly-once argument is unchanged.
     readers = ThreadPoolExecutor(1, thread_name_prefix="kmdagster-read")
     splitters = ThreadPoolExecutor(SPLIT_WORKERS, thread_name_prefix="kmdagster-split")
-    pieces = _PieceSplitter(reader, row, now_epoch, chunk_bytes, splitters, readers)
+    pieces = _PieceSplitter(reader, row, hooks.now_epoch, chunk_bytes, splitters, readers)
     try:
         while not row.is_complete:
-            if chunks and clock() - started >= time_budget_seconds:
+            if chunks and clock() - started >= source.time_budget_seconds:
                 stopped_on_budget = True  # the pieces split ahead are dropped, not lost
                 break
             row = warehouse.commit_chunk(row, pieces.next_chunk(), first_of_run=not chunks)
             crash_point("import.chunk_committed")
             chunks += 1
-            if after_commit is not None:
-                after_commit(row)
+            if hooks.after_commit is not None:
+                hooks.after_commit(row)
     except (FileChangedError, S3AccessError) as exc:
         # Deleted, replaced or unreadable mid-import: say so in the ledger (and status).
         warehouse.mark_failed(row, str(exc))
@@ -170,7 +182,7 @@ class _PieceSplitter:
 
     def __init__(
         self,
-        reader: LineChunkReader,
+        reader: PieceReader,
         row: LedgerRow,
         now_epoch: Callable[[], float],
         chunk_bytes: int,
@@ -229,7 +241,7 @@ class _PieceSplitter:
             )
             # A chunk is as many pieces as fit in ``chunk_bytes`` (at least one).
             ends_chunk = not more or (
-                piece.end - self._chunk_start + self._reader.read_bytes > self._chunk_bytes
+                piece.end - self._chunk_start + self._reader.piece_bytes > self._chunk_bytes
             )
             if ends_chunk:
                 self._chunk_start = piece.end

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from kmdagster.config import SPLIT_PIECE_BYTES, SourceConfig
-from kmdagster.format.preview import KnownNames, PreviewAccumulator, PreviewSummary
+from kmdagster.config import SourceConfig
 from kmdagster.format.split import split_km_lines
-from kmdagster.storage.chunk_reader import LineChunkReader
+from kmdagster.format.summary import KnownNames, PreviewAccumulator, PreviewSummary
+from kmdagster.storage.piece_reader import PIECE_BYTES, PieceReader
 from kmdagster.storage.s3_objects import (
     FilePattern,
     S3File,
@@ -55,8 +55,8 @@ def preview_file(
     """Summarise the whole of one file version (or up to its first valid line)."""
     accumulator = PreviewAccumulator()
     offset = 0
-    read_bytes = min(chunk_bytes, SPLIT_PIECE_BYTES)  # the split's memory is ~20x its input
-    with LineChunkReader(client, bucket, file.key, file.etag, file.size, read_bytes) as reader:
+    piece_bytes = min(chunk_bytes, PIECE_BYTES)  # the split's memory is ~20x its input
+    with PieceReader(client, bucket, file.key, file.etag, file.size, piece_bytes) as reader:
         while offset < file.size:
             piece = reader.read_piece(offset)
             split = split_km_lines(

@@ -14,7 +14,7 @@ import yaml
 from dagster import DagsterInstance, instance_for_test
 
 from kmdagster.config import KmConfig, S3Settings, SourceConfig, WarehouseSettings
-from kmdagster.importer import ImportReport, import_file
+from kmdagster.importer import ImportHooks, ImportReport, ReadSizes, import_file
 from kmdagster_tests.seaweed import Identity, SeaweedS3
 
 ADMIN = Identity(
@@ -107,14 +107,25 @@ def write_config(path: Path, config: KmConfig) -> Path:
 def run_import(
     client: Any, warehouse: Any, bucket: str, key: str, chunk_bytes: int, **options: Any
 ) -> ImportReport:
-    """``import_file`` for source ``accounts`` with a budget no test run reaches."""
-    options.setdefault("time_budget_seconds", 600)
-    return import_file(
-        client=client,
-        warehouse=warehouse,
-        source="accounts",
+    """``import_file`` for source ``accounts`` with a budget no test run reaches.
+
+    ``options`` are the source's settings, the read sizes and the hooks, by field name.
+    """
+    source = SourceConfig(
+        name="accounts",
         bucket=bucket,
-        key=key,
+        base_filename="accounts.json",
         chunk_bytes=chunk_bytes,
+        time_budget_seconds=options.pop("time_budget_seconds", 600.0),
+    )
+    sizes = {f: options.pop(f) for f in ReadSizes.__dataclass_fields__ if f in options}
+    hooks = {f: options.pop(f) for f in ImportHooks.__dataclass_fields__ if f in options}
+    return import_file(
+        client,
+        warehouse,
+        source,
+        key,
+        sizes=ReadSizes(**sizes),
+        hooks=ImportHooks(**hooks),
         **options,
     )

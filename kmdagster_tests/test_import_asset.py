@@ -16,7 +16,7 @@ from kmdagster.defs.partitions import files_partitions, files_partitions_name
 from kmdagster.defs.resources import build_resources
 from kmdagster.format.split import split_km_lines
 from kmdagster.storage.archive import archive_file, archive_key_for
-from kmdagster.storage.chunk_reader import LineChunkReader
+from kmdagster.storage.piece_reader import PieceReader
 from kmdagster.storage.rejects_file import rejects_key_for
 from kmdagster.storage.s3_objects import S3AccessError, S3File
 from kmdagster.storage.warehouse import DuckDBWarehouse
@@ -159,7 +159,7 @@ def test_ledger_wins_over_a_stale_recorded_offset(
     with DuckDBWarehouse.connect(warehouse_path) as warehouse:
         row = warehouse.ledger_row("accounts", KEY, first[1])
         assert row is not None
-        with LineChunkReader(s3, bucket, KEY, row.file_etag, row.size_bytes, 2048) as reader:
+        with PieceReader(s3, bucket, KEY, row.file_etag, row.size_bytes, 2048) as reader:
             chunk = reader.read_piece(row.next_offset)
         split = split_km_lines(chunk.data, row.lines_read + 1, 2**31)
         warehouse.commit_chunk(row, [(split, chunk.end)])

@@ -12,7 +12,7 @@ from dagster import DagsterInstance
 
 from kmdagster.config import KmConfig, S3Settings
 from kmdagster.defs.factory import build_definitions
-from kmdagster.storage.chunk_reader import LineChunkReader
+from kmdagster.storage.piece_reader import PieceReader
 from kmdagster.storage.rejects_file import rejects_key_for
 from kmdagster.storage.s3_objects import ARCHIVE_PREFIX, S3AccessError, head_file
 from kmdagster_tests.conftest import ADMIN, WRITE_ONLY, make_config
@@ -104,7 +104,7 @@ def test_a_body_cut_off_mid_transfer_is_read_again_from_the_same_range(
         proxied = s3_server.client(ADMIN, endpoint_url=proxy.endpoint_url)
         file = head_file(proxied, bucket, KEY)
         assert file is not None
-        reader = LineChunkReader(proxied, bucket, KEY, file.etag, file.size, len(data) + 10)
+        reader = PieceReader(proxied, bucket, KEY, file.etag, file.size, len(data) + 10)
         chunk = reader.read_piece(0)
 
     assert plan.injected["reset_mid_body"] == 3
@@ -130,7 +130,7 @@ def test_pieces_stream_from_one_get_and_resume_where_a_body_broke(
         proxied = s3_server.client(ADMIN, endpoint_url=proxy.endpoint_url)
         file = head_file(proxied, bucket, KEY)
         assert file is not None
-        with LineChunkReader(proxied, bucket, KEY, file.etag, file.size, 1000) as reader:
+        with PieceReader(proxied, bucket, KEY, file.etag, file.size, 1000) as reader:
             offset = 0
             while offset < file.size:
                 piece = reader.read_piece(offset)
@@ -201,7 +201,7 @@ def test_a_server_that_ignores_the_range_is_refused_not_read(
         file = head_file(proxied, bucket, KEY)
         assert file is not None
         second_line = data.index(b"\n") + 1
-        reader = LineChunkReader(proxied, bucket, KEY, file.etag, file.size, 1000)
+        reader = PieceReader(proxied, bucket, KEY, file.etag, file.size, 1000)
         with reader, pytest.raises(S3AccessError, match="ignored the Range header") as refused:
             reader.read_piece(second_line)
     assert f"s3://{bucket}/{KEY}" in str(refused.value)

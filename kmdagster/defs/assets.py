@@ -22,7 +22,6 @@ from dagster import (
     AssetsDefinition,
     AssetSpec,
     DagsterInstance,
-    DagsterRunStatus,
     DynamicPartitionsDefinition,
     Failure,
     MaterializeResult,
@@ -35,12 +34,11 @@ from kmdagster.config import SourceConfig
 from kmdagster.defs.checks import data_check_results, data_check_specs, table_key
 from kmdagster.defs.metadata import archive_metadata, progress_metadata, table_metadata
 from kmdagster.defs.resources import WarehouseResource
-from kmdagster.defs.runs import MAX_RUNTIME_TAG, active_runs
 from kmdagster.faults import crash_point
 from kmdagster.importer import ImportReport, import_file
 from kmdagster.storage.archive import archive_file
-from kmdagster.storage.chunk_reader import FileChangedError
 from kmdagster.storage.file_rows import reject_batches
+from kmdagster.storage.piece_reader import FileChangedError
 from kmdagster.storage.rejects_file import rejects_key_for, write_rejects_file
 from kmdagster.storage.s3_objects import S3AccessError, S3File, head_file
 from kmdagster.storage.schema import ROW_TABLES
@@ -98,23 +96,6 @@ def build_file_spec(source: SourceConfig, partitions: DynamicPartitionsDefinitio
         group_name=source.name,
         kinds={"s3"},
     )
-
-
-def _refuse_second_run(context: AssetExecutionContext, source: SourceConfig) -> None:
-    # The run queue admits one run per source; this guard also covers runs launched
-    # around it (a manual launch without the queue, a second Dagster instance).
-    others = active_runs(
-        context.instance, source, [DagsterRunStatus.STARTED], excluding_run_id=context.run.run_id
-    )
-    if others:
-        raise Failure(
-            description=(
-                f"run {others[0].run_id} of source {source.name!r} is already importing; "
-                "a source imports one file at a time, so this run stops without reading. "
-                "If that run's process died, Dagster's run monitoring fails it once it "
-                f"exceeds its {MAX_RUNTIME_TAG} tag and the next tick proceeds."
-            )
-        )
 
 
 def _already_imported_message(source: SourceConfig, row: LedgerRow) -> str:
@@ -182,17 +163,13 @@ def build_import_asset(
         context: AssetExecutionContext, km_s3: S3Resource, km_warehouse: WarehouseResource
     ):
         key = context.partition_key
-        _refuse_second_run(context, source)
         with km_warehouse.connect() as warehouse:
             try:
                 report = import_file(
-                    client=km_s3.get_client(),
-                    warehouse=warehouse,
-                    source=source.name,
-                    bucket=source.bucket,
-                    key=key,
-                    chunk_bytes=source.chunk_bytes,
-                    time_budget_seconds=source.time_budget_seconds,
+                    km_s3.get_client(),
+                    warehouse,
+                    source,
+                    key,
                     resume_hint=recorded_resume_offset(context.instance, source, key),
                 )
             except (S3AccessError, FileChangedError, LedgerConflict) as exc:

@@ -11,7 +11,7 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from kmdagster.config import KmConfig
-from kmdagster.format.preview import KnownNames
+from kmdagster.format.summary import KnownNames
 from kmdagster.storage.warehouse import DuckDBWarehouse
 
 S3_RESOURCE_KEY = "km_s3"

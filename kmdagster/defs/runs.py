@@ -1,4 +1,12 @@
-"""Run tags and the one-import-per-source rule, shared by the job, schedule and asset."""
+"""Run tags, and the one-import-per-source rule Dagster enforces with them.
+
+The rule lives in the instance's run queue: ``deploy/dagster.yaml`` limits runs tagged
+``kmdagster/source`` to one per value (and runs tagged ``kmdagster/warehouse: duckdb`` to
+one in all, since an embedded DuckDB file admits one writing process). Underneath, the
+ledger's conditional update means two imports of one file can never commit the same
+lines, whatever launched them. The schedule only avoids queuing a request behind a run
+that is already going (``active_runs``).
+"""
 
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 
@@ -32,14 +40,11 @@ def import_run_tags(source: SourceConfig) -> dict[str, str]:
     }
 
 
-def active_runs(
-    instance: DagsterInstance,
-    source: SourceConfig,
-    statuses: list[DagsterRunStatus] = ACTIVE_RUN_STATUSES,
-    excluding_run_id: str | None = None,
-) -> list[DagsterRun]:
-    """Runs of ``source`` in one of ``statuses``, other than ``excluding_run_id``."""
-    runs = instance.get_runs(
-        filters=RunsFilter(tags={SOURCE_TAG: source.name}, statuses=statuses), limit=5
+def active_runs(instance: DagsterInstance, source: SourceConfig) -> list[DagsterRun]:
+    """Runs of ``source`` queued, starting or going."""
+    return list(
+        instance.get_runs(
+            filters=RunsFilter(tags={SOURCE_TAG: source.name}, statuses=ACTIVE_RUN_STATUSES),
+            limit=5,
+        )
     )
-    return [run for run in runs if run.run_id != excluding_run_id]

@@ -19,8 +19,8 @@ import duckdb
 import polars as pl
 
 from kmdagster.faults import crash_point
-from kmdagster.format.preview import KnownNames
 from kmdagster.format.split import SplitLines
+from kmdagster.format.summary import KnownNames
 from kmdagster.storage.names import NameIds
 from kmdagster.storage.people import add_alias_pairs
 from kmdagster.storage.schema import (

@@ -1,7 +1,16 @@
 """Read an S3 object as line-aligned pieces with ranged GETs pinned to its ETag.
 
+The sizes of an import, largest first (the README uses the same words):
+
+- a **request** is one streaming ranged GET, up to ``REQUEST_BYTES`` (64 MB);
+- a **chunk** is what one warehouse transaction commits: the pieces up to the source's
+  ``chunk_bytes`` (48 MB by default);
+- a **piece** is the whole lines split at once, about ``PIECE_BYTES`` (2 MB), cut from a
+  request as it streams;
+- a **stream read** is one ``read()`` of the response body, up to ``STREAM_READ_BYTES``.
+
 A piece always ends on a line boundary (or at the end of the object), so a committed
-offset is always the start of a line. Memory per piece is ``read_bytes`` plus, at
+offset is always the start of a line. Memory per piece is ``piece_bytes`` plus, at
 worst, one line longer than that.
 """
 
@@ -28,8 +37,11 @@ from kmdagster.storage.s3_objects import (
 )
 
 BODY_READ_ATTEMPTS = 6
-BODY_PIECE = 1024 * 1024
-REQUEST_BYTES = 64 * 1024 * 1024  # bytes per GET; the pieces of it are read as it streams
+REQUEST_BYTES = 64 * 1024 * 1024
+# The split's working memory is ~15-20x its input, so memory is bounded by the pieces in
+# hand, not by the chunk.
+PIECE_BYTES = 2 * 1024 * 1024
+STREAM_READ_BYTES = 1024 * 1024
 # What a body broken off mid-transfer raises, depending on where the connection died.
 BODY_ERRORS = (
     ConnectionError,
@@ -52,7 +64,7 @@ class Piece:
     data: bytes  # whole lines; a UTF-8 BOM at the start of the object is already removed
 
 
-class LineChunkReader:
+class PieceReader:
     """Line-aligned pieces of one object version, read in order from ranged GETs.
 
     Consecutive pieces come from one streaming GET of up to ``request_bytes``: a request
@@ -69,7 +81,7 @@ class LineChunkReader:
         key: str,
         etag: str,
         size: int,
-        read_bytes: int,
+        piece_bytes: int,
         request_bytes: int = REQUEST_BYTES,
     ) -> None:
         self._client = client
@@ -77,33 +89,33 @@ class LineChunkReader:
         self.key = key
         self.etag = etag
         self.size = size
-        self.read_bytes = read_bytes
-        self.request_bytes = max(request_bytes, read_bytes)
+        self.piece_bytes = piece_bytes
+        self.request_bytes = max(request_bytes, piece_bytes)
         self._received = bytearray()  # bytes from ``_received_start`` not yet handed out
         self._received_start = -1
         self._body: Any = None  # the open streaming body, if any
         self._body_end = 0  # where its range ends (exclusive)
 
-    def __enter__(self) -> LineChunkReader:
+    def __enter__(self) -> PieceReader:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def read_piece(self, start: int) -> Piece:
-        """The whole lines from ``start``: about ``read_bytes`` of them, at least one."""
+        """The whole lines from ``start``: about ``piece_bytes`` of them, at least one."""
         if start >= self.size:
             return Piece(start=start, end=start, data=b"")
         if start != self._received_start:  # not where the last piece ended: a new stream
             self.close()
             self._received, self._received_start = bytearray(), start
-        end = min(start + self.read_bytes, self.size)
+        end = min(start + self.piece_bytes, self.size)
         self._receive_until(end)
         received = self._received
         cut = received.rfind(b"\n") if end < self.size else len(received) - 1
         while cut < 0:  # one line longer than a piece: keep reading until it ends
             searched = len(received)
-            end = min(end + self.read_bytes, self.size)
+            end = min(end + self.piece_bytes, self.size)
             self._receive_until(end)
             cut = received.find(b"\n", searched)
             if cut < 0 and end >= self.size:
@@ -129,7 +141,7 @@ class LineChunkReader:
         while (position := self._received_start + len(self._received)) < end:
             try:
                 body = self._body if self._body is not None else self._open(position)
-                block = body.read(min(end - position, BODY_PIECE))
+                block = body.read(min(end - position, STREAM_READ_BYTES))
             except BODY_ERRORS:
                 self.close()
                 failures += 1

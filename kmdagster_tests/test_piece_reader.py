@@ -10,7 +10,7 @@ import duckdb
 import pytest
 
 from kmdagster.format.split import split_km_lines
-from kmdagster.storage.chunk_reader import FileChangedError, LineChunkReader
+from kmdagster.storage.piece_reader import FileChangedError, PieceReader
 from kmdagster.storage.warehouse import DuckDBWarehouse
 from kmdagster_tests.conftest import run_import
 from kmdagster_tests.km_files import km_file
@@ -18,7 +18,7 @@ from kmdagster_tests.km_files import km_file
 LINE = b'{"_p":"a","_t":1700000000,"_n":"x"}'
 
 
-def read_all(reader: LineChunkReader) -> list[bytes]:
+def read_all(reader: PieceReader) -> list[bytes]:
     chunks, offset = [], 0
     while offset < reader.size:
         chunk = reader.read_piece(offset)
@@ -28,9 +28,9 @@ def read_all(reader: LineChunkReader) -> list[bytes]:
     return chunks
 
 
-def reader_for(s3: Any, bucket: str, key: str, body: bytes, chunk_bytes: int) -> LineChunkReader:
+def reader_for(s3: Any, bucket: str, key: str, body: bytes, chunk_bytes: int) -> PieceReader:
     etag = s3.put_object(Bucket=bucket, Key=key, Body=body)["ETag"]
-    return LineChunkReader(s3, bucket, key, etag, len(body), chunk_bytes)
+    return PieceReader(s3, bucket, key, etag, len(body), chunk_bytes)
 
 
 def test_chunks_hold_whole_lines_and_cover_the_file(s3: Any, bucket: str) -> None:
