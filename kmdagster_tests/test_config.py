@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic_core import PydanticUndefined
 
-from kmdagster.config import ConfigError, load_config, parse_config
+from kmdagster.config import (
+    ConfigError,
+    S3Settings,
+    SourceConfig,
+    WarehouseSettings,
+    load_config,
+    parse_config,
+)
 
 
 def source(**overrides: Any) -> dict[str, Any]:
@@ -89,3 +98,24 @@ def test_importing_kmdagster_sets_the_polars_allocator_decay_unless_already_set(
         check=True,
     )
     assert chosen.stdout.strip() == "narenas:1"
+
+
+def test_readme_configuration_reference_lists_every_setting_with_its_default() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    reference = readme.split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
+    documented = dict(re.findall(r"^\| `([\w.\[\]]+)` \| ([^|]+) \|", reference, re.M))
+    sections = {"s3.": S3Settings, "warehouse.": WarehouseSettings, "sources[].": SourceConfig}
+    settings = {
+        prefix + name: field.default
+        for prefix, model in sections.items()
+        for name, field in model.model_fields.items()
+    }
+    assert set(documented) == set(settings)
+    for key, default in settings.items():
+        shown = documented[key].strip().strip("`")
+        if default is PydanticUndefined:
+            assert shown == "required", key
+        elif isinstance(default, (int, float)):
+            assert float(shown) == default, key
+        elif isinstance(default, str):
+            assert shown == default, key
