@@ -12,14 +12,15 @@ from collections.abc import Iterator
 import duckdb
 import polars as pl
 
-from kmdagster.storage.schema import ROW_TABLES
+from kmdagster.storage.schema import ROW_TABLES, STORAGE_TABLES
 from kmdagster.storage.warehouse import LedgerRow
 
-# The columns that identify one row of a file version in each table: one row per line,
-# except properties, one per (line, name) since a line's names are unique once normalised.
+# The columns that identify one row of a file version in each storage table: one row per
+# line, except properties, one per (line, name): a line's names are unique once normalised,
+# so its labels (name ids) are too.
 ROW_IDENTITY = {
     "km_events": "line_no",
-    "km_properties": "line_no, name",
+    "km_properties": "line_no, name_id",
     "km_aliases": "line_no",
     "km_rejects": "line_no",
 }
@@ -55,7 +56,7 @@ def duplicate_rows(con: duckdb.DuckDBPyConnection, row: LedgerRow, table: str) -
     """
     return _count(
         con,
-        f"SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM {table} "
+        f"SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM {STORAGE_TABLES[table]} "
         f"WHERE {_OF_FILE} GROUP BY {ROW_IDENTITY[table]} HAVING count(*) > 1)",
         _file(row),
     )
