@@ -1,10 +1,11 @@
 # kmdagster: `make dev` runs the product locally, `make test` runs the test suite,
-# `make bench` runs the benchmark (minutes; see docs/performance.md).
+# `make bench` runs the benchmark (minutes; see docs/performance.md), `make soak` the soak
+# test (minutes; see docs/reliability.md).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install dev test lint check bench screenshots
+.PHONY: install dev test lint check bench soak screenshots
 
 $(BIN)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,10 @@ screenshots: install  # docs/screenshots/ from the browser test (needs the syste
 .venv-dlt/bin/python:
 	$(PYTHON) -m venv .venv-dlt
 	.venv-dlt/bin/python -m pip install --quiet 'dlt[duckdb,s3]>=1.20,<2'
+
+# The soak test: minutes of a busy bucket under dagster dev (SOAK_MINUTES, default 10).
+soak: install
+	$(BIN)/python scripts/soak.py --minutes $(or $(SOAK_MINUTES),10)
 
 bench: install .venv-dlt/bin/python
 	$(BIN)/python -m benchmarks.run

@@ -20,6 +20,7 @@ from botocore.exceptions import BotoCoreError, NoCredentialsError
 from dagster import DagsterInstance
 
 from kmdagster.config import CONFIG_ENV_VAR, ConfigError, KmConfig, SourceConfig, load_config
+from kmdagster.defs.quarantine import lift_quarantine, quarantine_for_key, quarantined_files
 from kmdagster.defs.resources import WarehouseResource, build_s3_resource
 from kmdagster.defs.setup_assets import record_confirmed_setup
 from kmdagster.preview import FilePreview, SetupRuleError, setup_preview
@@ -122,7 +123,15 @@ def check(config: KmConfig, source: SourceConfig, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @click.option("--wait", type=float, default=10.0, show_default=True, help=WAIT_HELP)
 def status(config: KmConfig, source: SourceConfig, as_json: bool, wait: float) -> None:
-    found = read_source_status(s3_client(config), source, config.warehouse.duckdb_path, wait)
+    quarantined = None
+    if os.environ.get("DAGSTER_HOME"):
+        with DagsterInstance.get() as instance:
+            quarantined = quarantined_files(instance, source)
+    else:
+        click.echo("note: DAGSTER_HOME is not set, so quarantined files are not shown", err=True)
+    found = read_source_status(
+        s3_client(config), source, config.warehouse.duckdb_path, wait, quarantined=quarantined
+    )
     if found.ledger_note:
         click.echo(f"note: {found.ledger_note}", err=True)
     states = found.states
@@ -143,14 +152,36 @@ def status(config: KmConfig, source: SourceConfig, as_json: bool, wait: float) -
         click.echo(status_markdown(source.name, source.bucket, states, len(waiting), eta))
 
 
+@source_command("lift a file's quarantine: it is first in line again at the next tick")
+@click.argument("key")
+def retry(config: KmConfig, source: SourceConfig, key: str) -> None:
+    _require_dagster_home("retry records the lift in the Dagster instance")
+    with DagsterInstance.get() as instance:
+        found = quarantine_for_key(instance, source, key)
+        if found is None:
+            raise CommandFailed(
+                f"s3://{source.bucket}/{key} is not quarantined: nothing to lift "
+                f"(`kmdagster status {source.name}` lists every file's state)"
+            )
+        lift_quarantine(instance, source, key, by="kmdagster retry")
+    click.echo(
+        f"lifted: s3://{source.bucket}/{key} (after {found.failed_runs} failed runs; last: "
+        f"{found.last_error or 'see run ' + found.last_run_id}) is first in line again and "
+        "resumes from its committed offset at the next tick"
+    )
+
+
+def _require_dagster_home(why: str) -> None:
+    if not os.environ.get("DAGSTER_HOME"):
+        raise CommandFailed(
+            f"DAGSTER_HOME is not set: {why}, so set it to the instance your daemon uses"
+        )
+
+
 @source_command("check, preview, then switch the sensor and schedule on")
 @click.option("--workspace", help=f"workspace.yaml to load (default: -m {DEFINITIONS_MODULE})")
 def confirm(config: KmConfig, source: SourceConfig, workspace: str | None) -> None:
-    if not os.environ.get("DAGSTER_HOME"):
-        raise CommandFailed(
-            "DAGSTER_HOME is not set: confirm switches the sensor and schedule on in the "
-            "Dagster instance, so set it to the instance your daemon uses"
-        )
+    _require_dagster_home("confirm switches the sensor and schedule on in the instance")
     results = run_check(config, source)
     click.echo(check_markdown(source.bucket, results))
     problems = []

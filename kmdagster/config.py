@@ -69,6 +69,8 @@ class SourceConfig(_Section):
     reject_rate_warn_percent: Annotated[float, Field(strict=True, gt=0, le=100)] = 5.0
     # The backlog check warns when the oldest file waiting at the bucket root is older.
     backlog_warn_hours: PositiveNumber = 24.0
+    # A file whose runs failed this many times in a row is set aside (quarantined).
+    quarantine_after_failed_runs: PositiveInt = 3
 
     @field_validator("name")
     @classmethod

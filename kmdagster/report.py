@@ -96,9 +96,10 @@ def check_markdown(bucket: str, results: list[PermissionResult]) -> str:
 
 
 def _progress(state: FileState) -> str:
-    if state.state in ("in_progress", "failed", "superseded", "deleted") and state.next_offset:
+    stopped = ("in_progress", "failed", "quarantined", "superseded", "deleted")
+    if state.state in stopped and state.next_offset:
         return f"{state.percent_done:g}% (resume at byte {state.next_offset:,})"
-    return "100%" if state.state in ("imported", "archived") else ""
+    return "100%" if state.state in ("imported", "archived", "reimported_identical") else ""
 
 
 def file_states_markdown(states: list[FileState], limit: int | None = None) -> str:

@@ -7,18 +7,38 @@ schedule imports them: the backlog first, by key, then the finished files);
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from kmdagster.config import SourceConfig
 from kmdagster.dagster_internals import cron_ticks_after
+from kmdagster.quarantine import Quarantine
 from kmdagster.storage.s3_objects import FilePattern, S3File, list_matching_files
 from kmdagster.storage.warehouse import DuckDBWarehouse, LedgerRow, WarehouseBusy
 
-# States shown to people. The ledger's own statuses, plus two the ledger cannot know:
-# "superseded" (the key now holds other content) and "deleted" (gone before it finished).
-BACKLOG_STATES = ("pending", "in_progress", "failed", "imported")
+# Every state shown to people, in the CLI, the backlog check and the docs (README "File
+# states" lists the same words and meanings; a test compares them).
+STATE_MEANINGS = {
+    "pending": "at the bucket root, not started; `#` is its place in the queue",
+    "in_progress": "partly imported; the next run resumes at `next_offset`",
+    "failed": "its last run failed; the error is shown and the next tick tries it again "
+    "from its committed offset",
+    "quarantined": "its runs failed `quarantine_after_failed_runs` times in a row (3 by "
+    "default): set aside at the bucket root, keeping what it committed and its resume "
+    "offset; later files go first until `kmdagster retry SOURCE KEY` (or a launch tagged "
+    "`kmdagster/retry=true`) lifts it, and the `quarantine` check is red meanwhile",
+    "imported": "every line is in the warehouse; the archive step moves it next",
+    "reimported_identical": "back at the bucket root with content already imported (the "
+    "same ETag); the next run archives it again without loading a line",
+    "archived": "imported and moved to `completed_imports/` (with its rejects file)",
+    "superseded": "the key was overwritten before this version finished; the new content "
+    "is imported as a new file, this version's rows stay attributed to its ETag",
+    "deleted": "the key vanished before this version finished",
+}
+# States of files the schedule still has to import or archive (quarantined ones wait apart).
+BACKLOG_STATES = ("pending", "in_progress", "failed", "imported", "reimported_identical")
 
 
 @dataclass(frozen=True)
@@ -49,16 +69,29 @@ class FileState:
         return data
 
 
-def file_states(root_files: list[S3File], ledger: list[LedgerRow]) -> list[FileState]:
-    """One state per file version, each root file and each ledger row, in import order."""
+def file_states(
+    root_files: list[S3File],
+    ledger: list[LedgerRow],
+    quarantined: Mapping[str, Quarantine] | None = None,
+) -> list[FileState]:
+    """One state per file version, each root file and each ledger row, in import order.
+
+    ``quarantined`` (by key, from Dagster's run records) marks those keys' root files.
+    """
+    quarantined = quarantined or {}
     at_root = {(file.key, file.etag): file for file in root_files}
     root_etag = {file.key: file.etag for file in root_files}
     states = []
     for row in ledger:
         here = (row.file_key, row.file_etag) in at_root
         state = row.status
+        error = row.error
         if row.status in ("pending", "in_progress") and not here:
             state = "superseded" if row.file_key in root_etag else "deleted"
+        elif row.status == "archived" and here:
+            state = "reimported_identical"
+        elif here and row.file_key in quarantined and not row.is_complete:
+            state, error = "quarantined", quarantined[row.file_key].last_error or error
         states.append(
             FileState(
                 key=row.file_key,
@@ -72,7 +105,7 @@ def file_states(root_files: list[S3File], ledger: list[LedgerRow]) -> list[FileS
                 lines_loaded=row.lines_loaded,
                 lines_rejected=row.lines_rejected,
                 archived_key=row.archived_key,
-                error=row.error,
+                error=error,
                 updated_at=row.updated_at,
                 waiting_since=at_root[(row.file_key, row.file_etag)].last_modified
                 if here
@@ -84,9 +117,10 @@ def file_states(root_files: list[S3File], ledger: list[LedgerRow]) -> list[FileS
         FileState(
             key=file.key,
             etag=file.etag,
-            state="pending",
+            state="quarantined" if file.key in quarantined else "pending",
             size_bytes=file.size,
             at_bucket_root=True,
+            error=quarantined[file.key].last_error if file.key in quarantined else None,
             waiting_since=file.last_modified,
         )
         for file in root_files
@@ -146,9 +180,11 @@ def read_source_status(
     duckdb_path: str,
     wait_seconds: float,
     root_files: list[S3File] | None = None,
+    quarantined: Mapping[str, Quarantine] | None = None,
 ) -> SourceStatus:
     """List the bucket root (unless given) and read the ledger read-only, waiting up to
-    ``wait_seconds`` for a running import to release it."""
+    ``wait_seconds`` for a running import to release it. ``quarantined`` comes from the
+    Dagster instance (``defs.quarantine``)."""
     if root_files is None:
         pattern = FilePattern.from_base_filename(source.base_filename)
         root_files = list(list_matching_files(client, source.bucket, pattern))
@@ -158,5 +194,5 @@ def read_source_status(
     except WarehouseBusy as exc:
         # An import run holds DuckDB's only write lock: show what S3 alone can tell.
         note = f"ledger not read: {exc}; files at the root show as pending"
-        return SourceStatus(file_states(root_files, []), note)
-    return SourceStatus(file_states(root_files, ledger))
+        return SourceStatus(file_states(root_files, [], quarantined), note)
+    return SourceStatus(file_states(root_files, ledger, quarantined))

@@ -15,7 +15,10 @@ from dagster import DagsterInstance, instance_for_test
 
 from kmdagster.config import KmConfig, S3Settings, SourceConfig, WarehouseSettings
 from kmdagster.importer import ImportHooks, ImportReport, ReadSizes, import_file
+from kmdagster_tests import s3_calls
 from kmdagster_tests.seaweed import Identity, SeaweedS3
+
+s3_calls.install()  # before any client exists: every S3 call the product makes is judged
 
 ADMIN = Identity(
     "kmdagster-admin",
@@ -37,12 +40,29 @@ WRITE_ONLY = Identity(  # may list and write but not read: GetObject/HeadObject 
     ("List", "Write"),
 )
 
+# In the bucket QUARANTINE_BUCKET, may read every file but accounts.1.json: the file a
+# source cannot import however often it tries.
+QUARANTINE_BUCKET = "km-quarantine"
+SCOPED = Identity(
+    "kmdagster-scoped",
+    "KMSCOPED" + secrets.token_hex(6).upper(),
+    secrets.token_hex(20),
+    (
+        f"List:{QUARANTINE_BUCKET}",
+        f"Write:{QUARANTINE_BUCKET}",
+        f"Read:{QUARANTINE_BUCKET}/accounts.2*",
+        f"Read:{QUARANTINE_BUCKET}/completed_imports/*",
+    ),
+)
+
 _bucket_numbers = itertools.count(1)
 
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
-    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs"), (ADMIN, READ_ONLY, WRITE_ONLY)).start()
+    server = SeaweedS3(
+        tmp_path_factory.mktemp("seaweedfs"), (ADMIN, READ_ONLY, WRITE_ONLY, SCOPED)
+    ).start()
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     # The product reads credentials from the standard AWS chain, as in production.
     os.environ["AWS_ACCESS_KEY_ID"] = ADMIN.access_key
@@ -56,6 +76,17 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="session", autouse=True)
+def product_s3_calls_are_granted() -> Iterator[None]:
+    """Across the whole run, every S3 call the product makes is one its policy grants."""
+    with s3_calls.recording_s3_calls() as recorder:
+        yield
+    problems = s3_calls.ungranted(recorder.calls)
+    assert not problems, "S3 calls the documented IAM policy does not grant:\n" + "\n".join(
+        problems
+    )
 
 
 @pytest.fixture
@@ -112,11 +143,9 @@ def run_import(
     ``options`` are the source's settings, the read sizes and the hooks, by field name.
     """
     source = SourceConfig(
-        name="accounts",
-        bucket=bucket,
-        base_filename="accounts.json",
-        chunk_bytes=chunk_bytes,
-        time_budget_seconds=options.pop("time_budget_seconds", 600.0),
+        name="accounts", bucket=bucket, base_filename="accounts.json", chunk_bytes=chunk_bytes
+    ).model_copy(  # unvalidated: a budget of 0 (stop after the first chunk) is a test's
+        update={"time_budget_seconds": options.pop("time_budget_seconds", 600.0)}
     )
     sizes = {f: options.pop(f) for f in ReadSizes.__dataclass_fields__ if f in options}
     hooks = {f: options.pop(f) for f in ImportHooks.__dataclass_fields__ if f in options}

@@ -70,8 +70,16 @@ class SeaweedS3:
         command = [weed, *seaweed_command(self.data_dir, config_path, self.ports)]
         (self.data_dir / "data").mkdir(exist_ok=True)
         log = open(self.data_dir / "weed.log", "wb")  # noqa: SIM115 - lives as long as the server
+        # weed mini makes a scratch folder in the temp directory at every start and leaves
+        # it: point it inside the data directory so nothing is left outside.
+        scratch = self.data_dir / "tmp"
+        scratch.mkdir(exist_ok=True)
         self.process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "TMPDIR": str(scratch)},
         )
         self._wait_until_ready(timeout)
         return self

@@ -19,7 +19,7 @@ from dagster import (
 
 from kmdagster.defs.factory import build_definitions
 from kmdagster.defs.runs import SOURCE_TAG
-from kmdagster.defs.schedules import first_pending_key
+from kmdagster.defs.schedules import pending_keys
 from kmdagster.defs.sensors import new_partition_keys
 from kmdagster_tests.conftest import make_config
 from kmdagster_tests.seaweed import SeaweedS3
@@ -44,10 +44,13 @@ def evaluate_schedule(defs: Any, instance: DagsterInstance):
         return schedule(context)
 
 
-def test_first_pending_key_is_alphanumeric_and_registered_only() -> None:
-    assert first_pending_key(["b.json", "a2.json", "a10.json"], {"b.json", "a2.json"}) == "a2.json"
-    assert first_pending_key(["a10.json", "a2.json"], {"a10.json", "a2.json"}) == "a10.json"
-    assert first_pending_key(["x.json"], set()) is None
+def test_pending_keys_are_alphanumeric_and_registered_only() -> None:
+    assert pending_keys(["b.json", "a2.json", "a10.json"], {"b.json", "a2.json"}) == [
+        "a2.json",
+        "b.json",
+    ]
+    assert pending_keys(["a10.json", "a2.json"], {"a10.json", "a2.json"})[0] == "a10.json"
+    assert pending_keys(["x.json"], set()) == []
 
 
 def test_new_partition_keys_sets_aside_keys_dagster_refuses() -> None:

@@ -1,11 +1,16 @@
-"""Every cross-reference in the repository resolves: Markdown links to files and headings,
-and paths of docs/ files named in code and text."""
+"""Every cross-reference in the repository resolves (Markdown links to files and headings,
+paths of docs/ files named in code and text), and what the README shows of the code (the
+IAM policy, the file states) is what the code says."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 from pathlib import Path
+
+from kmdagster.status import STATE_MEANINGS
+from kmdagster.storage.permissions import iam_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 LINK = re.compile(r"\]\(([^)\s]+)\)")
@@ -48,3 +53,16 @@ def test_docs_paths_named_anywhere_exist() -> None:
         if not (ROOT / path).exists()
     ]
     assert not missing, "\n".join(missing)
+
+
+def test_readme_policy_is_the_one_kmdagster_policy_prints() -> None:
+    readme = (ROOT / "README.md").read_text()
+    shown = readme.split("   ```json\n", 1)[1].split("   ```", 1)[0]
+    assert json.loads(shown) == iam_policy("my-km-imports")
+
+
+def test_readme_file_states_are_the_words_the_cli_and_ui_use() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("| state | meaning |", 1)[1].split("\n\n", 1)[0]
+    rows = dict(re.findall(r"^\| `(\w+)` \| (.+) \|$", table, re.M))
+    assert rows == STATE_MEANINGS

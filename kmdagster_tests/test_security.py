@@ -19,6 +19,7 @@ from kmdagster.storage.permissions import iam_policy
 from kmdagster.storage.s3_objects import ARCHIVE_PREFIX, FilePattern, S3AccessError, S3File
 from kmdagster_tests.conftest import ADMIN, READ_ONLY, WRITE_ONLY, make_config, write_config
 from kmdagster_tests.km_files import km_file
+from kmdagster_tests.s3_calls import S3Call, recording_s3_calls, ungranted
 from kmdagster_tests.seaweed import SeaweedS3, seaweed_command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,5 +129,68 @@ def test_documented_iam_policy_is_least_privilege() -> None:
         assert "*" not in statement["Action"]
         assert statement["Resource"].startswith("arn:aws:s3:::my-km-imports")
         assert statement["Resource"] != "*"
-    writes = [s for s in policy["Statement"] if s["Action"] == "s3:PutObject"]
-    assert [s["Resource"] for s in writes] == [f"arn:aws:s3:::my-km-imports/{ARCHIVE_PREFIX}*"]
+    writes = [
+        s for s in policy["Statement"] if s["Action"] in ("s3:PutObject", "s3:AbortMultipartUpload")
+    ]
+    assert [s["Resource"] for s in writes] == [f"arn:aws:s3:::my-km-imports/{ARCHIVE_PREFIX}*"] * 2
+
+
+def test_the_policy_grants_every_s3_call_of_check_import_archive_and_a_failed_parts_copy(
+    s3_server: SeaweedS3,
+    s3: Any,
+    bucket: str,
+    warehouse_path: Path,
+    instance: DagsterInstance,
+    tmp_path: Path,
+    monkeypatch: Any,
+) -> None:
+    """Every call kmdagster makes on the way (the permission check, preview, status, an
+    import with rejects, its archive and rejects file, a parts copy that fails and is
+    aborted) is one the printed policy grants on that key."""
+    s3.put_object(Bucket=bucket, Key="accounts.1.json", Body=km_file(seed=4).data)
+    config = make_config(s3_server, bucket, warehouse_path)
+    monkeypatch.setenv("KMDAGSTER_CONFIG", str(write_config(tmp_path / "km.yaml", config)))
+    instance.add_dynamic_partitions("accounts_files", ["accounts.1.json"])
+    job = build_definitions(config).resolve_job_def("accounts_import_job")
+    data = km_file(seed=5, repeats=20).data
+    old_etag = s3.put_object(Bucket=bucket, Key="accounts.2.json", Body=data)["ETag"]
+    s3.put_object(Bucket=bucket, Key="accounts.2.json", Body=data + b"\n")
+
+    with recording_s3_calls() as recorder:
+        for command in (["check", "accounts"], ["preview", "accounts"], ["status", "accounts"]):
+            assert main(command) == 0
+        assert job.execute_in_process(instance=instance, partition_key="accounts.1.json").success
+        with pytest.raises(S3AccessError, match="no longer holds the imported"):
+            archive_file(
+                s3,
+                bucket,
+                S3File(key="accounts.2.json", etag=old_etag, size=len(data)),
+                datetime.now(timezone.utc),
+                single_copy_max_bytes=1000,
+                copy_part_bytes=len(data) // 3,
+            )
+
+    assert recorder.operations() >= {
+        "ListObjectsV2",
+        "HeadObject",
+        "GetObject",
+        "CopyObject",
+        "PutObject",  # the rejects file, and the permission check's probe
+        "DeleteObject",
+        "CreateMultipartUpload",
+        "UploadPartCopy",
+        "AbortMultipartUpload",
+    }
+    assert ungranted(recorder.calls) == []
+
+
+def test_a_call_outside_the_policy_is_reported() -> None:
+    calls = {
+        S3Call("PutObject", "b", "accounts.json", None),  # a write outside completed_imports/
+        S3Call("PutBucketPolicy", "b", None, None),  # an operation the policy does not know
+        S3Call("CopyObject", "b", "completed_imports/x.json", "accounts.json"),  # granted
+    }
+    assert ungranted(calls) == [
+        "PutBucketPolicy on s3://b/: not in ACTIONS_BY_OPERATION, so the policy cannot grant it",
+        "PutObject needs s3:PutObject on arn:aws:s3:::b/accounts.json",
+    ]

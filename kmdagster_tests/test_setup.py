@@ -190,6 +190,7 @@ def test_check_passes_with_full_rights_and_leaves_nothing(
         ("read", True),
         ("write", True),
         ("delete", True),
+        ("abort", True),
     ]
     assert bucket_snapshot(s3, bucket) == before
 
@@ -208,7 +209,13 @@ def test_check_names_the_missing_permission_for_a_read_only_identity(
     rows = {
         m.group(1): m.group(2) for m in re.finditer(r"^\| (\w+)\s+\| s3:\w+\s+\| (\w+)", out, re.M)
     }
-    assert rows == {"list": "pass", "read": "pass", "write": "FAIL", "delete": "FAIL"}
+    assert rows == {
+        "list": "pass",
+        "read": "pass",
+        "write": "FAIL",
+        "delete": "FAIL",
+        "abort": "FAIL",
+    }
     assert '"Action": "s3:DeleteObject"' in out
     assert f'"Resource": "arn:aws:s3:::{bucket}/completed_imports/*"' in out
     assert "missing S3 permissions" in err
@@ -374,6 +381,12 @@ def test_policy_command_prints_the_bucket_scoped_policy(config_file: Path, capsy
     assert code == 0
     policy = json.loads(out)
     actions = [statement["Action"] for statement in policy["Statement"]]
-    assert actions == ["s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
+    assert actions == [
+        "s3:ListBucket",
+        "s3:GetObject",
+        "s3:PutObject",
+        "s3:DeleteObject",
+        "s3:AbortMultipartUpload",
+    ]
     assert all("*" not in action for action in actions)
     assert os.environ["KMDAGSTER_CONFIG"] == str(config_file)

@@ -22,10 +22,11 @@ from dagster import (
 )
 
 from kmdagster.defs.factory import build_definitions
-from kmdagster.defs.schedules import first_pending_key
+from kmdagster.defs.schedules import pending_keys
 from kmdagster.format.split import MAX_RAW_LINE_CHARS
+from kmdagster.quarantine import Quarantine
 from kmdagster.report import file_states_markdown
-from kmdagster.status import file_states
+from kmdagster.status import backlog, file_states
 from kmdagster.storage.rejects_file import rejects_key_for, write_rejects_file
 from kmdagster.storage.s3_objects import S3AccessError, S3File
 from kmdagster.storage.warehouse import LedgerRow
@@ -223,8 +224,10 @@ def test_sensor_reports_landed_files_and_the_backlog_in_import_order(
     landed = [e for e in result.asset_events if isinstance(e, AssetMaterialization)]
     assert sorted(str(e.partition) for e in landed) == sorted(keys)
     assert {e.asset_key.path[-1] for e in landed} == {"s3_file"}
-    [backlog] = [e for e in result.asset_events if isinstance(e, AssetCheckEvaluation)]
+    checks = {e.check_name: e for e in result.asset_events if isinstance(e, AssetCheckEvaluation)}
+    backlog = checks["backlog"]
     assert backlog.check_name == "backlog" and backlog.passed
+    assert checks["quarantine"].passed  # reported once at the first tick, green
     table = str(backlog.metadata["files"].value)
     positions = [table.index(f"| {n} ") for n in (1, 2, 3)]
     order = [table.index(key) for key in sorted(keys)]  # the schedule's order
@@ -242,6 +245,33 @@ def test_sensor_reports_landed_files_and_the_backlog_in_import_order(
     assert float(warned.metadata["oldest_waiting_hours"].value) >= 0.001  # type: ignore[arg-type]
 
 
+def test_a_file_back_at_the_root_with_imported_content_is_reimported_identical() -> None:
+    archived = LedgerRow(
+        "accounts", "accounts.1.json", '"a"', 10, "archived", 10, 1, 1, 0, 0,
+        None, None, "completed_imports/2026/11/26/accounts.1.json", None, None,
+    )  # fmt: skip
+    root = [S3File("accounts.1.json", '"a"', 10), S3File("accounts.2.json", '"b"', 10)]
+    quarantined = {"accounts.2.json": Quarantine("accounts.2.json", 3, "run-id", "Access Denied")}
+
+    states = file_states(root, [archived], quarantined)
+
+    by_key = {s.key: s for s in states}
+    again = by_key["accounts.1.json"]
+    assert (again.state, again.queue_position, again.at_bucket_root) == (
+        "reimported_identical",
+        1,  # in the backlog: the next run archives it again
+        True,
+    )
+    assert backlog(states) == [again]
+    set_aside = by_key["accounts.2.json"]
+    assert (set_aside.state, set_aside.queue_position, set_aside.error) == (
+        "quarantined",
+        None,
+        "Access Denied",
+    )
+    assert "| reimported_identical " in file_states_markdown(states)
+
+
 def test_file_states_list_the_backlog_in_the_schedules_order_then_the_rest() -> None:
     root = [S3File(key, f'"{key}"', 10) for key in ("accounts.176.json", "accounts-zz.json")]
     done = LedgerRow(
@@ -251,11 +281,11 @@ def test_file_states_list_the_backlog_in_the_schedules_order_then_the_rest() -> 
     states = file_states(root, [done])
 
     assert [(s.queue_position, s.key) for s in states] == [
-        (1, "accounts-zz.json"),  # byte order, as first_pending_key takes them
+        (1, "accounts-zz.json"),  # byte order, as pending_keys sorts them
         (2, "accounts.176.json"),
         (None, "accounts-a.json"),
     ]
-    assert first_pending_key([f.key for f in root], {f.key for f in root}) == "accounts-zz.json"
+    assert pending_keys([f.key for f in root], {f.key for f in root})[0] == "accounts-zz.json"
     table = file_states_markdown(states, limit=1)
     assert "accounts-zz.json" in table and "accounts.176.json" not in table
     assert "1 more files not shown" in table

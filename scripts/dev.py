@@ -2,7 +2,8 @@
 
 Everything lives under .kmdagster/ (fresh SeaweedFS data each start, DuckDB warehouse,
 Dagster home). The demo source is confirmed with `kmdagster confirm` before the UI starts
-(set KMDAGSTER_DEV_CONFIRM=0 to walk through setup yourself). Ctrl-C stops both servers.
+(set KMDAGSTER_DEV_CONFIRM=0 to walk through setup yourself). Ctrl-C, SIGINT or SIGTERM
+stops everything within a few seconds, leaving no process behind.
 `.kmdagster/dev.env` holds the endpoint and the generated credentials for the AWS CLI and
 the kmdagster commands (`source .kmdagster/dev.env`); they are never printed.
 """
@@ -15,34 +16,23 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
+from contextlib import ExitStack, suppress
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from kmdagster_tests.seaweed import Identity, SeaweedS3  # noqa: E402
+from kmdagster_tests.seaweed import PORT_FLAGS, Identity, SeaweedS3, free_ports  # noqa: E402
 from scripts.demo_data import DEMO_DECOYS, demo_files  # noqa: E402
 from scripts.demo_feed import start_feeder  # noqa: E402
 
-STATE = ROOT / ".kmdagster"
+STATE = Path(os.environ.get("KMDAGSTER_DEV_STATE") or ROOT / ".kmdagster")
 BUCKET = "km-imports"
 S3_PORT = int(os.environ.get("KMDAGSTER_DEV_S3_PORT", "8333"))
 WEB_PORT = int(os.environ.get("KMDAGSTER_DEV_WEB_PORT", "3000"))
-DEV_PORTS = {
-    "s3.port": S3_PORT,
-    "s3.port.grpc": S3_PORT + 10000,
-    "s3.port.iceberg": S3_PORT + 1,
-    "s3.port.lance": S3_PORT + 2,
-    "master.port": 9333,
-    "master.port.grpc": 19333,
-    "volume.port": 8380,
-    "volume.port.grpc": 18380,
-    "filer.port": 8888,
-    "filer.port.grpc": 18888,
-    "admin.port": 23646,
-    "admin.port.grpc": 33646,
-    "webdav.port": 7333,
-}
+# Servers get this long to stop on their own before what is left of them is killed.
+STOP_SECONDS = 6.0
 
 CONFIG = """\
 s3:
@@ -85,8 +75,65 @@ def write_env_file(path: Path, identity: Identity, endpoint: str, **paths: Path)
     )
 
 
+def dev_ports() -> dict[str, int]:
+    """The S3 port a user points tools at; SeaweedFS's internal ports are any free ones."""
+    internal = [flag for flag in PORT_FLAGS if flag != "s3.port"]
+    return {"s3.port": S3_PORT, **dict(zip(internal, free_ports(len(internal)), strict=True))}
+
+
+class Stop(Exception):
+    """SIGINT or SIGTERM: stop everything started so far."""
+
+
+def stop_on_signals() -> None:
+    def stop(*_: object) -> None:
+        raise Stop
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+
+
+class Servers:
+    """Server processes, each the leader of its own process group, stopped together: the
+    signal each stops cleanly on (dagster dev: SIGINT, like Ctrl-C; SeaweedFS: SIGTERM)
+    to every group at once, then SIGKILL to whatever is left after ``STOP_SECONDS``."""
+
+    def __init__(self) -> None:
+        self._groups: list[tuple[subprocess.Popen[bytes], signal.Signals]] = []
+
+    def add(self, process: subprocess.Popen[bytes], stop_signal: signal.Signals) -> None:
+        self._groups.append((process, stop_signal))
+
+    def stop(self) -> None:
+        for process, stop_signal in self._groups:
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, stop_signal)
+        deadline = time.monotonic() + STOP_SECONDS
+        for process, _ in self._groups:
+            with suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        for process, _ in self._groups:
+            with suppress(ProcessLookupError):  # a group outlives its leader: kill every member
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 def main() -> int:
-    STATE.mkdir(exist_ok=True)
+    # Signals are handled before anything starts, so a stop never strands a server; each
+    # part registers its own stop as it starts, and they run in reverse order.
+    stop_on_signals()
+    with ExitStack() as started:
+        try:
+            return run(started)
+        except Stop:
+            return 0
+        finally:  # a second Ctrl-C must not cut the stop short
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def run(started: ExitStack) -> int:
+    STATE.mkdir(parents=True, exist_ok=True)
     identity = Identity(
         "kmdagster-dev",
         "KMDEV" + secrets.token_hex(6).upper(),
@@ -94,7 +141,13 @@ def main() -> int:
         ("Admin", "Read", "List", "Tagging", "Write"),
     )
     shutil.rmtree(STATE / "seaweedfs", ignore_errors=True)
-    server = SeaweedS3(STATE / "seaweedfs", (identity,), ports=dict(DEV_PORTS)).start()
+    server = SeaweedS3(STATE / "seaweedfs", (identity,), ports=dev_ports())
+    started.callback(server.stop)  # runs last: only if stopped while it was starting
+    servers = Servers()
+    started.callback(servers.stop)
+    server.start()
+    assert server.process is not None
+    servers.add(server.process, signal.SIGTERM)
     client = server.client(identity)
     client.create_bucket(Bucket=BUCKET)
     files = demo_files()
@@ -127,7 +180,7 @@ def main() -> int:
     print(f"SeaweedFS S3 on {server.endpoint_url}, bucket {BUCKET!r} with {len(files)} files")
     print(
         "To reach it from another shell (AWS CLI, kmdagster status accounts): "
-        "source .kmdagster/dev.env",
+        f"source {STATE / 'dev.env'}",
         flush=True,
     )
     if os.environ.get("KMDAGSTER_DEV_CONFIRM", "1") == "1":
@@ -135,7 +188,6 @@ def main() -> int:
         kmdagster = Path(sys.executable).with_name("kmdagster")
         confirm = [str(kmdagster), "confirm", "accounts", "--workspace", "workspace.yaml"]
         if subprocess.run(confirm, cwd=ROOT, env=env).returncode != 0:
-            server.stop()
             return 1
     print(f"Dagster UI on http://127.0.0.1:{WEB_PORT} (Ctrl-C stops everything)", flush=True)
     dagster = Path(sys.executable).with_name("dagster")
@@ -143,33 +195,13 @@ def main() -> int:
         [str(dagster), "dev", "-h", "127.0.0.1", "-p", str(WEB_PORT), "-w", "workspace.yaml"],
         cwd=ROOT,
         env=env,
-        start_new_session=True,
+        start_new_session=True,  # its own process group, stopped as one
     )
+    servers.add(web, signal.SIGINT)
     # Live traffic for the demo: a re-sent file and new hours (KMDAGSTER_DEV_FEED=0: none).
-    feeding = os.environ.get("KMDAGSTER_DEV_FEED", "1") == "1"
-    stop_feed = start_feeder(client, BUCKET, STATE / "warehouse.duckdb") if feeding else None
-
-    def interrupt(*_: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
-    try:
-        return web.wait()
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        if stop_feed is not None:
-            stop_feed.set()
-        # dagster dev shuts down cleanly on SIGINT (Ctrl-C); escalate if it lingers.
-        for escalation in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-            if web.poll() is not None:
-                break
-            os.killpg(web.pid, escalation)
-            try:
-                web.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                continue
-        server.stop()
+    if os.environ.get("KMDAGSTER_DEV_FEED", "1") == "1":
+        started.callback(start_feeder(client, BUCKET, STATE / "warehouse.duckdb").set)
+    return web.wait()
 
 
 if __name__ == "__main__":

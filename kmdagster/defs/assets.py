@@ -176,6 +176,7 @@ def build_import_asset(
                 raise Failure(description=str(exc)) from exc
             crash_point("asset.before_progress_event")
             _report_progress(context, source, report)
+            warehouse.checkpoint()  # the checks below read every row of the file
             row, con = report.ledger, warehouse.connection
             if report.complete:
                 for table in ROW_TABLES:

@@ -8,6 +8,7 @@ happens: a stopped schedule, a stuck file), and it can be executed from the UI.
 """
 
 import hashlib
+from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -24,7 +25,9 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import SourceConfig
+from kmdagster.defs.quarantine import quarantined_files
 from kmdagster.defs.resources import WarehouseResource
+from kmdagster.quarantine import Quarantine
 from kmdagster.report import file_states_markdown
 from kmdagster.status import SourceStatus, backlog, oldest_waiting, read_source_status
 from kmdagster.storage.s3_objects import FilePattern, S3File
@@ -59,9 +62,15 @@ def backlog_outcome(
 
 
 def read_backlog_outcome(
-    client: Any, source: SourceConfig, duckdb_path: str, root_files: list[S3File] | None = None
+    client: Any,
+    source: SourceConfig,
+    duckdb_path: str,
+    quarantined: Mapping[str, Quarantine],
+    root_files: list[S3File] | None = None,
 ) -> tuple[bool, dict[str, Any]]:
-    status = read_source_status(client, source, duckdb_path, LEDGER_WAIT_SECONDS, root_files)
+    status = read_source_status(
+        client, source, duckdb_path, LEDGER_WAIT_SECONDS, root_files, quarantined
+    )
     return backlog_outcome(source, status, datetime.now(timezone.utc))
 
 
@@ -101,7 +110,10 @@ def build_backlog_check(source: SourceConfig, file_key: AssetKey) -> AssetChecks
         context: AssetCheckExecutionContext, km_s3: S3Resource, km_warehouse: WarehouseResource
     ) -> AssetCheckResult:
         passed, metadata = read_backlog_outcome(
-            km_s3.get_client(), source, km_warehouse.duckdb_path
+            km_s3.get_client(),
+            source,
+            km_warehouse.duckdb_path,
+            quarantined_files(context.instance, source),
         )
         return AssetCheckResult(passed=passed, metadata=metadata, severity=AssetCheckSeverity.WARN)
 

@@ -9,6 +9,7 @@ from kmdagster.defs.assets import build_source_assets, file_asset_key
 from kmdagster.defs.backlog import build_backlog_check
 from kmdagster.defs.jobs import build_import_job
 from kmdagster.defs.partitions import files_partitions
+from kmdagster.defs.quarantine import build_quarantine_check
 from kmdagster.defs.resources import build_resources
 from kmdagster.defs.schedules import build_import_schedule
 from kmdagster.defs.sensors import build_file_sensor
@@ -25,6 +26,7 @@ def build_source_definitions(source: SourceConfig) -> Definitions:
         asset_checks=[
             build_permission_check(source),
             build_backlog_check(source, file_asset_key(source)),
+            build_quarantine_check(source),
         ],
         jobs=[job],
         sensors=[build_file_sensor(source, partitions, file_asset_key(source))],

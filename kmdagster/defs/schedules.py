@@ -14,6 +14,7 @@ from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import SourceConfig
 from kmdagster.defs.partitions import files_partitions_name
+from kmdagster.defs.quarantine import quarantine_for_key
 from kmdagster.defs.runs import SOURCE_TAG, active_runs
 from kmdagster.storage.s3_objects import FilePattern, list_matching_files
 
@@ -21,14 +22,13 @@ if TYPE_CHECKING:
     from kmdagster.dagster_internals import AssetJob
 
 
-def first_pending_key(keys_at_root: list[str], registered: set[str]) -> str | None:
-    """The alphanumerically first registered key still at the bucket root.
+def pending_keys(keys_at_root: list[str], registered: set[str]) -> list[str]:
+    """Registered keys still at the bucket root, in alphanumeric (import) order.
 
     A file leaves the root only when it is archived, so every registered key still there
     is pending: new, partly imported, or re-uploaded with new content.
     """
-    pending = sorted(key for key in keys_at_root if key in registered)
-    return pending[0] if pending else None
+    return sorted(key for key in keys_at_root if key in registered)
 
 
 def build_import_schedule(
@@ -57,11 +57,26 @@ def build_import_schedule(
             )
         files = list(list_matching_files(km_s3.get_client(), source.bucket, pattern))
         registered = set(context.instance.get_dynamic_partitions(partitions_name))
-        key = first_pending_key([f.key for f in files], registered)
-        if key is None:
+        set_aside = []
+        for key in pending_keys([f.key for f in files], registered):
+            if quarantine_for_key(context.instance, source, key) is None:
+                break
+            set_aside.append(key)
+        else:
+            if set_aside:
+                return SkipReason(
+                    f"nothing to import: the {len(set_aside)} pending files of "
+                    f"s3://{source.bucket} are quarantined ({', '.join(set_aside[:5])}); "
+                    f"lift one with `kmdagster retry {source.name} KEY`"
+                )
             return SkipReason(
                 f"nothing pending: no registered {pattern.describe()} file at the root of "
                 f"s3://{source.bucket} ({len(files)} matching keys listed)"
+            )
+        if set_aside:
+            context.log.warning(
+                f"skipped {len(set_aside)} quarantined files ({', '.join(set_aside[:5])}); "
+                f"importing {key}"
             )
         etag = next(f.etag for f in files if f.key == key)
         tick = context.scheduled_execution_time

@@ -1,9 +1,13 @@
 """The sensor of a source: registers each new matching S3 key as a dynamic partition.
 
 It also reports what it sees: a materialization of ``<source>/s3_file`` for each file it
-registers (the file landed in S3), and the source's ``backlog`` check whenever the table
-of file states changed since its last report.
+registers (the file landed in S3), the source's ``backlog`` check whenever the table of
+file states changed since its last report, and its ``quarantine`` check whenever the set
+of quarantined files changed.
 """
+
+import json
+from dataclasses import dataclass
 
 from dagster import (
     AssetKey,
@@ -22,6 +26,7 @@ from dagster_aws.s3 import S3Resource
 from kmdagster.config import SourceConfig
 from kmdagster.defs.backlog import backlog_evaluation, outcome_fingerprint, read_backlog_outcome
 from kmdagster.defs.partitions import files_partitions_name, is_valid_partition_key
+from kmdagster.defs.quarantine import quarantine_evaluation, quarantined_files
 from kmdagster.defs.resources import WarehouseResource
 from kmdagster.storage.s3_objects import FilePattern, S3File, list_matching_files
 
@@ -33,6 +38,28 @@ def new_partition_keys(listed_keys: list[str], registered: set[str]) -> tuple[li
         [key for key in fresh if is_valid_partition_key(key)],
         [key for key in fresh if not is_valid_partition_key(key)],
     )
+
+
+@dataclass(frozen=True)
+class SensorCursor:
+    """What the sensor last reported: the backlog's fingerprint and the quarantined keys."""
+
+    backlog: str | None = None
+    quarantine: str = ""
+    is_new: bool = False  # no cursor yet: report the quarantine check once, green or red
+
+    @classmethod
+    def parse(cls, cursor: str | None) -> "SensorCursor":
+        if not cursor:
+            return cls(is_new=True)
+        try:
+            saved = json.loads(cursor)
+        except ValueError:  # a cursor written before quarantines: the backlog's alone
+            return cls(backlog=cursor, is_new=True)
+        return cls(backlog=saved.get("backlog"), quarantine=saved.get("quarantine", ""))
+
+    def serialize(self) -> str:
+        return json.dumps({"backlog": self.backlog, "quarantine": self.quarantine})
 
 
 def landed_materialization(file_key: AssetKey, bucket: str, file: S3File) -> AssetMaterialization:
@@ -81,14 +108,21 @@ def build_file_sensor(
             )
         by_key = {f.key: f for f in listed}
         events: list = [landed_materialization(file_key, source.bucket, by_key[k]) for k in to_add]
+        quarantined = quarantined_files(context.instance, source)
         passed, metadata = read_backlog_outcome(
-            client, source, km_warehouse.duckdb_path, root_files=listed
+            client, source, km_warehouse.duckdb_path, quarantined, root_files=listed
         )
+        reported = SensorCursor.parse(context.cursor)
         # Without the ledger (an import holds it) the table would be partial: report later.
         ledger_read = "ledger_note" not in metadata
-        fingerprint = outcome_fingerprint(passed, metadata) if ledger_read else context.cursor
-        if fingerprint != context.cursor:
+        cursor = SensorCursor(
+            backlog=outcome_fingerprint(passed, metadata) if ledger_read else reported.backlog,
+            quarantine=",".join(sorted(quarantined)),
+        )
+        if cursor.backlog != reported.backlog:
             events.append(backlog_evaluation(file_key, passed, metadata))
+        if cursor.quarantine != reported.quarantine or reported.is_new:
+            events.append(quarantine_evaluation(source, quarantined))
         if not events:
             return SkipReason(
                 f"no new keys matching {pattern.describe()} in s3://{source.bucket} "
@@ -97,7 +131,7 @@ def build_file_sensor(
         return SensorResult(
             dynamic_partitions_requests=[partitions.build_add_request(to_add)] if to_add else [],
             asset_events=events,
-            cursor=fingerprint,
+            cursor=cursor.serialize(),
         )
 
     return file_sensor

@@ -34,7 +34,7 @@ class Permission:
     def resource(self, bucket: str) -> str:
         if self.action == "s3:ListBucket":
             return f"arn:aws:s3:::{bucket}"
-        if self.action == "s3:PutObject":
+        if self.action in ARCHIVE_ONLY_ACTIONS:
             return f"arn:aws:s3:::{bucket}/{ARCHIVE_PREFIX}*"
         return f"arn:aws:s3:::{bucket}/*"
 
@@ -54,7 +54,32 @@ PERMISSIONS = (
         "write", "s3:PutObject", "WriteArchiveCopies", f"copy imported files to {ARCHIVE_PREFIX}"
     ),
     Permission("delete", "s3:DeleteObject", "DeleteImportedFiles", "remove archived originals"),
+    Permission(
+        "abort",
+        "s3:AbortMultipartUpload",
+        "AbortFailedArchiveCopies",
+        "abort a failed multipart copy or upload under " + ARCHIVE_PREFIX,
+    ),
 )
+# Writes only ever create objects under completed_imports/.
+ARCHIVE_ONLY_ACTIONS = ("s3:PutObject", "s3:AbortMultipartUpload")
+
+# Every S3 operation kmdagster calls and the IAM actions it needs (on the key written or
+# read; a copy also reads its source). A test compares the calls made with the policy.
+ACTIONS_BY_OPERATION = {
+    "ListObjectsV2": ("s3:ListBucket",),
+    "HeadBucket": ("s3:ListBucket",),
+    "HeadObject": ("s3:GetObject",),
+    "GetObject": ("s3:GetObject",),
+    "CopyObject": ("s3:PutObject",),
+    "CreateMultipartUpload": ("s3:PutObject",),
+    "UploadPart": ("s3:PutObject",),
+    "UploadPartCopy": ("s3:PutObject",),
+    "CompleteMultipartUpload": ("s3:PutObject",),
+    "AbortMultipartUpload": ("s3:AbortMultipartUpload",),
+    "PutObject": ("s3:PutObject",),
+    "DeleteObject": ("s3:DeleteObject",),
+}
 
 
 def iam_policy(bucket: str) -> dict[str, Any]:
@@ -73,7 +98,7 @@ class PermissionResult:
 
 
 def check_permissions(client: Any, bucket: str, pattern: FilePattern) -> list[PermissionResult]:
-    """Try list, read, delete and write against ``bucket``; one result per permission."""
+    """Try list, read, delete, write and abort against ``bucket``; one result per permission."""
     by_name = {permission.name: permission for permission in PERMISSIONS}
     results: dict[str, PermissionResult] = {}
     token = uuid.uuid4().hex
@@ -138,4 +163,19 @@ def check_permissions(client: Any, bucket: str, pattern: FilePattern) -> list[Pe
             False,
             "not tested: without s3:DeleteObject the write probe could not be removed",
         )
+    results["abort"] = _check_abort(client, bucket, probe_key, by_name["abort"])
     return [results[permission.name] for permission in PERMISSIONS]
+
+
+def _check_abort(client: Any, bucket: str, key: str, permission: Permission) -> PermissionResult:
+    """Abort an upload that does not exist: allowed, S3 answers NoSuchUpload."""
+    try:
+        client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=f"{PROBE_NAME}upload")
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "NoSuchUpload":
+            return PermissionResult(
+                permission, True, f"aborted (absent) upload of s3://{bucket}/{key}"
+            )
+        detail = describe_client_error(exc, "AbortMultipartUpload", bucket, key)
+        return PermissionResult(permission, False, detail)
+    return PermissionResult(permission, True, f"aborted (absent) upload of s3://{bucket}/{key}")

@@ -343,6 +343,16 @@ class DuckDBWarehouse:
                     [file_id],
                 )
 
+    def checkpoint(self) -> None:
+        """Write the committed rows still held in DuckDB's log into the file.
+
+        Until a checkpoint those rows hold memory DuckDB cannot spill, so a query over a
+        whole file's rows (the data checks) ran out of the 64 MB limit after a 2 GB import
+        (32 million property rows); after it the same query needs 4 s and no more memory.
+        Closing the warehouse would checkpoint anyway: this only moves the cost earlier.
+        """
+        self._con.execute("CHECKPOINT")
+
     def mark_archived(self, row: LedgerRow, archived_key: str) -> LedgerRow:
         return self._update_status(row, "archived", archived_key=archived_key)
 

@@ -1,0 +1,54 @@
+"""Quarantine: a file whose import runs keep failing is set aside so the next can go.
+
+The rule, pure and testable without Dagster: walking a file's finished runs from the
+newest, the streak of failures ends at a run that succeeded, at the moment an operator
+lifted the quarantine (``kmdagster retry``), or after a run launched with the retry tag
+(that run still counts if it failed). ``threshold`` failures in a streak quarantine the
+file. Nothing of the file is touched: what it committed and its resume offset stay, and
+it stays at the bucket root.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    run_id: str
+    succeeded: bool
+    retry: bool  # launched with the retry tag: a new start for the file
+    created: float  # epoch seconds
+    error: str = ""  # why it failed (filled for the newest failure only)
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    key: str
+    failed_runs: int
+    last_run_id: str
+    last_error: str
+
+
+def failure_streak(
+    runs_newest_first: Iterable[FinishedRun], lifted_at: float | None = None
+) -> list[FinishedRun]:
+    """The failed runs since the file last succeeded or was given a new start."""
+    streak = []
+    for run in runs_newest_first:
+        if run.succeeded or (lifted_at is not None and run.created <= lifted_at):
+            break
+        streak.append(run)
+        if run.retry:
+            break
+    return streak
+
+
+def quarantine_of(
+    key: str, runs_newest_first: Iterable[FinishedRun], lifted_at: float | None, threshold: int
+) -> Quarantine | None:
+    streak = failure_streak(runs_newest_first, lifted_at)
+    if len(streak) < threshold:
+        return None
+    return Quarantine(key, len(streak), streak[0].run_id, streak[0].error)
