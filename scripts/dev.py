@@ -118,6 +118,18 @@ class Servers:
             process.wait()
 
 
+def start_seaweed(started: ExitStack, server: SeaweedS3) -> Servers:
+    """Start SeaweedFS; the ``Servers`` returned stop it, and what is added to them later,
+    when ``started`` closes."""
+    started.callback(server.stop)  # runs last: only if stopped while it was starting
+    servers = Servers()
+    started.callback(servers.stop)
+    server.start()
+    assert server.process is not None
+    servers.add(server.process, signal.SIGTERM)
+    return servers
+
+
 def main() -> int:
     # Signals are handled before anything starts, so a stop never strands a server; each
     # part registers its own stop as it starts, and they run in reverse order.
@@ -142,12 +154,7 @@ def run(started: ExitStack) -> int:
     )
     shutil.rmtree(STATE / "seaweedfs", ignore_errors=True)
     server = SeaweedS3(STATE / "seaweedfs", (identity,), ports=dev_ports())
-    started.callback(server.stop)  # runs last: only if stopped while it was starting
-    servers = Servers()
-    started.callback(servers.stop)
-    server.start()
-    assert server.process is not None
-    servers.add(server.process, signal.SIGTERM)
+    servers = start_seaweed(started, server)
     client = server.client(identity)
     client.create_bucket(Bucket=BUCKET)
     files = demo_files()

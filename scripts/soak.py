@@ -47,7 +47,7 @@ from kmdagster.storage.schema import ROW_TABLES, STORAGE_TABLES  # noqa: E402
 from kmdagster.storage.warehouse import DuckDBWarehouse, LedgerRow  # noqa: E402
 from kmdagster_tests.km_files import km_file  # noqa: E402
 from kmdagster_tests.seaweed import Identity, SeaweedS3, free_ports  # noqa: E402
-from scripts.dev import Servers  # noqa: E402
+from scripts.dev import start_seaweed  # noqa: E402
 
 SOURCES = {"accounts": "km-soak-accounts", "orders": "km-soak-orders"}
 UNREADABLE = "accounts.0-unreadable.json"  # sorts first; the product may not read it
@@ -67,8 +67,8 @@ SOURCE = """\
     base_filename: {name}.json
     cron: "* * * * *"
     sensor_interval_seconds: 5
-    time_budget_seconds: 0.05
-    chunk_bytes: 16384
+    time_budget_seconds: 0.2
+    chunk_bytes: 32768
 """
 
 
@@ -94,8 +94,9 @@ def identities() -> tuple[Identity, Identity]:
 
 
 def put_file(client: Any, bucket: str, key: str, seed: int, kind: str, manifest: Any) -> None:
-    """Write one KM file and record what it holds, version by version."""
-    content = km_file(seed=seed, repeats=random.Random(seed).randint(20, 400))
+    """Write one KM file and record what it holds, version by version. Seeds below 5,000
+    keep its timestamps in the past."""
+    content = km_file(seed=seed % 5000, repeats=random.Random(seed).randint(20, 400))
     etag = client.put_object(Bucket=bucket, Key=key, Body=content.data)["ETag"]
     record = {"bucket": bucket, "key": key, "etag": etag, "kind": kind, "bytes": len(content.data)}
     for name in ("lines", "events", "properties", "aliases", "rejects", "blanks"):
@@ -126,7 +127,7 @@ def writer(endpoint: str, admin: Identity, manifest_path: Path, every: float, un
                 rewrites.append((time.time() + random.uniform(2, 20), bucket, key))
             for due in [r for r in rewrites if r[0] <= time.time()]:
                 rewrites.remove(due)
-                put_file(client, due[1], due[2], number + 7_000_000, "overwrite", manifest)
+                put_file(client, due[1], due[2], number + 2500, "overwrite", manifest)
             number += 1
             time.sleep(every)
 
@@ -143,13 +144,14 @@ class RssSampler:
         ("api grpc", "code server"),
         ("code-server", "code server"),
         ("dagster dev", "dagster dev"),
-        ("soak.py --writer", "writer"),
+        ("--writer", "writer"),
     )
 
     def __init__(self, marker: str) -> None:
         self.marker = marker.encode()
         self.peak_mb: dict[str, float] = {}
         self.processes: Counter[str] = Counter()
+        self.unclassified: set[str] = set()
         self._seen: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -177,6 +179,8 @@ class RssSampler:
         except OSError:
             return
         kind = next((k for needle, k in self.KINDS if needle in command), "other")
+        if kind == "other":
+            self.unclassified.add(command[:160])
         if int(proc.name) not in self._seen:
             self._seen.add(int(proc.name))
             self.processes[kind] += 1
@@ -284,19 +288,13 @@ def main() -> int:
     sampler = RssSampler(f"KMDAGSTER_SOAK={state}").start()
     with ExitStack() as started:
         server = SeaweedS3(state / "seaweedfs", (admin, product))
-        started.callback(server.stop)
-        servers = Servers()
-        started.callback(servers.stop)
-        server.start()
-        assert server.process is not None
-        servers.add(server.process, signal.SIGTERM)
+        servers = start_seaweed(started, server)
         client = server.client(admin)
         manifest_path = state / "manifest.jsonl"
         with open(manifest_path, "w") as manifest:
             for number, (name, bucket) in enumerate(SOURCES.items(), start=FIRST_NUMBER - 10):
                 client.create_bucket(Bucket=bucket)
                 put_file(client, bucket, f"{name}.{number}.json", number, "new", manifest)
-            put_file(client, SOURCES["accounts"], UNREADABLE, 1, "unreadable", manifest)
         config_path = state / "kmdagster.yaml"
         config_path.write_text(
             CONFIG.format(
@@ -318,7 +316,11 @@ def main() -> int:
         kmdagster = Path(sys.executable).with_name("kmdagster")
         for name in SOURCES:
             confirm = [str(kmdagster), "confirm", name, "--workspace", "workspace.yaml"]
-            subprocess.run(confirm, cwd=ROOT, env=env, check=True, capture_output=True)
+            done = subprocess.run(confirm, cwd=ROOT, env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"kmdagster confirm {name} failed:\n{done.stdout}{done.stderr}")
+        with open(manifest_path, "a") as manifest:  # after the setup check, which reads it
+            put_file(client, SOURCES["accounts"], UNREADABLE, 1, "unreadable", manifest)
         (web_port,) = free_ports(1)
         dagster = Path(sys.executable).with_name("dagster")
         with open(state / "dagster.log", "wb") as log:
@@ -361,6 +363,7 @@ def main() -> int:
             figures = verify(config_path, client, manifest_path, instance)
     figures["processes"] = dict(sampler.processes)
     figures["peak_rss_mb"] = {k: round(v) for k, v in sorted(sampler.peak_mb.items())}
+    figures["unclassified_processes"] = sorted(sampler.unclassified)[:10]
     print(json.dumps(figures, indent=2))
     return 1 if figures["problems"] else 0
 
