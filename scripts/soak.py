@@ -138,13 +138,17 @@ class RssSampler:
     KINDS = (
         ("weed", "SeaweedFS"),
         ("execute_run", "run worker"),
+        ("spawn_main", "run worker"),  # the code server starts each run in a spawned process
+        ("resource_tracker", "run worker"),
         ("dagster-webserver", "webserver"),
         ("dagster_webserver", "webserver"),
         ("dagster-daemon", "daemon"),
+        ("_daemon", "daemon"),
         ("api grpc", "code server"),
         ("code-server", "code server"),
         ("dagster dev", "dagster dev"),
         ("--writer", "writer"),
+        ("confirm", "setup (kmdagster confirm)"),
     )
 
     def __init__(self, marker: str) -> None:
