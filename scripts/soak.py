@@ -149,6 +149,8 @@ class RssSampler:
         ("dagster dev", "dagster dev"),
         ("--writer", "writer"),
         ("confirm", "setup (kmdagster confirm)"),
+        ("sensor start", "setup (kmdagster confirm)"),
+        ("schedule start", "setup (kmdagster confirm)"),
     )
 
     def __init__(self, marker: str) -> None:
