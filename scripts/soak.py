@@ -41,9 +41,8 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter  # noqa: E402
 from kmdagster.config import load_config  # noqa: E402
 from kmdagster.defs.quarantine import quarantined_files  # noqa: E402
 from kmdagster.status import STATE_MEANINGS, file_states  # noqa: E402
-from kmdagster.storage.file_rows import ROW_IDENTITY  # noqa: E402
+from kmdagster.storage.file_rows import duplicate_rows, rows_by_table  # noqa: E402
 from kmdagster.storage.s3_objects import ARCHIVE_PREFIX, FilePattern, list_matching_files  # noqa: E402
-from kmdagster.storage.schema import ROW_TABLES, STORAGE_TABLES  # noqa: E402
 from kmdagster.storage.warehouse import DuckDBWarehouse, LedgerRow  # noqa: E402
 from kmdagster_tests.km_files import km_file  # noqa: E402
 from kmdagster_tests.seaweed import Identity, SeaweedS3, free_ports  # noqa: E402
@@ -259,14 +258,10 @@ def check_version(
     for name, value in expected.items():
         if getattr(row, name) != value:
             problems.append(f"{where}: {name} {getattr(row, name)}, written {value}")
-    for table in ROW_TABLES:
-        [(rows, distinct)] = con.execute(
-            f"SELECT count(*), count(DISTINCT ({ROW_IDENTITY[table]})) "
-            f"FROM {STORAGE_TABLES[table]} WHERE file_id = ?",
-            [row.file_id],
-        ).fetchall()
-        if rows != distinct:
-            problems.append(f"{where}: {rows - distinct} duplicate rows in {table}")
+    for table, rows in rows_by_table(con, row).items():
+        duplicates = duplicate_rows(con, row, table)
+        if duplicates:
+            problems.append(f"{where}: {duplicates} duplicate rows in {table}")
         if rows != row.rows_in(table):
             problems.append(f"{where}: {table} holds {rows} rows, ledger {row.rows_in(table)}")
     return problems

@@ -15,15 +15,17 @@ import polars as pl
 from kmdagster.storage.schema import ROW_TABLES, STORAGE_TABLES
 from kmdagster.storage.warehouse import LedgerRow
 
-# The columns that identify one row of a file version in each storage table: one row per
-# line, except properties, one per (line, name): a line's names are unique once normalised,
-# so its labels (name ids) are too.
+# The columns that identify one row of a file version in each table: one row per line,
+# except properties, one per (line, name) since a line's names are unique once normalised.
 ROW_IDENTITY = {
     "km_events": "line_no",
-    "km_properties": "line_no, name_id",
+    "km_properties": "line_no, name",
     "km_aliases": "line_no",
     "km_rejects": "line_no",
 }
+# The same identity in the storage tables, which hold a name's id: a line's names being
+# unique, so are its name ids, and grouping ids needs far less memory than the view's names.
+_STORAGE_ROW_IDENTITY = {**ROW_IDENTITY, "km_properties": "line_no, name_id"}
 _OF_FILE = "file_id = ?"
 
 
@@ -57,7 +59,7 @@ def duplicate_rows(con: duckdb.DuckDBPyConnection, row: LedgerRow, table: str) -
     return _count(
         con,
         f"SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM {STORAGE_TABLES[table]} "
-        f"WHERE {_OF_FILE} GROUP BY {ROW_IDENTITY[table]} HAVING count(*) > 1)",
+        f"WHERE {_OF_FILE} GROUP BY {_STORAGE_ROW_IDENTITY[table]} HAVING count(*) > 1)",
         _file(row),
     )
 
