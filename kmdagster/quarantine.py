@@ -20,7 +20,6 @@ class FinishedRun:
     succeeded: bool
     retry: bool  # launched with the retry tag: a new start for the file
     created: float  # epoch seconds
-    error: str = ""  # why it failed (filled for the newest failure only)
 
 
 @dataclass(frozen=True)
@@ -28,7 +27,7 @@ class Quarantine:
     key: str
     failed_runs: int
     last_run_id: str
-    last_error: str
+    last_error: str = ""  # what the last run said, read only where it is shown
 
 
 def failure_streak(
@@ -51,4 +50,4 @@ def quarantine_of(
     streak = failure_streak(runs_newest_first, lifted_at)
     if len(streak) < threshold:
         return None
-    return Quarantine(key, len(streak), streak[0].run_id, streak[0].error)
+    return Quarantine(key, len(streak), streak[0].run_id)

@@ -7,6 +7,8 @@ with the tag ``kmdagster/retry: true`` gives the file a new start too. Either wa
 is first in line again and resumes from its committed offset.
 """
 
+from dataclasses import replace
+
 from dagster import (
     AssetCheckEvaluation,
     AssetCheckExecutionContext,
@@ -85,23 +87,30 @@ def failure_message(instance: DagsterInstance, run_id: str) -> str:
     return ""
 
 
-def quarantine_for_key(
+def _quarantine_without_error(
     instance: DagsterInstance, source: SourceConfig, key: str
 ) -> Quarantine | None:
-    """The file's quarantine, if its last runs failed ``quarantine_after_failed_runs`` times."""
     threshold = source.quarantine_after_failed_runs
     runs = _finished_runs(instance, source, key, threshold)
     if len(runs) < threshold or any(run.succeeded for run in runs):
         return None  # the usual case, in one query
-    found = quarantine_of(key, runs, _lifted_at(instance, source, key, threshold + 1), threshold)
+    return quarantine_of(key, runs, _lifted_at(instance, source, key, threshold + 1), threshold)
+
+
+def is_quarantined(instance: DagsterInstance, source: SourceConfig, key: str) -> bool:
+    """Whether the file's last runs failed ``quarantine_after_failed_runs`` times in a row
+    (for the schedule, which needs no error message and so reads no event log)."""
+    return _quarantine_without_error(instance, source, key) is not None
+
+
+def quarantine_for_key(
+    instance: DagsterInstance, source: SourceConfig, key: str
+) -> Quarantine | None:
+    """The file's quarantine, with its last run's error, if it is quarantined."""
+    found = _quarantine_without_error(instance, source, key)
     if found is None:
         return None
-    return Quarantine(
-        found.key,
-        found.failed_runs,
-        found.last_run_id,
-        failure_message(instance, found.last_run_id),
-    )
+    return replace(found, last_error=failure_message(instance, found.last_run_id))
 
 
 def quarantined_files(instance: DagsterInstance, source: SourceConfig) -> dict[str, Quarantine]:

@@ -14,7 +14,7 @@ from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import SourceConfig
 from kmdagster.defs.partitions import files_partitions_name
-from kmdagster.defs.quarantine import quarantine_for_key
+from kmdagster.defs.quarantine import is_quarantined
 from kmdagster.defs.runs import SOURCE_TAG, active_runs
 from kmdagster.storage.s3_objects import FilePattern, list_matching_files
 
@@ -59,7 +59,7 @@ def build_import_schedule(
         registered = set(context.instance.get_dynamic_partitions(partitions_name))
         set_aside = []
         for key in pending_keys([f.key for f in files], registered):
-            if quarantine_for_key(context.instance, source, key) is None:
+            if not is_quarantined(context.instance, source, key):
                 break
             set_aside.append(key)
         else:
