@@ -222,7 +222,10 @@ def verify(config_path: Path, client: Any, manifest_path: Path, instance: Any) -
                 if state.state not in STATE_MEANINGS:
                     problems.append(f"{state.key}: undocumented state {state.state!r}")
             if source.name == "accounts" and UNREADABLE not in quarantined:
-                problems.append(f"{UNREADABLE} is not quarantined")
+                problems.append(
+                    f"{UNREADABLE} is not quarantined (that takes three failed runs, one a "
+                    "minute: soak for at least 4 minutes)"
+                )
     failed = instance.get_runs_count(RunsFilter(statuses=[DagsterRunStatus.FAILURE]))
     succeeded = instance.get_runs_count(RunsFilter(statuses=[DagsterRunStatus.SUCCESS]))
     return {
