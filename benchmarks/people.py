@@ -41,7 +41,7 @@ def measure(identities: int, pairs: int, workdir: Path) -> dict[str, float]:
             chunk = frame.slice(start, PAIRS_PER_CHUNK)
             began = time.perf_counter()
             con.begin()
-            add_alias_pairs(con, chunk)
+            add_alias_pairs(warehouse.database, chunk)
             con.commit()
             merges.append(time.perf_counter() - began)
         began = time.perf_counter()

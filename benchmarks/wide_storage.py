@@ -8,12 +8,10 @@ layouts on the same file in the same run.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import duckdb
 import polars as pl
 
 from kmdagster.format.split import SplitLines
+from kmdagster.storage.duckdb_database import DuckDBDatabase
 from kmdagster.storage.warehouse import DuckDBWarehouse
 
 WIDE_TABLES = """
@@ -44,8 +42,8 @@ CREATE TABLE IF NOT EXISTS wide_rejects (
 class WideTablesWarehouse(DuckDBWarehouse):
     """The same ledger and transactions; rows written to the previous wide layout."""
 
-    def __init__(self, connection: duckdb.DuckDBPyConnection, path: str | Path) -> None:
-        super().__init__(connection, path)
+    def __init__(self, database: DuckDBDatabase, writer: bool = True) -> None:
+        super().__init__(database, writer)
         self.connection.execute(WIDE_TABLES)
 
     def _insert_rows(self, split: SplitLines, file_id: int) -> None:

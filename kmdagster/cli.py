@@ -29,7 +29,7 @@ from kmdagster.status import backlog, backlog_eta, read_source_status
 from kmdagster.storage.permissions import PermissionResult, check_permissions, iam_policy
 from kmdagster.storage.s3_objects import FilePattern, S3AccessError
 from kmdagster.storage.schema import SCHEMA_VERSION, WarehouseSchemaError
-from kmdagster.storage.warehouse import DuckDBWarehouse, WarehouseBusy
+from kmdagster.storage.warehouse import Warehouse, WarehouseBusy, WarehouseUnreachable
 
 DEFINITIONS_MODULE = "kmdagster.definitions"
 
@@ -45,7 +45,7 @@ def s3_client(config: KmConfig) -> Any:
 
 def run_preview(config: KmConfig, source: SourceConfig, key: str | None) -> FilePreview:
     try:
-        names = WarehouseResource(duckdb_path=config.warehouse.duckdb_path).known_names()
+        names = WarehouseResource.of(config.warehouse).known_names()
     except WarehouseBusy as exc:
         click.echo(f"note: names are not compared with the warehouse: {exc}", err=True)
         names = None
@@ -130,7 +130,7 @@ def status(config: KmConfig, source: SourceConfig, as_json: bool, wait: float) -
     else:
         click.echo("note: DAGSTER_HOME is not set, so quarantined files are not shown", err=True)
     found = read_source_status(
-        s3_client(config), source, config.warehouse.duckdb_path, wait, quarantined=quarantined
+        s3_client(config), source, config.warehouse, wait, quarantined=quarantined
     )
     if found.ledger_note:
         click.echo(f"note: {found.ledger_note}", err=True)
@@ -220,12 +220,12 @@ def policy(config: KmConfig, source: SourceConfig) -> None:
     click.echo(json.dumps(iam_policy(source.bucket), indent=2))
 
 
-@cli.command(help="upgrade the warehouse file to this version's schema, in one transaction")
+@cli.command(help="upgrade the warehouse to this version's schema, in one transaction")
 @click.option("--wait", type=float, default=120.0, show_default=True, help=WAIT_HELP)
 def upgrade_warehouse(wait: float) -> None:
-    path = load_config().warehouse.duckdb_path
-    with DuckDBWarehouse.connect(path, lock_wait_seconds=wait) as warehouse:
+    with Warehouse.open(load_config().warehouse, lock_wait_seconds=wait) as warehouse:
         found = warehouse.upgraded_from
+        path = warehouse.database.location
     if found is None or found == SCHEMA_VERSION:
         click.echo(f"{path}: schema version {SCHEMA_VERSION}, nothing to upgrade")
     else:
@@ -257,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         S3AccessError,
         WarehouseBusy,
         WarehouseSchemaError,
+        WarehouseUnreachable,
     ) as exc:
         click.echo(f"kmdagster: {exc}", err=True)
         return 1

@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from kmdagster.dagster_internals import is_valid_cron
 
@@ -52,7 +59,33 @@ class S3Settings(_Section):
 
 
 class WarehouseSettings(_Section):
+    """Where the km_* relations live: an embedded DuckDB file (the default) or PostgreSQL."""
+
+    backend: Literal["duckdb", "postgres"] = "duckdb"
     duckdb_path: Text = ".kmdagster/warehouse.duckdb"
+    # A libpq URL without the password (libpq reads PGPASSWORD or ~/.pgpass; PGHOST and
+    # the other PG* variables fill in what the URL leaves out).
+    postgres_url: Text | None = None
+
+    @field_validator("postgres_url")
+    @classmethod
+    def _no_password_in_file(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("give a URL starting with postgresql://")
+        if url is not None and re.match(r"^[a-z]+://[^/@]*:[^/@]*@", url):
+            raise ValueError(
+                "holds a password; remove it and set PGPASSWORD (or ~/.pgpass) instead: "
+                "passwords never live in the configuration file"
+            )
+        return url
+
+    @model_validator(mode="after")
+    def _postgres_has_a_url(self) -> WarehouseSettings:
+        if self.backend == "postgres" and self.postgres_url is None:
+            raise ValueError(
+                "backend postgres needs postgres_url (e.g. postgresql://kmdagster@db:5432/km)"
+            )
+        return self
 
 
 class SourceConfig(_Section):

@@ -12,11 +12,11 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from kmdagster.config import SourceConfig
+from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.dagster_internals import cron_ticks_after
 from kmdagster.quarantine import Quarantine
 from kmdagster.storage.s3_objects import FilePattern, S3File, list_matching_files
-from kmdagster.storage.warehouse import DuckDBWarehouse, LedgerRow, WarehouseBusy
+from kmdagster.storage.warehouse import LedgerRow, Warehouse, WarehouseBusy
 
 # Every state shown to people, in the CLI, the backlog check and the docs (README "File
 # states" lists the same words and meanings; a test compares them).
@@ -177,7 +177,7 @@ class SourceStatus:
 def read_source_status(
     client: Any,
     source: SourceConfig,
-    duckdb_path: str,
+    warehouse_settings: WarehouseSettings,
     wait_seconds: float,
     root_files: list[S3File] | None = None,
     quarantined: Mapping[str, Quarantine] | None = None,
@@ -189,7 +189,7 @@ def read_source_status(
         pattern = FilePattern.from_base_filename(source.base_filename)
         root_files = list(list_matching_files(client, source.bucket, pattern))
     try:
-        with DuckDBWarehouse.read_only(duckdb_path, wait_seconds) as warehouse:
+        with Warehouse.read_only(warehouse_settings, wait_seconds) as warehouse:
             ledger = warehouse.ledger_rows(source.name) if warehouse else []
     except WarehouseBusy as exc:
         # An import run holds DuckDB's only write lock: show what S3 alone can tell.

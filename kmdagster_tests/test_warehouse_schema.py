@@ -115,7 +115,7 @@ def test_an_upgraded_warehouse_resumes_its_partial_file_and_takes_new_rows(
 def test_a_reader_refuses_an_old_warehouse_naming_the_upgrade(v1_path: Path) -> None:
     with (
         pytest.raises(WarehouseSchemaError, match=UPGRADE_COMMAND),
-        DuckDBWarehouse.read_only(v1_path),
+        DuckDBWarehouse.reader(v1_path),
     ):
         pass
 
@@ -126,7 +126,7 @@ def test_a_newer_warehouse_is_refused_by_readers_and_writers(tmp_path: Path) -> 
         pass
     with duckdb.connect(str(path)) as con:
         con.execute("UPDATE km_schema SET version = ?", [SCHEMA_VERSION + 1])
-    for opening in (DuckDBWarehouse.connect, DuckDBWarehouse.read_only):
+    for opening in (DuckDBWarehouse.connect, DuckDBWarehouse.reader):
         with pytest.raises(WarehouseSchemaError, match="newer kmdagster"), opening(path):
             pass
 

@@ -22,7 +22,7 @@ RESENT_LINES = 120_000
 
 def _partly_imported(warehouse_path: Path, key: str) -> bool:
     try:
-        with DuckDBWarehouse.read_only(warehouse_path, lock_wait_seconds=0) as warehouse:
+        with DuckDBWarehouse.reader(warehouse_path, lock_wait_seconds=0) as warehouse:
             if warehouse is None:
                 return False
             row = warehouse.latest_ledger_row("accounts", key)

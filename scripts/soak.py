@@ -35,12 +35,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import boto3  # noqa: E402
-import duckdb  # noqa: E402
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter  # noqa: E402
 
 from kmdagster.config import load_config  # noqa: E402
 from kmdagster.defs.quarantine import quarantined_files  # noqa: E402
 from kmdagster.status import STATE_MEANINGS, file_states  # noqa: E402
+from kmdagster.storage.database import Database  # noqa: E402
 from kmdagster.storage.file_rows import duplicate_rows, rows_by_table  # noqa: E402
 from kmdagster.storage.s3_objects import ARCHIVE_PREFIX, FilePattern, list_matching_files  # noqa: E402
 from kmdagster.storage.warehouse import DuckDBWarehouse, LedgerRow  # noqa: E402
@@ -205,7 +205,7 @@ def verify(config_path: Path, client: Any, manifest_path: Path, instance: Any) -
     problems: list[str] = []
     states: Counter[str] = Counter()
     loaded_lines = completed = 0
-    with DuckDBWarehouse.read_only(config.warehouse.duckdb_path) as warehouse:
+    with DuckDBWarehouse.reader(config.warehouse.duckdb_path) as warehouse:
         assert warehouse is not None, "no warehouse: nothing was imported"
         for source in config.sources:
             rows = warehouse.ledger_rows(source.name)
@@ -213,7 +213,7 @@ def verify(config_path: Path, client: Any, manifest_path: Path, instance: Any) -
                 if row.is_complete:
                     completed += 1
                     loaded_lines += row.lines_loaded
-                    problems += check_version(warehouse.connection, written, source.bucket, row)
+                    problems += check_version(warehouse.database, written, source.bucket, row)
             pattern = FilePattern.from_base_filename(source.base_filename)
             root = list(list_matching_files(client, source.bucket, pattern))
             quarantined = quarantined_files(instance, source)
@@ -242,7 +242,7 @@ def verify(config_path: Path, client: Any, manifest_path: Path, instance: Any) -
 
 
 def check_version(
-    con: duckdb.DuckDBPyConnection, written: dict[Any, Any], bucket: str, row: LedgerRow
+    database: Database, written: dict[Any, Any], bucket: str, row: LedgerRow
 ) -> list[str]:
     """A completed version holds exactly the lines the writer put in it, once each."""
     record = written.get((bucket, row.file_key, row.file_etag))
@@ -261,8 +261,8 @@ def check_version(
     for name, value in expected.items():
         if getattr(row, name) != value:
             problems.append(f"{where}: {name} {getattr(row, name)}, written {value}")
-    for table, rows in rows_by_table(con, row).items():
-        duplicates = duplicate_rows(con, row, table)
+    for table, rows in rows_by_table(database, row).items():
+        duplicates = duplicate_rows(database, row, table)
         if duplicates:
             problems.append(f"{where}: {duplicates} duplicate rows in {table}")
         if rows != row.rows_in(table):

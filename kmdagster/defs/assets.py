@@ -42,7 +42,7 @@ from kmdagster.storage.piece_reader import FileChangedError
 from kmdagster.storage.rejects_file import rejects_key_for, write_rejects_file
 from kmdagster.storage.s3_objects import S3AccessError, S3File, head_file
 from kmdagster.storage.schema import ROW_TABLES
-from kmdagster.storage.warehouse import DuckDBWarehouse, LedgerConflict, LedgerRow
+from kmdagster.storage.warehouse import LedgerConflict, LedgerRow, Warehouse
 
 TABLE_DESCRIPTIONS = {
     "km_events": "Events (_n) of this source's files, one row per valid event line.",
@@ -134,7 +134,7 @@ def _report_progress(
 
 
 def build_import_asset(
-    source: SourceConfig, partitions: DynamicPartitionsDefinition
+    source: SourceConfig, partitions: DynamicPartitionsDefinition, backend: str
 ) -> AssetsDefinition:
     """``<source>_import``: loads the partition's file within the budget, then checks it."""
     table_specs = [
@@ -145,7 +145,7 @@ def build_import_asset(
             partitions_def=partitions,
             group_name=source.name,
             skippable=True,
-            kinds={"duckdb", "polars"},
+            kinds={backend, "polars"},
         )
         for table in ROW_TABLES
     ]
@@ -177,17 +177,17 @@ def build_import_asset(
             crash_point("asset.before_progress_event")
             _report_progress(context, source, report)
             warehouse.checkpoint()  # the checks below read every row of the file
-            row, con = report.ledger, warehouse.connection
+            row, database = report.ledger, warehouse.database
             if report.complete:
                 for table in ROW_TABLES:
                     if table_key(source, table) in context.selected_asset_keys:
                         yield MaterializeResult(
                             asset_key=table_key(source, table),
-                            metadata=table_metadata(con, table, row, report.already_imported),
+                            metadata=table_metadata(database, table, row, report.already_imported),
                         )
             # Checked at every run, on what the file has committed so far.
             selected_checks = context.selected_asset_check_keys
-            for result in data_check_results(con, source, row):
+            for result in data_check_results(database, source, row):
                 if AssetCheckKey(result.asset_key, result.check_name or "") in selected_checks:  # type: ignore[arg-type]
                     yield result
 
@@ -195,10 +195,10 @@ def build_import_asset(
 
 
 def _write_rejects_beside(
-    client: object, source: SourceConfig, warehouse: DuckDBWarehouse, row: LedgerRow, archived: str
+    client: object, source: SourceConfig, warehouse: Warehouse, row: LedgerRow, archived: str
 ) -> None:
     if row.lines_rejected:
-        batches = reject_batches(warehouse.connection, row)
+        batches = reject_batches(warehouse.database, row)
         write_rejects_file(client, source.bucket, rejects_key_for(archived), row.file_etag, batches)
         crash_point("archive.rejects_written")
 
@@ -267,11 +267,11 @@ def build_archive_asset(
 
 
 def build_source_assets(
-    source: SourceConfig, partitions: DynamicPartitionsDefinition
+    source: SourceConfig, partitions: DynamicPartitionsDefinition, backend: str = "duckdb"
 ) -> SourceAssets:
     """The file spec, the import multi-asset and the archive asset of one source."""
     return SourceAssets(
         file=build_file_spec(source, partitions),
-        tables=build_import_asset(source, partitions),
+        tables=build_import_asset(source, partitions, backend),
         archive=build_archive_asset(source, partitions),
     )

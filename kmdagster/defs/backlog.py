@@ -24,7 +24,7 @@ from dagster import (
 )
 from dagster_aws.s3 import S3Resource
 
-from kmdagster.config import SourceConfig
+from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.defs.quarantine import quarantined_files
 from kmdagster.defs.resources import WarehouseResource
 from kmdagster.quarantine import Quarantine
@@ -64,12 +64,12 @@ def backlog_outcome(
 def read_backlog_outcome(
     client: Any,
     source: SourceConfig,
-    duckdb_path: str,
+    warehouse: WarehouseSettings,
     quarantined: Mapping[str, Quarantine],
     root_files: list[S3File] | None = None,
 ) -> tuple[bool, dict[str, Any]]:
     status = read_source_status(
-        client, source, duckdb_path, LEDGER_WAIT_SECONDS, root_files, quarantined
+        client, source, warehouse, LEDGER_WAIT_SECONDS, root_files, quarantined
     )
     return backlog_outcome(source, status, datetime.now(timezone.utc))
 
@@ -112,7 +112,7 @@ def build_backlog_check(source: SourceConfig, file_key: AssetKey) -> AssetChecks
         passed, metadata = read_backlog_outcome(
             km_s3.get_client(),
             source,
-            km_warehouse.duckdb_path,
+            km_warehouse.settings,
             quarantined_files(context.instance, source),
         )
         return AssetCheckResult(passed=passed, metadata=metadata, severity=AssetCheckSeverity.WARN)

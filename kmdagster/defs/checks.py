@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import warnings
 
-import duckdb
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -23,6 +22,7 @@ from dagster import (
 )
 
 from kmdagster.config import SourceConfig
+from kmdagster.storage.database import Database
 from kmdagster.storage.file_rows import ROW_IDENTITY, duplicate_rows, rows_by_table
 from kmdagster.storage.schema import ROW_TABLES
 from kmdagster.storage.warehouse import LedgerRow
@@ -81,10 +81,10 @@ def reject_rate_percent(row: LedgerRow) -> float:
 
 
 def data_check_results(
-    con: duckdb.DuckDBPyConnection, source: SourceConfig, row: LedgerRow
+    database: Database, source: SourceConfig, row: LedgerRow
 ) -> list[AssetCheckResult]:
     """Evaluate every data check of one file version's committed rows."""
-    counted = rows_by_table(con, row)
+    counted = rows_by_table(database, row)
     progress = {"percent_done": row.percent_done}
     results = []
     for table in ROW_TABLES:
@@ -101,7 +101,7 @@ def data_check_results(
                 },
             )
         )
-        duplicates = duplicate_rows(con, row, table)
+        duplicates = duplicate_rows(database, row, table)
         results.append(
             AssetCheckResult(
                 asset_key=key,

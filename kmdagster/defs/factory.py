@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dagster import Definitions
 
-from kmdagster.config import KmConfig, SourceConfig
+from kmdagster.config import KmConfig, SourceConfig, WarehouseSettings
 from kmdagster.defs.assets import build_source_assets, file_asset_key
 from kmdagster.defs.backlog import build_backlog_check
 from kmdagster.defs.jobs import build_import_job
@@ -16,11 +16,11 @@ from kmdagster.defs.sensors import build_file_sensor
 from kmdagster.defs.setup_assets import build_permission_check, build_preview_asset
 
 
-def build_source_definitions(source: SourceConfig) -> Definitions:
+def build_source_definitions(source: SourceConfig, warehouse: WarehouseSettings) -> Definitions:
     """Partitions, assets, job, sensor and schedule of one source (no resources)."""
     partitions = files_partitions(source)
-    assets = build_source_assets(source, partitions)
-    job = build_import_job(source, assets)
+    assets = build_source_assets(source, partitions, warehouse.backend)
+    job = build_import_job(source, assets, warehouse.backend)
     return Definitions(
         assets=[assets.file, assets.tables, assets.archive, build_preview_asset(source)],
         asset_checks=[
@@ -37,6 +37,6 @@ def build_source_definitions(source: SourceConfig) -> Definitions:
 def build_definitions(config: KmConfig) -> Definitions:
     """Everything for every configured source, with shared resources. Touches no network."""
     return Definitions.merge(
-        *(build_source_definitions(source) for source in config.sources),
+        *(build_source_definitions(source, config.warehouse) for source in config.sources),
         Definitions(resources=build_resources(config)),
     )

@@ -14,14 +14,15 @@ if TYPE_CHECKING:
     from kmdagster.dagster_internals import AssetJob
 
 
-def build_import_job(source: SourceConfig, assets: SourceAssets) -> AssetJob:
-    """``<source>_import_job``. In-process: the DuckDB file admits one writing process."""
+def build_import_job(source: SourceConfig, assets: SourceAssets, backend: str) -> AssetJob:
+    """``<source>_import_job``. In-process: the import and the archive share one warehouse
+    connection, and a DuckDB file admits one writing process."""
     return define_asset_job(
         name=f"{source.name}_import_job",
         selection=AssetSelection.assets(assets.tables, assets.archive),
         executor_def=in_process_executor,
         # Run-queue limits key on these tags (one run per source, one per DuckDB file);
         # run monitoring fails a run that outlives its max runtime (a dead process).
-        tags=import_run_tags(source),
+        tags=import_run_tags(source, backend),
         description=f"Imports one file of source {source.name!r} and archives it when complete.",
     )

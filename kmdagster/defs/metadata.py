@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import duckdb
 from dagster import MetadataValue, TableColumn, TableSchema
 
 from kmdagster.defs.checks import reject_rate_percent
@@ -18,6 +17,7 @@ from kmdagster.report import (
     top_events_markdown,
     top_properties_markdown,
 )
+from kmdagster.storage.database import Database
 from kmdagster.storage.file_rows import (
     reject_reasons,
     table_columns,
@@ -61,14 +61,14 @@ def progress_metadata(report: ImportReport, bucket: str) -> dict[str, Any]:
     return metadata
 
 
-def _schema(con: duckdb.DuckDBPyConnection, table: str) -> TableSchema:
+def _schema(database: Database, table: str) -> TableSchema:
     return TableSchema(
-        columns=[TableColumn(name, data_type) for name, data_type in table_columns(con, table)]
+        columns=[TableColumn(name, data_type) for name, data_type in table_columns(database, table)]
     )
 
 
 def table_metadata(
-    con: duckdb.DuckDBPyConnection, table: str, row: LedgerRow, already_imported: bool
+    database: Database, table: str, row: LedgerRow, already_imported: bool
 ) -> dict[str, Any]:
     """One table asset's materialization for one complete file version."""
     rows = row.rows_in(table)
@@ -76,19 +76,19 @@ def table_metadata(
         "dagster/row_count": rows,
         "dagster/partition_row_count": rows,
         "dagster/table_name": table,
-        "dagster/column_schema": _schema(con, table),
+        "dagster/column_schema": _schema(database, table),
         "file_key": row.file_key,
         "file_etag": row.file_etag,
         "already_imported": already_imported,
     }
     if table == "km_events":
-        events = top_events(con, row, TOP_NAMES)
+        events = top_events(database, row, TOP_NAMES)
         metadata["top_events"] = MetadataValue.md(top_events_markdown(events))
     elif table == "km_properties":
-        properties = top_properties(con, row, TOP_NAMES)
+        properties = top_properties(database, row, TOP_NAMES)
         metadata["top_properties"] = MetadataValue.md(top_properties_markdown(properties))
     elif table == "km_rejects":
-        reasons = reject_reasons(con, row, REJECT_EXAMPLES)
+        reasons = reject_reasons(database, row, REJECT_EXAMPLES)
         metadata["rejects_by_reason"] = MetadataValue.md(reject_reasons_markdown(reasons))
         metadata["reject_rate_percent"] = reject_rate_percent(row)
         metadata["lines_read"] = row.lines_read

@@ -1,5 +1,7 @@
 """Dagster resources: the S3 client (dagster-aws) and the warehouse connection."""
 
+from __future__ import annotations
+
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -10,27 +12,42 @@ from dagster import ConfigurableResource
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-from kmdagster.config import KmConfig
+from kmdagster.config import KmConfig, WarehouseSettings
 from kmdagster.format.summary import KnownNames
-from kmdagster.storage.warehouse import DuckDBWarehouse
+from kmdagster.storage.warehouse import Warehouse
 
 S3_RESOURCE_KEY = "km_s3"
 WAREHOUSE_RESOURCE_KEY = "km_warehouse"
 
 
 class WarehouseResource(ConfigurableResource):
-    """The DuckDB warehouse file; a connection is opened per step, never at load time."""
+    """The warehouse (``WarehouseSettings``); a connection is opened per step, never at
+    load time. Its fields hold no secret: a PostgreSQL password comes from PGPASSWORD."""
 
+    backend: str = Field(description="duckdb or postgres.")
     duckdb_path: str = Field(description="Path of the DuckDB file holding the km_* tables.")
+    postgres_url: str | None = Field(description="PostgreSQL URL, without the password.")
+
+    @classmethod
+    def of(cls, settings: WarehouseSettings) -> WarehouseResource:
+        return cls(**settings.model_dump())
+
+    @property
+    def settings(self) -> WarehouseSettings:
+        return WarehouseSettings(
+            backend=self.backend,  # type: ignore[arg-type]  # checked by WarehouseSettings
+            duckdb_path=self.duckdb_path,
+            postgres_url=self.postgres_url,
+        )
 
     @contextmanager
-    def connect(self) -> Iterator[DuckDBWarehouse]:
-        with DuckDBWarehouse.connect(self.duckdb_path) as warehouse:
+    def connect(self) -> Iterator[Warehouse]:
+        with Warehouse.open(self.settings) as warehouse:
             yield warehouse
 
     def known_names(self) -> KnownNames:
-        """Names already loaded, read-only (none when there is no warehouse file yet)."""
-        with DuckDBWarehouse.read_only(self.duckdb_path) as warehouse:
+        """Names already loaded, read-only (none when there is no warehouse yet)."""
+        with Warehouse.read_only(self.settings) as warehouse:
             return warehouse.known_names() if warehouse else KnownNames(frozenset(), frozenset())
 
 
@@ -70,5 +87,5 @@ def build_resources(config: KmConfig) -> dict[str, object]:
     """Resources for all sources. Credentials come from the standard AWS chain when used."""
     return {
         S3_RESOURCE_KEY: build_s3_resource(config),
-        WAREHOUSE_RESOURCE_KEY: WarehouseResource(duckdb_path=config.warehouse.duckdb_path),
+        WAREHOUSE_RESOURCE_KEY: WarehouseResource.of(config.warehouse),
     }

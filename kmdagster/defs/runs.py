@@ -32,10 +32,12 @@ def max_runtime_seconds(source: SourceConfig) -> int:
     return int(source.time_budget_seconds) + RUNTIME_GRACE_SECONDS
 
 
-def import_run_tags(source: SourceConfig) -> dict[str, str]:
+def import_run_tags(source: SourceConfig, backend: str) -> dict[str, str]:
+    """``backend`` (duckdb or postgres) is the warehouse tag's value: only duckdb is
+    limited to one run in all."""
     return {
         SOURCE_TAG: source.name,
-        WAREHOUSE_TAG: "duckdb",
+        WAREHOUSE_TAG: backend,
         MAX_RUNTIME_TAG: str(max_runtime_seconds(source)),
     }
 

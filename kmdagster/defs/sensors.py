@@ -110,7 +110,7 @@ def build_file_sensor(
         events: list = [landed_materialization(file_key, source.bucket, by_key[k]) for k in to_add]
         quarantined = quarantined_files(context.instance, source)
         passed, metadata = read_backlog_outcome(
-            client, source, km_warehouse.duckdb_path, quarantined, root_files=listed
+            client, source, km_warehouse.settings, quarantined, root_files=listed
         )
         reported = SensorCursor.parse(context.cursor)
         # Without the ledger (an import holds it) the table would be partial: report later.

@@ -1,17 +1,17 @@
 """What one file version put in the warehouse: row counts, duplicates, top names, rejects.
 
-Read-only queries for the import's metadata, its data checks and the rejects file. Every
-query is filtered to one ``file_id``: the storage tables are appended file by file, so
-DuckDB's zone maps skip the other files' row groups.
+Read-only queries for the import's metadata, its data checks and the rejects file, the
+same on every backend. Every query is filtered to one ``file_id``: the storage tables are
+appended file by file, so DuckDB's zone maps skip the other files' row groups.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-import duckdb
 import polars as pl
 
+from kmdagster.storage.database import Database
 from kmdagster.storage.schema import ROW_TABLES, STORAGE_TABLES
 from kmdagster.storage.warehouse import LedgerRow
 
@@ -33,102 +33,110 @@ def _file(row: LedgerRow) -> list[object]:
     return [row.file_id]
 
 
-def _count(con: duckdb.DuckDBPyConnection, sql: str, params: list[object]) -> int:
-    [(found,)] = con.execute(sql, params).fetchall()  # fetched whole: the connection is free
+def _count(database: Database, sql: str, params: list[object]) -> int:
+    [(found,)] = database.rows(sql, params)
     return int(found or 0)
 
 
-def _frame(con: duckdb.DuckDBPyConnection, sql: str, params: list[object]) -> pl.DataFrame:
-    return con.sql(sql, params=params).pl()
-
-
-def rows_by_table(con: duckdb.DuckDBPyConnection, row: LedgerRow) -> dict[str, int]:
+def rows_by_table(database: Database, row: LedgerRow) -> dict[str, int]:
     """The rows each table holds for this file version, counted in the warehouse."""
     return {
-        table: _count(con, f"SELECT count(*) FROM {table} WHERE {_OF_FILE}", _file(row))
+        table: _count(database, f"SELECT count(*) FROM {table} WHERE {_OF_FILE}", _file(row))
         for table in ROW_TABLES
     }
 
 
-def duplicate_rows(con: duckdb.DuckDBPyConnection, row: LedgerRow, table: str) -> int:
+def duplicate_rows(database: Database, row: LedgerRow, table: str) -> int:
     """Rows of this file version in ``table`` beyond the first with the same identity.
 
     A grouping (which DuckDB spills to disk past its memory limit), not a count of
     distinct tuples (which it must hold in memory).
     """
     return _count(
-        con,
+        database,
         f"SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM {STORAGE_TABLES[table]} "
-        f"WHERE {_OF_FILE} GROUP BY {_STORAGE_ROW_IDENTITY[table]} HAVING count(*) > 1)",
+        f"WHERE {_OF_FILE} GROUP BY {_STORAGE_ROW_IDENTITY[table]} HAVING count(*) > 1) "
+        "AS repeated",
         _file(row),
     )
 
 
-# Distinct people are estimated (HyperLogLog, within a few percent): memory stays constant
-# whatever the file's size.
-def top_events(con: duckdb.DuckDBPyConnection, row: LedgerRow, limit: int = 10) -> pl.DataFrame:
-    """The file's most frequent events: name, the label sent most, rows, people (estimated)."""
-    return _frame(
-        con,
-        "SELECT event, mode(event_label) AS label, count(*) AS rows, "
-        f"approx_count_distinct(person) AS people FROM km_events WHERE {_OF_FILE} "
-        "GROUP BY event ORDER BY rows DESC, event LIMIT ?",
+def top_events(database: Database, row: LedgerRow, limit: int = 10) -> pl.DataFrame:
+    """The file's most frequent events: name, the label sent most, rows, people (estimated
+    on DuckDB, where memory then stays constant whatever the file's size)."""
+    return database.frame(
+        f"SELECT event, {database.sql_most_common('event_label')} AS label, count(*) AS rows, "
+        f"{database.sql_distinct_estimate('person')} AS people FROM km_events "
+        f"WHERE {_OF_FILE} GROUP BY event ORDER BY rows DESC, event LIMIT ?",
         [*_file(row), limit],
     )
 
 
-def top_properties(con: duckdb.DuckDBPyConnection, row: LedgerRow, limit: int = 10) -> pl.DataFrame:
+def top_properties(database: Database, row: LedgerRow, limit: int = 10) -> pl.DataFrame:
     """The file's most frequent property names: name, label, rows, people (estimated),
     numeric rows."""
-    return _frame(
-        con,
-        "SELECT name, mode(name_label) AS label, count(*) AS rows, "
-        "approx_count_distinct(person) AS people, count(value_number) AS numeric_rows "
-        f"FROM km_properties WHERE {_OF_FILE} "
+    return database.frame(
+        f"SELECT name, {database.sql_most_common('name_label')} AS label, count(*) AS rows, "
+        f"{database.sql_distinct_estimate('person')} AS people, "
+        f"count(value_number) AS numeric_rows FROM km_properties WHERE {_OF_FILE} "
         "GROUP BY name ORDER BY rows DESC, name LIMIT ?",
         [*_file(row), limit],
     )
 
 
 def reject_reasons(
-    con: duckdb.DuckDBPyConnection, row: LedgerRow, examples: int = 3, example_chars: int = 120
+    database: Database, row: LedgerRow, examples: int = 3, example_chars: int = 120
 ) -> pl.DataFrame:
-    """Rejected lines per reason, most frequent first, with the first few of each (kept
-    ``examples`` at a time: memory does not grow with the number of rejects)."""
-    return _frame(
-        con,
-        "SELECT reason, count(*) AS lines, min(line_no, ?) AS first_lines, "
-        "min_by(left(raw_line, ?), line_no, ?) AS examples "
-        f"FROM km_rejects WHERE {_OF_FILE} GROUP BY reason ORDER BY lines DESC, reason",
-        [examples, example_chars, examples, *_file(row)],
+    """Rejected lines per reason, most frequent first, with the first few of each.
+
+    Only line numbers are ranked and only the first lines' text is read, so memory does
+    not grow with the number or the length of the rejected lines.
+    """
+    reasons = database.frame(
+        "SELECT reason, count(*) AS lines, "
+        "array_agg(line_no ORDER BY line_no) FILTER (WHERE k <= ?) AS first_lines "
+        "FROM (SELECT reason, line_no, "
+        "row_number() OVER (PARTITION BY reason ORDER BY line_no) AS k "
+        f"FROM km_reject_rows WHERE {_OF_FILE}) AS ranked "
+        "GROUP BY reason ORDER BY lines DESC, reason",
+        [examples, *_file(row)],
+    )
+    first_lines = reasons.get_column("first_lines").explode().to_frame("line_no")
+    with database.temporary("km_first_lines", first_lines):
+        texts = database.frame(
+            "SELECT r.line_no, left(r.raw_line, CAST(? AS INTEGER)) AS example "
+            "FROM km_reject_rows AS r "
+            f"JOIN km_first_lines AS l ON l.line_no = r.line_no WHERE r.{_OF_FILE}",
+            [example_chars, *_file(row)],
+        )
+    example_of = dict(texts.iter_rows())
+    return reasons.with_columns(
+        examples=pl.Series(
+            [[example_of[n] for n in lines] for lines in reasons.get_column("first_lines")],
+            dtype=pl.List(pl.String),
+        )
     )
 
 
-def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> list[tuple[str, str]]:
+def table_columns(database: Database, table: str) -> list[tuple[str, str]]:
     """(name, type) of each column of ``table``, in order."""
     return [
         (name, data_type)
-        for name, data_type in con.execute(
+        for name, data_type in database.rows(
             "SELECT column_name, data_type FROM information_schema.columns "
-            "WHERE table_name = ? ORDER BY ordinal_position",
+            "WHERE table_name = ? AND table_schema = current_schema() ORDER BY ordinal_position",
             [table],
-        ).fetchall()
+        )
     ]
 
 
 def reject_batches(
-    con: duckdb.DuckDBPyConnection, row: LedgerRow, batch_rows: int = 50_000
+    database: Database, row: LedgerRow, batch_rows: int = 50_000
 ) -> Iterator[pl.DataFrame]:
-    """The file version's rejects in line order, ``batch_rows`` at a time (bounded memory).
-
-    Read on a cursor of its own, so the connection stays free for other statements.
-    """
-    with con.cursor() as cursor:
-        # A relation streams its result; a DB-API result would be copied whole first.
-        reader = cursor.sql(
-            "SELECT line_no, reason, raw_line, raw_chars FROM km_rejects "
-            f"WHERE {_OF_FILE} ORDER BY line_no",
-            params=_file(row),
-        ).to_arrow_reader(batch_rows)
-        for batch in reader:
-            yield pl.DataFrame(pl.from_arrow(batch))
+    """The file version's rejects in line order, ``batch_rows`` at a time (bounded memory)."""
+    return database.batches(
+        "SELECT line_no, reason, raw_line, raw_chars FROM km_rejects "
+        f"WHERE {_OF_FILE} ORDER BY line_no",
+        _file(row),
+        batch_rows,
+    )

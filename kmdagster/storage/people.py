@@ -7,24 +7,31 @@ never aliased have no row; ``km_people`` gives them their own id.
 
 from __future__ import annotations
 
-import duckdb
 import polars as pl
 
 from kmdagster.format.identities import identity_groups
+from kmdagster.storage.database import Database
 
 
-def add_alias_pairs(con: duckdb.DuckDBPyConnection, aliases: pl.DataFrame) -> None:
+def add_alias_pairs(database: Database, aliases: pl.DataFrame) -> None:
     """Merge the groups of ``aliases`` (columns ``person``, ``alias``) into the warehouse's."""
     pairs = aliases.select(a="person", b="alias").unique()
     if pairs.height == 0:
         return
     identities = pl.concat([pairs.get_column("a"), pairs.get_column("b")])
-    touched = identities.unique().to_frame("identity")  # noqa: F841 - read by DuckDB
-    members = con.sql(
-        "SELECT identity AS a, person_id AS b FROM km_identity_groups WHERE person_id IN "
-        "(SELECT g.person_id FROM km_identity_groups AS g "
-        "JOIN touched AS t ON t.identity = g.identity)"
-    ).pl()
-    groups = identity_groups(pl.concat([pairs, members.cast(pl.String)]))  # noqa: F841 - as above
-    con.execute("DELETE FROM km_identity_groups WHERE identity IN (SELECT identity FROM groups)")
-    con.execute("INSERT INTO km_identity_groups SELECT identity, person_id FROM groups")
+    # Groups are read and rewritten whole: imports of two sources take turns at it.
+    database.serialize("km_identity_groups")
+    with database.temporary("km_touched", identities.unique().to_frame("identity")):
+        members = database.frame(
+            "SELECT identity AS a, person_id AS b FROM km_identity_groups WHERE person_id IN "
+            "(SELECT g.person_id FROM km_identity_groups AS g "
+            "JOIN km_touched AS t ON t.identity = g.identity)"
+        )
+    groups = identity_groups(pl.concat([pairs, members.cast(pl.String)]))
+    with database.temporary("km_regrouped", groups):
+        database.execute(
+            "DELETE FROM km_identity_groups WHERE identity IN (SELECT identity FROM km_regrouped)"
+        )
+        database.execute(
+            "INSERT INTO km_identity_groups SELECT identity, person_id FROM km_regrouped"
+        )

@@ -19,9 +19,8 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-import duckdb
-
 from kmdagster.format.split import MAX_RAW_LINE_CHARS
+from kmdagster.storage.database import Database
 from kmdagster.storage.people import add_alias_pairs
 
 SCHEMA_VERSION = 2
@@ -58,7 +57,7 @@ CREATE TABLE IF NOT EXISTS km_event_rows (
 CREATE TABLE IF NOT EXISTS km_property_rows (
     file_id INTEGER NOT NULL, line_no BIGINT NOT NULL, person VARCHAR NOT NULL,
     ts TIMESTAMPTZ NOT NULL, name_id INTEGER NOT NULL, value VARCHAR NOT NULL,
-    value_number DOUBLE
+    value_number DOUBLE PRECISION
 );
 CREATE TABLE IF NOT EXISTS km_alias_rows (
     file_id INTEGER NOT NULL, line_no BIGINT NOT NULL, person VARCHAR NOT NULL,
@@ -75,6 +74,11 @@ CREATE TABLE IF NOT EXISTS km_schema (version INTEGER NOT NULL, written_at TIMES
 """
 
 _FILE = "JOIN km_import_files AS f ON f.file_id = r.file_id"
+_EVENT_COLUMNS = "source, file_key, file_etag, line_no, person, event, event_label, ts, file_id"
+_PROPERTY_COLUMNS = (
+    "source, file_key, file_etag, line_no, person, ts, name, name_label, value, value_number, "
+    "file_id"
+)
 _VIEWS = f"""
 CREATE OR REPLACE VIEW km_events AS
 SELECT f.source, f.file_key, f.file_etag, r.line_no, r.person, n.name AS event,
@@ -92,11 +96,16 @@ SELECT f.source, f.file_key, f.file_etag, r.line_no, r.reason, r.raw_line, r.raw
        r.file_id
 FROM km_reject_rows AS r {_FILE};
 CREATE OR REPLACE VIEW km_events_dedup AS
-SELECT * FROM km_events
-QUALIFY row_number() OVER (PARTITION BY person, event, ts ORDER BY file_id, line_no) = 1;
+SELECT {_EVENT_COLUMNS} FROM (
+    SELECT *, row_number() OVER (PARTITION BY person, event, ts ORDER BY file_id, line_no) AS k
+    FROM km_events
+) AS ranked WHERE k = 1;
 CREATE OR REPLACE VIEW km_properties_dedup AS
-SELECT * FROM km_properties
-QUALIFY row_number() OVER (PARTITION BY person, name, ts ORDER BY file_id DESC, line_no DESC) = 1;
+SELECT {_PROPERTY_COLUMNS} FROM (
+    SELECT *, row_number() OVER (
+        PARTITION BY person, name, ts ORDER BY file_id DESC, line_no DESC) AS k
+    FROM km_properties
+) AS ranked WHERE k = 1;
 CREATE OR REPLACE VIEW km_people AS
 WITH seen AS (
     SELECT person AS identity FROM km_event_rows
@@ -124,77 +133,96 @@ class WarehouseSchemaError(RuntimeError):
     """The warehouse file's schema is not the one this code reads and writes."""
 
 
-def _has_table(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    found = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
-    ).fetchone()
-    return bool(found and found[0])
+def _run_script(database: Database, script: str) -> None:
+    """Each statement of ``script`` in turn (a driver may take one statement at a time)."""
+    for statement in script.split(";\n"):
+        if statement.strip():
+            database.execute(statement)
 
 
-def schema_version(con: duckdb.DuckDBPyConnection) -> int | None:
+def _has_table(database: Database, name: str) -> bool:
+    [(found,)] = database.rows(
+        "SELECT count(*) FROM information_schema.tables "
+        "WHERE table_name = ? AND table_schema = current_schema()",
+        [name],
+    )
+    return bool(found)
+
+
+def schema_version(database: Database) -> int | None:
     """The warehouse's version; 1 for a warehouse written before versions were recorded,
-    None for an empty file."""
-    if _has_table(con, "km_schema"):
-        found = con.execute("SELECT max(version) FROM km_schema").fetchone()
-        return int(found[0]) if found and found[0] is not None else None
-    return 1 if _has_table(con, "km_import_files") else None
+    None for an empty database."""
+    if _has_table(database, "km_schema"):
+        [(found,)] = database.rows("SELECT max(version) FROM km_schema")
+        return int(found) if found is not None else None
+    return 1 if _has_table(database, "km_import_files") else None
 
 
-def _too_new(path: str, version: int) -> WarehouseSchemaError:
+def has_schema(database: Database) -> bool:
+    return schema_version(database) is not None
+
+
+def _too_new(location: str, version: int) -> WarehouseSchemaError:
     return WarehouseSchemaError(
-        f"the warehouse {path} has schema version {version}, written by a newer kmdagster; "
-        f"this one reads version {SCHEMA_VERSION}. Upgrade kmdagster to use it"
+        f"the warehouse {location} has schema version {version}, written by a newer "
+        f"kmdagster; this one reads version {SCHEMA_VERSION}. Upgrade kmdagster to use it"
     )
 
 
-def check_readable(con: duckdb.DuckDBPyConnection, path: str) -> None:
+def check_readable(database: Database) -> None:
     """Refuse, with the fix, a warehouse a read-only connection cannot read as is."""
-    version = schema_version(con)
+    version = schema_version(database)
     if version is None or version == SCHEMA_VERSION:
         return
     if version > SCHEMA_VERSION:
-        raise _too_new(path, version)
+        raise _too_new(database.location, version)
     raise WarehouseSchemaError(
-        f"the warehouse {path} has schema version {version}; this kmdagster reads version "
-        f"{SCHEMA_VERSION}. Run `{UPGRADE_COMMAND}` (or let the next import run upgrade it)"
+        f"the warehouse {database.location} has schema version {version}; this kmdagster "
+        f"reads version {SCHEMA_VERSION}. Run `{UPGRADE_COMMAND}` (or let the next import run "
+        "upgrade it)"
     )
 
 
-def prepare_for_writing(con: duckdb.DuckDBPyConnection, path: str) -> int | None:
+def prepare_for_writing(database: Database) -> int | None:
     """Create the schema, or upgrade an older one in one transaction; returns the version
     found (None for a new warehouse)."""
-    version = schema_version(con)
-    if version is not None and version > SCHEMA_VERSION:
-        raise _too_new(path, version)
+    version = schema_version(database)
     if version == SCHEMA_VERSION:
         return version
-    con.begin()
+    database.begin()
     try:
+        # Two sources' first runs may start together on an empty PostgreSQL database.
+        database.serialize("schema")
+        version = schema_version(database)
+        if version is not None and version > SCHEMA_VERSION:
+            raise _too_new(database.location, version)
         if version is None:
-            con.execute(_SEQUENCES + _LEDGER + _STORAGE + _VIEWS)
-        else:
-            _upgrade_from_v1(con)
-        con.execute("DELETE FROM km_schema")
-        con.execute(
-            "INSERT INTO km_schema VALUES (?, ?)", [SCHEMA_VERSION, datetime.now(timezone.utc)]
-        )
-        con.commit()
+            _run_script(database, _SEQUENCES + _LEDGER + _STORAGE + _VIEWS)
+        elif version < SCHEMA_VERSION:
+            _upgrade_from_v1(database)
+        if version != SCHEMA_VERSION:
+            database.execute("DELETE FROM km_schema")
+            database.execute(
+                "INSERT INTO km_schema VALUES (?, ?)",
+                [SCHEMA_VERSION, datetime.now(timezone.utc)],
+            )
+        database.commit()
     except BaseException:
-        con.rollback()
+        database.rollback()
         raise
     return version
 
 
-def _upgrade_from_v1(con: duckdb.DuckDBPyConnection) -> None:
+def _upgrade_from_v1(con: Database) -> None:
     """Version 1 kept every column in every row (wide tables km_events, ...): move the rows
     into the compact storage, count each file's rows, and put the views in their place."""
-    con.execute(_SEQUENCES)
+    _run_script(con, _SEQUENCES)
     for column in ROW_COUNT_COLUMNS.values():
         con.execute(f"ALTER TABLE km_import_files ADD COLUMN {column} BIGINT DEFAULT 0")
     con.execute("ALTER TABLE km_import_files ADD COLUMN import_runs BIGINT DEFAULT 0")
     con.execute("ALTER TABLE km_import_files ADD COLUMN file_id INTEGER")
     con.execute("UPDATE km_import_files SET file_id = nextval('km_file_ids')")
-    con.execute(_STORAGE)
+    _run_script(con, _STORAGE)
     for kind, name, label, table in (
         ("event", "event", "event_label", "km_events"),
         ("property", "name", "name_label", "km_properties"),
@@ -224,7 +252,7 @@ def _upgrade_from_v1(con: duckdb.DuckDBPyConnection) -> None:
         "INSERT INTO km_alias_rows SELECT f.file_id, v.line_no, v.person, v.alias, v.ts "
         f"FROM km_aliases AS v {of_file} ORDER BY f.file_id, v.line_no"
     )
-    add_alias_pairs(con, con.sql("SELECT person, alias FROM km_alias_rows").pl())
+    add_alias_pairs(con, con.frame("SELECT person, alias FROM km_alias_rows"))
     # Version 1 kept up to 16 KB of a rejected line and not its length: what it kept is
     # cut to today's length and that is the length recorded.
     con.execute(
@@ -239,4 +267,4 @@ def _upgrade_from_v1(con: duckdb.DuckDBPyConnection) -> None:
             f"UPDATE km_import_files AS f SET {column} = c.n FROM (SELECT file_id, count(*) AS n "
             f"FROM {table} GROUP BY file_id) AS c WHERE f.file_id = c.file_id"
         )
-    con.execute(_VIEWS)
+    _run_script(con, _VIEWS)

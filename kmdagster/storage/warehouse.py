@@ -1,40 +1,43 @@
 """The warehouse: KM rows plus the import ledger, one transaction per chunk.
 
-``Warehouse`` is the small interface the importer and archiver need; ``DuckDBWarehouse``
-implements it on an embedded DuckDB file (schema and upgrades: ``schema.py``). A
-PostgreSQL backend would implement the same methods over the same relations.
+``Warehouse`` holds what the importer, the archiver and the reports ask of it; the SQL it
+sends is the same for every backend, run by a ``Database`` (DuckDB or PostgreSQL, chosen
+by the configuration's ``warehouse.backend``). Schema and upgrades: ``schema.py``.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Protocol
 
 import duckdb
 import polars as pl
 
+from kmdagster.config import WarehouseSettings
 from kmdagster.faults import crash_point
 from kmdagster.format.split import SplitLines
 from kmdagster.format.summary import KnownNames
+from kmdagster.storage.database import Database
+from kmdagster.storage.duckdb_database import DuckDBDatabase, WarehouseBusy
 from kmdagster.storage.names import NameIds
 from kmdagster.storage.people import add_alias_pairs
+from kmdagster.storage.postgres_database import PostgresDatabase, WarehouseUnreachable
 from kmdagster.storage.schema import (
     ROW_COUNT_COLUMNS,
     ROW_TABLES,
     STORAGE_TABLES,
     check_readable,
+    has_schema,
     prepare_for_writing,
 )
 
+__all__ = ["WarehouseBusy", "WarehouseUnreachable"]
+
 STATUSES = ("pending", "in_progress", "imported", "archived", "failed")
 LOCK_WAIT_SECONDS = 120.0
-DUCKDB_MEMORY_LIMIT = "64MB"
-CHECKPOINT_THRESHOLD = "256MB"
 
 # Each table's row count is added in the ledger update of the chunk that inserted them.
 _ADD_ROW_COUNTS = ", ".join(f"{c} = {c} + ?" for c in ROW_COUNT_COLUMNS.values())
@@ -43,29 +46,6 @@ _LEDGER_COLUMNS = (
     "lines_rejected, lines_blank, started_at, completed_at, archived_key, error, updated_at, "
     "events_rows, properties_rows, aliases_rows, rejects_rows, import_runs, file_id"
 )
-
-
-class WarehouseBusy(RuntimeError):
-    """Another process (an import run) holds the DuckDB file's lock."""
-
-
-def _connect_waiting(
-    path: Path, read_only: bool, lock_wait_seconds: float
-) -> duckdb.DuckDBPyConnection:
-    """Connect, waiting while another process holds the file (DuckDB admits one writer)."""
-    deadline = time.monotonic() + lock_wait_seconds
-    while True:
-        try:
-            return duckdb.connect(str(path), read_only=read_only)
-        except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower():
-                raise
-            if time.monotonic() > deadline:
-                raise WarehouseBusy(
-                    f"the warehouse {path} is held by another process (an import run?) "
-                    f"for over {lock_wait_seconds:.0f}s; try again when it finishes"
-                ) from exc
-            time.sleep(0.5)
 
 
 class LedgerConflict(RuntimeError):
@@ -114,97 +94,60 @@ class LedgerRow:
         return int(getattr(self, ROW_COUNT_COLUMNS[table]))
 
 
-class Warehouse(Protocol):
-    """What the importer and archiver need from a warehouse backend."""
-
-    def open_file(self, source: str, key: str, etag: str, size: int) -> LedgerRow: ...
-
-    def ledger_row(self, source: str, key: str, etag: str) -> LedgerRow | None: ...
-
-    def latest_ledger_row(self, source: str, key: str) -> LedgerRow | None: ...
-
-    def commit_chunk(
-        self,
-        row: LedgerRow,
-        pieces: Iterable[tuple[SplitLines, int]],
-        first_of_run: bool = False,
-    ) -> LedgerRow: ...
-
-    def mark_archived(self, row: LedgerRow, archived_key: str) -> LedgerRow: ...
-
-    def mark_failed(self, row: LedgerRow, error: str) -> LedgerRow: ...
-
-
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class DuckDBWarehouse:
-    """An embedded DuckDB file. Open it with ``connect()`` for the length of one step."""
+class Warehouse:
+    """The km_* relations and the ledger, on one open database connection."""
 
-    def __init__(
-        self, connection: duckdb.DuckDBPyConnection, path: str | Path, read_only: bool = False
-    ) -> None:
-        self._con = connection
+    def __init__(self, database: Database, writer: bool = True) -> None:
+        self.database = database
         self._names = NameIds()
         self.upgraded_from: int | None = None  # the schema version a writer found
-        self._con.execute("SET TimeZone = 'UTC'")
-        # DuckDB caches up to 80% of RAM by default; an import needs little of it.
-        self._con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
-        if not read_only:
-            # Checkpoint (compress and rewrite) once per ~256 MB of WAL, not at every
-            # chunk's commit: it halves the cost of loading, and the WAL is as durable.
-            self._con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
-            # The import's own threads split on the other cores; DuckDB's workers would only
-            # contend with them (measured: about 20% less CPU per commit with one).
-            self._con.execute("SET threads = 1")
-            self.upgraded_from = prepare_for_writing(self._con, str(path))
+        if writer:
+            self.upgraded_from = prepare_for_writing(database)
         else:
-            check_readable(self._con, str(path))
+            check_readable(database)
 
     @classmethod
     @contextmanager
-    def connect(
-        cls, path: str | Path, lock_wait_seconds: float = LOCK_WAIT_SECONDS
-    ) -> Iterator[DuckDBWarehouse]:
-        """Open the DuckDB file for writing, creating it and its tables if needed."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        connection = _connect_waiting(path, read_only=False, lock_wait_seconds=lock_wait_seconds)
-        try:
-            yield cls(connection, path)
-        finally:
-            connection.close()
+    def open(
+        cls, settings: WarehouseSettings, lock_wait_seconds: float = LOCK_WAIT_SECONDS
+    ) -> Iterator[Warehouse]:
+        """Open the configured warehouse for writing, creating its tables if needed."""
+        if settings.backend == "postgres":
+            assert settings.postgres_url is not None  # the configuration requires it
+            with PostgresDatabase.open(settings.postgres_url) as database:
+                yield cls(database)
+        else:
+            with DuckDBWarehouse.connect(settings.duckdb_path, lock_wait_seconds) as warehouse:
+                yield warehouse
 
     @classmethod
     @contextmanager
     def read_only(
-        cls, path: str | Path, lock_wait_seconds: float = 10.0
-    ) -> Iterator[DuckDBWarehouse | None]:
-        """Open an existing DuckDB file read-only; None when there is no warehouse yet.
+        cls, settings: WarehouseSettings, lock_wait_seconds: float = 10.0
+    ) -> Iterator[Warehouse | None]:
+        """Open the configured warehouse to read; None when it has no tables yet.
 
-        Never creates the file, so previews and status reports leave no trace. Raises
-        ``WarehouseBusy`` when an import run holds the file past ``lock_wait_seconds``.
+        Never creates anything, so previews and status reports leave no trace. Raises
+        ``WarehouseBusy`` when an import run holds a DuckDB file past ``lock_wait_seconds``.
         """
-        path = Path(path)
-        if not path.exists():
-            yield None
+        if settings.backend == "duckdb":
+            with DuckDBWarehouse.reader(settings.duckdb_path, lock_wait_seconds) as warehouse:
+                yield warehouse
             return
-        connection = _connect_waiting(path, read_only=True, lock_wait_seconds=lock_wait_seconds)
-        try:
-            yield cls(connection, path, read_only=True)
-        finally:
-            connection.close()
-
-    @property
-    def connection(self) -> duckdb.DuckDBPyConnection:
-        return self._con
+        assert settings.postgres_url is not None
+        with PostgresDatabase.open(settings.postgres_url) as database:
+            database.execute("SET default_transaction_read_only = on")
+            yield cls(database, writer=False) if has_schema(database) else None
 
     def _select_row(self, where: str, params: list[object]) -> LedgerRow | None:
-        found = self._con.execute(
+        found = self.database.rows(
             f"SELECT {_LEDGER_COLUMNS} FROM km_import_files WHERE {where}", params
-        ).fetchone()
-        return LedgerRow(*found) if found else None
+        )
+        return LedgerRow(*found[0]) if found else None
 
     def ledger_row(self, source: str, key: str, etag: str) -> LedgerRow | None:
         return self._select_row(
@@ -217,18 +160,18 @@ class DuckDBWarehouse:
         )
 
     def ledger_rows(self, source: str) -> list[LedgerRow]:
-        rows = self._con.execute(
+        rows = self.database.rows(
             f"SELECT {_LEDGER_COLUMNS} FROM km_import_files WHERE source = ? "
             "ORDER BY file_key, updated_at",
             [source],
-        ).fetchall()
+        )
         return [LedgerRow(*row) for row in rows]
 
     def known_names(self) -> KnownNames:
         """Every event and property name any source has loaded (lower-cased)."""
         names = "SELECT DISTINCT name FROM km_names WHERE kind = ?"
-        events = self._con.execute(names, ["event"]).fetchall()
-        properties = self._con.execute(names, ["property"]).fetchall()
+        events = self.database.rows(names, ["event"])
+        properties = self.database.rows(names, ["property"])
         return KnownNames(
             events=frozenset(row[0] for row in events),
             properties=frozenset(row[0] for row in properties),
@@ -236,7 +179,7 @@ class DuckDBWarehouse:
 
     def open_file(self, source: str, key: str, etag: str, size: int) -> LedgerRow:
         """The ledger row of this file version, created as ``pending`` on first sight."""
-        self._con.execute(
+        self.database.execute(
             "INSERT INTO km_import_files (source, file_key, file_etag, size_bytes, status, "
             "next_offset, lines_read, lines_loaded, lines_rejected, lines_blank, updated_at, "
             "file_id) VALUES (?, ?, ?, ?, 'pending', 0, 0, 0, 0, 0, ?, nextval('km_file_ids')) "
@@ -263,14 +206,14 @@ class DuckDBWarehouse:
         can never commit the same lines twice.
         """
         file_columns = [row.source, row.file_key, row.file_etag]
-        con = self._con
+        db = self.database
         if not row.file_id:
             raise ValueError(f"ledger row of {row.file_key!r} has no file_id; open it first")
         next_offset = row.next_offset
         lines_read = lines_loaded = lines_rejected = lines_blank = 0
         rows: dict[str, int] = dict.fromkeys(ROW_TABLES, 0)
         aliases = []
-        con.begin()
+        db.begin()
         try:
             for split, end in pieces:
                 self._insert_rows(split, row.file_id)
@@ -283,11 +226,11 @@ class DuckDBWarehouse:
                 for table, frame in split.tables().items():
                     rows[table] += frame.height
             if aliases:
-                add_alias_pairs(con, pl.concat(aliases))
+                add_alias_pairs(db, pl.concat(aliases))
             complete = next_offset >= row.size_bytes
             now = utc_now()
             crash_point("commit_chunk.in_transaction")
-            updated = con.execute(
+            updated = db.rows(
                 "UPDATE km_import_files SET next_offset = ?, status = ?, "
                 "lines_read = lines_read + ?, lines_loaded = lines_loaded + ?, "
                 "lines_rejected = lines_rejected + ?, lines_blank = lines_blank + ?, "
@@ -310,37 +253,32 @@ class DuckDBWarehouse:
                     *file_columns,
                     row.next_offset,
                 ],
-            ).fetchone()
-            if updated is None:
+            )
+            if not updated:
                 raise LedgerConflict(
                     f"s3 object {row.file_key!r} (etag {row.file_etag}) moved past offset "
                     f"{row.next_offset} in another import; this run stops without loading"
                 )
-            con.commit()
-            self._names.commit()
+            db.commit()
         except BaseException:
-            con.rollback()
-            self._names.rollback()
+            db.rollback()
             raise
-        return LedgerRow(*updated)
+        return LedgerRow(*updated[0])
 
     def _insert_rows(self, split: SplitLines, file_id: int) -> None:
         """Append one piece's rows to the storage tables, names replaced by their ids."""
-        con, names = self._con, self._names
         rows = split.tables()
-        rows["km_events"] = names.with_name_ids(con, "event", split.events, "event", "event_label")
-        rows["km_properties"] = names.with_name_ids(
-            con, "property", split.properties, "name", "name_label"
+        rows["km_events"] = self._names.with_name_ids(
+            self.database, "event", split.events, "event", "event_label"
+        )
+        rows["km_properties"] = self._names.with_name_ids(
+            self.database, "property", split.properties, "name", "name_label"
         )
         for relation, frame in rows.items():
             if frame.height:
-                # String views as polars holds them: no conversion on the way to DuckDB.
-                arrow_rows = frame.to_arrow(compat_level=pl.CompatLevel.newest())  # noqa: F841
-                columns = ", ".join(frame.columns)
-                con.execute(
-                    f"INSERT INTO {STORAGE_TABLES[relation]} (file_id, {columns}) "
-                    f"SELECT ?, {columns} FROM arrow_rows",
-                    [file_id],
+                self.database.append(
+                    STORAGE_TABLES[relation],
+                    frame.select(pl.lit(file_id, dtype=pl.Int32).alias("file_id"), pl.all()),
                 )
 
     def checkpoint(self) -> None:
@@ -350,8 +288,9 @@ class DuckDBWarehouse:
         whole file's rows (the data checks) ran out of the 64 MB limit after a 2 GB import
         (32 million property rows); after it the same query needs 4 s and no more memory.
         Closing the warehouse would checkpoint anyway: this only moves the cost earlier.
+        PostgreSQL needs nothing here.
         """
-        self._con.execute("CHECKPOINT")
+        self.database.checkpoint()
 
     def mark_archived(self, row: LedgerRow, archived_key: str) -> LedgerRow:
         return self._update_status(row, "archived", archived_key=archived_key)
@@ -366,11 +305,41 @@ class DuckDBWarehouse:
         archived_key: str | None = None,
         error: str | None = None,
     ) -> LedgerRow:
-        updated = self._con.execute(
+        updated = self.database.rows(
             "UPDATE km_import_files SET status = ?, archived_key = coalesce(?, archived_key), "
             "error = ?, updated_at = ? WHERE source = ? AND file_key = ? AND file_etag = ? "
             f"RETURNING {_LEDGER_COLUMNS}",
             [status, archived_key, error, utc_now(), row.source, row.file_key, row.file_etag],
-        ).fetchone()
-        assert updated is not None
-        return LedgerRow(*updated)
+        )
+        return LedgerRow(*updated[0])
+
+
+class DuckDBWarehouse(Warehouse):
+    """The warehouse in an embedded DuckDB file, by path."""
+
+    database: DuckDBDatabase
+
+    @property
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        return self.database.connection
+
+    @classmethod
+    @contextmanager
+    def connect(
+        cls, path: str | Path, lock_wait_seconds: float = LOCK_WAIT_SECONDS
+    ) -> Iterator[DuckDBWarehouse]:
+        """Open the DuckDB file for writing, creating it and its tables if needed."""
+        with DuckDBDatabase.open(path, False, lock_wait_seconds) as database:
+            yield cls(database)
+
+    @classmethod
+    @contextmanager
+    def reader(
+        cls, path: str | Path, lock_wait_seconds: float = 10.0
+    ) -> Iterator[DuckDBWarehouse | None]:
+        """Open an existing DuckDB file read-only; None when there is no file yet."""
+        if not Path(path).exists():
+            yield None
+            return
+        with DuckDBDatabase.open(path, True, lock_wait_seconds) as database:
+            yield cls(database, writer=False)

@@ -1,0 +1,71 @@
+"""What the warehouse needs from a SQL database: statements, Arrow in and out, transactions.
+
+Two implementations: ``DuckDBDatabase`` (an embedded file, ``duckdb_database.py``) and
+``PostgresDatabase`` (a server, through ADBC, ``postgres_database.py``). The warehouse's
+SQL is written once, with ``?`` parameters, in the dialect both accept; the few
+aggregates that differ are asked of the database by name (``sql_*`` methods).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+import polars as pl
+
+Params = Sequence[object]
+
+
+class Database(Protocol):
+    """One open connection to the warehouse's database."""
+
+    backend: str  # "duckdb" or "postgres": the value of the runs' warehouse tag
+    location: str  # what to name in messages: a file path, or a URL without its password
+
+    def execute(self, sql: str, params: Params = ()) -> None: ...
+
+    def rows(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
+        """Every row of the result, fetched whole."""
+        ...
+
+    def frame(self, sql: str, params: Params = ()) -> pl.DataFrame: ...
+
+    def batches(self, sql: str, params: Params, batch_rows: int) -> Iterator[pl.DataFrame]:
+        """The result ``batch_rows`` at a time, on a cursor of its own (bounded memory)."""
+        ...
+
+    def append(self, table: str, frame: pl.DataFrame) -> None:
+        """Bulk-insert ``frame`` into ``table`` (columns by name), in the open transaction."""
+        ...
+
+    def temporary(self, name: str, frame: pl.DataFrame) -> AbstractContextManager[None]:
+        """``frame`` readable as table ``name`` by statements inside the block."""
+        ...
+
+    def begin(self) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+    def autonomous(self) -> Database:
+        """A second connection to the same database, its statements committed on their own
+        (outside the open transaction)."""
+        ...
+
+    def serialize(self, name: str) -> None:
+        """Wait until no other writer's open transaction has taken ``name``; hold it to the
+        end of this transaction (for work two sources' imports must not interleave)."""
+        ...
+
+    def checkpoint(self) -> None:
+        """Write what the database still holds in its log into its files, if it keeps one."""
+        ...
+
+    def close(self) -> None: ...
+
+    # Aggregates the two dialects spell differently.
+    def sql_most_common(self, column: str) -> str: ...
+
+    def sql_distinct_estimate(self, column: str) -> str: ...
