@@ -109,6 +109,8 @@ def _check(record: object, now: int) -> str | None:
         return "not_an_object"
     if any(isinstance(v, (dict, list)) for v in record.values()):
         return "nested_value"
+    if any("\x00" in key or "\x00" in str(value) for key, value in record.items()):
+        return "invalid_unicode_escape"  # an escaped NUL: no warehouse text holds it
     if "_p" not in record:
         return "missing_identity"
     person = _identity(record["_p"])

@@ -68,9 +68,11 @@ def test_numbers_out_of_double_range_keep_their_text_and_no_number() -> None:
     assert numbers["tiny"] == 0.0 or numbers["tiny"] is None
 
 
-def test_an_escaped_nul_is_stored_as_text(tmp_path: Path) -> None:
+def test_an_escaped_nul_is_rejected_and_a_raw_one_kept_as_a_replacement() -> None:
     split = split_km_lines(corpus_bytes("nul_bytes.json"), 1, NOW)
-    assert split.events["event_label"].to_list() == ["a\x00b"]
+    assert split.events.height == 0
+    assert split.rejects["raw_line"].to_list()[0] == '{"_p":"1","_t":1328044149,"_n":"a\ufffdb"}'
+    assert split.rejects["reason"].to_list()[2] == "invalid_unicode_escape"
 
 
 def test_whole_corpus_through_the_import_never_crashes_a_chunk(

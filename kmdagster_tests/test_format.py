@@ -42,6 +42,9 @@ REJECT_CASES: list[tuple[str | bytes, str]] = [
     ('{"_p":"1","_t":1328044149,"_n":"a\x01b"}', "invalid_json"),
     ('{"_p":"1","_t":1328044149,"_n":"\\ud800"}', "invalid_unicode_escape"),
     ('{"_p":"1","_t":1328044149,"_n":"\\udc00x"}', "invalid_unicode_escape"),
+    ('{"_p":"1","_t":1328044149,"_n":"a\\u0000"}', "invalid_unicode_escape"),
+    ('{"_p":"1\\u0000","_t":1328044149,"_n":"a"}', "invalid_unicode_escape"),
+    ('{"_p":"1","_t":1328044149,"k\\u0000":"v"}', "invalid_unicode_escape"),
     ('{"_p":"1","_t":1328044149,"Age":1,"age":2}', "duplicate_key"),
     ('{"_p":"1","_t":1328044149,"a:b":1,"a b":2}', "duplicate_key"),
     ('{"_p":"1","_p":"2","_t":1328044149,"_n":"x"}', "duplicate_key"),
@@ -207,6 +210,16 @@ def test_rejected_raw_line_is_kept_and_truncated() -> None:
     assert result.rejects["raw_line"].to_list()[0] == "[1]"
     assert len(result.rejects["raw_line"].to_list()[1]) == MAX_RAW_LINE_CHARS
     assert result.rejects["raw_chars"].to_list() == [3, len(long_bad)]
+
+
+def test_nul_is_never_loaded_and_shows_as_a_replacement_in_rejects() -> None:
+    """No warehouse text type holds NUL: an escaped one rejects the line, a raw one (not
+    JSON) is kept in the rejected line as U+FFFD; an escaped backslash before u0000 is text."""
+    result = split('{"_p":"1","_t":1328044149,"k":"a\\\\u0000"}', b'{"_p":"1\x00","_t":1328044149}')
+    assert result.properties["value"].to_list() == ["a\\u0000"]
+    assert result.rejects["reason"].to_list() == ["invalid_json"]
+    assert result.rejects["raw_line"].to_list() == ['{"_p":"1\ufffd","_t":1328044149}']
+    assert result.rejects["raw_chars"].to_list() == [len('{"_p":"1","_t":1328044149}') + 1]
 
 
 def test_invalid_utf8_only_rejects_its_own_line() -> None:

@@ -123,11 +123,12 @@ def _pairs_by_regex(lines: pl.DataFrame) -> pl.DataFrame:
 def decode_string_contents(
     contents: pl.Series, may_escape: pl.Series
 ) -> tuple[pl.Series, pl.Series]:
-    """Decode JSON string contents (no quotes). Returns (text, has_lone_surrogate).
+    """Decode JSON string contents (no quotes). Returns (text, not_storable).
 
     Contents without a backslash are already their text; escaped ones go through polars'
-    JSON decoder. Only ``may_escape`` rows are looked at. Surrogate escapes are rare and
-    checked exactly by Python's decoder, since a lone surrogate is not storable text.
+    JSON decoder. Only ``may_escape`` rows are looked at. Text is not storable when it
+    escapes a lone surrogate (checked exactly by Python's decoder: such escapes are rare)
+    or a NUL character (``\\u0000``, which PostgreSQL's text cannot hold).
     """
     bad = constant(False, len(contents), pl.Boolean)
     if not may_escape.any():
@@ -141,7 +142,9 @@ def decode_string_contents(
     text = contents.clone()
     plain = escaped.filter(~has_surrogate)
     if len(plain):
-        text = text.scatter(plain, quoted.filter(~has_surrogate).str.json_decode(pl.String))
+        decoded = quoted.filter(~has_surrogate).str.json_decode(pl.String)
+        text = text.scatter(plain, decoded)
+        bad = bad.scatter(plain, decoded.str.contains("\x00", literal=True))
     surrogate = escaped.filter(has_surrogate)
     if len(surrogate):
         # Rare path: a Python loop over only the strings that escape surrogates.
@@ -152,10 +155,10 @@ def decode_string_contents(
 
 
 def _decode_surrogate_string(quoted: str) -> str | None:
-    """The string's text, or None when it holds a lone surrogate (not storable text)."""
+    """The string's text, or None when it holds a lone surrogate or NUL (not storable)."""
     try:
         decoded = json.loads(quoted)
         decoded.encode("utf-8")
     except (UnicodeEncodeError, ValueError):
         return None
-    return decoded
+    return None if "\x00" in decoded else decoded

@@ -11,7 +11,7 @@ REJECT_REASONS: dict[str, str] = {
     "not_an_object": "the line is JSON but not an object (an array, a string, a number...)",
     "nested_value": "a value is an object or an array; only text and numbers are supported",
     "invalid_json": "the line is not valid JSON",
-    "invalid_unicode_escape": "a \\u escape is a lone UTF-16 surrogate",
+    "invalid_unicode_escape": "a \\u escape is a lone UTF-16 surrogate or NUL (\\u0000)",
     "duplicate_key": "the same key appears twice (names compare case-insensitively)",
     "missing_identity": "no _p (person identity)",
     "identity_not_text": "_p must be a string (an integer is taken as its digits)",

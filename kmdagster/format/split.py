@@ -170,7 +170,11 @@ def split_km_lines(
             reason=pl.col("reason_code").replace_strict(
                 list(range(len(_REASON_NAMES))), _REASON_NAMES, return_dtype=pl.String
             ),
-            raw_line=pl.col("text").str.slice(0, MAX_RAW_LINE_CHARS),
+            # A NUL byte (only in lines rejected as invalid JSON) shows as U+FFFD: no
+            # warehouse text type can hold it.
+            raw_line=pl.col("text")
+            .str.slice(0, MAX_RAW_LINE_CHARS)
+            .str.replace_all("\x00", "\ufffd", literal=True),
             raw_chars=pl.col("text").str.len_chars(),
         )
     )
