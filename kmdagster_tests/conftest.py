@@ -1,4 +1,5 @@
-"""Shared fixtures: one real SeaweedFS S3 server per test session, fresh buckets per test."""
+"""Shared fixtures: one real SeaweedFS S3 server and one real PostgreSQL server per test
+session; fresh buckets, DuckDB files and PostgreSQL databases per test."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from dagster import DagsterInstance, instance_for_test
 
 from kmdagster.config import KmConfig, S3Settings, SourceConfig, WarehouseSettings
 from kmdagster.importer import ImportHooks, ImportReport, ReadSizes, import_file
+from kmdagster.storage.warehouse import Warehouse
 from kmdagster_tests import s3_calls
+from kmdagster_tests.postgres import INSTALL_HINT, PostgresServer, postgres_bin_dir
 from kmdagster_tests.seaweed import Identity, SeaweedS3
 
 s3_calls.install()  # before any client exists: every S3 call the product makes is judged
@@ -56,6 +59,8 @@ SCOPED = Identity(
 )
 
 _bucket_numbers = itertools.count(1)
+_database_numbers = itertools.count(1)
+BACKENDS = ("duckdb", "postgres")
 
 
 @pytest.fixture(scope="session")
@@ -106,6 +111,45 @@ def warehouse_path(tmp_path: Path) -> Path:
     return tmp_path / "warehouse.duckdb"
 
 
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """Debian's PostgreSQL in a throwaway cluster; skipped, saying how to install it, when
+    its binaries are missing (in CI, where `.ci/run` installs them, that is a failure)."""
+    if postgres_bin_dir() is None:
+        if os.environ.get("CI"):
+            pytest.fail(INSTALL_HINT)
+        pytest.skip(INSTALL_HINT)
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"), secrets.token_hex(16)).start()
+    saved = os.environ.get("PGPASSWORD")
+    # The product reads the password as in production: libpq takes it from PGPASSWORD.
+    os.environ["PGPASSWORD"] = server.password
+    try:
+        yield server
+    finally:
+        server.stop()
+        if saved is None:
+            os.environ.pop("PGPASSWORD", None)
+        else:
+            os.environ["PGPASSWORD"] = saved
+
+
+@pytest.fixture(params=BACKENDS)
+def warehouse_settings(request: pytest.FixtureRequest, tmp_path: Path) -> WarehouseSettings:
+    """A fresh, empty warehouse on each backend: a DuckDB file, a PostgreSQL database."""
+    if request.param == "duckdb":
+        return WarehouseSettings(duckdb_path=str(tmp_path / "warehouse.duckdb"))
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    url = server.create_database(f"km_test_{next(_database_numbers)}")
+    return WarehouseSettings(backend="postgres", postgres_url=url)
+
+
+def warehouse_rows(settings: WarehouseSettings, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` run read-only on the warehouse ``settings`` name."""
+    with Warehouse.read_only(settings) as warehouse:
+        assert warehouse is not None, "the warehouse has no tables yet"
+        return warehouse.database.rows(sql)
+
+
 @pytest.fixture
 def instance() -> Iterator[DagsterInstance]:
     with instance_for_test() as test_instance:
@@ -113,8 +157,12 @@ def instance() -> Iterator[DagsterInstance]:
 
 
 def make_config(
-    s3_server: SeaweedS3, bucket: str, warehouse_path: Path, **source_overrides: Any
+    s3_server: SeaweedS3,
+    bucket: str,
+    warehouse: Path | WarehouseSettings,
+    **source_overrides: Any,
 ) -> KmConfig:
+    """One source ``accounts`` in ``bucket``; ``warehouse`` is a DuckDB path or settings."""
     source = SourceConfig(
         name=source_overrides.pop("name", "accounts"),
         bucket=bucket,
@@ -123,7 +171,9 @@ def make_config(
     )
     return KmConfig(
         s3=S3Settings(endpoint_url=s3_server.endpoint_url, region_name="us-east-1"),
-        warehouse=WarehouseSettings(duckdb_path=str(warehouse_path)),
+        warehouse=warehouse
+        if isinstance(warehouse, WarehouseSettings)
+        else WarehouseSettings(duckdb_path=str(warehouse)),
         sources=(source,),
     )
 

@@ -1,4 +1,5 @@
-"""materialize() tests of the import and archive assets, over SeaweedFS and a DuckDB file."""
+"""materialize() tests of the import and archive assets, over SeaweedFS and a DuckDB file
+(the import and resume tests on PostgreSQL too)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import duckdb
 import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
+from kmdagster.config import WarehouseSettings
 from kmdagster.defs.assets import build_source_assets, recorded_resume_offset
 from kmdagster.defs.partitions import files_partitions, files_partitions_name
 from kmdagster.defs.resources import build_resources
@@ -20,7 +22,7 @@ from kmdagster.storage.piece_reader import PieceReader
 from kmdagster.storage.rejects_file import rejects_key_for
 from kmdagster.storage.s3_objects import S3AccessError, S3File
 from kmdagster.storage.warehouse import DuckDBWarehouse
-from kmdagster_tests.conftest import READ_ONLY, make_config, run_import
+from kmdagster_tests.conftest import READ_ONLY, make_config, run_import, warehouse_rows
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.seaweed import SeaweedS3
 
@@ -61,17 +63,23 @@ def uploaded_with_small_budget(
     )
 
 
-def query(path: Path, sql: str) -> list[tuple[Any, ...]]:
-    with duckdb.connect(str(path), read_only=True) as con:
+def query(warehouse: Path | WarehouseSettings, sql: str) -> list[tuple[Any, ...]]:
+    if isinstance(warehouse, WarehouseSettings):
+        return warehouse_rows(warehouse, sql)
+    with duckdb.connect(str(warehouse), read_only=True) as con:
         return con.execute(sql).fetchall()
 
 
 def test_materialize_imports_whole_file_and_archives_it(
-    s3_server: SeaweedS3, s3: Any, bucket: str, warehouse_path: Path, instance: DagsterInstance
+    s3_server: SeaweedS3,
+    s3: Any,
+    bucket: str,
+    warehouse_settings: WarehouseSettings,
+    instance: DagsterInstance,
 ) -> None:
     file = km_file(seed=7, repeats=25)
     s3.put_object(Bucket=bucket, Key=KEY, Body=file.data)
-    config = make_config(s3_server, bucket, warehouse_path)
+    config = make_config(s3_server, bucket, warehouse_settings)
 
     result = materialize_partition(config, instance, KEY)
 
@@ -79,10 +87,10 @@ def test_materialize_imports_whole_file_and_archives_it(
     materialized = {e.asset_key for e in result.get_asset_materialization_events()}
     assert AssetKey(["accounts", "km_events"]) in materialized
     assert AssetKey(["accounts", "archived_file"]) in materialized
-    assert query(warehouse_path, "SELECT count(*) FROM km_events") == [(file.events,)]
-    assert query(warehouse_path, "SELECT count(*) FROM km_rejects") == [(file.rejects,)]
+    assert query(warehouse_settings, "SELECT count(*) FROM km_events") == [(file.events,)]
+    assert query(warehouse_settings, "SELECT count(*) FROM km_rejects") == [(file.rejects,)]
     [(status, archived_key, completed_at)] = query(
-        warehouse_path, "SELECT status, archived_key, completed_at FROM km_import_files"
+        warehouse_settings, "SELECT status, archived_key, completed_at FROM km_import_files"
     )
     assert status == "archived"
     assert archived_key == archive_key_for(KEY, completed_at.astimezone(timezone.utc))
@@ -91,12 +99,16 @@ def test_materialize_imports_whole_file_and_archives_it(
 
 
 def test_budget_stops_runs_early_and_resumes_to_exactly_once(
-    s3_server: SeaweedS3, s3: Any, bucket: str, warehouse_path: Path, instance: DagsterInstance
+    s3_server: SeaweedS3,
+    s3: Any,
+    bucket: str,
+    warehouse_settings: WarehouseSettings,
+    instance: DagsterInstance,
 ) -> None:
-    file = km_file(seed=3, repeats=60)  # ~37 KB: many 1 KB chunks
+    file = km_file(seed=3, repeats=60)  # ~37 KB: many 2 KB chunks
     s3.put_object(Bucket=bucket, Key=KEY, Body=file.data)
     config = make_config(
-        s3_server, bucket, warehouse_path, chunk_bytes=1024, time_budget_seconds=0.001
+        s3_server, bucket, warehouse_settings, chunk_bytes=2048, time_budget_seconds=0.001
     )
     runs = 0
     offsets = []
@@ -115,17 +127,17 @@ def test_budget_stops_runs_early_and_resumes_to_exactly_once(
     assert runs > 5
     assert offsets == sorted(offsets) and offsets[-1] == len(file.data)
     assert query(
-        warehouse_path,
+        warehouse_settings,
         "SELECT count(*), count(DISTINCT (file_key, file_etag, line_no)) FROM km_events",
     ) == [(file.events, file.events)]
-    assert query(warehouse_path, "SELECT count(*) FROM km_properties") == [(file.properties,)]
-    assert query(warehouse_path, "SELECT count(*) FROM km_aliases") == [(file.aliases,)]
+    assert query(warehouse_settings, "SELECT count(*) FROM km_properties") == [(file.properties,)]
+    assert query(warehouse_settings, "SELECT count(*) FROM km_aliases") == [(file.aliases,)]
     assert query(
-        warehouse_path,
+        warehouse_settings,
         "SELECT count(*), count(DISTINCT line_no) FROM km_rejects",
     ) == [(file.rejects, file.rejects)]
     assert query(
-        warehouse_path,
+        warehouse_settings,
         "SELECT lines_read, lines_loaded, lines_rejected, lines_blank, status FROM km_import_files",
     ) == [(file.lines, file.valid_lines, file.rejects, file.blanks, "archived")]
 
