@@ -2,7 +2,8 @@
 
 ``corpus/expected.json`` gives each corpus file's outcome per line: ``loaded``, ``blank``
 or the reject reason (README, "Format rules"). Each file is checked by the pure split and
-through the real import (SeaweedFS, DuckDB, 1 KB chunks); giant lines are generated here.
+through the real import (SeaweedFS, 1 KB chunks, into DuckDB and PostgreSQL); giant lines
+are generated here.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kmdagster.config import WarehouseSettings
 from kmdagster.format.lines import UTF8_BOM
 from kmdagster.format.split import MAX_RAW_LINE_CHARS, SplitLines, split_km_lines
-from kmdagster.storage.warehouse import DuckDBWarehouse
+from kmdagster.storage.warehouse import DuckDBWarehouse, Warehouse
 from kmdagster_tests.conftest import run_import
 
 CORPUS = Path(__file__).parent / "corpus"
@@ -76,13 +78,12 @@ def test_an_escaped_nul_is_rejected_and_a_raw_one_kept_as_a_replacement() -> Non
 
 
 def test_whole_corpus_through_the_import_never_crashes_a_chunk(
-    s3: Any, bucket: str, tmp_path: Path
+    s3: Any, bucket: str, warehouse_settings: WarehouseSettings
 ) -> None:
     keys = {f"accounts.{name}": name for name in EXPECTED}
     for key, name in keys.items():
         s3.put_object(Bucket=bucket, Key=key, Body=(CORPUS / name).read_bytes())
-    warehouse_path = tmp_path / "w.duckdb"
-    with DuckDBWarehouse.connect(warehouse_path) as warehouse:
+    with Warehouse.open(warehouse_settings) as warehouse:
         for key in keys:
             report = run_import(
                 s3,
@@ -93,23 +94,23 @@ def test_whole_corpus_through_the_import_never_crashes_a_chunk(
                 time_budget_seconds=600,
             )
             assert report.complete
-    with duckdb.connect(str(warehouse_path), read_only=True) as con:
+        database = warehouse.database
         for key, name in keys.items():
             expected = EXPECTED[name]
-            ledger = con.execute(
+            [ledger] = database.rows(
                 "SELECT lines_read, lines_loaded, lines_rejected, lines_blank "
                 "FROM km_import_files WHERE file_key = ?",
                 [key],
-            ).fetchone()
+            )
             assert ledger == (
                 len(expected),
                 expected.count("loaded"),
                 len(expected) - expected.count("loaded") - expected.count("blank"),
                 expected.count("blank"),
             ), name
-            reasons = con.execute(
+            reasons = database.rows(
                 "SELECT reason FROM km_rejects WHERE file_key = ? ORDER BY line_no", [key]
-            ).fetchall()
+            )
             assert [r for (r,) in reasons] == [o for o in expected if o not in ("loaded", "blank")]
 
 
