@@ -104,6 +104,9 @@ class SourceConfig(_Section):
     backlog_warn_hours: PositiveNumber = 24.0
     # A file whose runs failed this many times in a row is set aside (quarantined).
     quarantine_after_failed_runs: PositiveInt = 3
+    # Run monitoring fails a run still going this long past its budget: the last chunk, the
+    # archive copy and start-up fit well inside; a dead run worker blocks no longer.
+    run_grace_seconds: PositiveInt = 900
 
     @field_validator("name")
     @classmethod

@@ -10,7 +10,6 @@ from typing import Any
 
 import duckdb
 import pytest
-import yaml
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, instance_for_test
 
 from kmdagster.defs.runs import SOURCE_TAG, WAREHOUSE_TAG
@@ -18,6 +17,7 @@ from kmdagster.faults import CRASH_ENV
 from kmdagster.format.split import split_km_lines
 from kmdagster.storage.warehouse import DuckDBWarehouse, LedgerConflict
 from kmdagster_tests.conftest import make_config, write_config
+from kmdagster_tests.instance_yaml import deploy_instance_settings
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.run_import_job import spawn_import_job
 from kmdagster_tests.seaweed import SeaweedS3
@@ -28,7 +28,8 @@ KEY = "accounts.20261126.json"
 
 
 def test_deploy_dagster_yaml_limits_one_run_per_source_and_per_warehouse() -> None:
-    settings = yaml.safe_load((ROOT / "deploy" / "dagster.yaml").read_text())
+    settings = deploy_instance_settings()
+    del settings["storage"]  # PostgreSQL: the end-to-end test on PostgreSQL takes it whole
     with instance_for_test(overrides=settings) as instance:
         limits = instance.run_coordinator.get_run_queue_config().tag_concurrency_limits  # type: ignore[attr-defined]
         assert instance.run_monitoring_enabled

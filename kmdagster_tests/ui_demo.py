@@ -7,7 +7,6 @@ real materializations, observations and check results.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from dagster import DagsterInstance
 
 from kmdagster.config import KmConfig
 from kmdagster.defs.factory import build_definitions
+from kmdagster_tests.instance_yaml import write_instance_yaml
 from kmdagster_tests.km_files import KmFile, km_file
 from kmdagster_tests.ticks import report_sensor_tick
 
@@ -48,7 +48,7 @@ def prepare_ui_demo(
     ):
         s3.put_object(Bucket=bucket, Key=key, Body=file.data)
     dagster_home.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ROOT / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
+    write_instance_yaml(dagster_home)
     defs = build_definitions(config)
     job = defs.resolve_job_def("accounts_import_job")
     with DagsterInstance.from_config(str(dagster_home)) as instance:

@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from kmdagster_tests.instance_yaml import write_instance_yaml  # noqa: E402
 from kmdagster_tests.seaweed import PORT_FLAGS, Identity, SeaweedS3, free_ports  # noqa: E402
 from scripts.demo_data import DEMO_DECOYS, demo_files  # noqa: E402
 from scripts.demo_feed import start_feeder  # noqa: E402
@@ -169,7 +170,7 @@ def run(started: ExitStack) -> int:
     )
     dagster_home = STATE / "dagster_home"
     dagster_home.mkdir(exist_ok=True)
-    shutil.copy(ROOT / "deploy" / "dagster.yaml", dagster_home / "dagster.yaml")
+    write_instance_yaml(dagster_home)
     write_env_file(
         STATE / "dev.env",
         identity,

@@ -44,6 +44,7 @@ from kmdagster.storage.database import Database  # noqa: E402
 from kmdagster.storage.file_rows import duplicate_rows, rows_by_table  # noqa: E402
 from kmdagster.storage.s3_objects import ARCHIVE_PREFIX, FilePattern, list_matching_files  # noqa: E402
 from kmdagster.storage.warehouse import DuckDBWarehouse, LedgerRow  # noqa: E402
+from kmdagster_tests.instance_yaml import write_instance_yaml  # noqa: E402
 from kmdagster_tests.km_files import km_file  # noqa: E402
 from kmdagster_tests.seaweed import Identity, SeaweedS3, free_ports  # noqa: E402
 from scripts.dev import start_seaweed  # noqa: E402
@@ -309,7 +310,7 @@ def main() -> int:
         )
         home = state / "dagster_home"
         home.mkdir()
-        shutil.copy(ROOT / "deploy" / "dagster.yaml", home / "dagster.yaml")
+        write_instance_yaml(home)
         env = {
             **os.environ,
             "KMDAGSTER_CONFIG": str(config_path),

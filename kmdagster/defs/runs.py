@@ -17,7 +17,6 @@ WAREHOUSE_TAG = "kmdagster/warehouse"
 # Dagster's run monitoring fails a run still going after this many seconds, which is how a
 # run whose process died (kill -9, lost node) stops blocking its source's schedule.
 MAX_RUNTIME_TAG = "dagster/max_runtime"
-RUNTIME_GRACE_SECONDS = 900  # the last chunk, the archive copy and the run's start-up
 
 ACTIVE_RUN_STATUSES = [
     DagsterRunStatus.QUEUED,
@@ -29,7 +28,7 @@ ACTIVE_RUN_STATUSES = [
 
 
 def max_runtime_seconds(source: SourceConfig) -> int:
-    return int(source.time_budget_seconds) + RUNTIME_GRACE_SECONDS
+    return int(source.time_budget_seconds) + source.run_grace_seconds
 
 
 def import_run_tags(source: SourceConfig, backend: str) -> dict[str, str]:
