@@ -1,0 +1,275 @@
+"""The production shape on one machine: Dagster's instance in PostgreSQL (deploy/dagster.yaml
+as shipped), the real `dagster-daemon run` and a code server as separate processes, and
+a PostgreSQL warehouse. Two sources; the sensor registers their files and the schedule
+(cron every minute, sensor every 5 s: set in kmdagster.yaml only) imports them, the two
+sources at the same time. One import run is killed with SIGKILL mid-import: run
+monitoring fails it, and a later tick resumes the file with every line loaded once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    DagsterRunStatus,
+    RunsFilter,
+)
+
+from kmdagster.config import KmConfig, S3Settings, SourceConfig, WarehouseSettings
+from kmdagster.defs.runs import SOURCE_TAG
+from kmdagster.storage.s3_objects import ARCHIVE_PREFIX
+from kmdagster_tests.conftest import warehouse_rows, write_config
+from kmdagster_tests.instance_yaml import write_instance_yaml
+from kmdagster_tests.km_files import KmFile, km_file
+from kmdagster_tests.postgres import USER, PostgresServer
+from kmdagster_tests.seaweed import SeaweedS3, free_ports
+
+BIN = Path(sys.executable).parent
+T = TypeVar("T")
+# accounts: one large file, killed mid-import; orders: two files, one per tick.
+BIG_KEY = "accounts.20261130.json"
+ORDER_KEYS = ("orders.1.json", "orders.2.json")
+FINISH_SECONDS = 420
+
+
+def wait_for(what: str, found: Callable[[], T | None], timeout: float, every: float = 0.2) -> T:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = found()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
+def run_pid(instance: DagsterInstance, run_id: str) -> int | None:
+    """The run worker's process id, from the engine event its code server logs."""
+    for entry in instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT):
+        if "Started process for run" in (entry.message or ""):
+            data = entry.dagster_event.engine_event_data  # type: ignore[union-attr]
+            return int(data.metadata["pid"].value)  # type: ignore[arg-type]
+    return None
+
+
+def ledger(warehouse: WarehouseSettings) -> dict[str, tuple[Any, ...]]:
+    try:
+        rows = warehouse_rows(
+            warehouse, "SELECT file_key, status, next_offset, import_runs FROM km_import_files"
+        )
+    except AssertionError:  # no tables before the first run
+        return {}
+    return {row[0]: tuple(row[1:]) for row in rows}
+
+
+@pytest.fixture
+def deployment(
+    tmp_path: Path,
+    s3_server: SeaweedS3,
+    s3: Any,
+    postgres_server: PostgresServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[KmConfig, dict[str, str]]]:
+    """kmdagster.yaml, DAGSTER_HOME and the environment of the deployment's processes."""
+    suffix = tmp_path.name.replace("-", "_").lower()[-20:]
+    dagster_db = f"dagster_{suffix}"
+    postgres_server.create_database(dagster_db)
+    warehouse_url = postgres_server.create_database(f"km_{suffix}")
+    buckets = {
+        name: f"km-deploy-{name}-{suffix.replace('_', '-')}" for name in ("accounts", "orders")
+    }
+    for bucket in buckets.values():
+        s3.create_bucket(Bucket=bucket)
+    sources = tuple(
+        SourceConfig(
+            name=name,
+            bucket=bucket,
+            base_filename=f"{name}.json",
+            cron="* * * * *",
+            sensor_interval_seconds=5,
+            chunk_bytes=1024 * 1024,
+            time_budget_seconds=20,
+            run_grace_seconds=5,
+        )
+        for name, bucket in buckets.items()
+    )
+    config = KmConfig(
+        s3=S3Settings(endpoint_url=s3_server.endpoint_url, region_name="us-east-1"),
+        warehouse=WarehouseSettings(backend="postgres", postgres_url=warehouse_url),
+        sources=sources,
+    )
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    write_instance_yaml(home, postgres_storage=True, monitoring_poll_seconds=5)
+    instance_storage = {
+        "DAGSTER_PG_HOST": "127.0.0.1",
+        "DAGSTER_PG_PORT": str(postgres_server.port),
+        "DAGSTER_PG_DB": dagster_db,
+        "DAGSTER_PG_USERNAME": USER,
+        "DAGSTER_PG_PASSWORD": postgres_server.password,
+    }
+    for name, value in instance_storage.items():  # for this test's own instance too
+        monkeypatch.setenv(name, value)
+    env = {
+        **os.environ,
+        "KMDAGSTER_CONFIG": str(write_config(tmp_path / "kmdagster.yaml", config)),
+        "DAGSTER_HOME": str(home),
+    }
+    yield config, env
+
+
+def test_daemon_on_postgres_imports_two_sources_and_recovers_a_killed_run(
+    tmp_path: Path, s3: Any, deployment: tuple[KmConfig, dict[str, str]]
+) -> None:
+    config, env = deployment
+    accounts, orders = config.sources
+    warehouse = config.warehouse
+    big = km_file(seed=1, repeats=40_000)  # 19.7 MB, 320,000 lines: about 19 chunks
+    small = [km_file(seed=2 + i, repeats=500) for i in range(len(ORDER_KEYS))]
+    s3.put_object(Bucket=accounts.bucket, Key=BIG_KEY, Body=big.data)
+    for key, file in zip(ORDER_KEYS, small, strict=True):
+        s3.put_object(Bucket=orders.bucket, Key=key, Body=file.data)
+
+    (port,) = free_ports(1)
+    workspace = tmp_path / "workspace.yaml"
+    workspace.write_text(
+        f"load_from:\n  - grpc_server:\n      host: 127.0.0.1\n      port: {port}\n"
+        "      location_name: kmdagster\n"
+    )
+    code_server = start(
+        [str(BIN / "dagster"), "code-server", "start", "-h", "127.0.0.1", "-p", str(port),
+         "-m", "kmdagster.definitions"],
+        env,
+        tmp_path / "code-server.log",
+    )  # fmt: skip
+    daemon = None
+    try:
+        health = [str(BIN / "dagster"), "api", "grpc-health-check", "-p", str(port)]
+        wait_for(
+            "the code server",
+            lambda: subprocess.run(health, env=env, capture_output=True).returncode == 0,
+            timeout=120,
+            every=1.0,
+        )
+        daemon = start(
+            [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)],
+            env,
+            tmp_path / "daemon.log",
+        )
+        for source in config.sources:
+            done = subprocess.run(
+                [str(BIN / "kmdagster"), "confirm", source.name, "--workspace", str(workspace)],
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            assert done.returncode == 0, done.stdout + done.stderr
+
+        with DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+            # Kill the accounts run once it has committed a chunk and has more to go.
+            wait_for(
+                f"{BIG_KEY} part-imported",
+                lambda: ledger(warehouse).get(BIG_KEY, ("pending", 0))[0] == "in_progress",
+                timeout=150,
+                every=0.05,
+            )
+            [killed] = instance.get_runs(
+                RunsFilter(tags={SOURCE_TAG: "accounts"}, statuses=[DagsterRunStatus.STARTED])
+            )
+            pid = wait_for("the run worker's pid", lambda: run_pid(instance, killed.run_id), 10)
+            os.kill(pid, signal.SIGKILL)
+            killed_at = ledger(warehouse)[BIG_KEY]
+            assert killed_at[1] < len(big.data), "the file finished before the kill"
+
+            expected_keys = {BIG_KEY, *ORDER_KEYS}
+            wait_for(
+                "every file archived",
+                lambda: all(
+                    ledger(warehouse).get(key, ("",))[0] == "archived" for key in expected_keys
+                ),
+                timeout=FINISH_SECONDS,
+                every=1.0,
+            )
+            dead = instance.get_run_by_id(killed.run_id)
+            assert dead is not None and dead.status == DagsterRunStatus.FAILURE
+            records = instance.get_run_records(RunsFilter(tags={SOURCE_TAG: "accounts"}))
+            succeeded = [r for r in records if r.dagster_run.status == DagsterRunStatus.SUCCESS]
+            assert succeeded, "no later accounts run finished the file"
+            order_runs = instance.get_run_records(RunsFilter(tags={SOURCE_TAG: "orders"}))
+    finally:
+        if daemon is not None:
+            stop(daemon)
+        stop(code_server)
+
+    # The killed run and an orders run were going at the same time: no warehouse-wide limit.
+    killed_record = next(r for r in records if r.dagster_run.run_id == killed.run_id)
+    assert any(
+        max(killed_record.start_time or 0, r.start_time or 0)
+        < min(killed_record.end_time or 0, r.end_time or 0)
+        for r in order_runs
+    ), "the two sources' runs never overlapped"
+    assert ledger(warehouse)[BIG_KEY][2] >= 2  # the killed run and the one that resumed
+    assert_loaded_once(warehouse, {BIG_KEY: big, **dict(zip(ORDER_KEYS, small, strict=True))})
+    for source, keys in ((accounts, [BIG_KEY]), (orders, list(ORDER_KEYS))):
+        listed = s3.list_objects_v2(Bucket=source.bucket).get("Contents", [])
+        at_root = [item["Key"] for item in listed if not item["Key"].startswith(ARCHIVE_PREFIX)]
+        assert at_root == []
+        archived = {item["Key"].rsplit("/", 1)[-1] for item in listed}
+        assert set(keys) <= archived
+
+
+def assert_loaded_once(warehouse: WarehouseSettings, files: dict[str, KmFile]) -> None:
+    for key, file in files.items():
+        for table, expected in (
+            ("km_events", file.events),
+            ("km_aliases", file.aliases),
+            ("km_rejects", file.rejects),
+        ):
+            [(total, distinct)] = warehouse_rows(
+                warehouse,
+                f"SELECT count(*), count(DISTINCT line_no) FROM {table} WHERE file_key = '{key}'",
+            )
+            assert total == distinct == expected, (key, table)
+        [(total, distinct)] = warehouse_rows(
+            warehouse,
+            "SELECT count(*), count(DISTINCT (line_no, name)) FROM km_properties "
+            f"WHERE file_key = '{key}'",
+        )
+        assert total == distinct == file.properties, key
+        [(read, loaded, rejected, blank)] = warehouse_rows(
+            warehouse,
+            "SELECT lines_read, lines_loaded, lines_rejected, lines_blank FROM km_import_files "
+            f"WHERE file_key = '{key}'",
+        )
+        assert (read, loaded, rejected, blank) == (
+            file.lines,
+            file.valid_lines,
+            file.rejects,
+            file.blanks,
+        ), key
