@@ -172,20 +172,25 @@ def measure_import(key: str) -> dict[str, object]:
 
 
 def measure_store(key: str, layout: str) -> dict[str, object]:
-    """``import_file`` alone (no Dagster) into a fresh DuckDB file, in one storage layout:
-    ``compact`` (the product's) or ``wide`` (the previous release's)."""
+    """``import_file`` alone (no Dagster) into a fresh warehouse: a DuckDB file in one
+    storage layout, ``compact`` (the product's) or ``wide`` (the previous release's), or
+    ``postgres``, the configuration's (empty) PostgreSQL database."""
     from benchmarks.wide_storage import WideTablesWarehouse
     from kmdagster.config import load_config
     from kmdagster.defs.resources import build_s3_resource
     from kmdagster.importer import import_file
-    from kmdagster.storage.warehouse import DuckDBWarehouse
+    from kmdagster.storage.warehouse import DuckDBWarehouse, Warehouse
 
     config = load_config()
     source = config.sources[0]
     path = Path(config.warehouse.duckdb_path)
     path.unlink(missing_ok=True)
-    layouts = {"compact": DuckDBWarehouse, "wide": WideTablesWarehouse}
-    with layouts[layout].connect(path) as warehouse:
+    layouts = {
+        "compact": DuckDBWarehouse.connect,
+        "wide": WideTablesWarehouse.connect,
+        "postgres": lambda _: Warehouse.open(config.warehouse),
+    }
+    with layouts[layout](path) as warehouse:
         started, cpu_started = time.perf_counter(), cpu_seconds()
         report = import_file(
             build_s3_resource(config).get_client(),
@@ -194,8 +199,8 @@ def measure_store(key: str, layout: str) -> dict[str, object]:
             key,
         )
         seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
-    size_mb = path.stat().st_size / 1024 / 1024
-    path.unlink()
+    size_mb = path.stat().st_size / 1024 / 1024 if path.exists() else None
+    path.unlink(missing_ok=True)
     return {
         "seconds": seconds,
         "cpu_seconds": cpu,

@@ -421,7 +421,16 @@ def main() -> int:
         [sys.executable, "-m", "benchmarks.people"], cwd=ROOT, capture_output=True, text=True
     )
     print(people.stdout.strip() or people.stderr[-2000:])
-    return 0 if same and people.returncode == 0 else 1
+    print("\nPostgreSQL: the warehouse beyond one machine, beside DuckDB")
+    postgres = subprocess.run(
+        [sys.executable, "-m", "benchmarks.postgres_scale", str(path),
+         "--loader-rows", str(min(args.lines, 2_000_000))],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )  # fmt: skip
+    print(postgres.stdout.strip() or postgres.stderr[-2000:])
+    return 0 if same and people.returncode == 0 and postgres.returncode == 0 else 1
 
 
 if __name__ == "__main__":

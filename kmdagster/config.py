@@ -148,6 +148,11 @@ class KmConfig(_Section):
         raise ConfigError(f"no source named {name!r} in the configuration (known: {known})")
 
 
+def config_yaml(config: KmConfig) -> str:
+    """``config`` as the YAML file ``load_config`` reads (defaults left out)."""
+    return yaml.safe_dump(config.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+
+
 def config_path_from_env() -> Path:
     return Path(os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_FILE)
 

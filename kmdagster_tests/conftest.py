@@ -11,10 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from dagster import DagsterInstance, instance_for_test
 
-from kmdagster.config import KmConfig, S3Settings, SourceConfig, WarehouseSettings
+from kmdagster.config import (
+    KmConfig,
+    S3Settings,
+    SourceConfig,
+    WarehouseSettings,
+    config_yaml,
+)
 from kmdagster.importer import ImportHooks, ImportReport, ReadSizes, import_file
 from kmdagster.storage.warehouse import Warehouse
 from kmdagster_tests import s3_calls
@@ -180,8 +185,7 @@ def make_config(
 
 def write_config(path: Path, config: KmConfig) -> Path:
     """Write ``config`` as the YAML file a separate process (or the CLI) loads."""
-    document = config.model_dump(mode="json", exclude_defaults=True)
-    path.write_text(yaml.safe_dump(document))
+    path.write_text(config_yaml(config))
     return path
 
 

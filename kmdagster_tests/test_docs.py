@@ -9,6 +9,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import yaml
+
 from kmdagster.status import STATE_MEANINGS
 from kmdagster.storage.permissions import iam_policy
 
@@ -66,3 +68,26 @@ def test_readme_file_states_are_the_words_the_cli_and_ui_use() -> None:
     table = readme.split("| state | meaning |", 1)[1].split("\n\n", 1)[0]
     rows = dict(re.findall(r"^\| `(\w+)` \| (.+) \|$", table, re.M))
     assert rows == STATE_MEANINGS
+
+
+def test_helm_values_carry_the_instance_settings_of_deploy_dagster_yaml() -> None:
+    """docs/deploy.md says the two files set the same run queue, run monitoring and
+    storage scheme; the chart takes them in its own keys."""
+    instance = yaml.safe_load((ROOT / "deploy" / "dagster.yaml").read_text())
+    values = yaml.safe_load((ROOT / "deploy" / "helm-values.yaml").read_text())
+    queue = values["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+    assert queue["maxConcurrentRuns"] == instance["run_queue"]["max_concurrent_runs"]
+    assert queue["tagConcurrencyLimits"] == instance["run_queue"]["tag_concurrency_limits"]
+    monitoring = values["dagsterDaemon"]["runMonitoring"]
+    assert {
+        re.sub(r"[A-Z]", lambda m: "_" + m.group().lower(), key): value
+        for key, value in monitoring.items()
+    } == instance["run_monitoring"]
+    scheme = instance["storage"]["postgres"]["postgres_db"]["scheme"]
+    assert values["postgresql"]["postgresqlScheme"] == scheme
+    assert values["telemetry"] == instance["telemetry"]
+    deployment = values["dagster-user-deployments"]["deployments"][0]
+    assert deployment["dagsterApiGrpcArgs"] == ["-m", "kmdagster.definitions"]
+    docs = (ROOT / "docs" / "deploy.md").read_text()
+    for name in ("deploy/dagster.yaml", "deploy/helm-values.yaml", "deploy/Dockerfile"):
+        assert (ROOT / name).exists() and name in docs
