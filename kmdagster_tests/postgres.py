@@ -13,7 +13,7 @@ import os
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import adbc_driver_manager
@@ -51,6 +51,7 @@ class PostgresServer:
     data_dir: Path
     password: str
     port: int = 0
+    settings: dict[str, str] = field(default_factory=dict)  # more server settings
 
     @property
     def url(self) -> str:
@@ -91,7 +92,8 @@ class PostgresServer:
             "-o",
             f"-c listen_addresses=127.0.0.1 -c port={self.port} "
             f"-c unix_socket_directories={self.data_dir} -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+            + "".join(f" -c {name}={value}" for name, value in self.settings.items()),
             "--wait",
             f"--timeout={int(timeout)}",
             "start",
