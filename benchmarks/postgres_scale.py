@@ -200,6 +200,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.postgres_scale")
     parser.add_argument("file", type=Path, help="a generated accounts.*.json")
     parser.add_argument("--loader-rows", type=int, default=LOADER_ROWS)
+    parser.add_argument("--rounds", type=int, default=3, help="turns of the two loaders")
     args = parser.parse_args()
     path: Path = args.file
     if postgres_bin_dir() is None:
@@ -264,7 +265,8 @@ def main() -> int:
                 )
             figures["parallel_seconds"] = time.perf_counter() - started
             figures["parallel_lines"] = sum(r["lines"] for r in runs)
-            figures["loader"] = loader_figures(postgres, args.loader_rows)
+            figures["loader"] = loader_figures(postgres, args.loader_rows, args.rounds)
+            figures["loader_rounds"] = args.rounds
             figures["loader_rows"] = args.loader_rows
         finally:
             postgres.stop()
@@ -305,8 +307,8 @@ def report(figures: dict[str, Any]) -> str:
             f"{figures['parallel_seconds']:.1f}s "
             f"({figures['sequential_seconds'] / figures['parallel_seconds']:.2f}x; "
             f"{figures['parallel_lines'] / figures['parallel_seconds']:,.0f} lines/s together)",
-            f"PostgreSQL bulk load of {figures['loader_rows']:,} property rows (fastest of 3 "
-            "rounds): "
+            f"PostgreSQL bulk load of {figures['loader_rows']:,} property rows (fastest of "
+            f"{figures['loader_rounds']} rounds): "
             + "; ".join(
                 f"{name} {r['seconds']:.2f}s, CPU {r['client_cpu_seconds']:.2f}s client + "
                 f"{r['server_cpu_seconds']:.2f}s server"

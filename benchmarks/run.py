@@ -424,7 +424,7 @@ def main() -> int:
     print("\nPostgreSQL: the warehouse beyond one machine, beside DuckDB")
     postgres = subprocess.run(
         [sys.executable, "-m", "benchmarks.postgres_scale", str(path),
-         "--loader-rows", str(min(args.lines, 2_000_000))],
+         "--loader-rows", str(min(args.lines, 2_000_000)), "--rounds", str(args.rounds)],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -23,6 +23,7 @@ from kmdagster.config import (
 from kmdagster.importer import ImportHooks, ImportReport, ReadSizes, import_file
 from kmdagster.storage.warehouse import Warehouse
 from kmdagster_tests import s3_calls
+from kmdagster_tests.km_files import KmFile
 from kmdagster_tests.postgres import INSTALL_HINT, PostgresServer, postgres_bin_dir
 from kmdagster_tests.seaweed import Identity, SeaweedS3
 
@@ -159,6 +160,28 @@ def warehouse_rows(settings: WarehouseSettings, sql: str) -> list[tuple[Any, ...
 def instance() -> Iterator[DagsterInstance]:
     with instance_for_test() as test_instance:
         yield test_instance
+
+
+def assert_file_loaded_once(warehouse: WarehouseSettings, key: str, file: KmFile) -> None:
+    """Every line of ``file`` (at ``key``) is in the warehouse once: each table holds its
+    expected rows, none twice, and the ledger accounts for every line."""
+    for table, identity, expected in (
+        ("km_events", "line_no", file.events),
+        ("km_properties", "(line_no, name)", file.properties),
+        ("km_aliases", "line_no", file.aliases),
+        ("km_rejects", "line_no", file.rejects),
+    ):
+        [(total, distinct)] = warehouse_rows(
+            warehouse,
+            f"SELECT count(*), count(DISTINCT {identity}) FROM {table} WHERE file_key = '{key}'",
+        )
+        assert total == distinct == expected, (key, table)
+    [counts] = warehouse_rows(
+        warehouse,
+        "SELECT lines_read, lines_loaded, lines_rejected, lines_blank FROM km_import_files "
+        f"WHERE file_key = '{key}'",
+    )
+    assert counts == (file.lines, file.valid_lines, file.rejects, file.blanks), key
 
 
 def make_config(

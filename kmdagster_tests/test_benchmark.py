@@ -25,6 +25,8 @@ def test_benchmark_runs_end_to_end_and_methods_agree(tmp_path: Path) -> None:
             "300",
             "--invalid-gb",
             "0.002",
+            "--rounds",
+            "1",
             "--workdir",
             str(tmp_path),
         ],

@@ -30,9 +30,9 @@ from dagster import (
 from kmdagster.config import KmConfig, S3Settings, SourceConfig, WarehouseSettings
 from kmdagster.defs.runs import ACTIVE_RUN_STATUSES, SOURCE_TAG
 from kmdagster.storage.s3_objects import ARCHIVE_PREFIX
-from kmdagster_tests.conftest import warehouse_rows, write_config
+from kmdagster_tests.conftest import assert_file_loaded_once, warehouse_rows, write_config
 from kmdagster_tests.instance_yaml import write_instance_yaml
-from kmdagster_tests.km_files import KmFile, km_file
+from kmdagster_tests.km_files import km_file
 from kmdagster_tests.postgres import USER, PostgresServer
 from kmdagster_tests.seaweed import SeaweedS3, free_ports
 
@@ -238,7 +238,8 @@ def test_daemon_on_postgres_imports_two_sources_and_recovers_a_killed_run(
         for o in order_runs
     ), "the two sources' runs never overlapped"
     assert ledger(warehouse)[BIG_KEY][2] >= 2  # the killed run and the one that resumed
-    assert_loaded_once(warehouse, {BIG_KEY: big, ORDER_KEY: order_file})
+    assert_file_loaded_once(warehouse, BIG_KEY, big)
+    assert_file_loaded_once(warehouse, ORDER_KEY, order_file)
     for source, key in ((accounts, BIG_KEY), (orders, ORDER_KEY)):
         listed = [item["Key"] for item in s3.list_objects_v2(Bucket=source.bucket)["Contents"]]
         assert [k for k in listed if not k.startswith(ARCHIVE_PREFIX)] == []
@@ -261,34 +262,3 @@ def start_code_server(port: int, env: dict[str, str], log: Path) -> subprocess.P
         every=1.0,
     )
     return server
-
-
-def assert_loaded_once(warehouse: WarehouseSettings, files: dict[str, KmFile]) -> None:
-    for key, file in files.items():
-        for table, expected in (
-            ("km_events", file.events),
-            ("km_aliases", file.aliases),
-            ("km_rejects", file.rejects),
-        ):
-            [(total, distinct)] = warehouse_rows(
-                warehouse,
-                f"SELECT count(*), count(DISTINCT line_no) FROM {table} WHERE file_key = '{key}'",
-            )
-            assert total == distinct == expected, (key, table)
-        [(total, distinct)] = warehouse_rows(
-            warehouse,
-            "SELECT count(*), count(DISTINCT (line_no, name)) FROM km_properties "
-            f"WHERE file_key = '{key}'",
-        )
-        assert total == distinct == file.properties, key
-        [(read, loaded, rejected, blank)] = warehouse_rows(
-            warehouse,
-            "SELECT lines_read, lines_loaded, lines_rejected, lines_blank FROM km_import_files "
-            f"WHERE file_key = '{key}'",
-        )
-        assert (read, loaded, rejected, blank) == (
-            file.lines,
-            file.valid_lines,
-            file.rejects,
-            file.blanks,
-        ), key
