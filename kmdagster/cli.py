@@ -29,7 +29,7 @@ from kmdagster.status import backlog, backlog_eta, read_source_status
 from kmdagster.storage.permissions import PermissionResult, check_permissions, iam_policy
 from kmdagster.storage.s3_objects import FilePattern, S3AccessError
 from kmdagster.storage.schema import SCHEMA_VERSION, WarehouseSchemaError
-from kmdagster.storage.warehouse import Warehouse, WarehouseBusy, WarehouseUnreachable
+from kmdagster.storage.warehouse import Warehouse, WarehouseUnavailable
 
 DEFINITIONS_MODULE = "kmdagster.definitions"
 
@@ -46,7 +46,7 @@ def s3_client(config: KmConfig) -> Any:
 def run_preview(config: KmConfig, source: SourceConfig, key: str | None) -> FilePreview:
     try:
         names = WarehouseResource.of(config.warehouse).known_names()
-    except WarehouseBusy as exc:
+    except WarehouseUnavailable as exc:
         click.echo(f"note: names are not compared with the warehouse: {exc}", err=True)
         names = None
     return setup_preview(s3_client(config), source, names, key=key)
@@ -255,9 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         CommandFailed,
         SetupRuleError,
         S3AccessError,
-        WarehouseBusy,
         WarehouseSchemaError,
-        WarehouseUnreachable,
+        WarehouseUnavailable,
     ) as exc:
         click.echo(f"kmdagster: {exc}", err=True)
         return 1

@@ -16,7 +16,7 @@ from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.dagster_internals import cron_ticks_after
 from kmdagster.quarantine import Quarantine
 from kmdagster.storage.s3_objects import FilePattern, S3File, list_matching_files
-from kmdagster.storage.warehouse import LedgerRow, Warehouse, WarehouseBusy
+from kmdagster.storage.warehouse import LedgerRow, Warehouse, WarehouseUnavailable
 
 # Every state shown to people, in the CLI, the backlog check and the docs (README "File
 # states" lists the same words and meanings; a test compares them).
@@ -191,8 +191,9 @@ def read_source_status(
     try:
         with Warehouse.read_only(warehouse_settings, wait_seconds) as warehouse:
             ledger = warehouse.ledger_rows(source.name) if warehouse else []
-    except WarehouseBusy as exc:
-        # An import run holds DuckDB's only write lock: show what S3 alone can tell.
+    except WarehouseUnavailable as exc:
+        # An import run holds DuckDB's only write lock, or PostgreSQL does not answer:
+        # show what S3 alone can tell.
         note = f"ledger not read: {exc}; files at the root show as pending"
         return SourceStatus(file_states(root_files, [], quarantined), note)
     return SourceStatus(file_states(root_files, ledger, quarantined))

@@ -119,3 +119,26 @@ def test_readme_configuration_reference_lists_every_setting_with_its_default() -
             assert float(shown) == default, key
         elif isinstance(default, str):
             assert shown == default, key
+
+
+@pytest.mark.parametrize(
+    ("warehouse", "message"),
+    [
+        ({"backend": "postgres"}, "warehouse: backend postgres needs postgres_url"),
+        ({"backend": "sqlite"}, "warehouse.backend: Input should be 'duckdb' or 'postgres'"),
+        ({"postgres_url": "mysql://db/km"}, "warehouse.postgres_url: give a URL starting with"),
+    ],
+)
+def test_warehouse_settings_are_checked(warehouse: dict[str, Any], message: str) -> None:
+    document = {"warehouse": warehouse, "sources": [source()]}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config(document, origin="kmdagster.yaml")
+
+
+def test_a_password_in_the_postgres_url_is_refused_without_being_repeated() -> None:
+    url = "postgresql://kmdagster:s3cret-pw@db.example.com:5432/km"
+    document = {"warehouse": {"backend": "postgres", "postgres_url": url}, "sources": [source()]}
+    with pytest.raises(ConfigError) as error:
+        parse_config(document, origin="kmdagster.yaml")
+    assert "set PGPASSWORD" in str(error.value)
+    assert "s3cret-pw" not in str(error.value)

@@ -16,10 +16,14 @@ import duckdb
 import pytest
 
 from kmdagster.cli import main
+from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.format.split import MAX_RAW_LINE_CHARS, split_km_lines
+from kmdagster.status import read_source_status
+from kmdagster.storage.s3_objects import S3File
 from kmdagster.storage.schema import SCHEMA_VERSION, UPGRADE_COMMAND, WarehouseSchemaError
-from kmdagster.storage.warehouse import DuckDBWarehouse
+from kmdagster.storage.warehouse import DuckDBWarehouse, Warehouse, WarehouseUnreachable
 from kmdagster_tests.km_files import km_file
+from kmdagster_tests.seaweed import free_ports
 
 FIXTURE = Path(__file__).parent / "fixtures" / "warehouse_v1.duckdb.gz"
 RELATIONS = ("km_events", "km_properties", "km_aliases", "km_rejects")
@@ -181,3 +185,23 @@ def test_the_upgrade_command_upgrades_once(
     assert main(["upgrade-warehouse"]) == 0
     assert "nothing to upgrade" in capsys.readouterr().out
     assert main(["status", "accounts", "--json"]) != 2  # readers take it now (S3 aside)
+
+
+def test_an_unreachable_postgres_warehouse_is_named_and_status_falls_back_to_s3(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    (port,) = free_ports(1)  # nothing listens there
+    settings = WarehouseSettings(
+        backend="postgres", postgres_url=f"postgresql://kmdagster@127.0.0.1:{port}/km"
+    )
+    monkeypatch.setenv("PGPASSWORD", "s3cret-pw")
+    with pytest.raises(WarehouseUnreachable) as error, Warehouse.open(settings):
+        pass
+    message = str(error.value)
+    assert f"postgresql://kmdagster@127.0.0.1:{port}/km" in message and "PGPASSWORD" in message
+    assert "s3cret-pw" not in message
+    source = SourceConfig(name="accounts", bucket="km-imports", base_filename="accounts.json")
+    waiting = S3File(key="accounts.1.json", etag="e1", size=10)
+    status = read_source_status(None, source, settings, 1.0, root_files=[waiting])
+    assert status.ledger_note is not None and "ledger not read" in status.ledger_note
+    assert [(s.key, s.state) for s in status.states] == [("accounts.1.json", "pending")]

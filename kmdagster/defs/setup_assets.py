@@ -32,7 +32,7 @@ from kmdagster.preview import FilePreview, SetupRuleError, setup_preview
 from kmdagster.report import check_markdown, preview_markdown
 from kmdagster.storage.permissions import PermissionResult, check_permissions
 from kmdagster.storage.s3_objects import FilePattern, S3AccessError
-from kmdagster.storage.warehouse import WarehouseBusy
+from kmdagster.storage.warehouse import WarehouseUnavailable
 
 PERMISSION_CHECK = "s3_permissions"
 
@@ -83,7 +83,7 @@ def build_preview_asset(source: SourceConfig) -> AssetsDefinition:
     ) -> MaterializeResult:
         try:
             known = km_warehouse.known_names()
-        except WarehouseBusy as exc:
+        except WarehouseUnavailable as exc:
             context.log.warning(f"names are not compared with the warehouse: {exc}")
             known = None
         try:

@@ -17,6 +17,11 @@ import polars as pl
 Params = Sequence[object]
 
 
+class WarehouseUnavailable(RuntimeError):
+    """The warehouse cannot be reached now: held by an import (DuckDB) or not answering
+    (PostgreSQL). Readers show what S3 alone tells; writers fail and retry next tick."""
+
+
 class Database(Protocol):
     """One open connection to the warehouse's database."""
 

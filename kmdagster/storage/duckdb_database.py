@@ -11,13 +11,13 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from kmdagster.storage.database import Params
+from kmdagster.storage.database import Params, WarehouseUnavailable
 
 DUCKDB_MEMORY_LIMIT = "64MB"
 CHECKPOINT_THRESHOLD = "256MB"
 
 
-class WarehouseBusy(RuntimeError):
+class WarehouseBusy(WarehouseUnavailable):
     """Another process (an import run) holds the DuckDB file's lock."""
 
 

@@ -17,12 +17,12 @@ import adbc_driver_manager
 import adbc_driver_postgresql.dbapi as adbc
 import polars as pl
 
-from kmdagster.storage.database import Params
+from kmdagster.storage.database import Params, WarehouseUnavailable
 
 _CREDENTIALS_IN_URL = re.compile(r"(://[^/@:]*):[^/@]*@")
 
 
-class WarehouseUnreachable(RuntimeError):
+class WarehouseUnreachable(WarehouseUnavailable):
     """The PostgreSQL warehouse refused or did not answer the connection."""
 
 

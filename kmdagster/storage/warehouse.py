@@ -20,7 +20,7 @@ from kmdagster.config import WarehouseSettings
 from kmdagster.faults import crash_point
 from kmdagster.format.split import SplitLines
 from kmdagster.format.summary import KnownNames
-from kmdagster.storage.database import Database
+from kmdagster.storage.database import Database, WarehouseUnavailable
 from kmdagster.storage.duckdb_database import DuckDBDatabase, WarehouseBusy
 from kmdagster.storage.names import NameIds
 from kmdagster.storage.people import add_alias_pairs
@@ -34,7 +34,7 @@ from kmdagster.storage.schema import (
     prepare_for_writing,
 )
 
-__all__ = ["WarehouseBusy", "WarehouseUnreachable"]
+__all__ = ["WarehouseBusy", "WarehouseUnavailable", "WarehouseUnreachable"]
 
 STATUSES = ("pending", "in_progress", "imported", "archived", "failed")
 LOCK_WAIT_SECONDS = 120.0
