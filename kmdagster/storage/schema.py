@@ -143,7 +143,7 @@ ROW_COUNT_COLUMNS = {table: f"{table.removeprefix('km_')}_rows" for table in ROW
 
 
 class WarehouseSchemaError(RuntimeError):
-    """The warehouse file's schema is not the one this code reads and writes."""
+    """The warehouse's schema is not the one this code reads and writes."""
 
 
 def _run_script(database: Database, script: str) -> None:
