@@ -15,8 +15,8 @@ if TYPE_CHECKING:
 
 
 def build_import_job(source: SourceConfig, assets: SourceAssets, backend: str) -> AssetJob:
-    """``<source>_import_job``. In-process: the import and the archive share one warehouse
-    connection, and a DuckDB file admits one writing process."""
+    """``<source>_import_job``. In-process: a DuckDB file admits one writing process, and
+    the import and the archive, one after the other, need no process each."""
     return define_asset_job(
         name=f"{source.name}_import_job",
         selection=AssetSelection.assets(assets.tables, assets.archive),
