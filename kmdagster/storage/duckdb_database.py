@@ -93,11 +93,13 @@ class DuckDBDatabase:
                 yield pl.DataFrame(pl.from_arrow(batch))
 
     def append(self, table: str, frame: pl.DataFrame) -> None:
+        # Read by DuckDB's replacement scan of this function's locals. A registered view of
+        # the same data (``temporary``) kept the import's peak RSS about 100 MB higher.
+        km_appended_rows = _arrow(frame)  # noqa: F841
         columns = ", ".join(frame.columns)
-        with self.temporary("km_appended_rows", frame):
-            self.connection.execute(
-                f"INSERT INTO {table} ({columns}) SELECT {columns} FROM km_appended_rows"
-            )
+        self.connection.execute(
+            f"INSERT INTO {table} ({columns}) SELECT {columns} FROM km_appended_rows"
+        )
 
     @contextmanager
     def temporary(self, name: str, frame: pl.DataFrame) -> Iterator[None]:
