@@ -40,6 +40,10 @@ def _numbered_parameters(sql: str) -> str:
     return "'".join(parts)
 
 
+def _execute(cursor: Any, sql: str, params: Params) -> None:
+    cursor.execute(_numbered_parameters(sql), list(params) or None)
+
+
 def _without_password(text: str) -> str:
     return _CREDENTIALS_IN_URL.sub(r"\1:***@", text)
 
@@ -76,23 +80,23 @@ class PostgresDatabase:
 
     def execute(self, sql: str, params: Params = ()) -> None:
         with self.connection.cursor() as cursor:
-            cursor.execute(_numbered_parameters(sql), list(params) or None)
+            _execute(cursor, sql, params)
 
     def rows(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
         with self.connection.cursor() as cursor:
-            cursor.execute(_numbered_parameters(sql), list(params) or None)
+            _execute(cursor, sql, params)
             return cursor.fetchall()
 
     def frame(self, sql: str, params: Params = ()) -> pl.DataFrame:
         with self.connection.cursor() as cursor:
-            cursor.execute(_numbered_parameters(sql), list(params) or None)
+            _execute(cursor, sql, params)
             return pl.DataFrame(pl.from_arrow(cursor.fetch_arrow_table()))
 
     def batches(self, sql: str, params: Params, batch_rows: int) -> Iterator[pl.DataFrame]:
         # Its own connection: a connection runs one statement at a time, and the batches
         # may be read while this one is used (the driver sizes its batches in bytes).
         with PostgresDatabase.open(self.url) as reader, reader.connection.cursor() as cursor:
-            cursor.execute(_numbered_parameters(sql), list(params) or None)
+            _execute(cursor, sql, params)
             for batch in cursor.fetch_record_batch():
                 frame = pl.DataFrame(pl.from_arrow(batch))
                 yield from frame.iter_slices(batch_rows)
