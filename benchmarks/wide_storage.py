@@ -12,6 +12,7 @@ import polars as pl
 
 from kmdagster.format.split import SplitLines
 from kmdagster.storage.duckdb_database import DuckDBDatabase
+from kmdagster.storage.piece_rows import PieceRows
 from kmdagster.storage.warehouse import DuckDBWarehouse
 
 WIDE_TABLES = """
@@ -46,7 +47,13 @@ class WideTablesWarehouse(DuckDBWarehouse):
         super().__init__(database, writer)
         self.connection.execute(WIDE_TABLES)
 
-    def _insert_rows(self, split: SplitLines, file_id: int) -> None:
+    def lay_out(self, split: SplitLines) -> PieceRows:
+        # The previous release inserted the split's frames as they were.
+        aliases = split.aliases.select("person", "alias")
+        return PieceRows(split, rows={}, names={}, alias_pairs=aliases)
+
+    def _insert_rows(self, piece: PieceRows, file_id: int) -> None:
+        split = piece.split
         found = self.connection.execute(
             "SELECT source, file_key, file_etag FROM km_import_files WHERE file_id = ?", [file_id]
         ).fetchone()

@@ -23,6 +23,7 @@ from kmdagster.storage.piece_reader import (
     Piece,
     PieceReader,
 )
+from kmdagster.storage.piece_rows import PieceRows
 from kmdagster.storage.s3_objects import S3AccessError, head_file
 from kmdagster.storage.warehouse import LedgerRow, Warehouse
 
@@ -120,7 +121,9 @@ def import_file(
     # strictly in order, so the exactly-once argument is unchanged.
     readers = ThreadPoolExecutor(1, thread_name_prefix="kmdagster-read")
     splitters = ThreadPoolExecutor(SPLIT_WORKERS, thread_name_prefix="kmdagster-split")
-    pieces = _PieceSplitter(reader, row, hooks.now_epoch, chunk_bytes, splitters, readers)
+    pieces = _PieceSplitter(
+        reader, row, hooks.now_epoch, chunk_bytes, warehouse.lay_out, splitters, readers
+    )
     try:
         while not row.is_complete:
             if chunks and clock() - started >= source.time_budget_seconds:
@@ -186,10 +189,12 @@ class _PieceSplitter:
         row: LedgerRow,
         now_epoch: Callable[[], float],
         chunk_bytes: int,
+        lay_out: Callable[[SplitLines], PieceRows],
         splitters: ThreadPoolExecutor,
         readers: ThreadPoolExecutor,
     ) -> None:
         self._reader = reader
+        self._lay_out = lay_out
         self._now_epoch = now_epoch
         self._chunk_bytes = chunk_bytes
         self._splitters = splitters
@@ -200,10 +205,10 @@ class _PieceSplitter:
         self._next_read: Future[Piece] | None = readers.submit(reader.read_piece, row.next_offset)
         self._read_error: BaseException | None = None
         # (lines counted, end offset, ends its chunk, the split)
-        self._splitting: deque[tuple[int, int, bool, Future[SplitLines]]] = deque()
+        self._splitting: deque[tuple[int, int, bool, Future[PieceRows]]] = deque()
 
-    def next_chunk(self) -> Iterator[tuple[SplitLines, int]]:
-        """The next chunk's pieces, in order: each one's split and the offset after it.
+    def next_chunk(self) -> Iterator[tuple[PieceRows, int]]:
+        """The next chunk's pieces, in order: each one's rows and the offset after it.
 
         Iterate it fully before asking for the next chunk.
         """
@@ -214,9 +219,9 @@ class _PieceSplitter:
             lines, end, ends_chunk, split = self._splitting.popleft()
             self._fill()  # the next piece starts splitting before this one is waited for
             result = split.result()
-            if result.lines_read != lines:  # would shift every later line number
+            if result.split.lines_read != lines:  # would shift every later line number
                 raise RuntimeError(
-                    f"split read {result.lines_read} lines where {lines} were counted"
+                    f"split read {result.split.lines_read} lines where {lines} were counted"
                 )
             yield result, end
             if ends_chunk:
@@ -247,6 +252,15 @@ class _PieceSplitter:
                 self._chunk_start = piece.end
             lines = count_lines(piece.data)
             now = int(self._now_epoch())
-            split = self._splitters.submit(split_km_lines, piece.data, self._line_no, now)
+            split = self._splitters.submit(
+                _split_piece, self._lay_out, piece.data, self._line_no, now
+            )
             self._splitting.append((lines, piece.end, ends_chunk, split))
             self._line_no += lines
+
+
+def _split_piece(
+    lay_out: Callable[[SplitLines], PieceRows], data: bytes, first_line_no: int, now_epoch: int
+) -> PieceRows:
+    """Split a piece and lay its rows out for the warehouse, off the inserting thread."""
+    return lay_out(split_km_lines(data, first_line_no, now_epoch))

@@ -80,8 +80,9 @@ def test_a_run_launched_beside_a_dead_one_resumes_and_loads_every_line_once(
 
 
 def test_two_importers_of_one_file_never_commit_the_same_chunk_twice(tmp_path: Path) -> None:
-    chunk = split_km_lines(km_file(seed=1).data, 1, 1_800_000_000)
+    split = split_km_lines(km_file(seed=1).data, 1, 1_800_000_000)
     with DuckDBWarehouse.connect(tmp_path / "w.duckdb") as warehouse:
+        chunk = warehouse.lay_out(split)
         row = warehouse.open_file("accounts", KEY, '"etag"', 10_000)
         stale = warehouse.ledger_row("accounts", KEY, '"etag"')
         assert stale is not None
@@ -89,4 +90,4 @@ def test_two_importers_of_one_file_never_commit_the_same_chunk_twice(tmp_path: P
         with pytest.raises(LedgerConflict, match="moved past offset 0 in another import"):
             warehouse.commit_chunk(stale, [(chunk, 5_000)])
         events = warehouse.connection.execute("SELECT count(*) FROM km_events").fetchone()
-    assert events == (chunk.events.height,)
+    assert events == (split.events.height,)

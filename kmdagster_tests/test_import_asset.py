@@ -174,7 +174,7 @@ def test_ledger_wins_over_a_stale_recorded_offset(
         with PieceReader(s3, bucket, KEY, row.file_etag, row.size_bytes, 2048) as reader:
             chunk = reader.read_piece(row.next_offset)
         split = split_km_lines(chunk.data, row.lines_read + 1, 2**31)
-        warehouse.commit_chunk(row, [(split, chunk.end)])
+        warehouse.commit_chunk(row, [(warehouse.lay_out(split), chunk.end)])
     result = materialize_partition(config, instance, KEY)
     observation = only_observation(result)
     assert observation.metadata["resume_offset_corrected_from"].value == first[0]

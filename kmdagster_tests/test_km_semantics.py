@@ -21,7 +21,8 @@ T1, T2 = 1_700_000_000, 1_700_000_005
 def load(warehouse: DuckDBWarehouse, key: str, lines: list[dict[str, Any]]) -> None:
     data = ("\n".join(json.dumps(line) for line in lines) + "\n").encode()
     row = warehouse.open_file("accounts", key, f'"{key}"', len(data))
-    warehouse.commit_chunk(row, [(split_km_lines(data, 1, 1_764_000_000), len(data))])
+    piece = warehouse.lay_out(split_km_lines(data, 1, 1_764_000_000))
+    warehouse.commit_chunk(row, [(piece, len(data))])
 
 
 def groups(pairs: list[tuple[str, str]]) -> dict[str, str]:

@@ -105,7 +105,7 @@ def test_an_upgraded_warehouse_resumes_its_partial_file_and_takes_new_rows(
         row = warehouse.open_file("accounts", "accounts.2.json", etag, len(data))
         assert (row.next_offset, row.lines_read, row.file_id > 0) == (offset, lines, True)
         split = split_km_lines(data[offset:], lines + 1, 1_764_000_000)
-        done = warehouse.commit_chunk(row, [(split, len(data))])
+        done = warehouse.commit_chunk(row, [(warehouse.lay_out(split), len(data))])
     expected = km_file(seed=2, repeats=30)
     assert done.status == "imported" and done.lines_read == expected.lines
     assert rows(
@@ -140,7 +140,7 @@ def test_rejected_lines_are_kept_short_with_their_full_length(tmp_path: Path) ->
     split = split_km_lines(long_line.encode() + b"\n", 1, 1_764_000_000)
     with DuckDBWarehouse.connect(tmp_path / "w.duckdb") as warehouse:
         row = warehouse.open_file("accounts", "k.json", '"e"', len(long_line) + 1)
-        warehouse.commit_chunk(row, [(split, len(long_line) + 1)])
+        warehouse.commit_chunk(row, [(warehouse.lay_out(split), len(long_line) + 1)])
         [(kept, full)] = warehouse.connection.execute(
             "SELECT length(raw_line), raw_chars FROM km_rejects"
         ).fetchall()
@@ -158,7 +158,8 @@ def test_names_are_stored_once_with_each_label_as_sent(tmp_path: Path) -> None:
     with DuckDBWarehouse.connect(tmp_path / "w.duckdb") as warehouse:
         for n, key in enumerate(("a.json", "b.json")):  # the second file learns no new name
             row = warehouse.open_file("accounts", key, f'"{n}"', len(lines))
-            warehouse.commit_chunk(row, [(split_km_lines(lines, 1, 1_764_000_000), len(lines))])
+            piece = warehouse.lay_out(split_km_lines(lines, 1, 1_764_000_000))
+            warehouse.commit_chunk(row, [(piece, len(lines))])
         con = warehouse.connection
         names = con.execute("SELECT kind, name, label FROM km_names ORDER BY ALL").fetchall()
         events = con.execute("SELECT event, event_label FROM km_events ORDER BY ALL").fetchall()

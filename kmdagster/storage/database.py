@@ -8,11 +8,12 @@ aggregates that differ are asked of the database by name (``sql_*`` methods).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import polars as pl
+import pyarrow as pa
 
 Params = Sequence[object]
 
@@ -27,6 +28,7 @@ class Database(Protocol):
 
     backend: str  # "duckdb" or "postgres": the value of the runs' warehouse tag
     location: str  # what to name in messages: a file path, or a URL without its password
+    reads_string_views: bool  # whether ``append`` takes Arrow string views as they are
 
     def execute(self, sql: str, params: Params = ()) -> None: ...
 
@@ -40,8 +42,9 @@ class Database(Protocol):
         """The result ``batch_rows`` at a time, on a cursor of its own (bounded memory)."""
         ...
 
-    def append(self, table: str, frame: pl.DataFrame) -> None:
-        """Bulk-insert ``frame`` into ``table`` (columns by name), in the open transaction."""
+    def append(self, table: str, rows: pa.Table, constants: Mapping[str, pa.Scalar]) -> None:
+        """Bulk-insert ``rows`` into ``table`` (columns by name), in the open transaction,
+        with each of ``constants`` (column -> value) in every row."""
         ...
 
     def temporary(self, name: str, frame: pl.DataFrame) -> AbstractContextManager[None]:

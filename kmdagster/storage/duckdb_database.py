@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 
 from kmdagster.storage.database import Params, WarehouseUnavailable
 
@@ -47,6 +48,7 @@ def _arrow(frame: pl.DataFrame) -> Any:
 
 class DuckDBDatabase:
     backend = "duckdb"
+    reads_string_views = True
 
     def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, writer: bool) -> None:
         self.connection = con
@@ -92,13 +94,16 @@ class DuckDBDatabase:
             for batch in reader:
                 yield pl.DataFrame(pl.from_arrow(batch))
 
-    def append(self, table: str, frame: pl.DataFrame) -> None:
+    def append(self, table: str, rows: pa.Table, constants: Mapping[str, pa.Scalar]) -> None:
         # Read by DuckDB's replacement scan of this function's locals. A registered view of
         # the same data (``temporary``) kept the import's peak RSS about 100 MB higher.
-        km_appended_rows = _arrow(frame)  # noqa: F841
-        columns = ", ".join(frame.columns)
+        km_appended_rows = rows  # noqa: F841
+        columns = ", ".join([*rows.column_names, *constants])
+        # Constants as parameters: DuckDB stores a constant vector without looking at it.
+        values = ", ".join([*rows.column_names, *("?" for _ in constants)])
         self.connection.execute(
-            f"INSERT INTO {table} ({columns}) SELECT {columns} FROM km_appended_rows"
+            f"INSERT INTO {table} ({columns}) SELECT {values} FROM km_appended_rows",
+            [value.as_py() for value in constants.values()],
         )
 
     @contextmanager

@@ -1,7 +1,8 @@
 """Event and property names stored once: each label as sent gets a ``name_id`` in ``km_names``.
 
-``NameIds`` remembers the ids it has seen, so a chunk asks the warehouse only for labels
-new to this connection. New names are committed at once, on a connection of their own:
+``NameIds`` remembers the ids it has seen, so a piece asks the warehouse only for labels
+new to this connection, and maps its rows' name codes (``piece_rows.py``) to ids with one
+Arrow gather. New names are committed at once, on a connection of their own:
 a name without rows yet is harmless, and two sources' imports then never wait on each
 other's chunk transactions for a name they both send.
 """
@@ -11,10 +12,10 @@ from __future__ import annotations
 from contextlib import closing
 
 import polars as pl
+import pyarrow as pa
 
 from kmdagster.storage.database import Database
-
-NAME_ID = pl.Int32
+from kmdagster.storage.piece_rows import NameCodes
 
 
 class NameIds:
@@ -23,45 +24,34 @@ class NameIds:
     def __init__(self) -> None:
         self._known: dict[tuple[str, str], int] = {}
 
-    def with_name_ids(
-        self, database: Database, kind: str, rows: pl.DataFrame, name: str, label: str
-    ) -> pl.DataFrame:
-        """``rows`` with their ``label`` column replaced by ``name_id`` (``name`` dropped)."""
-        ids = self._ids_for(database, kind, rows.select(name, label).unique(label))
-        labels = list(ids)
-        return (
-            rows.drop(name)
-            .with_columns(
-                pl.col(label).replace_strict(labels, [ids[x] for x in labels], return_dtype=NAME_ID)
-            )
-            .rename({label: "name_id"})
-        )
+    def name_ids(self, database: Database, names: NameCodes) -> pa.Array:
+        """Each row's ``name_id`` (int32), adding the labels new to the warehouse."""
+        self._learn(database, names)
+        by_code = [self._known[(names.kind, label)] for label in names.labels]
+        return pa.array(by_code, type=pa.int32()).take(names.codes)
 
-    def _ids_for(self, database: Database, kind: str, names: pl.DataFrame) -> dict[str, int]:
-        """label -> name_id for every label of ``names`` (name, label), adding new ones."""
-        found: dict[str, int] = {}
-        unknown = []
-        for name, label in names.iter_rows():
-            known = self._known.get((kind, label))
-            if known is None:
-                unknown.append((name, label))
-            else:
-                found[label] = known
-        if unknown:
-            new_names = pl.DataFrame(unknown, schema=["name", "label"], orient="row")
-            with closing(database.autonomous()) as own, own.temporary("km_new_names", new_names):
-                # In label order: two writers adding the same names take them in one order.
-                own.execute(
-                    "INSERT INTO km_names SELECT nextval('km_name_ids'), ?, name, label "
-                    "FROM km_new_names ORDER BY label ON CONFLICT DO NOTHING",
-                    [kind],
-                )
-                rows = own.rows(
-                    "SELECT label, name_id FROM km_names WHERE kind = ? "
-                    "AND label IN (SELECT label FROM km_new_names)",
-                    [kind],
-                )
-            for label, name_id in rows:
-                self._known[(kind, label)] = name_id
-                found[label] = name_id
-        return found
+    def _learn(self, database: Database, names: NameCodes) -> None:
+        """Remember the ids of the labels of ``names`` not seen yet, adding new ones."""
+        kind = names.kind
+        unknown = [
+            (name, label)
+            for name, label in zip(names.names, names.labels, strict=True)
+            if (kind, label) not in self._known
+        ]
+        if not unknown:
+            return
+        new_names = pl.DataFrame(unknown, schema=["name", "label"], orient="row")
+        with closing(database.autonomous()) as own, own.temporary("km_new_names", new_names):
+            # In label order: two writers adding the same names take them in one order.
+            own.execute(
+                "INSERT INTO km_names SELECT nextval('km_name_ids'), ?, name, label "
+                "FROM km_new_names ORDER BY label ON CONFLICT DO NOTHING",
+                [kind],
+            )
+            rows = own.rows(
+                "SELECT label, name_id FROM km_names WHERE kind = ? "
+                "AND label IN (SELECT label FROM km_new_names)",
+                [kind],
+            )
+        for label, name_id in rows:
+            self._known[(kind, label)] = name_id

@@ -9,13 +9,15 @@ from ``PGPASSWORD`` or ``~/.pgpass``.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import adbc_driver_manager
 import adbc_driver_postgresql.dbapi as adbc
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from kmdagster.storage.database import Params, WarehouseUnavailable
 
@@ -55,6 +57,7 @@ def _arrow(frame: pl.DataFrame) -> Any:
 
 class PostgresDatabase:
     backend = "postgres"
+    reads_string_views = False  # the driver's COPY writer reads plain strings only
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -101,9 +104,12 @@ class PostgresDatabase:
                 frame = pl.DataFrame(pl.from_arrow(batch))
                 yield from frame.iter_slices(batch_rows)
 
-    def append(self, table: str, frame: pl.DataFrame) -> None:
+    def append(self, table: str, rows: pa.Table, constants: Mapping[str, pa.Scalar]) -> None:
+        for column, value in constants.items():
+            every_row = pc.fill_null(pa.nulls(rows.num_rows, value.type), value)
+            rows = rows.append_column(column, every_row)
         with self.connection.cursor() as cursor:
-            cursor.adbc_ingest(table, _arrow(frame), mode="append")
+            cursor.adbc_ingest(table, rows, mode="append")
 
     @contextmanager
     def temporary(self, name: str, frame: pl.DataFrame) -> Iterator[None]:

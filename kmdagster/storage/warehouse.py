@@ -15,6 +15,7 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
+import pyarrow as pa
 
 from kmdagster.config import WarehouseSettings
 from kmdagster.faults import crash_point
@@ -24,6 +25,7 @@ from kmdagster.storage.database import Database, WarehouseUnavailable
 from kmdagster.storage.duckdb_database import DuckDBDatabase, WarehouseBusy
 from kmdagster.storage.names import NameIds
 from kmdagster.storage.people import add_alias_pairs
+from kmdagster.storage.piece_rows import PieceRows, piece_rows
 from kmdagster.storage.postgres_database import PostgresDatabase, WarehouseUnreachable
 from kmdagster.storage.schema import (
     ROW_COUNT_COLUMNS,
@@ -193,17 +195,17 @@ class Warehouse:
     def commit_chunk(
         self,
         row: LedgerRow,
-        pieces: Iterable[tuple[SplitLines, int]],
+        pieces: Iterable[tuple[PieceRows, int]],
         first_of_run: bool = False,
     ) -> LedgerRow:
         """Insert a chunk's rows and advance the ledger in one transaction.
 
-        ``pieces`` are the chunk's consecutive pieces in file order: each one's split and
-        the file offset just after it, inserted as they come (an iterator may still be
-        splitting the later ones); the ledger moves to the last offset and adds the rows
-        of each table. ``first_of_run`` counts one more import run. The update is
-        conditional on the offset we started from, so a second importer of the same file
-        can never commit the same lines twice.
+        ``pieces`` are the chunk's consecutive pieces in file order: each one's rows
+        (``piece_rows``) and the file offset just after it, inserted as they come (an
+        iterator may still be splitting the later ones); the ledger moves to the last
+        offset and adds the rows of each table. ``first_of_run`` counts one more import
+        run. The update is conditional on the offset we started from, so a second importer
+        of the same file can never commit the same lines twice.
         """
         file_columns = [row.source, row.file_key, row.file_etag]
         db = self.database
@@ -215,16 +217,17 @@ class Warehouse:
         aliases = []
         db.begin()
         try:
-            for split, end in pieces:
-                self._insert_rows(split, row.file_id)
-                aliases.append(split.aliases.select("person", "alias"))
+            for piece, end in pieces:
+                self._insert_rows(piece, row.file_id)
+                aliases.append(piece.alias_pairs)
                 next_offset = end
+                split = piece.split
                 lines_read += split.lines_read
                 lines_loaded += split.loaded_lines
                 lines_rejected += split.rejected_lines
                 lines_blank += split.blank_lines
-                for table, frame in split.tables().items():
-                    rows[table] += frame.height
+                for relation, count in piece.row_counts.items():
+                    rows[relation] += count
             if aliases:
                 add_alias_pairs(db, pl.concat(aliases))
             complete = next_offset >= row.size_bytes
@@ -265,21 +268,20 @@ class Warehouse:
             raise
         return LedgerRow(*updated[0])
 
-    def _insert_rows(self, split: SplitLines, file_id: int) -> None:
+    def lay_out(self, split: SplitLines) -> PieceRows:
+        """``split``'s rows as this warehouse appends them. Touches no connection: the
+        import calls it in the thread that split the piece, beside the inserts."""
+        return piece_rows(split, string_views=self.database.reads_string_views)
+
+    def _insert_rows(self, piece: PieceRows, file_id: int) -> None:
         """Append one piece's rows to the storage tables, names replaced by their ids."""
-        rows = split.tables()
-        rows["km_events"] = self._names.with_name_ids(
-            self.database, "event", split.events, "event", "event_label"
-        )
-        rows["km_properties"] = self._names.with_name_ids(
-            self.database, "property", split.properties, "name", "name_label"
-        )
-        for relation, frame in rows.items():
-            if frame.height:
-                self.database.append(
-                    STORAGE_TABLES[relation],
-                    frame.select(pl.lit(file_id, dtype=pl.Int32).alias("file_id"), pl.all()),
-                )
+        file_column = {"file_id": pa.scalar(file_id, type=pa.int32())}
+        for relation, rows in piece.rows.items():
+            if rows.num_rows:
+                names = piece.names.get(relation)
+                if names is not None:
+                    rows = rows.append_column("name_id", self._names.name_ids(self.database, names))
+                self.database.append(STORAGE_TABLES[relation], rows, file_column)
 
     def checkpoint(self) -> None:
         """Write the committed rows still held in DuckDB's log into the file.
