@@ -173,9 +173,10 @@ def measure_import(key: str) -> dict[str, object]:
 
 def measure_store(key: str, layout: str) -> dict[str, object]:
     """``import_file`` alone (no Dagster) into a fresh warehouse: a DuckDB file in one
-    storage layout, ``compact`` (the product's) or ``wide`` (the previous release's), or
-    ``postgres``, the configuration's (empty) PostgreSQL database."""
-    from benchmarks.wide_storage import WideTablesWarehouse
+    storage layout, ``compact`` (the product's), ``wide`` (the previous release's) or
+    ``no_rows`` (the ledger only: reading and splitting), or ``postgres``, the
+    configuration's (empty) PostgreSQL database."""
+    from benchmarks.wide_storage import NoRowsWarehouse, WideTablesWarehouse
     from kmdagster.config import load_config
     from kmdagster.defs.resources import build_s3_resource
     from kmdagster.importer import import_file
@@ -188,6 +189,7 @@ def measure_store(key: str, layout: str) -> dict[str, object]:
     layouts = {
         "compact": DuckDBWarehouse.connect,
         "wide": WideTablesWarehouse.connect,
+        "no_rows": NoRowsWarehouse.connect,
         "postgres": lambda _: Warehouse.open(config.warehouse),
     }
     with layouts[layout](path) as warehouse:

@@ -94,15 +94,20 @@ def import_run(server: SeaweedS3, client: Any, workdir: Path, path: Path, chunk:
 def storage_runs(
     server: SeaweedS3, client: Any, workdir: Path, path: Path, chunk: int, rounds: int
 ) -> dict[str, dict[str, Any]]:
-    """The import alone into the previous wide layout and the compact one, taking turns;
-    the fastest round of each. The file is uploaded again: the import job archived it."""
+    """The import alone into the previous wide layout, the compact one and no rows at all
+    (reading and splitting only), taking turns; the fastest round of each, with the S3
+    server's CPU. The file is uploaded again: the import job archived it."""
     key = path.name
     client.upload_file(str(path), BUCKET, key)
     config, _ = bench_config(server, workdir, key, chunk)
-    runs: dict[str, list[dict[str, Any]]] = {"wide": [], "compact": []}
+    assert server.process is not None
+    runs: dict[str, list[dict[str, Any]]] = {"wide": [], "compact": [], "no_rows": []}
     for _ in range(rounds):
         for layout, measured in runs.items():
-            measured.append(child(["store", key, layout], {"KMDAGSTER_CONFIG": str(config)}))
+            server_cpu = process_cpu_seconds(server.process.pid)
+            result = child(["store", key, layout], {"KMDAGSTER_CONFIG": str(config)})
+            result["server_cpu_seconds"] = process_cpu_seconds(server.process.pid) - server_cpu
+            measured.append(result)
     return {layout: min(measured, key=lambda r: r["seconds"]) for layout, measured in runs.items()}
 
 
@@ -195,6 +200,23 @@ def row(name: str, result: dict[str, Any], size: int) -> str:
 
 def per_million(result: dict[str, Any]) -> str:
     return f"{result['cpu_seconds'] / (result['lines'] / 1e6):.1f}"
+
+
+def storage_ceiling(stores: dict[str, dict[str, Any]]) -> str:
+    """What the storage can gain at most: with every core busy, lines/s go as the inverse
+    of the machine's CPU per line (importer and S3 server), and only the inserts differ."""
+    machine = {
+        layout: (r["cpu_seconds"] + r["server_cpu_seconds"]) / (r["lines"] / 1e6)
+        for layout, r in stores.items()
+    }
+    inserts = {layout: machine[layout] - machine["no_rows"] for layout in ("wide", "compact")}
+    return (
+        f"machine CPU-s per million lines (importer + S3 server): reading and splitting "
+        f"{machine['no_rows']:.1f}, + wide inserts {inserts['wide']:.1f}, + compact inserts "
+        f"{inserts['compact']:.1f}; compact / wide at equal use of the cores: "
+        f"{machine['wide'] / machine['compact']:.2f}x; 1.3x would need the compact inserts "
+        f"at {machine['wide'] / 1.3 - machine['no_rows']:.1f}"
+    )
 
 
 def cpu_budget(result: dict[str, Any], cores: int) -> str:
@@ -360,6 +382,7 @@ def main() -> int:
         print(row(f"import job, {gigabytes:g} GB, every line invalid", measured, invalid_size))
     print(row("import alone, previous wide tables", stores["wide"], size))
     print(row("import alone, compact storage", stores["compact"], size))
+    print(row("import alone, reading and splitting, no rows stored", stores["no_rows"], size))
     rate = {name: r["lines"] / r["seconds"] for name, r in results.items()}
     store_rate = {layout: r["lines"] / r["seconds"] for layout, r in stores.items()}
     storage_gain = store_rate["compact"] / store_rate["wide"]
@@ -370,6 +393,7 @@ def main() -> int:
         f"{stores['compact']['file_mb']:,.0f} MB; peak RSS {stores['wide']['peak_rss_mb']:,.0f}"
         f" -> {stores['compact']['peak_rss_mb']:,.0f} MB"
     )
+    print(storage_ceiling(stores))
     print(f"\nsame rows from baseline, split and import: {'yes' if same else 'NO'}")
     print(cpu_budget(results["import"], os.cpu_count() or 1))
     print(

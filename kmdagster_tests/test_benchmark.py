@@ -42,6 +42,7 @@ def test_benchmark_runs_end_to_end_and_methods_agree(tmp_path: Path) -> None:
         assert method in out
     assert "sensor over 300 keys (30 matching)" in out
     assert "every line invalid" in out and "compact / wide storage:" in out
+    assert "reading and splitting, no rows stored" in out and "at equal use of the cores" in out
     if postgres_bin_dir() is None:  # the PostgreSQL part says how to get the server
         assert "skipped: no PostgreSQL server binaries" in out
         return
