@@ -41,17 +41,21 @@ CREATE TABLE IF NOT EXISTS wide_rejects (
 """
 
 
-class WideTablesWarehouse(DuckDBWarehouse):
-    """The same ledger and transactions; rows written to the previous wide layout."""
+class NoRowsWarehouse(DuckDBWarehouse):
+    """The same ledger and transactions; no rows stored, nothing laid out for them."""
+
+    def lay_out(self, split: SplitLines) -> PieceRows:
+        # No identity groups either: the previous release kept none.
+        return PieceRows(split, rows={}, names={}, alias_pairs=split.aliases.clear())
+
+
+class WideTablesWarehouse(NoRowsWarehouse):
+    """The same ledger and transactions; rows written to the previous wide layout, from
+    the split's frames as they are (the previous release laid nothing out)."""
 
     def __init__(self, database: DuckDBDatabase, writer: bool = True) -> None:
         super().__init__(database, writer)
         self.connection.execute(WIDE_TABLES)
-
-    def lay_out(self, split: SplitLines) -> PieceRows:
-        # The previous release inserted the split's frames as they were, and kept no
-        # identity groups.
-        return PieceRows(split, rows={}, names={}, alias_pairs=split.aliases.clear())
 
     def _insert_rows(self, piece: PieceRows, file_id: int) -> None:
         split = piece.split
@@ -68,10 +72,3 @@ class WideTablesWarehouse(DuckDBWarehouse):
                     f"{columns}) SELECT ?, ?, ?, {columns} FROM arrow_rows",
                     list(found),
                 )
-
-
-class NoRowsWarehouse(DuckDBWarehouse):
-    """The same ledger and transactions; no rows stored, nothing laid out for them."""
-
-    def lay_out(self, split: SplitLines) -> PieceRows:
-        return PieceRows(split, rows={}, names={}, alias_pairs=split.aliases.clear())
