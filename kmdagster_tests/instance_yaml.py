@@ -19,15 +19,21 @@ def deploy_instance_settings() -> dict[str, Any]:
 
 
 def write_instance_yaml(
-    home: Path, postgres_storage: bool = False, monitoring_poll_seconds: int | None = None
+    home: Path,
+    postgres_storage: bool = False,
+    monitoring_poll_seconds: int | None = None,
+    start_timeout_seconds: int | None = None,
 ) -> Path:
     """``home``/dagster.yaml from deploy/dagster.yaml: without its PostgreSQL storage
-    unless asked, with run monitoring polling more often when a test must wait for it."""
+    unless asked, with run monitoring polling more often, or giving up on a run that never
+    started sooner, when a test must wait for it."""
     settings = deploy_instance_settings()
     if not postgres_storage:
         del settings["storage"]
     if monitoring_poll_seconds is not None:
         settings["run_monitoring"]["poll_interval_seconds"] = monitoring_poll_seconds
+    if start_timeout_seconds is not None:
+        settings["run_monitoring"]["start_timeout_seconds"] = start_timeout_seconds
     path = home / "dagster.yaml"
     path.write_text(yaml.safe_dump(settings, sort_keys=False))
     return path

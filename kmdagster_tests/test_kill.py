@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunRequest, RunsFilter, SkipReason
-from dagster._daemon.monitoring.run_monitoring import check_run_timeout
+from dagster._daemon.monitoring.run_monitoring import check_run_timeout, monitor_starting_run
 
 from kmdagster.config import WarehouseSettings
 from kmdagster.defs.factory import build_definitions
@@ -34,6 +34,7 @@ from kmdagster_tests.conftest import (
     warehouse_rows,
     write_config,
 )
+from kmdagster_tests.instance_yaml import write_instance_yaml
 from kmdagster_tests.km_files import KmFile, km_file
 from kmdagster_tests.run_import_job import spawn_import_job
 from kmdagster_tests.seaweed import SeaweedS3
@@ -42,6 +43,7 @@ from kmdagster_tests.ticks import run_tick
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "accounts.20261126.json"
 DEAD_RUN_MAX_RUNTIME = 1  # seconds; production uses the budget plus a grace period
+DEAD_RUN_START_TIMEOUT = 1  # seconds; production waits 180 (deploy/dagster.yaml)
 
 # (crash point, nth pass, chunk_bytes, time budget): small chunks make many commits.
 DETERMINISTIC = [
@@ -87,13 +89,35 @@ def start_job(env: dict[str, str], stderr_path: Path) -> subprocess.Popen[str]:
     return spawn_import_job(KEY, DEAD_RUN_MAX_RUNTIME, env, stderr_path)
 
 
+def make_dagster_home(tmp_path: Path) -> Path:
+    """A DAGSTER_HOME with deploy/dagster.yaml's run monitoring, minus the PostgreSQL
+    storage, giving up on a run that never started within the test's patience."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    write_instance_yaml(home, start_timeout_seconds=DEAD_RUN_START_TIMEOUT)
+    return home
+
+
+def sleep_until(timestamp: float) -> None:
+    time.sleep(max(0.0, timestamp - time.time()))
+
+
 def fail_dead_runs(instance: DagsterInstance) -> int:
-    """What Dagster's run monitoring daemon does to a run whose worker died."""
-    records = instance.get_run_records(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
+    """What Dagster's run monitoring daemon does to a run whose worker died: one killed
+    before it started (still NOT_STARTED) fails after the start timeout, one killed while
+    going after its max runtime."""
+    logger = logging.getLogger("run_monitoring")
+    records = instance.get_run_records(
+        RunsFilter(statuses=[DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTED])
+    )
     for record in records:
-        assert record.start_time is not None
-        time.sleep(max(0.0, record.start_time + DEAD_RUN_MAX_RUNTIME + 0.2 - time.time()))
-        check_run_timeout(instance, record, logging.getLogger("run_monitoring"), 0)
+        if record.dagster_run.status == DagsterRunStatus.NOT_STARTED:
+            sleep_until(record.create_timestamp.timestamp() + DEAD_RUN_START_TIMEOUT + 0.2)
+            monitor_starting_run(instance, record, logger)
+        else:
+            assert record.start_time is not None
+            sleep_until(record.start_time + DEAD_RUN_MAX_RUNTIME + 0.2)
+            check_run_timeout(instance, record, logger, 0)
     return len(records)
 
 
@@ -145,8 +169,7 @@ def run_scenario(
     config = make_config(
         s3_server, bucket, warehouse, chunk_bytes=chunk_bytes, time_budget_seconds=budget
     )
-    home = tmp_path / "dagster_home"
-    home.mkdir()
+    home = make_dagster_home(tmp_path)
     env = {
         **os.environ,
         "KMDAGSTER_CONFIG": str(write_config(tmp_path / "kmdagster.yaml", config)),
@@ -215,8 +238,7 @@ def test_a_dead_run_blocks_the_schedule_until_run_monitoring_fails_it(
 ) -> None:
     s3.put_object(Bucket=bucket, Key=KEY, Body=source_file.data)
     config = make_config(s3_server, bucket, tmp_path / "warehouse.duckdb", chunk_bytes=1024)
-    home = tmp_path / "dagster_home"
-    home.mkdir()
+    home = make_dagster_home(tmp_path)
     env = {
         **os.environ,
         "KMDAGSTER_CONFIG": str(write_config(tmp_path / "kmdagster.yaml", config)),
@@ -238,3 +260,30 @@ def test_a_dead_run_blocks_the_schedule_until_run_monitoring_fails_it(
     assert_exactly_once(
         s3, bucket, WarehouseSettings(duckdb_path=str(tmp_path / "warehouse.duckdb")), source_file
     )
+
+
+def test_a_run_that_never_started_blocks_the_schedule_until_run_monitoring_fails_it(
+    tmp_path: Path, s3_server: SeaweedS3, s3: Any, bucket: str, source_file: KmFile
+) -> None:
+    """A run created but never launched (its daemon or worker died first) holds the source
+    like a going one, until run monitoring's start timeout fails it."""
+    s3.put_object(Bucket=bucket, Key=KEY, Body=source_file.data)
+    warehouse = WarehouseSettings(duckdb_path=str(tmp_path / "warehouse.duckdb"))
+    defs = build_definitions(make_config(s3_server, bucket, warehouse, chunk_bytes=1024))
+    with DagsterInstance.from_config(str(make_dagster_home(tmp_path))) as instance:
+        instance.add_dynamic_partitions("accounts_files", [KEY])
+        job = defs.resolve_job_def("accounts_import_job")
+        never_started = instance.create_run_for_job(
+            job, tags={**job.tags, "dagster/partition": KEY}
+        )
+        blocked = run_tick(defs, instance, datetime(2026, 11, 26, 12, tzinfo=timezone.utc))
+        assert isinstance(blocked, SkipReason)
+        assert f"{never_started.run_id} of source 'accounts' is NOT_STARTED" in (
+            blocked.skip_message or ""
+        )
+
+        assert fail_dead_runs(instance) == 1
+        (dead,) = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.FAILURE]))
+        assert dead.run_id == never_started.run_id
+        assert finish_with_schedule(defs, instance) == 1
+    assert_exactly_once(s3, bucket, warehouse, source_file)
