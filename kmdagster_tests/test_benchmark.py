@@ -23,6 +23,10 @@ def test_benchmark_runs_end_to_end_and_methods_agree(tmp_path: Path) -> None:
             "",
             "--scale-keys",
             "300",
+            "--tick-partitions",
+            "200",
+            "--dlt-lines",
+            "300",
             "--invalid-gb",
             "0.002",
             "--rounds",
@@ -41,6 +45,7 @@ def test_benchmark_runs_end_to_end_and_methods_agree(tmp_path: Path) -> None:
     for method in ("orjson parse only", "msgspec + checks", "validate-and-split", "import job"):
         assert method in out
     assert "sensor over 300 keys (30 matching)" in out
+    assert "schedule tick with 200 partitions (190 archived)" in out
     assert "every line invalid" in out and "compact / wide storage:" in out
     assert "reading and splitting, no rows stored" in out and "at equal use of the cores" in out
     if postgres_bin_dir() is None:  # the PostgreSQL part says how to get the server
