@@ -18,8 +18,10 @@ install: $(BIN)/.installed
 dev: install
 	$(BIN)/python scripts/dev.py
 
+# One pytest worker per core: most tests wait on servers and subprocesses, so two
+# workers on two cores halve the suite's time; each worker starts its own servers.
 test: install
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -n auto
 
 screenshots: install  # docs/screenshots/ from the browser test (needs the system chromium)
 	KMDAGSTER_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q -p no:cacheprovider \
