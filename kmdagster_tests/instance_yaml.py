@@ -1,7 +1,8 @@
 """The Dagster instance settings of deploy/dagster.yaml, written into a DAGSTER_HOME.
 
-Local runs (`make dev`, the soak test, the browser test) keep Dagster's default SQLite
-storage in the home directory; the PostgreSQL end-to-end test takes the file whole.
+Local runs (`make dev`, the soak test, the browser test, the kill tests) keep Dagster's
+default SQLite storage in the home directory; the PostgreSQL end-to-end test takes the
+file whole.
 """
 
 from __future__ import annotations
