@@ -25,9 +25,10 @@ from kmdagster.storage.warehouse import Warehouse
 from kmdagster_tests import s3_calls
 from kmdagster_tests.km_files import KmFile
 from kmdagster_tests.postgres import INSTALL_HINT, PostgresServer, postgres_bin_dir
-from kmdagster_tests.seaweed import Identity, SeaweedS3
+from kmdagster_tests.seaweed import Identity, SeaweedS3, use_worker_ports
 
 s3_calls.install()  # before any client exists: every S3 call the product makes is judged
+use_worker_ports(os.environ.get("PYTEST_XDIST_WORKER"))  # apart from the other workers'
 
 ADMIN = Identity(
     "kmdagster-admin",

@@ -157,8 +157,28 @@ def identities_document(identities: tuple[Identity, ...]) -> dict[str, Any]:
     }
 
 
+# Under pytest-xdist each worker takes ports from a block of its own below Linux's
+# ephemeral range (32768-60999): between the check that a port is free and its server
+# binding it, neither another worker nor the kernel (for an outgoing connection) can take
+# it. Elsewhere (make dev, the soak test, a single pytest process) the kernel picks. Only
+# the worker itself turns this on (conftest.py): its subprocesses keep the kernel's pick,
+# so they never draw a port the worker handed out for them to bind later.
+WORKER_PORTS_START = 10_000
+WORKER_BLOCK = 1_500
+_worker_block: list[int] = []  # the ports of this process's block not yet handed out
+
+
+def use_worker_ports(worker_name: str | None) -> None:
+    """Hand out ports from pytest-xdist worker ``worker_name``'s (gw0, gw1, ...) block."""
+    if worker_name and worker_name.startswith("gw"):
+        start = WORKER_PORTS_START + WORKER_BLOCK * (int(worker_name[2:]) % 15)
+        _worker_block[:] = range(start, start + WORKER_BLOCK)  # 15 blocks end below 32,768
+
+
 def free_ports(count: int) -> list[int]:
     """Distinct free TCP ports on 127.0.0.1 (held open together so none repeats)."""
+    if _worker_block:
+        return worker_ports(count)
     sockets = []
     try:
         for _ in range(count):
@@ -169,3 +189,19 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
+
+
+def worker_ports(count: int) -> list[int]:
+    """``count`` free ports from this worker's block, each handed out once."""
+    ports = []
+    while len(ports) < count:
+        if not _worker_block:
+            raise RuntimeError("this pytest worker has handed out every port of its block")
+        port = _worker_block.pop(0)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # taken by something else on this machine
+        ports.append(port)
+    return ports
