@@ -211,16 +211,16 @@ def test_daemon_on_postgres_imports_two_sources_and_recovers_a_killed_run(
             assert any("exceeding maximum runtime" in (m or "") for m in messages), (
                 "run monitoring did not fail the dead run"
             )
+
             # The archive is the run's last step; the run reports success just after it.
-            wait_for(
-                "an accounts run successful",
-                lambda: any(
-                    r.dagster_run.status == DagsterRunStatus.SUCCESS
-                    for r in instance.get_run_records(RunsFilter(tags={SOURCE_TAG: "accounts"}))
-                ),
-                timeout=60,
+            def accounts_runs_once_one_succeeded() -> list[Any] | None:
+                runs = instance.get_run_records(RunsFilter(tags={SOURCE_TAG: "accounts"}))
+                succeeded = any(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in runs)
+                return list(runs) if succeeded else None
+
+            records = wait_for(
+                "an accounts run successful", accounts_runs_once_one_succeeded, timeout=60
             )
-            records = instance.get_run_records(RunsFilter(tags={SOURCE_TAG: "accounts"}))
             order_runs = instance.get_run_records(RunsFilter(tags={SOURCE_TAG: "orders"}))
     finally:
         if daemon is not None:
