@@ -42,7 +42,8 @@ class PieceRows:
     split: SplitLines
     rows: dict[str, pa.Table]  # relation -> rows; a named relation's names are in ``names``
     names: dict[str, NameCodes]  # relation -> its name codes, for km_events and km_properties
-    # person, alias: what the chunk merges into identity groups (selected here, too)
+    # person, alias: what the chunk merges into identity groups, selected in the
+    # splitting thread like the rows
     alias_pairs: pl.DataFrame
 
     @property
