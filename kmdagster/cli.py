@@ -20,12 +20,18 @@ from botocore.exceptions import BotoCoreError, NoCredentialsError
 from dagster import DagsterInstance
 
 from kmdagster.config import CONFIG_ENV_VAR, ConfigError, KmConfig, SourceConfig, load_config
-from kmdagster.defs.quarantine import lift_quarantine, quarantine_for_key, quarantined_files
+from kmdagster.defs.quarantine import (
+    ledger_progress,
+    lift_quarantine,
+    quarantine_for_key,
+    quarantined_files,
+    source_progress,
+)
 from kmdagster.defs.resources import WarehouseResource, build_s3_resource
 from kmdagster.defs.setup_assets import record_confirmed_setup
 from kmdagster.preview import FilePreview, SetupRuleError, setup_preview
 from kmdagster.report import check_markdown, preview_markdown, status_markdown
-from kmdagster.status import backlog, backlog_eta, read_source_status
+from kmdagster.status import backlog, backlog_eta, list_root_files, read_source_status
 from kmdagster.storage.permissions import PermissionResult, check_permissions, iam_policy
 from kmdagster.storage.s3_objects import FilePattern, S3AccessError
 from kmdagster.storage.schema import SCHEMA_VERSION, WarehouseSchemaError
@@ -124,14 +130,15 @@ def check(config: KmConfig, source: SourceConfig, as_json: bool) -> None:
 @click.option("--wait", type=float, default=10.0, show_default=True, help=WAIT_HELP)
 def status(config: KmConfig, source: SourceConfig, as_json: bool, wait: float) -> None:
     quarantined = None
+    client = s3_client(config)
+    root_files = list_root_files(client, source)
     if os.environ.get("DAGSTER_HOME"):
+        progress = ledger_progress(config.warehouse, source, root_files)
         with DagsterInstance.get() as instance:
-            quarantined = quarantined_files(instance, source)
+            quarantined = quarantined_files(instance, source, progress)
     else:
         click.echo("note: DAGSTER_HOME is not set, so quarantined files are not shown", err=True)
-    found = read_source_status(
-        s3_client(config), source, config.warehouse, wait, quarantined=quarantined
-    )
+    found = read_source_status(client, source, config.warehouse, wait, root_files, quarantined)
     if found.ledger_note:
         click.echo(f"note: {found.ledger_note}", err=True)
     states = found.states
@@ -156,8 +163,9 @@ def status(config: KmConfig, source: SourceConfig, as_json: bool, wait: float) -
 @click.argument("key")
 def retry(config: KmConfig, source: SourceConfig, key: str) -> None:
     _require_dagster_home("retry records the lift in the Dagster instance")
+    progress = source_progress(s3_client(config), source, config.warehouse)
     with DagsterInstance.get() as instance:
-        found = quarantine_for_key(instance, source, key)
+        found = quarantine_for_key(instance, source, key, progress)
         if found is None:
             raise CommandFailed(
                 f"s3://{source.bucket}/{key} is not quarantined: nothing to lift "

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 CRASH_ENV = "KMDAGSTER_CRASH_AT"
 CRASH_POINTS = (
+    "schema.in_transaction",  # a new warehouse's tables created, not yet committed
     "import.chunk_read",  # a piece read, nothing of its chunk committed
     "commit_chunk.in_transaction",  # rows inserted, ledger not yet updated or committed
     "import.chunk_committed",  # committed to the warehouse, Dagster not yet told

@@ -84,13 +84,16 @@ def import_file(
     source: SourceConfig,
     key: str,
     resume_hint: tuple[int, str] | None = None,
+    run_id: str | None = None,
     sizes: ReadSizes = ReadSizes(),
     hooks: ImportHooks = ImportHooks(),
 ) -> ImportReport:
     """Import ``s3://bucket/key`` from its committed offset until done or out of budget.
 
     The ledger's ``next_offset`` is the truth; ``resume_hint`` (offset, etag) from Dagster
-    metadata is only compared with it, and only for the same file version.
+    metadata is only compared with it, and only for the same file version. ``run_id``
+    (the Dagster run's) is recorded with each chunk it commits, which is how the quarantine
+    rule tells a run that advanced the file from one that did not.
     Every call commits at least one chunk unless the file is done.
     """
     clock, bucket, chunk_bytes = hooks.clock, source.bucket, source.chunk_bytes
@@ -129,7 +132,9 @@ def import_file(
             if chunks and clock() - started >= source.time_budget_seconds:
                 stopped_on_budget = True  # the pieces split ahead are dropped, not lost
                 break
-            row = warehouse.commit_chunk(row, pieces.next_chunk(), first_of_run=not chunks)
+            row = warehouse.commit_chunk(
+                row, pieces.next_chunk(), first_of_run=not chunks, run_id=run_id
+            )
             crash_point("import.chunk_committed")
             chunks += 1
             if hooks.after_commit is not None:

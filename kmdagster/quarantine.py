@@ -1,11 +1,13 @@
 """Quarantine: a file whose import runs keep failing is set aside so the next can go.
 
 The rule, pure and testable without Dagster: walking a file's finished runs from the
-newest, the streak of failures ends at a run that succeeded, at the moment an operator
-lifted the quarantine (``kmdagster retry``), or after a run launched with the retry tag
-(that run still counts if it failed). ``threshold`` failures in a streak quarantine the
-file. Nothing of the file is touched: what it committed and its resume offset stay, and
-it stays at the bucket root.
+newest, the streak of failures ends at a run that succeeded, at a failed run that
+advanced the file's committed offset (it proved the file importable: a run killed with
+its node after committing chunks is infrastructure, not poison), at the moment an
+operator lifted the quarantine (``kmdagster retry``), or after a run launched with the
+retry tag (that run still counts if it failed). ``threshold`` failures in a streak
+quarantine the file. Nothing of the file is touched: what it committed and its resume
+offset stay, and it stays at the bucket root.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ class FinishedRun:
     succeeded: bool
     retry: bool  # launched with the retry tag: a new start for the file
     created: float  # epoch seconds
+    # Committed at least one chunk of the file version still at the bucket root (the
+    # ledger's ``km_import_runs``); progress on a version since replaced does not count.
+    advanced: bool = False
 
 
 @dataclass(frozen=True)
@@ -33,10 +38,10 @@ class Quarantine:
 def failure_streak(
     runs_newest_first: Iterable[FinishedRun], lifted_at: float | None = None
 ) -> list[FinishedRun]:
-    """The failed runs since the file last succeeded or was given a new start."""
+    """The failed runs since the file last succeeded, advanced or was given a new start."""
     streak = []
     for run in runs_newest_first:
-        if run.succeeded or (lifted_at is not None and run.created <= lifted_at):
+        if run.succeeded or run.advanced or (lifted_at is not None and run.created <= lifted_at):
             break
         streak.append(run)
         if run.retry:

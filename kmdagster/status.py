@@ -26,7 +26,9 @@ STATE_MEANINGS = {
     "failed": "its last run failed; the error is shown and the next tick tries it again "
     "from its committed offset",
     "quarantined": "its runs failed `quarantine_after_failed_runs` times in a row (3 by "
-    "default): set aside at the bucket root, keeping what it committed and its resume "
+    "default) without advancing its committed offset (a run that committed a chunk of the "
+    "version at the root never counts, however it ended: SIGKILL, run monitoring, a lost "
+    "code server): set aside at the bucket root, keeping what it committed and its resume "
     "offset; later files go first until `kmdagster retry SOURCE KEY` (or a launch tagged "
     "`kmdagster/retry=true`) lifts it, and the `quarantine` check is red meanwhile",
     "imported": "every line is in the warehouse; the archive step moves it next",
@@ -166,6 +168,12 @@ def backlog_eta(cron: str, backlog_files: int, now: datetime) -> datetime | None
     return tick
 
 
+def list_root_files(client: Any, source: SourceConfig) -> list[S3File]:
+    """The source's matching files at its bucket root, by key."""
+    pattern = FilePattern.from_base_filename(source.base_filename)
+    return list(list_matching_files(client, source.bucket, pattern))
+
+
 @dataclass(frozen=True)
 class SourceStatus:
     """Every file of a source in import order; ``ledger_note`` says why the ledger is missing."""
@@ -186,8 +194,7 @@ def read_source_status(
     ``wait_seconds`` for a running import to release it. ``quarantined`` comes from the
     Dagster instance (``defs.quarantine``)."""
     if root_files is None:
-        pattern = FilePattern.from_base_filename(source.base_filename)
-        root_files = list(list_matching_files(client, source.bucket, pattern))
+        root_files = list_root_files(client, source)
     try:
         with Warehouse.read_only(warehouse_settings, wait_seconds) as warehouse:
             ledger = warehouse.ledger_rows(source.name) if warehouse else []

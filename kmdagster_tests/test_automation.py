@@ -8,6 +8,7 @@ from typing import Any
 
 import duckdb
 from dagster import (
+    AssetCheckEvaluation,
     DagsterInstance,
     DagsterRunStatus,
     RunRequest,
@@ -138,3 +139,47 @@ def test_reuploaded_key_is_pending_again_and_imports_as_new_file(
     assert rows == [(2, 3)]
     assert [s for s, _ in statuses] == ["archived", "archived"]
     assert len({k for _, k in statuses}) == 2  # the second copy did not overwrite the first
+
+
+def check_results(result: SensorResult) -> dict[str, Any]:
+    """The check evaluations a sensor result reports, by check name."""
+    return {
+        event.check_name: event
+        for event in result.asset_events
+        if isinstance(event, AssetCheckEvaluation)
+    }
+
+
+def test_sensor_registers_files_when_the_source_health_cannot_be_evaluated(
+    s3_server: SeaweedS3, s3: Any, bucket: str, warehouse_path: Path, instance: DagsterInstance
+) -> None:
+    s3.put_object(Bucket=bucket, Key="accounts-1.json", Body=LINE)
+    warehouse_path.write_text("not a database\n")  # the ledger cannot be read
+    defs = build_definitions(make_config(s3_server, bucket, warehouse_path))
+
+    failing = evaluate_sensor(defs, instance)
+    assert isinstance(failing, SensorResult)
+    [request] = failing.dynamic_partitions_requests or []
+    assert list(request.partition_keys or []) == ["accounts-1.json"]
+    checks = check_results(failing)
+    assert set(checks) == {"backlog", "quarantine"}
+    for check in checks.values():
+        assert not check.passed
+        assert str(warehouse_path) in check.metadata["error"].value
+    instance.add_dynamic_partitions("accounts_files", ["accounts-1.json"])
+
+    # The same error at the next tick is not reported again; a new file still registers.
+    s3.put_object(Bucket=bucket, Key="accounts-2.json", Body=LINE)
+    again = evaluate_sensor(defs, instance, cursor=failing.cursor)
+    assert isinstance(again, SensorResult) and check_results(again) == {}
+    [request] = again.dynamic_partitions_requests or []
+    assert list(request.partition_keys or []) == ["accounts-2.json"]
+    instance.add_dynamic_partitions("accounts_files", ["accounts-2.json"])
+
+    # Once the warehouse reads again (here: no file yet), both checks are evaluated anew.
+    warehouse_path.unlink()
+    healed = evaluate_sensor(defs, instance, cursor=again.cursor)
+    assert isinstance(healed, SensorResult)
+    checks = check_results(healed)
+    assert checks["backlog"].metadata["backlog_files"].value == 2
+    assert checks["quarantine"].passed

@@ -25,10 +25,12 @@ from dagster._daemon.monitoring.run_monitoring import check_run_timeout, monitor
 
 from kmdagster.config import WarehouseSettings
 from kmdagster.defs.factory import build_definitions
+from kmdagster.defs.quarantine import quarantined_files, source_progress
 from kmdagster.faults import CRASH_ENV, CRASH_POINTS
 from kmdagster.storage.rejects_file import rejects_key_for
 from kmdagster.storage.s3_objects import ARCHIVE_PREFIX
 from kmdagster_tests.conftest import (
+    BACKENDS,
     assert_file_loaded_once,
     make_config,
     warehouse_rows,
@@ -38,7 +40,7 @@ from kmdagster_tests.instance_yaml import write_instance_yaml
 from kmdagster_tests.km_files import KmFile, km_file
 from kmdagster_tests.run_import_job import spawn_import_job
 from kmdagster_tests.seaweed import SeaweedS3
-from kmdagster_tests.ticks import run_tick
+from kmdagster_tests.ticks import evaluate_schedule, run_tick
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "accounts.20261126.json"
@@ -47,6 +49,7 @@ DEAD_RUN_START_TIMEOUT = 1  # seconds; production waits 180 (deploy/dagster.yaml
 
 # (crash point, nth pass, chunk_bytes, time budget): small chunks make many commits.
 DETERMINISTIC = [
+    ("schema.in_transaction", 1, 1024, 600),
     ("import.chunk_read", 1, 1024, 600),
     ("import.chunk_read", 7, 1024, 600),
     ("commit_chunk.in_transaction", 1, 1024, 600),
@@ -287,3 +290,52 @@ def test_a_run_that_never_started_blocks_the_schedule_until_run_monitoring_fails
         assert dead.run_id == never_started.run_id
         assert finish_with_schedule(defs, instance) == 1
     assert_exactly_once(s3, bucket, warehouse, source_file)
+
+
+@pytest.mark.parametrize("warehouse_settings", BACKENDS, indirect=True)
+def test_a_file_killed_again_and_again_after_committing_is_never_quarantined(
+    tmp_path: Path, s3_server: SeaweedS3, s3: Any, bucket: str, warehouse_settings: Any
+) -> None:
+    """Seven runs in a row die with their node (SIGKILL, failed by run monitoring), each
+    after committing chunks: every one advanced the file, so none counts toward the
+    quarantine (three by default) and the file stays first in line until it is done."""
+    big = km_file(seed=11, repeats=100)  # about 60 KB: 60 chunks of 1 KB
+    s3.put_object(Bucket=bucket, Key=KEY, Body=big.data)
+    config = make_config(s3_server, bucket, warehouse_settings, chunk_bytes=1024)
+    source = config.sources[0]
+    assert source.quarantine_after_failed_runs < 7
+    home = make_dagster_home(tmp_path)
+    env = {
+        **os.environ,
+        "KMDAGSTER_CONFIG": str(write_config(tmp_path / "kmdagster.yaml", config)),
+        "DAGSTER_HOME": str(home),
+        CRASH_ENV: "import.chunk_committed:4",  # each run dies after its fourth commit
+    }
+    defs = build_definitions(config)
+    tick = datetime(2026, 11, 26, 12, tzinfo=timezone.utc)
+    offsets = []
+    with DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions("accounts_files", [KEY])
+        for kill in range(7):
+            request = evaluate_schedule(defs, instance, tick + timedelta(hours=kill))
+            assert isinstance(request, RunRequest), request
+            assert request.partition_key == KEY
+            assert start_job(env, tmp_path / "job.stderr").wait(timeout=180) == -signal.SIGKILL
+            assert fail_dead_runs(instance) == 1
+            [(offset,)] = warehouse_rows(
+                warehouse_settings, "SELECT next_offset FROM km_import_files"
+            )
+            offsets.append(offset)
+        assert offsets == sorted(set(offsets)) and offsets[-1] < len(big.data)
+        failed = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.FAILURE]))
+        assert len(failed) == 7
+        progress = source_progress(s3, source, warehouse_settings)
+        assert quarantined_files(instance, source, progress) == {}
+        assert finish_with_schedule(defs, instance) == 1
+    assert_file_loaded_once(warehouse_settings, KEY, big)
+    [(runs, recorded)] = warehouse_rows(
+        warehouse_settings,
+        "SELECT f.import_runs, count(r.run_id) FROM km_import_files AS f "
+        "JOIN km_import_runs AS r ON r.file_id = f.file_id GROUP BY f.import_runs",
+    )
+    assert runs == recorded == 8  # the seven killed runs and the one that finished

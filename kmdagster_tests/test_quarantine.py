@@ -22,6 +22,7 @@ from kmdagster.defs.quarantine import (
     quarantine_evaluation,
     quarantine_for_key,
     quarantined_files,
+    source_progress,
 )
 from kmdagster.quarantine import FinishedRun, failure_streak, quarantine_of
 from kmdagster_tests.conftest import (
@@ -40,9 +41,10 @@ TICK = datetime(2026, 11, 26, 12, tzinfo=timezone.utc)
 
 
 def runs(*outcomes: str) -> list[FinishedRun]:
-    """Newest first: 'f' failed, 's' succeeded, 'r' failed after a retry-tagged launch."""
+    """Newest first: 'f' failed, 's' succeeded, 'r' failed after a retry-tagged launch,
+    'a' failed after advancing the file (committed chunks, then was killed)."""
     return [
-        FinishedRun(f"run{i}", o == "s", o == "r", created=100.0 - i)
+        FinishedRun(f"run{i}", o == "s", o == "r", created=100.0 - i, advanced=o == "a")
         for i, o in enumerate(outcomes)
     ]
 
@@ -54,6 +56,8 @@ def runs(*outcomes: str) -> list[FinishedRun]:
         ("ffsf", None, 2),  # a success ends the streak
         ("frff", None, 2),  # a retry-tagged launch is a new start; it counts if it failed
         ("ffff", 98.5, 2),  # lifted at 98.5: only the runs created after it count
+        ("aaaaaaa", None, 0),  # killed seven times, each after committing: never poison
+        ("ffaf", None, 2),  # a run that advanced proved the file importable then
         ("", None, 0),
     ],
 )
@@ -63,6 +67,7 @@ def test_failure_streak(outcomes: str, lifted_at: float | None, streak: int) -> 
 
 def test_quarantine_needs_the_threshold_of_failures() -> None:
     assert quarantine_of("k", runs("f", "f", "s"), None, 3) is None
+    assert quarantine_of("k", runs("f", "f", "a", "f"), None, 3) is None
     found = quarantine_of("k", runs("f", "f", "f"), None, 3)
     assert found is not None and (found.failed_runs, found.last_run_id) == (3, "run0")
 
@@ -123,10 +128,11 @@ def test_an_unreadable_file_is_quarantined_the_next_goes_first_and_retry_resumes
             FIRST,
             SECOND,  # after three failed runs the first file is set aside
         ]
-        quarantine = quarantine_for_key(instance, source, FIRST)
+        progress = source_progress(s3, source, config.warehouse)
+        quarantine = quarantine_for_key(instance, source, FIRST, progress)
         assert quarantine is not None and quarantine.failed_runs == 3
         assert f"s3://{scoped_bucket}/{FIRST}" in quarantine.last_error
-        check = quarantine_evaluation(source, quarantined_files(instance, source))
+        check = quarantine_evaluation(source, quarantined_files(instance, source, progress))
         assert not check.passed and check.metadata["quarantined_files"].value == 1
         nothing_left = tick(instance, 5)
         assert isinstance(nothing_left, SkipReason)
@@ -146,13 +152,14 @@ def test_an_unreadable_file_is_quarantined_the_next_goes_first_and_retry_resumes
     assert main(["retry", "accounts", SECOND]) == 1  # not quarantined: nothing to lift
     as_identity(ADMIN)
     with DagsterInstance.get() as instance:
-        assert quarantine_for_key(instance, source, FIRST) is None
+        progress = source_progress(s3, source, config.warehouse)
+        assert quarantine_for_key(instance, source, FIRST, progress) is None
         hour = 6
         while ledger(warehouse_path, FIRST)[0][1] != "archived":
             retried = tick(instance, hour)
             assert getattr(retried, "partition_key", None) == FIRST, retried
             hour += 1
-        assert quarantined_files(instance, source) == {}
+        assert quarantined_files(instance, source, progress) == {}
     assert ledger(warehouse_path, FIRST) == [(FIRST, "archived", len(first.data), first.lines)]
     with duckdb.connect(str(warehouse_path), read_only=True) as con:
         (duplicates,) = con.execute(
@@ -202,7 +209,8 @@ def test_a_file_that_changes_at_every_run_is_quarantined(
                 outcome = run_tick(defs, instance, TICK + timedelta(hours=h), must_succeed=False)
                 assert isinstance(outcome, RunRequest)
                 keys.append(outcome.partition_key)
-            found = quarantine_for_key(instance, config.sources[0], FIRST)
+            progress = source_progress(s3, config.sources[0], config.warehouse)
+            found = quarantine_for_key(instance, config.sources[0], FIRST, progress)
     finally:
         stop.set()
         writer.join()
@@ -226,8 +234,10 @@ def test_a_launch_tagged_retry_gives_the_file_a_new_start(
             assert not job.execute_in_process(
                 instance=instance, partition_key=FIRST, raise_on_error=False
             ).success
-        assert quarantine_for_key(instance, source, FIRST) is not None
+        progress = source_progress(s3, source, config.warehouse)
+        assert quarantine_for_key(instance, source, FIRST, progress) is not None
         assert not job.execute_in_process(
             instance=instance, partition_key=FIRST, raise_on_error=False, tags={RETRY_TAG: "true"}
         ).success
-        assert quarantine_for_key(instance, source, FIRST) is None  # one failure since the retry
+        # one failure since the retry
+        assert quarantine_for_key(instance, source, FIRST, progress) is None

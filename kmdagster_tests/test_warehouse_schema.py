@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,9 @@ from kmdagster.status import read_source_status
 from kmdagster.storage.s3_objects import S3File
 from kmdagster.storage.schema import SCHEMA_VERSION, UPGRADE_COMMAND, WarehouseSchemaError
 from kmdagster.storage.warehouse import DuckDBWarehouse, Warehouse, WarehouseUnreachable
+from kmdagster_tests.conftest import make_config, write_config
 from kmdagster_tests.km_files import km_file
-from kmdagster_tests.seaweed import free_ports
+from kmdagster_tests.seaweed import SeaweedS3, free_ports
 
 FIXTURE = Path(__file__).parent / "fixtures" / "warehouse_v1.duckdb.gz"
 RELATIONS = ("km_events", "km_properties", "km_aliases", "km_rejects")
@@ -173,19 +175,76 @@ def test_names_are_stored_once_with_each_label_as_sent(tmp_path: Path) -> None:
 
 
 def test_the_upgrade_command_upgrades_once(
-    v1_path: Path, tmp_path: Path, capsys: Any, monkeypatch: Any
+    v1_path: Path,
+    tmp_path: Path,
+    capsys: Any,
+    monkeypatch: Any,
+    s3_server: SeaweedS3,
+    bucket: str,
 ) -> None:
-    config = tmp_path / "kmdagster.yaml"
-    config.write_text(
-        f"warehouse:\n  duckdb_path: {v1_path}\n"
-        "sources:\n  - {name: accounts, bucket: b, base_filename: accounts.json}\n"
-    )
-    monkeypatch.setenv("KMDAGSTER_CONFIG", str(config))
+    config = make_config(s3_server, bucket, v1_path)
+    monkeypatch.setenv("KMDAGSTER_CONFIG", str(write_config(tmp_path / "km.yaml", config)))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
     assert main(["upgrade-warehouse"]) == 0
     assert "upgraded from schema version 1" in capsys.readouterr().out
     assert main(["upgrade-warehouse"]) == 0
     assert "nothing to upgrade" in capsys.readouterr().out
-    assert main(["status", "accounts", "--json"]) != 2  # readers take it now (S3 aside)
+    assert main(["status", "accounts", "--json"]) == 0  # readers take it now
+    files = json.loads(capsys.readouterr().out)["files"]
+    assert {f["key"] for f in files} == {"accounts.1.json", "accounts.2.json"}
+
+
+def test_a_version_2_warehouse_gains_the_run_ledger(tmp_path: Path) -> None:
+    path = tmp_path / "v2.duckdb"
+    with DuckDBWarehouse.connect(path):
+        pass
+    with duckdb.connect(str(path)) as con:  # as version 2 left it
+        con.execute("DROP TABLE km_import_runs")
+        con.execute("UPDATE km_schema SET version = 2")
+    with pytest.raises(WarehouseSchemaError, match=UPGRADE_COMMAND), DuckDBWarehouse.reader(path):
+        pass
+    with DuckDBWarehouse.connect(path) as warehouse:
+        assert warehouse.upgraded_from == 2
+    assert rows(path, "SELECT count(*) FROM km_import_runs") == [(0,)]
+    assert rows(path, "SELECT version FROM km_schema") == [(SCHEMA_VERSION,)]
+
+
+def tableless_duckdb(path: Path) -> None:
+    """What a first import killed inside its schema transaction leaves: a DuckDB file
+    with no tables."""
+    duckdb.connect(str(path)).close()
+
+
+@pytest.mark.parametrize("make_file", [tableless_duckdb, Path.touch], ids=["tableless", "empty"])
+def test_a_warehouse_file_without_tables_reads_as_nothing_imported(
+    tmp_path: Path, make_file: Any
+) -> None:
+    path = tmp_path / "w.duckdb"
+    make_file(path)
+    settings = WarehouseSettings(duckdb_path=str(path))
+    with Warehouse.read_only(settings) as warehouse:
+        assert warehouse is None
+    source = SourceConfig(name="accounts", bucket="km-imports", base_filename="accounts.json")
+    waiting = S3File(key="accounts.1.json", etag="e1", size=10)
+    status = read_source_status(None, source, settings, 1.0, root_files=[waiting])
+    assert status.ledger_note is None
+    assert [(s.key, s.state) for s in status.states] == [("accounts.1.json", "pending")]
+    with Warehouse.open(settings) as warehouse:  # the next import creates the tables
+        assert warehouse.upgraded_from is None
+    assert rows(path, "SELECT version FROM km_schema") == [(SCHEMA_VERSION,)]
+
+
+def test_a_file_that_is_not_duckdb_is_named_with_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "notes.duckdb"
+    path.write_text("my notes, not a database\n")
+    for opening in (DuckDBWarehouse.connect, DuckDBWarehouse.reader):
+        with (
+            pytest.raises(WarehouseSchemaError, match="is not a DuckDB database") as error,
+            opening(path),
+        ):
+            pass
+        assert str(path) in str(error.value) and "warehouse.duckdb_path" in str(error.value)
+    assert path.read_text() == "my notes, not a database\n"  # never overwritten
 
 
 def test_an_unreachable_postgres_warehouse_is_named_and_status_falls_back_to_s3(

@@ -14,17 +14,37 @@ from dagster import (
     build_sensor_context,
 )
 
+from kmdagster.defs.sensors import SensorCursor
 
-def report_sensor_tick(defs: Any, instance: DagsterInstance) -> None:
-    """One evaluation of the file sensor, its requests and events applied as the daemon does."""
+
+def report_sensor_tick(defs: Any, instance: DagsterInstance, healthy: bool = True) -> None:
+    """One evaluation of the file sensor, its requests and events applied as the daemon does.
+
+    ``healthy``: the source's health (backlog, quarantine) must have been evaluated, not
+    reported as an error (the sensor registers files either way).
+    """
     sensor = defs.resolve_sensor_def("accounts_file_sensor")
     with build_sensor_context(instance=instance, resources=defs.resources) as context:
         result = sensor(context)
     if isinstance(result, SensorResult):
+        if healthy:
+            error = SensorCursor.parse(result.cursor).health_error
+            assert not error, f"the sensor could not evaluate the source's health: {error}"
         for request in result.dynamic_partitions_requests or []:
             instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
         for event in result.asset_events:
             instance.report_runless_asset_event(event)
+
+
+def evaluate_schedule(
+    defs: Any, instance: DagsterInstance, tick: datetime
+) -> RunRequest | SkipReason:
+    """The schedule's decision at ``tick``, without running anything."""
+    schedule = defs.resolve_schedule_def("accounts_hourly_import")
+    with build_schedule_context(
+        instance=instance, scheduled_execution_time=tick, resources=defs.resources
+    ) as context:
+        return schedule(context)
 
 
 def run_tick(
@@ -32,11 +52,7 @@ def run_tick(
 ) -> RunRequest | SkipReason:
     """Evaluate the sensor then the schedule once, and execute the requested run."""
     report_sensor_tick(defs, instance)
-    schedule = defs.resolve_schedule_def("accounts_hourly_import")
-    with build_schedule_context(
-        instance=instance, scheduled_execution_time=tick, resources=defs.resources
-    ) as context:
-        outcome = schedule(context)
+    outcome = evaluate_schedule(defs, instance, tick)
     if isinstance(outcome, RunRequest):
         job = defs.resolve_job_def("accounts_import_job")
         result = job.execute_in_process(

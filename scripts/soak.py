@@ -38,7 +38,7 @@ import boto3  # noqa: E402
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter  # noqa: E402
 
 from kmdagster.config import load_config  # noqa: E402
-from kmdagster.defs.quarantine import quarantined_files  # noqa: E402
+from kmdagster.defs.quarantine import ledger_progress, quarantined_files  # noqa: E402
 from kmdagster.status import STATE_MEANINGS, file_states  # noqa: E402
 from kmdagster.storage.database import Database  # noqa: E402
 from kmdagster.storage.file_rows import duplicate_rows, rows_by_table  # noqa: E402
@@ -217,7 +217,8 @@ def verify(config_path: Path, client: Any, manifest_path: Path, instance: Any) -
                     problems += check_version(warehouse.database, written, source.bucket, row)
             pattern = FilePattern.from_base_filename(source.base_filename)
             root = list(list_matching_files(client, source.bucket, pattern))
-            quarantined = quarantined_files(instance, source)
+            progress = ledger_progress(config.warehouse, source, root)
+            quarantined = quarantined_files(instance, source, progress)
             for state in file_states(root, rows, quarantined):
                 states[state.state] += 1
                 if state.state not in STATE_MEANINGS:

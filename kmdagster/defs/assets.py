@@ -171,6 +171,7 @@ def build_import_asset(
                     source,
                     key,
                     resume_hint=recorded_resume_offset(context.instance, source, key),
+                    run_id=context.run.run_id,
                 )
             except (S3AccessError, FileChangedError, LedgerConflict) as exc:
                 raise Failure(description=str(exc)) from exc

@@ -25,11 +25,17 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import SourceConfig, WarehouseSettings
-from kmdagster.defs.quarantine import quarantined_files
+from kmdagster.defs.quarantine import ledger_progress, quarantined_files
 from kmdagster.defs.resources import WarehouseResource
 from kmdagster.quarantine import Quarantine
 from kmdagster.report import file_states_markdown
-from kmdagster.status import SourceStatus, backlog, oldest_waiting, read_source_status
+from kmdagster.status import (
+    SourceStatus,
+    backlog,
+    list_root_files,
+    oldest_waiting,
+    read_source_status,
+)
 from kmdagster.storage.s3_objects import FilePattern, S3File
 
 BACKLOG_CHECK = "backlog"
@@ -109,12 +115,11 @@ def build_backlog_check(source: SourceConfig, file_key: AssetKey) -> AssetChecks
     def backlog_check(
         context: AssetCheckExecutionContext, km_s3: S3Resource, km_warehouse: WarehouseResource
     ) -> AssetCheckResult:
-        passed, metadata = read_backlog_outcome(
-            km_s3.get_client(),
-            source,
-            km_warehouse.settings,
-            quarantined_files(context.instance, source),
-        )
+        client, settings = km_s3.get_client(), km_warehouse.settings
+        root_files = list_root_files(client, source)
+        progress = ledger_progress(settings, source, root_files)
+        quarantined = quarantined_files(context.instance, source, progress)
+        passed, metadata = read_backlog_outcome(client, source, settings, quarantined, root_files)
         return AssetCheckResult(passed=passed, metadata=metadata, severity=AssetCheckSeverity.WARN)
 
     return backlog_check

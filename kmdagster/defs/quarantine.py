@@ -7,6 +7,7 @@ with the tag ``kmdagster/retry: true`` gives the file a new start too. Either wa
 is first in line again and resumes from its committed offset.
 """
 
+from collections.abc import Callable
 from dataclasses import replace
 
 from dagster import (
@@ -24,18 +25,58 @@ from dagster import (
     RunsFilter,
     asset_check,
 )
+from dagster_aws.s3 import S3Resource
 
-from kmdagster.config import SourceConfig
+from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.defs.assets import file_asset_key
+from kmdagster.defs.resources import WarehouseResource
 from kmdagster.defs.runs import SOURCE_TAG
 from kmdagster.quarantine import FinishedRun, Quarantine, quarantine_of
 from kmdagster.report import markdown_table
+from kmdagster.status import list_root_files
+from kmdagster.storage.database import WarehouseSchemaError, WarehouseUnavailable
+from kmdagster.storage.s3_objects import S3File
+from kmdagster.storage.warehouse import Warehouse
 
 RETRY_TAG = "kmdagster/retry"
 PARTITION_TAG = "dagster/partition"
 LIFTED_METADATA = "quarantine_lifted"
 QUARANTINE_CHECK = "quarantine"
 RECENT_FAILURES = 200  # failed runs of a source looked at to find quarantined files
+LEDGER_WAIT_SECONDS = 2.0  # a tick waits this long at most for a busy DuckDB file
+
+# (key, run ids) -> those runs that advanced the file version at the bucket root, or None
+# when the ledger cannot be read now.
+RunProgress = Callable[[str, list[str]], "set[str] | None"]
+
+
+def source_progress(
+    client: object, source: SourceConfig, settings: WarehouseSettings
+) -> RunProgress:
+    """``ledger_progress`` against the versions at the source's bucket root now."""
+    return ledger_progress(settings, source, list_root_files(client, source))
+
+
+def ledger_progress(
+    settings: WarehouseSettings, source: SourceConfig, root_files: list[S3File]
+) -> RunProgress:
+    """What the warehouse ledger says of runs' progress, read only when asked (a file
+    reaches its failure threshold), against the versions ``root_files`` lists."""
+    root_etags = {file.key: file.etag for file in root_files}
+
+    def advanced(key: str, run_ids: list[str]) -> set[str] | None:
+        etag = root_etags.get(key)
+        if etag is None:
+            return set()  # gone from the root: no version of it there to have advanced
+        try:
+            with Warehouse.read_only(settings, LEDGER_WAIT_SECONDS) as warehouse:
+                if warehouse is None:
+                    return set()
+                return warehouse.runs_that_advanced(source.name, key, etag, run_ids)
+        except (WarehouseUnavailable, WarehouseSchemaError):
+            return None
+
+    return advanced
 
 
 def _finished_runs(
@@ -88,32 +129,44 @@ def failure_message(instance: DagsterInstance, run_id: str) -> str:
 
 
 def _quarantine_without_error(
-    instance: DagsterInstance, source: SourceConfig, key: str
+    instance: DagsterInstance, source: SourceConfig, key: str, progress: RunProgress
 ) -> Quarantine | None:
     threshold = source.quarantine_after_failed_runs
     runs = _finished_runs(instance, source, key, threshold)
     if len(runs) < threshold or any(run.succeeded for run in runs):
         return None  # the usual case, in one query
-    return quarantine_of(key, runs, _lifted_at(instance, source, key, threshold + 1), threshold)
+    lifted_at = _lifted_at(instance, source, key, threshold + 1)
+    if quarantine_of(key, runs, lifted_at, threshold) is None:
+        return None  # lifted or retried: no need to ask the ledger
+    advanced = progress(key, [run.run_id for run in runs])
+    if advanced is None:
+        return None  # the ledger cannot say now: a file is never set aside on a guess
+    runs = [replace(run, advanced=run.run_id in advanced) for run in runs]
+    return quarantine_of(key, runs, lifted_at, threshold)
 
 
-def is_quarantined(instance: DagsterInstance, source: SourceConfig, key: str) -> bool:
-    """Whether the file's last runs failed ``quarantine_after_failed_runs`` times in a row
-    (for the schedule, which needs no error message and so reads no event log)."""
-    return _quarantine_without_error(instance, source, key) is not None
+def is_quarantined(
+    instance: DagsterInstance, source: SourceConfig, key: str, progress: RunProgress
+) -> bool:
+    """Whether the file's last ``quarantine_after_failed_runs`` runs all failed without
+    advancing it (for the schedule, which needs no error message and so reads no event
+    log)."""
+    return _quarantine_without_error(instance, source, key, progress) is not None
 
 
 def quarantine_for_key(
-    instance: DagsterInstance, source: SourceConfig, key: str
+    instance: DagsterInstance, source: SourceConfig, key: str, progress: RunProgress
 ) -> Quarantine | None:
     """The file's quarantine, with its last run's error, if it is quarantined."""
-    found = _quarantine_without_error(instance, source, key)
+    found = _quarantine_without_error(instance, source, key, progress)
     if found is None:
         return None
     return replace(found, last_error=failure_message(instance, found.last_run_id))
 
 
-def quarantined_files(instance: DagsterInstance, source: SourceConfig) -> dict[str, Quarantine]:
+def quarantined_files(
+    instance: DagsterInstance, source: SourceConfig, progress: RunProgress
+) -> dict[str, Quarantine]:
     """Every quarantined file of the source, by key, among its recently failed runs."""
     failed = instance.get_run_records(
         RunsFilter(tags={SOURCE_TAG: source.name}, statuses=[DagsterRunStatus.FAILURE]),
@@ -122,7 +175,7 @@ def quarantined_files(instance: DagsterInstance, source: SourceConfig) -> dict[s
     keys = sorted(
         {r.dagster_run.tags[PARTITION_TAG] for r in failed if PARTITION_TAG in r.dagster_run.tags}
     )
-    found = (quarantine_for_key(instance, source, key) for key in keys)
+    found = (quarantine_for_key(instance, source, key, progress) for key in keys)
     return {q.key: q for q in found if q is not None}
 
 
@@ -165,13 +218,19 @@ def build_quarantine_check(source: SourceConfig) -> AssetChecksDefinition:
         name=QUARANTINE_CHECK,
         description=(
             "Fails while a file of this source is quarantined: its import runs failed "
-            f"{source.quarantine_after_failed_runs} times in a row "
-            "(quarantine_after_failed_runs), so later files went first. Lift it with "
+            f"{source.quarantine_after_failed_runs} times in a row without advancing its "
+            "committed offset (quarantine_after_failed_runs), so later files went first. "
+            "Lift it with "
             f"`kmdagster retry {source.name} KEY` or a launch tagged {RETRY_TAG}=true."
         ),
     )
-    def quarantine_check(context: AssetCheckExecutionContext) -> AssetCheckResult:
-        evaluation = quarantine_evaluation(source, quarantined_files(context.instance, source))
+    def quarantine_check(
+        context: AssetCheckExecutionContext, km_s3: S3Resource, km_warehouse: WarehouseResource
+    ) -> AssetCheckResult:
+        progress = source_progress(km_s3.get_client(), source, km_warehouse.settings)
+        evaluation = quarantine_evaluation(
+            source, quarantined_files(context.instance, source, progress)
+        )
         return AssetCheckResult(
             passed=evaluation.passed, severity=evaluation.severity, metadata=evaluation.metadata
         )

@@ -14,7 +14,8 @@ from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import SourceConfig
 from kmdagster.defs.partitions import files_partitions_name
-from kmdagster.defs.quarantine import is_quarantined
+from kmdagster.defs.quarantine import is_quarantined, ledger_progress
+from kmdagster.defs.resources import WarehouseResource
 from kmdagster.defs.runs import SOURCE_TAG, active_runs
 from kmdagster.storage.s3_objects import FilePattern, list_matching_files
 
@@ -47,7 +48,9 @@ def build_import_schedule(
         default_status=DefaultScheduleStatus.STOPPED,
         description=f"Each tick imports (or resumes) the first pending {pattern.describe()} file.",
     )
-    def hourly_import(context: ScheduleEvaluationContext, km_s3: S3Resource):
+    def hourly_import(
+        context: ScheduleEvaluationContext, km_s3: S3Resource, km_warehouse: WarehouseResource
+    ):
         active = active_runs(context.instance, source)
         if active:
             run = active[0]
@@ -57,9 +60,10 @@ def build_import_schedule(
             )
         files = list(list_matching_files(km_s3.get_client(), source.bucket, pattern))
         registered = set(context.instance.get_dynamic_partitions(partitions_name))
+        progress = ledger_progress(km_warehouse.settings, source, files)
         set_aside = []
         for key in pending_keys([f.key for f in files], registered):
-            if not is_quarantined(context.instance, source, key):
+            if not is_quarantined(context.instance, source, key, progress):
                 break
             set_aside.append(key)
         else:

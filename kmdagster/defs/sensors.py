@@ -8,10 +8,14 @@ of quarantined files changed.
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 from dagster import (
+    AssetCheckEvaluation,
+    AssetCheckSeverity,
     AssetKey,
     AssetMaterialization,
+    DagsterInstance,
     DefaultSensorStatus,
     DynamicPartitionsDefinition,
     MetadataValue,
@@ -23,10 +27,20 @@ from dagster import (
 )
 from dagster_aws.s3 import S3Resource
 
-from kmdagster.config import SourceConfig
-from kmdagster.defs.backlog import backlog_evaluation, outcome_fingerprint, read_backlog_outcome
+from kmdagster.config import SourceConfig, WarehouseSettings
+from kmdagster.defs.backlog import (
+    BACKLOG_CHECK,
+    backlog_evaluation,
+    outcome_fingerprint,
+    read_backlog_outcome,
+)
 from kmdagster.defs.partitions import files_partitions_name, is_valid_partition_key
-from kmdagster.defs.quarantine import quarantine_evaluation, quarantined_files
+from kmdagster.defs.quarantine import (
+    QUARANTINE_CHECK,
+    ledger_progress,
+    quarantine_evaluation,
+    quarantined_files,
+)
 from kmdagster.defs.resources import WarehouseResource
 from kmdagster.storage.s3_objects import FilePattern, S3File, list_matching_files
 
@@ -42,10 +56,12 @@ def new_partition_keys(listed_keys: list[str], registered: set[str]) -> tuple[li
 
 @dataclass(frozen=True)
 class SensorCursor:
-    """What the sensor last reported: the backlog's fingerprint and the quarantined keys."""
+    """What the sensor last reported: the backlog's fingerprint, the quarantined keys, and
+    the error that kept it from evaluating the source's health, if one did."""
 
     backlog: str | None = None
     quarantine: str = ""
+    health_error: str = ""
     is_new: bool = False  # no cursor yet: report the quarantine check once, green or red
 
     @classmethod
@@ -56,10 +72,73 @@ class SensorCursor:
             saved = json.loads(cursor)
         except ValueError:  # a cursor written before quarantines: the backlog's alone
             return cls(backlog=cursor, is_new=True)
-        return cls(backlog=saved.get("backlog"), quarantine=saved.get("quarantine", ""))
+        return cls(
+            backlog=saved.get("backlog"),
+            quarantine=saved.get("quarantine", ""),
+            health_error=saved.get("health_error", ""),
+        )
 
     def serialize(self) -> str:
-        return json.dumps({"backlog": self.backlog, "quarantine": self.quarantine})
+        saved = {"backlog": self.backlog, "quarantine": self.quarantine}
+        return json.dumps({**saved, "health_error": self.health_error})
+
+
+def health_events(
+    instance: DagsterInstance,
+    source: SourceConfig,
+    file_key: AssetKey,
+    client: Any,
+    settings: WarehouseSettings,
+    listed: list[S3File],
+    reported: SensorCursor,
+) -> tuple[list[AssetCheckEvaluation], SensorCursor]:
+    """The backlog and quarantine checks, each where it changed since ``reported`` (both
+    after an error, which left them red)."""
+    quarantined = quarantined_files(instance, source, ledger_progress(settings, source, listed))
+    passed, metadata = read_backlog_outcome(client, source, settings, quarantined, listed)
+    # Without the ledger (an import holds it) the table would be partial: report later.
+    ledger_read = "ledger_note" not in metadata
+    recovered = bool(reported.health_error)
+    cursor = SensorCursor(
+        backlog=outcome_fingerprint(passed, metadata) if ledger_read else reported.backlog,
+        quarantine=",".join(sorted(quarantined)),
+    )
+    events = []
+    if cursor.backlog != reported.backlog or (recovered and ledger_read):
+        events.append(backlog_evaluation(file_key, passed, metadata))
+    if cursor.quarantine != reported.quarantine or reported.is_new or recovered:
+        events.append(quarantine_evaluation(source, quarantined))
+    return events, cursor
+
+
+def health_error_events(
+    source: SourceConfig, file_key: AssetKey, error: str, reported: SensorCursor
+) -> tuple[list[AssetCheckEvaluation], SensorCursor]:
+    """Both checks failed with ``error``, once per distinct error."""
+    cursor = SensorCursor(reported.backlog, reported.quarantine, health_error=error)
+    if error == reported.health_error:
+        return [], cursor
+    metadata = {
+        "error": error,
+        "what_to_do": f"new files of s3://{source.bucket} are still registered; the "
+        f"{source.name}_file_sensor tick log has the traceback, and the check turns green at "
+        "the first tick that evaluates it",
+    }
+    events = [
+        AssetCheckEvaluation(
+            asset_key=file_key,
+            check_name=name,
+            passed=False,
+            severity=severity,
+            metadata=metadata,
+            description=f"not evaluated: {error}",
+        )
+        for name, severity in (
+            (BACKLOG_CHECK, AssetCheckSeverity.WARN),
+            (QUARANTINE_CHECK, AssetCheckSeverity.ERROR),
+        )
+    ]
+    return events, cursor
 
 
 def landed_materialization(file_key: AssetKey, bucket: str, file: S3File) -> AssetMaterialization:
@@ -108,22 +187,17 @@ def build_file_sensor(
             )
         by_key = {f.key: f for f in listed}
         events: list = [landed_materialization(file_key, source.bucket, by_key[k]) for k in to_add]
-        quarantined = quarantined_files(context.instance, source)
-        passed, metadata = read_backlog_outcome(
-            client, source, km_warehouse.settings, quarantined, root_files=listed
-        )
         reported = SensorCursor.parse(context.cursor)
-        # Without the ledger (an import holds it) the table would be partial: report later.
-        ledger_read = "ledger_note" not in metadata
-        cursor = SensorCursor(
-            backlog=outcome_fingerprint(passed, metadata) if ledger_read else reported.backlog,
-            quarantine=",".join(sorted(quarantined)),
-        )
-        if cursor.backlog != reported.backlog:
-            events.append(backlog_evaluation(file_key, passed, metadata))
-        if cursor.quarantine != reported.quarantine or reported.is_new:
-            events.append(quarantine_evaluation(source, quarantined))
-        if not events:
+        try:
+            checks, cursor = health_events(
+                context.instance, source, file_key, client, km_warehouse.settings, listed, reported
+            )
+        except Exception as exc:  # noqa: BLE001  # whatever it is, registration goes on
+            error = f"{type(exc).__name__}: {exc}"
+            context.log.exception(f"source health of {source.name!r} not evaluated: {error}")
+            checks, cursor = health_error_events(source, file_key, error, reported)
+        events.extend(checks)
+        if not events and cursor == reported:
             return SkipReason(
                 f"no new keys matching {pattern.describe()} in s3://{source.bucket} "
                 f"({len(listed)} listed, all registered); file states unchanged"

@@ -23,6 +23,11 @@ class WarehouseUnavailable(RuntimeError):
     (PostgreSQL). Readers show what S3 alone tells; writers fail and retry next tick."""
 
 
+class WarehouseSchemaError(RuntimeError):
+    """The warehouse is not one this code reads and writes: another version's schema, or a
+    file that is not a database at all."""
+
+
 class Database(Protocol):
     """One open connection to the warehouse's database."""
 

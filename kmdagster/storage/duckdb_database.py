@@ -12,7 +12,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
-from kmdagster.storage.database import Params, WarehouseUnavailable
+from kmdagster.storage.database import Params, WarehouseSchemaError, WarehouseUnavailable
 
 DUCKDB_MEMORY_LIMIT = "64MB"
 CHECKPOINT_THRESHOLD = "256MB"
@@ -31,6 +31,12 @@ def connect_waiting(
         try:
             return duckdb.connect(str(path), read_only=read_only)
         except duckdb.IOException as exc:
+            if "not a valid DuckDB database file" in str(exc):
+                raise WarehouseSchemaError(
+                    f"the warehouse file {path} is not a DuckDB database; point "
+                    "warehouse.duckdb_path at a new path (kmdagster creates the file) or move "
+                    "that file away"
+                ) from exc
             if "lock" not in str(exc).lower():
                 raise
             if time.monotonic() > deadline:
@@ -39,6 +45,14 @@ def connect_waiting(
                     f"for over {lock_wait_seconds:.0f}s; try again when it finishes"
                 ) from exc
             time.sleep(0.5)
+
+
+def is_empty_file(path: Path) -> bool:
+    """A file of no bytes (made by hand, or cut before DuckDB wrote its header)."""
+    try:
+        return path.stat().st_size == 0
+    except FileNotFoundError:
+        return False
 
 
 def _arrow(frame: pl.DataFrame) -> Any:
@@ -72,6 +86,8 @@ class DuckDBDatabase:
         path = Path(path)
         if not read_only:
             path.parent.mkdir(parents=True, exist_ok=True)
+            if is_empty_file(path):  # holds nothing: DuckDB would refuse it as foreign
+                path.unlink()
         con = connect_waiting(path, read_only=read_only, lock_wait_seconds=lock_wait_seconds)
         try:
             yield cls(con, path, writer=not read_only)

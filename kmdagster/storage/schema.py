@@ -8,7 +8,9 @@ with the documented columns (plus ``file_id``); ``km_import_files`` is the ledge
 KISSmetrics' own counting is served by views too: ``km_events_dedup`` (one event per
 person, name and second: the first line that sent it), ``km_properties_dedup`` (one value
 per person, property and second: the last line that sent it) and ``km_people`` (every
-identity with its group's person id, from ``km_identity_groups``).
+identity with its group's person id, from ``km_identity_groups``). ``km_import_runs``
+records, per file version, each run that committed a chunk and the offsets it moved
+between.
 
 ``km_schema`` records the version. A writer upgrades an older warehouse in one
 transaction, rows kept; a reader refuses it, naming the command that upgrades it; any
@@ -19,11 +21,12 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+from kmdagster.faults import crash_point
 from kmdagster.format.split import MAX_RAW_LINE_CHARS
-from kmdagster.storage.database import Database
+from kmdagster.storage.database import Database, WarehouseSchemaError
 from kmdagster.storage.people import add_alias_pairs
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 UPGRADE_COMMAND = "kmdagster upgrade-warehouse"
 
 _SEQUENCES = """
@@ -42,6 +45,17 @@ CREATE TABLE IF NOT EXISTS km_import_files (
     aliases_rows BIGINT DEFAULT 0, rejects_rows BIGINT DEFAULT 0, import_runs BIGINT DEFAULT 0,
     file_id INTEGER,  -- from the km_file_ids sequence, unique
     PRIMARY KEY (source, file_key, file_etag)
+);
+"""
+
+# Which runs moved each file version's committed offset, written in the chunk's own
+# transaction: the quarantine rule counts only failed runs that advanced nothing, and a
+# kill at any instant cannot make a run that committed look like one that did not.
+_RUNS = """
+CREATE TABLE IF NOT EXISTS km_import_runs (
+    file_id INTEGER NOT NULL, run_id VARCHAR NOT NULL, start_offset BIGINT NOT NULL,
+    next_offset BIGINT NOT NULL, chunks BIGINT NOT NULL, updated_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (file_id, run_id)
 );
 """
 
@@ -142,8 +156,7 @@ ROW_TABLES = tuple(STORAGE_TABLES)
 ROW_COUNT_COLUMNS = {table: f"{table.removeprefix('km_')}_rows" for table in ROW_TABLES}
 
 
-class WarehouseSchemaError(RuntimeError):
-    """The warehouse's schema is not the one this code reads and writes."""
+__all__ = ["WarehouseSchemaError"]
 
 
 def _run_script(database: Database, script: str) -> None:
@@ -210,11 +223,15 @@ def prepare_for_writing(database: Database) -> int | None:
         if version is not None and version > SCHEMA_VERSION:
             raise _too_new(database.location, version)
         if version is None:
-            _run_script(database, _SEQUENCES + _LEDGER + _STORAGE + _VIEWS)
+            _run_script(database, _SEQUENCES + _LEDGER + _RUNS + _STORAGE + _VIEWS)
             if database.backend == "postgres":
                 _run_script(database, _POSTGRES_INDEXES)
-        elif version < SCHEMA_VERSION:
-            _upgrade_from_v1(database)
+        else:
+            if version == 1:
+                _upgrade_from_v1(database)
+            if version < 3:
+                _run_script(database, _RUNS)
+        crash_point("schema.in_transaction")
         if version != SCHEMA_VERSION:
             database.execute("DELETE FROM km_schema")
             database.execute(

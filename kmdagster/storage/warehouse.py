@@ -7,7 +7,7 @@ by the configuration's ``warehouse.backend``). Schema and upgrades: ``schema.py`
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,7 +22,7 @@ from kmdagster.faults import crash_point
 from kmdagster.format.split import SplitLines
 from kmdagster.format.summary import KnownNames
 from kmdagster.storage.database import Database, WarehouseUnavailable
-from kmdagster.storage.duckdb_database import DuckDBDatabase, WarehouseBusy
+from kmdagster.storage.duckdb_database import DuckDBDatabase, WarehouseBusy, is_empty_file
 from kmdagster.storage.names import NameIds
 from kmdagster.storage.people import add_alias_pairs
 from kmdagster.storage.piece_rows import PieceRows, piece_rows
@@ -197,6 +197,7 @@ class Warehouse:
         row: LedgerRow,
         pieces: Iterable[tuple[PieceRows, int]],
         first_of_run: bool = False,
+        run_id: str | None = None,
     ) -> LedgerRow:
         """Insert a chunk's rows and advance the ledger in one transaction.
 
@@ -204,8 +205,10 @@ class Warehouse:
         (``piece_rows``) and the file offset just after it, inserted as they come (an
         iterator may still be splitting the later ones); the ledger moves to the last
         offset and adds the rows of each table. ``first_of_run`` counts one more import
-        run. The update is conditional on the offset we started from, so a second importer
-        of the same file can never commit the same lines twice.
+        run; ``run_id`` (the Dagster run's) is recorded in ``km_import_runs`` with the
+        offsets it moved between, in the same transaction. The update is conditional on
+        the offset we started from, so a second importer of the same file can never commit
+        the same lines twice.
         """
         file_columns = [row.source, row.file_key, row.file_etag]
         db = self.database
@@ -262,11 +265,37 @@ class Warehouse:
                     f"s3 object {row.file_key!r} (etag {row.file_etag}) moved past offset "
                     f"{row.next_offset} in another import; this run stops without loading"
                 )
+            if run_id is not None:
+                self._record_run(row.file_id, run_id, row.next_offset, next_offset, now)
             db.commit()
         except BaseException:
             db.rollback()
             raise
         return LedgerRow(*updated[0])
+
+    def _record_run(self, file_id: int, run_id: str, start: int, end: int, now: datetime) -> None:
+        self.database.execute(
+            "INSERT INTO km_import_runs (file_id, run_id, start_offset, next_offset, chunks, "
+            "updated_at) VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (file_id, run_id) DO UPDATE "
+            "SET next_offset = excluded.next_offset, chunks = km_import_runs.chunks + 1, "
+            "updated_at = excluded.updated_at",
+            [file_id, run_id, start, end, now],
+        )
+
+    def runs_that_advanced(
+        self, source: str, key: str, etag: str, run_ids: Sequence[str]
+    ) -> set[str]:
+        """Those of ``run_ids`` that moved this file version's committed offset forward."""
+        if not run_ids:
+            return set()
+        found = self.database.rows(
+            "SELECT r.run_id FROM km_import_runs AS r JOIN km_import_files AS f "
+            "ON f.file_id = r.file_id WHERE f.source = ? AND f.file_key = ? "
+            "AND f.file_etag = ? AND r.next_offset > r.start_offset "
+            f"AND r.run_id IN ({', '.join('?' for _ in run_ids)})",
+            [source, key, etag, *run_ids],
+        )
+        return {run_id for (run_id,) in found}
 
     def lay_out(self, split: SplitLines) -> PieceRows:
         """``split``'s rows as this warehouse appends them. Touches no connection: the
@@ -339,9 +368,10 @@ class DuckDBWarehouse(Warehouse):
     def reader(
         cls, path: str | Path, lock_wait_seconds: float = 10.0
     ) -> Iterator[DuckDBWarehouse | None]:
-        """Open an existing DuckDB file read-only; None when there is no file yet."""
-        if not Path(path).exists():
+        """Open an existing DuckDB file read-only; None when it has no tables yet (no file,
+        an empty one, or one whose first writer was killed before its schema committed)."""
+        if not Path(path).exists() or is_empty_file(Path(path)):
             yield None
             return
         with DuckDBDatabase.open(path, True, lock_wait_seconds) as database:
-            yield cls(database, writer=False)
+            yield cls(database, writer=False) if has_schema(database) else None
