@@ -27,6 +27,8 @@ from kmdagster_tests.km_files import KmFile
 from kmdagster_tests.postgres import INSTALL_HINT, PostgresServer, postgres_bin_dir
 from kmdagster_tests.seaweed import Identity, SeaweedS3, use_worker_ports
 
+pytest_plugins = ["kmdagster_tests.network_guard"]  # nothing reaches outside 127.0.0.1
+
 s3_calls.install()  # before any client exists: every S3 call the product makes is judged
 use_worker_ports(os.environ.get("PYTEST_XDIST_WORKER"))  # apart from the other workers'
 

@@ -33,6 +33,17 @@ from kmdagster_tests.ui_demo import (
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Left alone, Chromium looks for updates, sign-in and secure DNS at Google's addresses; the
+# page under test is on 127.0.0.1, so every other name resolves to nothing.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-pings",
+    "--disable-features=DnsOverHttps,OptimizationHints,MediaRouter",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
+]
 playwright_api = pytest.importorskip(
     "playwright.sync_api", reason="pip install playwright (in the dev extras)"
 )
@@ -123,7 +134,7 @@ def test_an_analyst_sees_file_states_row_counts_and_checks(
     shots = screenshot_dir(tmp_path)
     expect = playwright_api.expect
     with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1440, "height": 960})
         page.set_default_timeout(TIMEOUT_MS)
 
