@@ -24,7 +24,7 @@ from kmdagster.storage.piece_reader import (
     PieceReader,
 )
 from kmdagster.storage.piece_rows import PieceRows
-from kmdagster.storage.s3_objects import S3AccessError, head_file
+from kmdagster.storage.s3_objects import S3AccessError, S3File, head_file
 from kmdagster.storage.warehouse import LedgerRow, Warehouse
 
 SPLIT_WORKERS = 2  # pieces split at once: one per core of the machine it was tuned on
@@ -161,6 +161,15 @@ def import_file(
         resume_hint=resume_hint[0] if resume_hint and resume_hint[1] == row.file_etag else None,
         stopped_on_budget=stopped_on_budget,
     )
+
+
+def retire_replaced_versions(
+    warehouse: Warehouse, source: SourceConfig, root_files: list[S3File]
+) -> list[LedgerRow]:
+    """Versions of the source's files that will never resume, since their content left the
+    bucket root (overwritten or deleted), marked so in the ledger: their rows leave the
+    documented relations for the ``*_replaced`` ones."""
+    return warehouse.retire_versions(source.name, {file.key: file.etag for file in root_files})
 
 
 def _nothing_to_do(row: LedgerRow, seconds: float) -> ImportReport:

@@ -96,8 +96,10 @@ def check_markdown(bucket: str, results: list[PermissionResult]) -> str:
 
 
 def _progress(state: FileState) -> str:
-    stopped = ("in_progress", "failed", "quarantined", "superseded", "deleted")
-    if state.state in stopped and state.next_offset:
+    if state.state in ("superseded", "deleted") and state.next_offset:
+        # Never resumes: its content is gone from S3; its rows are kept for audit only.
+        return f"{state.percent_done:g}% when replaced, never resumed"
+    if state.state in ("in_progress", "failed", "quarantined") and state.next_offset:
         return f"{state.percent_done:g}% (resume at byte {state.next_offset:,})"
     return "100%" if state.state in ("imported", "archived", "reimported_identical") else ""
 

@@ -16,6 +16,7 @@ from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.dagster_internals import cron_ticks_after
 from kmdagster.quarantine import Quarantine
 from kmdagster.storage.s3_objects import FilePattern, S3File, list_matching_files
+from kmdagster.storage.schema import RETIRED_STATUSES
 from kmdagster.storage.warehouse import LedgerRow, Warehouse, WarehouseUnavailable
 
 # Every state shown to people, in the CLI, the backlog check and the docs (README "File
@@ -36,8 +37,11 @@ STATE_MEANINGS = {
     "same ETag); the next run archives it again without loading a line",
     "archived": "imported and moved to `completed_imports/` (with its rejects file)",
     "superseded": "the key was overwritten before this version finished; the new content "
-    "is imported as a new file, this version's rows stay attributed to its ETag",
-    "deleted": "the key vanished before this version finished",
+    "is imported as a new file and this version never resumes. The lines it loaded stay "
+    "attributed to its ETag but leave `km_events`, `km_properties`, `km_aliases` and "
+    "`km_rejects` (and the views on them) for the `*_replaced` relations",
+    "deleted": "the key vanished before this version finished; like `superseded`, its "
+    "loaded lines move to the `*_replaced` relations",
 }
 # States of files the schedule still has to import or archive (quarantined ones wait apart).
 BACKLOG_STATES = ("pending", "in_progress", "failed", "imported", "reimported_identical")
@@ -83,13 +87,19 @@ def file_states(
     quarantined = quarantined or {}
     at_root = {(file.key, file.etag): file for file in root_files}
     root_etag = {file.key: file.etag for file in root_files}
+    # The latest version of each key the ledger knows.
+    newest = {row.file_key: row for row in sorted(ledger, key=_updated_epoch)}
     states = []
     for row in ledger:
         here = (row.file_key, row.file_etag) in at_root
         state = row.status
         error = row.error
-        if row.status in ("pending", "in_progress") and not here:
-            state = "superseded" if row.file_key in root_etag else "deleted"
+        if not row.is_complete and not here:
+            # Its content is gone from S3: replaced by another version, or deleted.
+            replaced = row.file_key in root_etag or newest[row.file_key] is not row
+            state = "superseded" if replaced else "deleted"
+        elif row.status in RETIRED_STATUSES and here:  # the same content sent again
+            state = "in_progress" if row.next_offset else "pending"
         elif row.status == "archived" and here:
             state = "reimported_identical"
         elif here and row.file_key in quarantined and not row.is_complete:
@@ -129,6 +139,10 @@ def file_states(
         if (file.key, file.etag) not in known
     )
     return in_import_order(states)
+
+
+def _updated_epoch(row: LedgerRow) -> float:
+    return row.updated_at.timestamp() if row.updated_at else 0.0
 
 
 def _is_queued(state: FileState) -> bool:

@@ -17,11 +17,13 @@ from kmdagster.defs.assets import build_source_assets, recorded_resume_offset
 from kmdagster.defs.partitions import files_partitions, files_partitions_name
 from kmdagster.defs.resources import build_resources
 from kmdagster.format.split import split_km_lines
+from kmdagster.report import file_states_markdown
+from kmdagster.status import file_states
 from kmdagster.storage.archive import archive_file, archive_key_for
 from kmdagster.storage.piece_reader import PieceReader
 from kmdagster.storage.rejects_file import rejects_key_for
 from kmdagster.storage.s3_objects import S3AccessError, S3File
-from kmdagster.storage.warehouse import DuckDBWarehouse
+from kmdagster.storage.warehouse import DuckDBWarehouse, Warehouse
 from kmdagster_tests.conftest import READ_ONLY, make_config, run_import, warehouse_rows
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.seaweed import SeaweedS3
@@ -140,6 +142,55 @@ def test_budget_stops_runs_early_and_resumes_to_exactly_once(
         warehouse_settings,
         "SELECT lines_read, lines_loaded, lines_rejected, lines_blank, status FROM km_import_files",
     ) == [(file.lines, file.valid_lines, file.rejects, file.blanks, "archived")]
+
+
+def test_a_version_replaced_partway_stays_superseded_and_out_of_the_relations(
+    s3_server: SeaweedS3,
+    s3: Any,
+    bucket: str,
+    warehouse_settings: WarehouseSettings,
+    instance: DagsterInstance,
+) -> None:
+    first, second = km_file(seed=3, repeats=60), km_file(seed=4, repeats=20)
+    s3.put_object(Bucket=bucket, Key=KEY, Body=first.data)
+    partial_config = make_config(
+        s3_server, bucket, warehouse_settings, chunk_bytes=2048, time_budget_seconds=0.001
+    )
+    assert materialize_partition(partial_config, instance, KEY).success  # one chunk of it
+    [(partial_events,)] = query(warehouse_settings, "SELECT count(*) FROM km_events")
+    assert 0 < partial_events < first.events
+
+    s3.put_object(Bucket=bucket, Key=KEY, Body=second.data)  # re-sent with new content
+    whole = make_config(s3_server, bucket, warehouse_settings)
+    assert materialize_partition(whole, instance, KEY).success
+    ledger = query(
+        warehouse_settings, "SELECT status, lines_loaded FROM km_import_files ORDER BY file_id"
+    )
+    assert [status for status, _ in ledger] == ["superseded", "archived"]
+    # An analyst's count sees the current version's lines alone ...
+    for table, expected in (
+        ("km_events", second.events),
+        ("km_properties", second.properties),
+        ("km_aliases", second.aliases),
+        ("km_rejects", second.rejects),
+    ):
+        assert query(warehouse_settings, f"SELECT count(*) FROM {table}") == [(expected,)]
+    assert query(warehouse_settings, "SELECT count(*) FROM km_events_dedup") == query(
+        warehouse_settings,
+        "SELECT count(*) FROM (SELECT DISTINCT person, event, ts FROM km_events) AS d",
+    )
+    # ... and the replaced version's rows are kept, for audit, in relations of their own.
+    assert query(
+        warehouse_settings, "SELECT count(*), count(DISTINCT file_etag) FROM km_events_replaced"
+    ) == [(partial_events, 1)]
+
+    source = partial_config.sources[0]
+    with Warehouse.read_only(warehouse_settings) as warehouse:
+        assert warehouse is not None
+        states = file_states([], warehouse.ledger_rows(source.name))
+    assert sorted(s.state for s in states) == ["archived", "superseded"]
+    table = file_states_markdown(states)
+    assert "never resumed" in table and "resume at" not in table
 
 
 def test_partial_run_metadata_shows_resume_offset(
@@ -332,16 +383,18 @@ def test_file_overwritten_mid_import_fails_clearly_then_imports_as_new_version(
     [(old_etag, old_loaded)] = query(
         warehouse_path, "SELECT file_etag, lines_loaded FROM km_import_files"
     )
-    # The ledger row of the old version stays; the new version is a new ledger row.
+    # The ledger row of the old version stays, superseded; the new version is a new row.
     result = materialize_partition(config, instance, KEY)
     assert result.success
     rows = query(
         warehouse_path,
-        "SELECT file_etag, status, lines_loaded FROM km_import_files ORDER BY updated_at",
+        "SELECT file_etag, status, lines_loaded FROM km_import_files ORDER BY file_id",
     )
-    assert rows[0] == (old_etag, "in_progress", old_loaded)
+    assert rows[0] == (old_etag, "superseded", old_loaded)
     assert rows[1][1:] == ("archived", new.valid_lines)  # small enough for one chunk
-    per_etag = dict(query(warehouse_path, "SELECT file_etag, count(*) FROM km_events GROUP BY 1"))
+    per_etag = dict(
+        query(warehouse_path, "SELECT file_etag, count(*) FROM km_events_replaced GROUP BY 1")
+    )
     assert per_etag[old_etag] < old.events  # rows stay attributed to the version they came from
 
 

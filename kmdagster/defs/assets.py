@@ -35,7 +35,8 @@ from kmdagster.defs.checks import data_check_results, data_check_specs, table_ke
 from kmdagster.defs.metadata import archive_metadata, progress_metadata, table_metadata
 from kmdagster.defs.resources import WarehouseResource
 from kmdagster.faults import crash_point
-from kmdagster.importer import ImportReport, import_file
+from kmdagster.importer import ImportReport, import_file, retire_replaced_versions
+from kmdagster.status import list_root_files
 from kmdagster.storage.archive import archive_file
 from kmdagster.storage.file_rows import reject_batches
 from kmdagster.storage.piece_reader import FileChangedError
@@ -162,11 +163,19 @@ def build_import_asset(
     def import_tables(
         context: AssetExecutionContext, km_s3: S3Resource, km_warehouse: WarehouseResource
     ):
-        key = context.partition_key
+        key, client = context.partition_key, km_s3.get_client()
         with km_warehouse.connect() as warehouse:
             try:
+                for retired in retire_replaced_versions(
+                    warehouse, source, list_root_files(client, source)
+                ):
+                    context.log.info(
+                        f"s3://{source.bucket}/{retired.file_key} (ETag {retired.file_etag}) is "
+                        f"{retired.status}: its {retired.lines_loaded:,} loaded lines leave the "
+                        "km_* relations for the *_replaced ones; it never resumes"
+                    )
                 report = import_file(
-                    km_s3.get_client(),
+                    client,
                     warehouse,
                     source,
                     key,

@@ -10,7 +10,9 @@ person, name and second: the first line that sent it), ``km_properties_dedup`` (
 per person, property and second: the last line that sent it) and ``km_people`` (every
 identity with its group's person id, from ``km_identity_groups``). ``km_import_runs``
 records, per file version, each run that committed a chunk and the offsets it moved
-between.
+between. Rows of versions whose content left S3 before they finished (``superseded``,
+``deleted``) are in none of the documented relations but in ``km_events_replaced``,
+``km_properties_replaced``, ``km_aliases_replaced`` and ``km_rejects_replaced``.
 
 ``km_schema`` records the version. A writer upgrades an older warehouse in one
 transaction, rows kept; a reader refuses it, naming the command that upgrades it; any
@@ -88,27 +90,49 @@ CREATE TABLE IF NOT EXISTS km_schema (version INTEGER NOT NULL, written_at TIMES
 """
 
 _FILE = "JOIN km_import_files AS f ON f.file_id = r.file_id"
+# The storage table behind each documented relation.
+STORAGE_TABLES = {
+    "km_events": "km_event_rows",
+    "km_properties": "km_property_rows",
+    "km_aliases": "km_alias_rows",
+    "km_rejects": "km_reject_rows",
+}
+
 _EVENT_COLUMNS = "source, file_key, file_etag, line_no, person, event, event_label, ts, file_id"
 _PROPERTY_COLUMNS = (
     "source, file_key, file_etag, line_no, person, ts, name, name_label, value, value_number, "
     "file_id"
 )
-_VIEWS = f"""
-CREATE OR REPLACE VIEW km_events AS
-SELECT f.source, f.file_key, f.file_etag, r.line_no, r.person, n.name AS event,
-       n.label AS event_label, r.ts, r.file_id
-FROM km_event_rows AS r {_FILE} JOIN km_names AS n ON n.name_id = r.name_id;
-CREATE OR REPLACE VIEW km_properties AS
-SELECT f.source, f.file_key, f.file_etag, r.line_no, r.person, r.ts, n.name,
-       n.label AS name_label, r.value, r.value_number, r.file_id
-FROM km_property_rows AS r {_FILE} JOIN km_names AS n ON n.name_id = r.name_id;
-CREATE OR REPLACE VIEW km_aliases AS
-SELECT f.source, f.file_key, f.file_etag, r.line_no, r.person, r.alias, r.ts, r.file_id
-FROM km_alias_rows AS r {_FILE};
-CREATE OR REPLACE VIEW km_rejects AS
-SELECT f.source, f.file_key, f.file_etag, r.line_no, r.reason, r.raw_line, r.raw_chars,
-       r.file_id
-FROM km_reject_rows AS r {_FILE};
+# Versions whose content left S3 before they finished (superseded, deleted): their rows
+# stay, out of the documented relations, in ``<relation>_replaced`` for audit.
+RETIRED_STATUSES = ("superseded", "deleted")
+_RETIRED = ", ".join(f"'{status}'" for status in RETIRED_STATUSES)
+_ROW_VIEWS = {
+    "km_events": "n.name AS event, n.label AS event_label, r.ts",
+    "km_properties": "r.ts, n.name, n.label AS name_label, r.value, r.value_number",
+    "km_aliases": "r.alias, r.ts",
+    "km_rejects": "r.reason, r.raw_line, r.raw_chars",
+}
+
+
+def _row_views() -> str:
+    views = []
+    for relation, columns in _ROW_VIEWS.items():
+        named = " JOIN km_names AS n ON n.name_id = r.name_id" if "n.name" in columns else ""
+        person = "r.person, " if relation != "km_rejects" else ""
+        for name, keep in ((relation, "NOT IN"), (f"{relation}_replaced", "IN")):
+            views.append(
+                f"CREATE OR REPLACE VIEW {name} AS\n"
+                f"SELECT f.source, f.file_key, f.file_etag, r.line_no, {person}{columns}, "
+                f"r.file_id\nFROM {STORAGE_TABLES[relation]} AS r {_FILE}{named}\n"
+                f"WHERE f.status {keep} ({_RETIRED});\n"
+            )
+    return "".join(views)
+
+
+_VIEWS = (
+    _row_views()
+    + f"""
 CREATE OR REPLACE VIEW km_events_dedup AS
 SELECT {_EVENT_COLUMNS} FROM (
     SELECT *, row_number() OVER (PARTITION BY person, event, ts ORDER BY file_id, line_no) AS k
@@ -130,6 +154,7 @@ WITH seen AS (
 SELECT s.identity, coalesce(g.person_id, s.identity) AS person_id
 FROM seen AS s LEFT JOIN km_identity_groups AS g ON g.identity = s.identity;
 """
+)
 
 # PostgreSQL reads one file's rows (the import's checks and metadata) through an index;
 # DuckDB skips other files' row groups by their min/max without one. BRIN: file ids grow
@@ -144,14 +169,7 @@ CREATE INDEX IF NOT EXISTS km_identity_groups_identity ON km_identity_groups (id
 CREATE INDEX IF NOT EXISTS km_identity_groups_person ON km_identity_groups (person_id);
 """
 
-# The storage table behind each documented relation, and the ledger column counting each
-# file's rows in it.
-STORAGE_TABLES = {
-    "km_events": "km_event_rows",
-    "km_properties": "km_property_rows",
-    "km_aliases": "km_alias_rows",
-    "km_rejects": "km_reject_rows",
-}
+# The ledger column counting each file's rows in each relation.
 ROW_TABLES = tuple(STORAGE_TABLES)
 ROW_COUNT_COLUMNS = {table: f"{table.removeprefix('km_')}_rows" for table in ROW_TABLES}
 
@@ -229,8 +247,8 @@ def prepare_for_writing(database: Database) -> int | None:
         else:
             if version == 1:
                 _upgrade_from_v1(database)
-            if version < 3:
-                _run_script(database, _RUNS)
+            if version < 3:  # the run ledger; relations that leave replaced versions out
+                _run_script(database, _RUNS + _VIEWS)
         crash_point("schema.in_transaction")
         if version != SCHEMA_VERSION:
             database.execute("DELETE FROM km_schema")

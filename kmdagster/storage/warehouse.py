@@ -7,7 +7,7 @@ by the configuration's ``warehouse.backend``). Schema and upgrades: ``schema.py`
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -38,7 +38,6 @@ from kmdagster.storage.schema import (
 
 __all__ = ["WarehouseBusy", "WarehouseUnavailable", "WarehouseUnreachable"]
 
-STATUSES = ("pending", "in_progress", "imported", "archived", "failed")
 LOCK_WAIT_SECONDS = 120.0
 
 # Each table's row count is added in the ledger update of the chunk that inserted them.
@@ -322,6 +321,28 @@ class Warehouse:
         PostgreSQL needs nothing here.
         """
         self.database.checkpoint()
+
+    def retire_versions(self, source: str, root_etags: Mapping[str, str]) -> list[LedgerRow]:
+        """Mark each unfinished version of ``source`` whose content is no longer at the
+        bucket root (``root_etags``: key -> ETag there now) ``superseded`` (another version
+        of its key is at the root or was imported after it) or ``deleted``; returns them.
+        Their rows leave the documented relations; they never resume."""
+        unfinished = self.database.rows(
+            f"SELECT {_LEDGER_COLUMNS} FROM km_import_files WHERE source = ? "
+            "AND status IN ('pending', 'in_progress', 'failed')",
+            [source],
+        )
+        retired = []
+        for row in (LedgerRow(*found) for found in unfinished):
+            if root_etags.get(row.file_key) == row.file_etag:
+                continue
+            latest = self.latest_ledger_row(source, row.file_key)
+            replaced = row.file_key in root_etags or (
+                latest is not None and latest.file_etag != row.file_etag
+            )
+            status = "superseded" if replaced else "deleted"
+            retired.append(self._update_status(row, status, error=row.error))
+        return retired
 
     def mark_archived(self, row: LedgerRow, archived_key: str) -> LedgerRow:
         return self._update_status(row, "archived", archived_key=archived_key)
