@@ -13,9 +13,11 @@ import os
 import subprocess
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import click
+import polars as pl
 from botocore.exceptions import BotoCoreError, NoCredentialsError
 from dagster import DagsterInstance
 
@@ -24,7 +26,7 @@ from kmdagster.defs.quarantine import (
     ledger_progress,
     lift_quarantine,
     quarantine_for_key,
-    quarantined_files,
+    run_outcomes,
     source_progress,
 )
 from kmdagster.defs.resources import WarehouseResource, build_s3_resource
@@ -74,10 +76,15 @@ JSON_HELP = "print one JSON object"
     help="configuration file (default: $KMDAGSTER_CONFIG or ./kmdagster.yaml)",
 )
 def cli(config_file: str | None) -> None:
-    # Read by each command when it runs (so --help needs no configuration), and by the
-    # dagster commands confirm starts.
-    if config_file:
-        os.environ[CONFIG_ENV_VAR] = config_file
+    # Read by each command when it runs (so --help needs no configuration), and handed to
+    # the dagster commands confirm starts.
+    click.get_current_context().obj = config_file
+
+
+def given_config() -> KmConfig:
+    """The configuration the command line names (--config), or the usual one."""
+    given = click.get_current_context().find_root().obj
+    return load_config(Path(given), "--config") if given else load_config()
 
 
 def source_command(help_text: str) -> Any:
@@ -87,7 +94,7 @@ def source_command(help_text: str) -> Any:
         @click.argument("source_name", metavar="SOURCE")
         @functools.wraps(function)
         def command(source_name: str, **options: Any) -> None:
-            config = load_config()
+            config = given_config()
             function(config, config.source(source_name), **options)
 
         return cli.command(function.__name__.replace("_", "-"), help=help_text)(command)
@@ -99,8 +106,17 @@ def source_command(help_text: str) -> Any:
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @click.option("--key", help="preview this key instead of the first pending")
 def preview(config: KmConfig, source: SourceConfig, as_json: bool, key: str | None) -> None:
-    result = run_preview(config, source, key)
+    failure = None
+    try:
+        result = run_preview(config, source, key)
+    except SetupRuleError as exc:
+        if exc.preview is None:
+            raise
+        # Every line rejected: the preview's reject reasons are what the user needs.
+        result, failure = exc.preview, exc
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else preview_markdown(result))
+    if failure is not None:
+        raise failure
 
 
 @source_command("verify each S3 permission the import needs")
@@ -129,16 +145,19 @@ def check(config: KmConfig, source: SourceConfig, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @click.option("--wait", type=float, default=10.0, show_default=True, help=WAIT_HELP)
 def status(config: KmConfig, source: SourceConfig, as_json: bool, wait: float) -> None:
-    quarantined = None
+    outcomes = None
     client = s3_client(config)
     root_files = list_root_files(client, source)
     if os.environ.get("DAGSTER_HOME"):
         progress = ledger_progress(config.warehouse, source, root_files)
         with DagsterInstance.get() as instance:
-            quarantined = quarantined_files(instance, source, progress)
+            outcomes = run_outcomes(instance, source, progress)
     else:
-        click.echo("note: DAGSTER_HOME is not set, so quarantined files are not shown", err=True)
-    found = read_source_status(client, source, config.warehouse, wait, root_files, quarantined)
+        click.echo(
+            "note: DAGSTER_HOME is not set, so quarantined files and failed runs are not shown",
+            err=True,
+        )
+    found = read_source_status(client, source, config.warehouse, wait, root_files, outcomes)
     if found.ledger_note:
         click.echo(f"note: {found.ledger_note}", err=True)
     states = found.states
@@ -210,10 +229,12 @@ def confirm(config: KmConfig, source: SourceConfig, workspace: str | None) -> No
         ("sensor", f"{source.name}_file_sensor"),
         ("schedule", f"{source.name}_hourly_import"),
     ):
+        given = click.get_current_context().find_root().obj
         done = subprocess.run(
             [sys.executable, "-m", "dagster", kind, "start", name, *target],
             capture_output=True,
             text=True,
+            env={**os.environ, **({CONFIG_ENV_VAR: given} if given else {})},
         )
         if done.returncode != 0:
             raise CommandFailed(f"could not start {kind} {name}: {done.stderr.strip()[-2000:]}")
@@ -231,13 +252,49 @@ def policy(config: KmConfig, source: SourceConfig) -> None:
 @cli.command(help="upgrade the warehouse to this version's schema, in one transaction")
 @click.option("--wait", type=float, default=120.0, show_default=True, help=WAIT_HELP)
 def upgrade_warehouse(wait: float) -> None:
-    with Warehouse.open(load_config().warehouse, lock_wait_seconds=wait) as warehouse:
+    with Warehouse.open(given_config().warehouse, lock_wait_seconds=wait) as warehouse:
         found = warehouse.upgraded_from
         path = warehouse.database.location
     if found is None or found == SCHEMA_VERSION:
         click.echo(f"{path}: schema version {SCHEMA_VERSION}, nothing to upgrade")
     else:
         click.echo(f"{path}: upgraded from schema version {found} to {SCHEMA_VERSION}, rows kept")
+
+
+SQL_WAIT_HELP = (
+    "seconds to wait for a running import to release a DuckDB warehouse (an import holds it "
+    "for at most its time budget)"
+)
+
+
+@cli.command(help="run a read-only query on the warehouse and print the rows")
+@click.argument("query", required=False)
+@click.option("--csv", "as_csv", is_flag=True, help="print CSV with a header row")
+@click.option("--max-rows", type=int, default=50, show_default=True, help="rows printed")
+@click.option("--wait", type=float, default=330.0, show_default=True, help=SQL_WAIT_HELP)
+def sql(query: str | None, as_csv: bool, max_rows: int, wait: float) -> None:
+    """QUERY, or standard input. A DuckDB file is held only while the query runs, so an
+    import that starts meanwhile waits for it instead of failing, as it would behind a
+    connection left open."""
+    text = query if query is not None else sys.stdin.read()
+    if not text.strip():
+        raise click.UsageError("give a query: kmdagster sql 'SELECT count(*) FROM km_events'")
+    settings = given_config().warehouse
+    with Warehouse.read_only(settings, lock_wait_seconds=wait) as warehouse:
+        if warehouse is None:
+            where = settings.duckdb_path if settings.backend == "duckdb" else "the database"
+            raise CommandFailed(f"the warehouse {where} has no tables yet: nothing is imported")
+        try:
+            frame = warehouse.database.frame(text)
+        except Exception as exc:  # noqa: BLE001  # the database's own message says what is wrong
+            raise CommandFailed(f"the query failed: {str(exc).strip()}") from exc
+    if as_csv:
+        click.echo(frame.write_csv(), nl=False)
+        return
+    shape = {"tbl_rows": max_rows, "tbl_cols": -1, "fmt_str_lengths": 80}
+    with pl.Config(**shape, tbl_hide_dataframe_shape=True):  # type: ignore[arg-type]
+        click.echo(frame)
+    click.echo(f"{frame.height:,} rows")
 
 
 def main(argv: list[str] | None = None) -> int:

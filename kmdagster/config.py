@@ -157,16 +157,23 @@ def config_path_from_env() -> Path:
     return Path(os.environ.get(CONFIG_ENV_VAR) or DEFAULT_CONFIG_FILE)
 
 
-def load_config(path: Path | None = None) -> KmConfig:
-    """Read and validate the configuration file (``KMDAGSTER_CONFIG`` or ./kmdagster.yaml)."""
+def load_config(path: Path | None = None, given_by: str | None = None) -> KmConfig:
+    """Read and validate the configuration file: ``path`` (which ``given_by`` names, such
+    as ``--config``), else ``KMDAGSTER_CONFIG``, else ./kmdagster.yaml."""
+    if path is None and os.environ.get(CONFIG_ENV_VAR):
+        given_by = CONFIG_ENV_VAR
     path = path or config_path_from_env()
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: configuration file not found; set {CONFIG_ENV_VAR} to its path "
-            f"or create {DEFAULT_CONFIG_FILE} in the working directory"
-        ) from None
+        if given_by is not None:
+            fix = f"check the path given by {given_by}"
+        else:
+            fix = (
+                f"create {DEFAULT_CONFIG_FILE} in the working directory, or give its path "
+                f"with --config or {CONFIG_ENV_VAR}"
+            )
+        raise ConfigError(f"{path}: configuration file not found; {fix}") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:

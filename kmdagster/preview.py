@@ -24,7 +24,12 @@ from kmdagster.storage.s3_objects import (
 
 
 class SetupRuleError(RuntimeError):
-    """The bucket holds no matching file with at least one valid line."""
+    """The bucket holds no matching file with at least one valid line. ``preview`` is the
+    first file's, when it was read: its reject reasons say what to fix."""
+
+    def __init__(self, message: str, preview: FilePreview | None = None) -> None:
+        super().__init__(message)
+        self.preview = preview
 
 
 @dataclass(frozen=True)
@@ -115,8 +120,16 @@ def setup_preview(
             )
             warnings = [note, *preview.summary.warnings]
             return replace(preview, summary=replace(preview.summary, warnings=warnings))
-    scope = f"s3://{source.bucket}/{key}" if key is not None else f"any of the {len(files)} files"
+    if key is not None:
+        scope, reasons = f"s3://{source.bucket}/{key}", "its reject reasons are in the preview"
+    else:
+        scope = f"any of the {len(files)} files matching {where}"
+        reasons = (
+            f"the preview shows why each line of {files[0].key} is rejected "
+            f"(`kmdagster preview {source.name} --key KEY` shows another file's)"
+        )
     raise SetupRuleError(
-        f"no valid line in {scope} matching {where} (KISSmetrics' setup rule needs at least "
-        "one); see `kmdagster preview --key KEY` for each line's reject reason and fix the files"
+        f"no valid line in {scope} (KISSmetrics' setup rule needs at least one): {reasons}; "
+        "fix the files and upload them again",
+        preview,
     )

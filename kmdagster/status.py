@@ -8,7 +8,7 @@ schedule imports them: the backlog first, by key, then the finished files);
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -75,16 +75,44 @@ class FileState:
         return data
 
 
+@dataclass(frozen=True)
+class RunFailure:
+    """The latest finished import run of a file failed: which, why, and when it started."""
+
+    run_id: str
+    error: str
+    created: datetime
+
+
+@dataclass(frozen=True)
+class RunOutcomes:
+    """What Dagster's run records say of a source's files (``defs.quarantine`` reads them):
+    the quarantined ones, and those whose latest finished run failed, by key."""
+
+    quarantined: Mapping[str, Quarantine] = field(default_factory=dict)
+    failures: Mapping[str, RunFailure] = field(default_factory=dict)
+
+    def state_of(self, key: str, waiting_since: datetime | None) -> tuple[str, str] | None:
+        """(state, error) the runs give a file at the root that is not complete, if any."""
+        quarantine = self.quarantined.get(key)
+        if quarantine is not None:
+            return "quarantined", quarantine.last_error
+        failure = self.failures.get(key)
+        # A failure before this version was written was another version's.
+        if failure is not None and (waiting_since is None or failure.created >= waiting_since):
+            return "failed", failure.error
+        return None
+
+
 def file_states(
-    root_files: list[S3File],
-    ledger: list[LedgerRow],
-    quarantined: Mapping[str, Quarantine] | None = None,
+    root_files: list[S3File], ledger: list[LedgerRow], outcomes: RunOutcomes | None = None
 ) -> list[FileState]:
     """One state per file version, each root file and each ledger row, in import order.
 
-    ``quarantined`` (by key, from Dagster's run records) marks those keys' root files.
+    ``outcomes`` (from Dagster's run records) marks root files quarantined, or failed with
+    their last run's error whatever failed (the ledger only knows S3 and format errors).
     """
-    quarantined = quarantined or {}
+    outcomes = outcomes or RunOutcomes()
     at_root = {(file.key, file.etag): file for file in root_files}
     root_etag = {file.key: file.etag for file in root_files}
     # The latest version of each key the ledger knows.
@@ -92,6 +120,7 @@ def file_states(
     states = []
     for row in ledger:
         here = (row.file_key, row.file_etag) in at_root
+        waiting_since = at_root[(row.file_key, row.file_etag)].last_modified if here else None
         state = row.status
         error = row.error
         if not row.is_complete and not here:
@@ -102,8 +131,10 @@ def file_states(
             state = "in_progress" if row.next_offset else "pending"
         elif row.status == "archived" and here:
             state = "reimported_identical"
-        elif here and row.file_key in quarantined and not row.is_complete:
-            state, error = "quarantined", quarantined[row.file_key].last_error or error
+        if here and not row.is_complete:
+            from_runs = outcomes.state_of(row.file_key, waiting_since)
+            if from_runs is not None:
+                state, error = from_runs[0], from_runs[1] or error
         states.append(
             FileState(
                 key=row.file_key,
@@ -119,25 +150,25 @@ def file_states(
                 archived_key=row.archived_key,
                 error=error,
                 updated_at=row.updated_at,
-                waiting_since=at_root[(row.file_key, row.file_etag)].last_modified
-                if here
-                else None,
+                waiting_since=waiting_since,
             )
         )
     known = {(row.file_key, row.file_etag) for row in ledger}
-    states.extend(
-        FileState(
-            key=file.key,
-            etag=file.etag,
-            state="quarantined" if file.key in quarantined else "pending",
-            size_bytes=file.size,
-            at_bucket_root=True,
-            error=quarantined[file.key].last_error if file.key in quarantined else None,
-            waiting_since=file.last_modified,
+    for file in root_files:
+        if (file.key, file.etag) in known:
+            continue
+        state, error = outcomes.state_of(file.key, file.last_modified) or ("pending", None)
+        states.append(
+            FileState(
+                key=file.key,
+                etag=file.etag,
+                state=state,
+                size_bytes=file.size,
+                at_bucket_root=True,
+                error=error,
+                waiting_since=file.last_modified,
+            )
         )
-        for file in root_files
-        if (file.key, file.etag) not in known
-    )
     return in_import_order(states)
 
 
@@ -202,11 +233,11 @@ def read_source_status(
     warehouse_settings: WarehouseSettings,
     wait_seconds: float,
     root_files: list[S3File] | None = None,
-    quarantined: Mapping[str, Quarantine] | None = None,
+    outcomes: RunOutcomes | None = None,
 ) -> SourceStatus:
     """List the bucket root (unless given) and read the ledger read-only, waiting up to
-    ``wait_seconds`` for a running import to release it. ``quarantined`` comes from the
-    Dagster instance (``defs.quarantine``)."""
+    ``wait_seconds`` for a running import to release it. ``outcomes`` come from the
+    Dagster instance (``defs.quarantine.run_outcomes``)."""
     if root_files is None:
         root_files = list_root_files(client, source)
     try:
@@ -216,5 +247,5 @@ def read_source_status(
         # An import run holds DuckDB's only write lock, or PostgreSQL does not answer:
         # show what S3 alone can tell.
         note = f"ledger not read: {exc}; files at the root show as pending"
-        return SourceStatus(file_states(root_files, [], quarantined), note)
-    return SourceStatus(file_states(root_files, ledger, quarantined))
+        return SourceStatus(file_states(root_files, [], outcomes), note)
+    return SourceStatus(file_states(root_files, ledger, outcomes))

@@ -123,6 +123,11 @@ class SeaweedS3:
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=15)
+        # The gRPC sockets have no flag: weed names them by port under /tmp. The ports were
+        # this server's, so the sockets named for them are too.
+        for port in self.ports.values():
+            for stale in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                stale.unlink(missing_ok=True)
 
 
 def seaweed_command(data_dir: Path, config_path: Path, ports: dict[str, int]) -> list[str]:
@@ -138,6 +143,9 @@ def seaweed_command(data_dir: Path, config_path: Path, ports: dict[str, int]) ->
         # disk ("no writable volumes"). Volumes are created empty and grow on demand.
         "-volume.max=2000",
         f"-s3.config={config_path}",
+        # Its local sockets default to /tmp, where a stopped server leaves them.
+        f"-filer.localSocket={data_dir / 'filer.sock'}",
+        f"-s3.localSocket={data_dir / 's3.sock'}",
         *(f"-{flag}={port}" for flag, port in ports.items()),
     ]
 

@@ -308,7 +308,10 @@ def test_status_during_an_import_shows_the_bucket_and_says_the_ledger_is_busy(
     assert code == 0
     report = json.loads(out)
     assert [(f["key"], f["state"]) for f in report["files"]] == [("accounts.1.json", "pending")]
-    assert "held by another process" in report["ledger_note"] and "ledger not read" in err
+    # The holder is named, with its command line, and what to do.
+    note = report["ledger_note"]
+    assert f"held by process {holder.pid} (" in note and "print('held'" in note
+    assert "kmdagster sql" in note and "ledger not read" in err
 
 
 def test_confirm_switches_the_sensor_and_schedule_on(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from kmdagster.defs.schedules import pending_keys
 from kmdagster.format.split import MAX_RAW_LINE_CHARS
 from kmdagster.quarantine import Quarantine
 from kmdagster.report import file_states_markdown
-from kmdagster.status import backlog, file_states
+from kmdagster.status import RunFailure, RunOutcomes, backlog, file_states
 from kmdagster.storage.rejects_file import rejects_key_for, write_rejects_file
 from kmdagster.storage.s3_objects import S3AccessError, S3File
 from kmdagster.storage.warehouse import LedgerRow
@@ -245,6 +246,32 @@ def test_sensor_reports_landed_files_and_the_backlog_in_import_order(
     assert float(warned.metadata["oldest_waiting_hours"].value) >= 0.001  # type: ignore[arg-type]
 
 
+def test_a_file_whose_last_run_failed_is_failed_with_that_runs_error() -> None:
+    written = datetime(2026, 11, 26, 9, tzinfo=timezone.utc)
+    partial = LedgerRow(
+        "accounts", "accounts.1.json", '"a"', 10, "in_progress", 4, 1, 1, 0, 0,
+        None, None, None, None, None,
+    )  # fmt: skip
+    root = [
+        S3File("accounts.1.json", '"a"', 10, written),
+        S3File("accounts.2.json", '"b"', 10, written),
+        S3File("accounts.3.json", '"c"', 10, written),
+    ]
+    busy = "the warehouse w.duckdb is held by process 42 (python notebook.py)"
+    failures = {
+        "accounts.1.json": RunFailure("run-1", busy, written + timedelta(minutes=5)),
+        "accounts.2.json": RunFailure("run-2", "boom", written + timedelta(minutes=6)),
+        # This failure was an earlier version's: the file was written again since.
+        "accounts.3.json": RunFailure("run-3", "old", written - timedelta(minutes=1)),
+    }
+    states = {s.key: s for s in file_states(root, [partial], RunOutcomes(failures=failures))}
+    assert (states["accounts.1.json"].state, states["accounts.1.json"].error) == ("failed", busy)
+    assert states["accounts.1.json"].next_offset == 4  # it resumes there
+    assert (states["accounts.2.json"].state, states["accounts.2.json"].error) == ("failed", "boom")
+    assert (states["accounts.3.json"].state, states["accounts.3.json"].error) == ("pending", None)
+    assert [s.queue_position for s in states.values()] == [1, 2, 3]  # still in the backlog
+
+
 def test_a_file_back_at_the_root_with_imported_content_is_reimported_identical() -> None:
     archived = LedgerRow(
         "accounts", "accounts.1.json", '"a"', 10, "archived", 10, 1, 1, 0, 0,
@@ -253,7 +280,7 @@ def test_a_file_back_at_the_root_with_imported_content_is_reimported_identical()
     root = [S3File("accounts.1.json", '"a"', 10), S3File("accounts.2.json", '"b"', 10)]
     quarantined = {"accounts.2.json": Quarantine("accounts.2.json", 3, "run-id", "Access Denied")}
 
-    states = file_states(root, [archived], quarantined)
+    states = file_states(root, [archived], RunOutcomes(quarantined=quarantined))
 
     by_key = {s.key: s for s in states}
     again = by_key["accounts.1.json"]

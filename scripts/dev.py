@@ -1,8 +1,9 @@
 """Run kmdagster locally: SeaweedFS on 127.0.0.1 with a demo bucket, then `dagster dev`.
 
-Everything lives under .kmdagster/ (fresh SeaweedFS data each start, DuckDB warehouse,
-Dagster home). The demo source is confirmed with `kmdagster confirm` before the UI starts
-(set KMDAGSTER_DEV_CONFIRM=0 to walk through setup yourself). Ctrl-C, SIGINT or SIGTERM
+Everything lives under .kmdagster/ (SeaweedFS data, the DuckDB warehouse, the Dagster
+home), all made anew at each start so every start gives the same demo. The demo source
+is confirmed with `kmdagster confirm` before the UI starts (set KMDAGSTER_DEV_CONFIRM=0
+to walk through setup yourself). Ctrl-C, SIGINT or SIGTERM
 stops everything within a few seconds, leaving no process behind.
 `.kmdagster/dev.env` holds the endpoint and the generated credentials for the AWS CLI and
 the kmdagster commands (`source .kmdagster/dev.env`); they are never printed.
@@ -153,7 +154,13 @@ def run(started: ExitStack) -> int:
         secrets.token_hex(20),
         ("Admin", "Read", "List", "Tagging", "Write"),
     )
-    shutil.rmtree(STATE / "seaweedfs", ignore_errors=True)
+    # Every start gives the same demo: the bucket, the warehouse and the instance are made
+    # anew together (a warehouse or instance kept beside a fresh bucket would show
+    # archived files whose archive copies are gone).
+    for kept in ("seaweedfs", "dagster_home"):
+        shutil.rmtree(STATE / kept, ignore_errors=True)
+    for warehouse_file in STATE.glob("warehouse.duckdb*"):
+        warehouse_file.unlink()
     server = SeaweedS3(STATE / "seaweedfs", (identity,), ports=dev_ports())
     servers = start_seaweed(started, server)
     client = server.client(identity)

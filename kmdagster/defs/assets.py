@@ -34,6 +34,7 @@ from kmdagster.config import SourceConfig
 from kmdagster.defs.checks import data_check_results, data_check_specs, table_key
 from kmdagster.defs.metadata import archive_metadata, progress_metadata, table_metadata
 from kmdagster.defs.resources import WarehouseResource
+from kmdagster.defs.runs import OUTCOME_TAG
 from kmdagster.faults import crash_point
 from kmdagster.importer import ImportReport, import_file, retire_replaced_versions
 from kmdagster.status import list_root_files
@@ -127,10 +128,15 @@ def _report_progress(
         )
     )
     if not report.complete:
-        context.log.info(
+        # Shown at the top of the run page, above Dagster's line about the archive step
+        # skipped for want of the (not yet materialized) tables.
+        stopped = f"stopped on budget at {report.ledger.percent_done:g}%"
+        context.instance.add_run_tags(context.run.run_id, {OUTCOME_TAG: stopped})
+        context.log.warning(
             f"time budget of {source.time_budget_seconds}s used: stopped at byte "
             f"{report.ledger.next_offset} of {report.ledger.size_bytes}; "
-            "the next scheduled run resumes there"
+            "the next scheduled run resumes there (the archive step is skipped until the "
+            "file is complete)"
         )
 
 

@@ -8,7 +8,6 @@ happens: a stopped schedule, a stuck file), and it can be executed from the UI.
 """
 
 import hashlib
-from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -25,11 +24,11 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import SourceConfig, WarehouseSettings
-from kmdagster.defs.quarantine import ledger_progress, quarantined_files
+from kmdagster.defs.quarantine import ledger_progress, run_outcomes
 from kmdagster.defs.resources import WarehouseResource
-from kmdagster.quarantine import Quarantine
 from kmdagster.report import file_states_markdown
 from kmdagster.status import (
+    RunOutcomes,
     SourceStatus,
     backlog,
     list_root_files,
@@ -71,11 +70,11 @@ def read_backlog_outcome(
     client: Any,
     source: SourceConfig,
     warehouse: WarehouseSettings,
-    quarantined: Mapping[str, Quarantine],
+    outcomes: RunOutcomes,
     root_files: list[S3File] | None = None,
 ) -> tuple[bool, dict[str, Any]]:
     status = read_source_status(
-        client, source, warehouse, LEDGER_WAIT_SECONDS, root_files, quarantined
+        client, source, warehouse, LEDGER_WAIT_SECONDS, root_files, outcomes
     )
     return backlog_outcome(source, status, datetime.now(timezone.utc))
 
@@ -118,8 +117,8 @@ def build_backlog_check(source: SourceConfig, file_key: AssetKey) -> AssetChecks
         client, settings = km_s3.get_client(), km_warehouse.settings
         root_files = list_root_files(client, source)
         progress = ledger_progress(settings, source, root_files)
-        quarantined = quarantined_files(context.instance, source, progress)
-        passed, metadata = read_backlog_outcome(client, source, settings, quarantined, root_files)
+        outcomes = run_outcomes(context.instance, source, progress)
+        passed, metadata = read_backlog_outcome(client, source, settings, outcomes, root_files)
         return AssetCheckResult(passed=passed, metadata=metadata, severity=AssetCheckSeverity.WARN)
 
     return backlog_check

@@ -22,6 +22,7 @@ from dagster import (
     DagsterInstance,
     DagsterRunStatus,
     MetadataValue,
+    RunRecord,
     RunsFilter,
     asset_check,
 )
@@ -33,7 +34,7 @@ from kmdagster.defs.resources import WarehouseResource
 from kmdagster.defs.runs import SOURCE_TAG
 from kmdagster.quarantine import FinishedRun, Quarantine, quarantine_of
 from kmdagster.report import markdown_table
-from kmdagster.status import list_root_files
+from kmdagster.status import RunFailure, RunOutcomes, list_root_files
 from kmdagster.storage.database import WarehouseSchemaError, WarehouseUnavailable
 from kmdagster.storage.s3_objects import S3File
 from kmdagster.storage.warehouse import Warehouse
@@ -177,6 +178,44 @@ def quarantined_files(
     )
     found = (quarantine_for_key(instance, source, key, progress) for key in keys)
     return {q.key: q for q in found if q is not None}
+
+
+def last_run_failures(
+    instance: DagsterInstance, source: SourceConfig, limit: int = RECENT_FAILURES
+) -> dict[str, RunFailure]:
+    """Each file whose latest finished import run (among the source's last ``limit``) failed,
+    with that run's error, whatever failed: the warehouse, S3 or the code."""
+    records = instance.get_run_records(
+        RunsFilter(
+            tags={SOURCE_TAG: source.name},
+            statuses=[DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE],
+        ),
+        limit=limit,
+    )
+    latest: dict[str, RunRecord] = {}
+    for record in records:  # newest first
+        key = record.dagster_run.tags.get(PARTITION_TAG)
+        if key is not None:
+            latest.setdefault(key, record)
+    return {
+        key: RunFailure(
+            run_id=record.dagster_run.run_id,
+            error=failure_message(instance, record.dagster_run.run_id),
+            created=record.create_timestamp,
+        )
+        for key, record in latest.items()
+        if record.dagster_run.status == DagsterRunStatus.FAILURE
+    }
+
+
+def run_outcomes(
+    instance: DagsterInstance, source: SourceConfig, progress: RunProgress
+) -> RunOutcomes:
+    """The source's quarantined files and files whose last run failed, for its states."""
+    return RunOutcomes(
+        quarantined=quarantined_files(instance, source, progress),
+        failures=last_run_failures(instance, source),
+    )
 
 
 def lift_quarantine(instance: DagsterInstance, source: SourceConfig, key: str, by: str) -> None:

@@ -17,6 +17,8 @@ WAREHOUSE_TAG = "kmdagster/warehouse"
 # Dagster's run monitoring fails a run still going after this many seconds, which is how a
 # run whose process died (kill -9, lost node) stops blocking its source's schedule.
 MAX_RUNTIME_TAG = "dagster/max_runtime"
+# Set by an import run that stopped on its time budget: what its run page says first.
+OUTCOME_TAG = "kmdagster/outcome"
 
 ACTIVE_RUN_STATUSES = [
     DagsterRunStatus.QUEUED,

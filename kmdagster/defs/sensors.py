@@ -39,7 +39,7 @@ from kmdagster.defs.quarantine import (
     QUARANTINE_CHECK,
     ledger_progress,
     quarantine_evaluation,
-    quarantined_files,
+    run_outcomes,
 )
 from kmdagster.defs.resources import WarehouseResource
 from kmdagster.storage.s3_objects import FilePattern, S3File, list_matching_files
@@ -94,8 +94,9 @@ def health_events(
 ) -> tuple[list[AssetCheckEvaluation], SensorCursor]:
     """The backlog and quarantine checks, each where it changed since ``reported`` (both
     after an error, which left them red)."""
-    quarantined = quarantined_files(instance, source, ledger_progress(settings, source, listed))
-    passed, metadata = read_backlog_outcome(client, source, settings, quarantined, listed)
+    outcomes = run_outcomes(instance, source, ledger_progress(settings, source, listed))
+    quarantined = dict(outcomes.quarantined)
+    passed, metadata = read_backlog_outcome(client, source, settings, outcomes, listed)
     # Without the ledger (an import holds it) the table would be partial: report later.
     ledger_read = "ledger_note" not in metadata
     recovered = bool(reported.health_error)

@@ -31,7 +31,7 @@ from kmdagster.defs.resources import WarehouseResource
 from kmdagster.preview import FilePreview, SetupRuleError, setup_preview
 from kmdagster.report import check_markdown, preview_markdown
 from kmdagster.storage.permissions import PermissionResult, check_permissions
-from kmdagster.storage.s3_objects import FilePattern, S3AccessError
+from kmdagster.storage.s3_objects import FilePattern, S3AccessError, S3SetupError
 from kmdagster.storage.warehouse import WarehouseUnavailable
 
 PERMISSION_CHECK = "s3_permissions"
@@ -107,7 +107,15 @@ def build_permission_check(source: SourceConfig) -> AssetChecksDefinition:
         ),
     )
     def s3_permissions(context: AssetCheckExecutionContext, km_s3: S3Resource) -> AssetCheckResult:
-        results = check_permissions(km_s3.get_client(), source.bucket, pattern)
+        try:
+            results = check_permissions(km_s3.get_client(), source.bucket, pattern)
+        except S3SetupError as exc:  # no permission is in question: say what is
+            return AssetCheckResult(
+                passed=False,
+                severity=AssetCheckSeverity.ERROR,
+                description=str(exc),
+                metadata={"error": str(exc)},
+            )
         return AssetCheckResult(
             passed=all(result.passed for result in results),
             severity=AssetCheckSeverity.ERROR,

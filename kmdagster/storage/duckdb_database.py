@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -41,10 +42,28 @@ def connect_waiting(
                 raise
             if time.monotonic() > deadline:
                 raise WarehouseBusy(
-                    f"the warehouse {path} is held by another process (an import run?) "
-                    f"for over {lock_wait_seconds:.0f}s; try again when it finishes"
+                    f"the warehouse {path} was held by {lock_holder(str(exc))} for over "
+                    f"{lock_wait_seconds:.0f}s. A DuckDB file admits one process at a time, "
+                    "and any open connection holds it, read-only ones too (a notebook, the "
+                    "DuckDB CLI): close it, or query with `kmdagster sql`, which holds the "
+                    "file only while its query runs"
                 ) from exc
             time.sleep(0.5)
+
+
+def lock_holder(lock_error: str) -> str:
+    """The process DuckDB's lock error names, with its command line when it is readable
+    here (the same machine): an import run and an analyst's notebook read differently."""
+    found = re.search(r"held in (.+?) \(PID (\d+)\)", lock_error)
+    if found is None:
+        return "another process"
+    program, pid = found.groups()
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        command = " ".join(part.decode(errors="replace") for part in raw.split(b"\0") if part)
+    except OSError:
+        command = program
+    return f"process {pid} ({command[:160] or program})"
 
 
 def is_empty_file(path: Path) -> bool:

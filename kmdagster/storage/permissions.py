@@ -17,6 +17,7 @@ from kmdagster.storage.s3_objects import (
     ARCHIVE_PREFIX,
     FilePattern,
     S3AccessError,
+    S3SetupError,
     describe_client_error,
     list_matching_files,
 )
@@ -98,7 +99,11 @@ class PermissionResult:
 
 
 def check_permissions(client: Any, bucket: str, pattern: FilePattern) -> list[PermissionResult]:
-    """Try list, read, delete, write and abort against ``bucket``; one result per permission."""
+    """Try list, read, delete, write and abort against ``bucket``; one result per permission.
+
+    Raises ``S3SetupError`` when the bucket does not exist or the credentials are refused:
+    then every probe would fail for that one reason, and no permission is in question.
+    """
     by_name = {permission.name: permission for permission in PERMISSIONS}
     results: dict[str, PermissionResult] = {}
     token = uuid.uuid4().hex
@@ -118,6 +123,8 @@ def check_permissions(client: Any, bucket: str, pattern: FilePattern) -> list[Pe
         first_file = next(iter(list_matching_files(client, bucket, pattern)), None)
         listed = True
         results["list"] = PermissionResult(by_name["list"], True, f"listed s3://{bucket}")
+    except S3SetupError:
+        raise
     except S3AccessError as exc:
         first_file, listed = None, False
         results["list"] = PermissionResult(by_name["list"], False, str(exc))

@@ -34,6 +34,14 @@ class S3AccessError(RuntimeError):
     """A permanent S3 error, described with bucket, key and the fix."""
 
 
+class S3SetupError(S3AccessError):
+    """Nothing of the bucket can be reached: it does not exist, or the credentials were
+    refused. No permission can be judged until that is fixed."""
+
+
+SETUP_ERROR_CODES = ("NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken")
+
+
 @dataclass(frozen=True)
 class S3File:
     key: str
@@ -77,13 +85,16 @@ def describe_client_error(
         needed = PERMISSION_OF_OPERATION.get(operation, "the S3 permission for " + operation)
         return f"{operation} on {where} was denied: grant {needed} to the importing identity"
     if code == "NoSuchBucket":
-        return f"{operation}: bucket {bucket!r} does not exist; check the source's bucket name"
+        return (
+            f"{operation}: bucket {bucket!r} does not exist; check the source's bucket name "
+            "(sources[].bucket) and s3.endpoint_url / s3.region_name"
+        )
     if code in ("NoSuchKey", "404", "NotFound"):
         return f"{operation}: {where} does not exist (deleted or moved while queued)"
     if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"):
         return (
             f"{operation} on {where}: the AWS credentials were refused ({code}); "
-            "check the AWS_* environment variables or the profile"
+            "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
         )
     message = exc.response.get("Error", {}).get("Message", "")
     return f"{operation} on {where} failed: {code} {message}".strip()
@@ -112,7 +123,9 @@ def list_matching_files(client: Any, bucket: str, pattern: FilePattern) -> Itera
                         last_modified=item.get("LastModified"),
                     )
     except ClientError as exc:
-        raise S3AccessError(describe_client_error(exc, "ListObjectsV2", bucket)) from exc
+        code = exc.response.get("Error", {}).get("Code")
+        error = S3SetupError if code in SETUP_ERROR_CODES else S3AccessError
+        raise error(describe_client_error(exc, "ListObjectsV2", bucket)) from exc
 
 
 def _require_bucket(client: Any, bucket: str) -> None:
