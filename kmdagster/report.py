@@ -182,3 +182,33 @@ def reject_reasons_markdown(reasons: pl.DataFrame) -> str:
         for i, (line_no, example) in enumerate(zip(first_lines, examples, strict=True)):
             rows.append([reason if i == 0 else "", lines if i == 0 else "", line_no, example])
     return markdown_table(["reason", "lines", "line", "line as sent"], rows)
+
+
+# The states an analyst looks for first, in that order, each with its files listed.
+GLANCE_STATES = ("in_progress", "failed", "quarantined", "pending", "imported")
+GLANCE_FILES = 5  # files named per state; the rest are counted
+
+
+def _at_a_glance(state: FileState) -> str:
+    if state.state in ("failed", "quarantined") and state.error:
+        return f"{state.key}: {state.error[:200]}"
+    progress = _progress(state)
+    return f"{state.key} {progress}" if progress and state.state != "imported" else state.key
+
+
+def file_states_at_a_glance(states: list[FileState]) -> dict[str, int | str]:
+    """Counts per state and the files in each, as plain values the UI shows inline."""
+    waiting = [s for s in states if s.at_bucket_root]
+    summary: dict[str, int | str] = {}
+    queued = [s for s in waiting if s.queue_position is not None]
+    if queued:
+        summary["next_file"] = _at_a_glance(min(queued, key=lambda s: s.queue_position or 0))
+    for name in GLANCE_STATES:
+        files = [s for s in waiting if s.state == name]
+        summary[f"{name}_files"] = len(files)
+        if files:
+            listed = "; ".join(_at_a_glance(s) for s in files[:GLANCE_FILES])
+            more = len(files) - GLANCE_FILES
+            summary[name] = listed + (f"; and {more:,} more" if more > 0 else "")
+    summary["archived_files"] = sum(1 for s in states if s.state == "archived")
+    return summary

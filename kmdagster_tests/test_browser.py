@@ -146,6 +146,22 @@ def test_an_analyst_sees_file_states_row_counts_and_checks(
         page.wait_for_timeout(2_000)  # let the graph lay itself out
         page.screenshot(path=str(shots / "lineage.png"))
 
+        # One click on the graph: every file's state, counted and named, no dialog to open;
+        # the file part imported reads apart from the one not started.
+        page.get_by_text("file_states", exact=True).first.click()
+
+        def sidebar_row(name: str) -> Any:
+            return page.locator("tr").filter(has=page.get_by_text(name, exact=True)).first
+
+        expect(sidebar_row("in_progress")).to_contain_text(IN_PROGRESS_KEY)
+        expect(sidebar_row("in_progress")).to_contain_text("resume at byte")
+        expect(sidebar_row("pending")).to_contain_text(PENDING_KEY)
+        expect(sidebar_row("pending")).not_to_contain_text(IN_PROGRESS_KEY)
+        for name, count in (("archived_files", 1), ("failed_files", 0), ("quarantined_files", 0)):
+            expect(sidebar_row(name)).to_contain_text(str(count))
+        page.wait_for_timeout(1_000)  # the sidebar settles
+        page.screenshot(path=str(shots / "file-states-glance.png"))
+
         # Every registered file is a materialized partition of the file asset.
         page.goto(f"{url}/assets/accounts/s3_file?view=partitions")
         expect(page.get_by_text("Materialized (3)")).to_be_visible()

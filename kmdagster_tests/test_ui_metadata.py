@@ -26,7 +26,7 @@ from kmdagster.defs.factory import build_definitions
 from kmdagster.defs.schedules import pending_keys
 from kmdagster.format.split import MAX_RAW_LINE_CHARS
 from kmdagster.quarantine import Quarantine
-from kmdagster.report import file_states_markdown
+from kmdagster.report import file_states_at_a_glance, file_states_markdown
 from kmdagster.status import RunFailure, RunOutcomes, backlog, file_states
 from kmdagster.storage.rejects_file import rejects_key_for, write_rejects_file
 from kmdagster.storage.s3_objects import S3AccessError, S3File
@@ -222,8 +222,11 @@ def test_sensor_reports_landed_files_and_the_backlog_in_import_order(
         result = sensor(context)
 
     assert isinstance(result, SensorResult)
-    landed = [e for e in result.asset_events if isinstance(e, AssetMaterialization)]
+    materialized = [e for e in result.asset_events if isinstance(e, AssetMaterialization)]
+    landed = [e for e in materialized if e.asset_key.path[-1] == "s3_file"]
     assert sorted(str(e.partition) for e in landed) == sorted(keys)
+    [glance] = [e for e in materialized if e.asset_key.path[-1] == "file_states"]
+    assert glance.metadata["pending_files"].value == len(keys)
     assert {e.asset_key.path[-1] for e in landed} == {"s3_file"}
     checks = {e.check_name: e for e in result.asset_events if isinstance(e, AssetCheckEvaluation)}
     backlog = checks["backlog"]
@@ -270,6 +273,39 @@ def test_a_file_whose_last_run_failed_is_failed_with_that_runs_error() -> None:
     assert (states["accounts.2.json"].state, states["accounts.2.json"].error) == ("failed", "boom")
     assert (states["accounts.3.json"].state, states["accounts.3.json"].error) == ("pending", None)
     assert [s.queue_position for s in states.values()] == [1, 2, 3]  # still in the backlog
+
+
+def test_the_file_states_at_a_glance_name_each_state_apart() -> None:
+    root = [S3File(f"accounts.{n}.json", f'"{n}"', 10) for n in range(1, 10)]
+    partial = LedgerRow(
+        "accounts", "accounts.1.json", '"1"', 10, "in_progress", 4, 1, 1, 0, 0,
+        None, None, None, None, None,
+    )  # fmt: skip
+    archived = LedgerRow(
+        "accounts", "accounts.0.json", '"0"', 10, "archived", 10, 1, 1, 0, 0,
+        None, None, "completed_imports/2026/11/26/accounts.0.json", None, None,
+    )  # fmt: skip
+    outcomes = RunOutcomes(
+        quarantined={"accounts.3.json": Quarantine("accounts.3.json", 3, "r3", "Access Denied")},
+        failures={
+            "accounts.2.json": RunFailure("r2", "the warehouse is busy", datetime.now(timezone.utc))
+        },
+    )
+    glance = file_states_at_a_glance(file_states(root, [partial, archived], outcomes))
+    assert glance["next_file"] == glance["in_progress"] == "accounts.1.json 40% (resume at byte 4)"
+    assert glance["failed"] == "accounts.2.json: the warehouse is busy"
+    assert glance["quarantined"] == "accounts.3.json: Access Denied"
+    assert glance["pending"] == (
+        "accounts.4.json; accounts.5.json; accounts.6.json; accounts.7.json; accounts.8.json; "
+        "and 1 more"
+    )
+    assert (glance["in_progress_files"], glance["failed_files"], glance["pending_files"]) == (
+        1,
+        1,
+        6,
+    )
+    assert glance["quarantined_files"] == glance["archived_files"] == 1
+    assert glance["imported_files"] == 0 and "imported" not in glance
 
 
 def test_a_file_back_at_the_root_with_imported_content_is_reimported_identical() -> None:

@@ -65,6 +65,27 @@ def file_asset_key(source: SourceConfig) -> AssetKey:
     return AssetKey([source.name, "s3_file"])
 
 
+def file_states_key(source: SourceConfig) -> AssetKey:
+    return AssetKey([source.name, "file_states"])
+
+
+def build_file_states_spec(source: SourceConfig) -> AssetSpec:
+    """``<source>/file_states``: every file's state in plain values, materialized by the
+    file sensor whenever one changes. Its own asset so that the graph's sidebar shows the counts
+    and the files in progress, failed or quarantined on a click, with no dialog to open."""
+    return AssetSpec(
+        key=file_states_key(source),
+        deps=[file_asset_key(source)],
+        description=(
+            "The files of this source by state (in_progress, failed, quarantined, pending, "
+            "imported, archived): counts and names, the next file first. Materialized by "
+            f"{source.name}_file_sensor whenever a file's state changes; the backlog check "
+            "of s3_file has the full table."
+        ),
+        group_name=source.name,
+    )
+
+
 def archive_asset_key(source: SourceConfig) -> AssetKey:
     return AssetKey([source.name, "archived_file"])
 

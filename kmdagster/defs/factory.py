@@ -5,7 +5,7 @@ from __future__ import annotations
 from dagster import Definitions
 
 from kmdagster.config import KmConfig, SourceConfig, WarehouseSettings
-from kmdagster.defs.assets import build_source_assets, file_asset_key
+from kmdagster.defs.assets import build_file_states_spec, build_source_assets, file_asset_key
 from kmdagster.defs.backlog import build_backlog_check
 from kmdagster.defs.jobs import build_import_job
 from kmdagster.defs.partitions import files_partitions
@@ -22,7 +22,13 @@ def build_source_definitions(source: SourceConfig, warehouse: WarehouseSettings)
     assets = build_source_assets(source, partitions, warehouse.backend)
     job = build_import_job(source, assets, warehouse.backend)
     return Definitions(
-        assets=[assets.file, assets.tables, assets.archive, build_preview_asset(source)],
+        assets=[
+            assets.file,
+            assets.tables,
+            assets.archive,
+            build_file_states_spec(source),
+            build_preview_asset(source),
+        ],
         asset_checks=[
             build_permission_check(source),
             build_backlog_check(source, file_asset_key(source)),

@@ -8,6 +8,7 @@ of quarantined files changed.
 
 import json
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 from dagster import (
@@ -28,11 +29,13 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import SourceConfig, WarehouseSettings
+from kmdagster.defs.assets import file_states_key
 from kmdagster.defs.backlog import (
     BACKLOG_CHECK,
+    LEDGER_WAIT_SECONDS,
     backlog_evaluation,
+    backlog_outcome,
     outcome_fingerprint,
-    read_backlog_outcome,
 )
 from kmdagster.defs.partitions import files_partitions_name, is_valid_partition_key
 from kmdagster.defs.quarantine import (
@@ -42,6 +45,8 @@ from kmdagster.defs.quarantine import (
     run_outcomes,
 )
 from kmdagster.defs.resources import WarehouseResource
+from kmdagster.report import file_states_at_a_glance
+from kmdagster.status import read_source_status
 from kmdagster.storage.s3_objects import FilePattern, S3File, list_matching_files
 
 
@@ -91,12 +96,14 @@ def health_events(
     settings: WarehouseSettings,
     listed: list[S3File],
     reported: SensorCursor,
-) -> tuple[list[AssetCheckEvaluation], SensorCursor]:
+) -> tuple[list[AssetCheckEvaluation | AssetMaterialization], SensorCursor]:
     """The backlog and quarantine checks, each where it changed since ``reported`` (both
-    after an error, which left them red)."""
+    after an error, which left them red), and the file states at a glance with the
+    backlog."""
     outcomes = run_outcomes(instance, source, ledger_progress(settings, source, listed))
     quarantined = dict(outcomes.quarantined)
-    passed, metadata = read_backlog_outcome(client, source, settings, outcomes, listed)
+    status = read_source_status(client, source, settings, LEDGER_WAIT_SECONDS, listed, outcomes)
+    passed, metadata = backlog_outcome(source, status, datetime.now(timezone.utc))
     # Without the ledger (an import holds it) the table would be partial: report later.
     ledger_read = "ledger_note" not in metadata
     recovered = bool(reported.health_error)
@@ -104,9 +111,16 @@ def health_events(
         backlog=outcome_fingerprint(passed, metadata) if ledger_read else reported.backlog,
         quarantine=",".join(sorted(quarantined)),
     )
-    events = []
+    events: list[AssetCheckEvaluation | AssetMaterialization] = []
     if cursor.backlog != reported.backlog or (recovered and ledger_read):
         events.append(backlog_evaluation(file_key, passed, metadata))
+        events.append(
+            AssetMaterialization(
+                asset_key=file_states_key(source),
+                description=f"every {source.name} file's state, as the file sensor saw it",
+                metadata=file_states_at_a_glance(status.states),
+            )
+        )
     if cursor.quarantine != reported.quarantine or reported.is_new or recovered:
         events.append(quarantine_evaluation(source, quarantined))
     return events, cursor
