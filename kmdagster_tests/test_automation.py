@@ -77,6 +77,9 @@ def test_sensor_registers_matching_keys_once(
     assert request.partitions_def_name == "accounts_files"
     assert sorted(request.partition_keys or []) == sorted(keys)
     instance.add_dynamic_partitions("accounts_files", list(request.partition_keys or []))
+    # Dagster logs a tick without run requests as skipped: with what the sensor did.
+    assert result.skip_reason is not None
+    assert (result.skip_reason.skip_message or "").startswith("registered 3 new files (")
 
     # Nothing new and the file states unchanged since the cursor's report: a skip.
     again = evaluate_sensor(defs, instance, cursor=result.cursor)

@@ -217,10 +217,16 @@ def build_file_sensor(
                 f"no new keys matching {pattern.describe()} in s3://{source.bucket} "
                 f"({len(listed)} listed, all registered); file states unchanged"
             )
+        # A sensor that requests no run is a skipped tick to Dagster: say what it did instead
+        # of Dagster's "returned an empty result".
+        did = [f"registered {len(to_add)} new files ({', '.join(to_add[:3])})"] if to_add else []
+        if checks:
+            did.append("reported the file states")
         return SensorResult(
             dynamic_partitions_requests=[partitions.build_add_request(to_add)] if to_add else [],
             asset_events=events,
             cursor=cursor.serialize(),
+            skip_reason=SkipReason("; ".join(did or ["nothing new"]) + "; the schedule imports"),
         )
 
     return file_sensor
