@@ -206,8 +206,14 @@ def run(started: ExitStack) -> int:
             return 1
     print(f"Dagster UI on http://127.0.0.1:{WEB_PORT} (Ctrl-C stops everything)", flush=True)
     dagster = Path(sys.executable).with_name("dagster")
+    # The terminal shows INFO and up; KMDAGSTER_DEV_DEBUG=1 shows every event, as the UI does.
+    debug = os.environ.get("KMDAGSTER_DEV_DEBUG") == "1"
+    env["KMDAGSTER_RUN_LOG_LEVEL"] = "DEBUG" if debug else "INFO"
     web = subprocess.Popen(
-        [str(dagster), "dev", "-h", "127.0.0.1", "-p", str(WEB_PORT), "-w", "workspace.yaml"],
+        [
+            *(str(dagster), "dev", "-h", "127.0.0.1", "-p", str(WEB_PORT), "-w", "workspace.yaml"),
+            *("--log-level", "debug" if debug else "info"),
+        ],
         cwd=ROOT,
         env=env,
         start_new_session=True,  # its own process group, stopped as one

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from dagster import AssetSelection, define_asset_job, in_process_executor
@@ -14,6 +15,16 @@ if TYPE_CHECKING:
     from kmdagster.dagster_internals import AssetJob
 
 
+RUN_LOG_LEVEL_ENV = "KMDAGSTER_RUN_LOG_LEVEL"
+
+
+def run_log_level() -> str:
+    level = os.environ.get(RUN_LOG_LEVEL_ENV, "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError(f"{RUN_LOG_LEVEL_ENV}={level!r}: use DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
 def build_import_job(source: SourceConfig, assets: SourceAssets, backend: str) -> AssetJob:
     """``<source>_import_job``. In-process: a DuckDB file admits one writing process, and
     the import and the archive, one after the other, need no process each."""
@@ -24,5 +35,8 @@ def build_import_job(source: SourceConfig, assets: SourceAssets, backend: str) -
         # Run-queue limits key on these tags (one run per source, one per DuckDB file);
         # run monitoring fails a run that outlives its max runtime (a dead process).
         tags=import_run_tags(source, backend),
+        # Every event still goes to the event log; the run's console (a terminal under
+        # `dagster dev`, a pod's log) shows INFO and up unless KMDAGSTER_RUN_LOG_LEVEL says.
+        config={"loggers": {"console": {"config": {"log_level": run_log_level()}}}},
         description=f"Imports one file of source {source.name!r} and archives it when complete.",
     )
