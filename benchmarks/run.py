@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.generate import write_file, write_invalid_file  # noqa: E402
+from kmdagster import IMPORT_ENVIRONMENT  # noqa: E402
 from kmdagster.config import DEFAULT_CHUNK_BYTES  # noqa: E402
 from kmdagster.storage.piece_reader import PIECE_BYTES  # noqa: E402
 from kmdagster_tests.seaweed import Identity, SeaweedS3  # noqa: E402
@@ -40,7 +41,7 @@ def child(args: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.measure", *args],
         cwd=ROOT,
-        env={**os.environ, **(env or {})},
+        env={**IMPORT_ENVIRONMENT, **os.environ, **(env or {})},
         capture_output=True,
         text=True,
     )

@@ -6,6 +6,7 @@ in a directory of its own and requires signed requests (an identities file).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,19 +170,42 @@ def identities_document(identities: tuple[Identity, ...]) -> dict[str, Any]:
 # Under pytest-xdist each worker takes ports from a block of its own below Linux's
 # ephemeral range (32768-60999): between the check that a port is free and its server
 # binding it, neither another worker nor the kernel (for an outgoing connection) can take
-# it. Elsewhere (make dev, the soak test, a single pytest process) the kernel picks. Only
-# the worker itself turns this on (conftest.py): its subprocesses keep the kernel's pick,
-# so they never draw a port the worker handed out for them to bind later.
-WORKER_PORTS_START = 10_000
-WORKER_BLOCK = 1_500
+# it. The range is split by the number of workers, so blocks never overlap whatever the
+# core count, and each port handed out is also reserved with a lock file held for the
+# worker's life, so a second test run on the same machine skips it. Elsewhere (make dev,
+# the soak test, a single pytest process) the kernel picks. Only the worker itself turns
+# this on (conftest.py): its subprocesses keep the kernel's pick, so they never draw a
+# port the worker handed out for them to bind later.
+WORKER_PORTS = range(10_000, 32_768)
+PORT_LOCKS = Path(tempfile.gettempdir()) / "kmdagster-test-ports"
 _worker_block: list[int] = []  # the ports of this process's block not yet handed out
+_held_locks: list[Any] = []  # open lock files: the reservations end with the process
 
 
-def use_worker_ports(worker_name: str | None) -> None:
+def worker_block(worker_name: str, worker_count: int) -> range:
+    """Worker ``gwN``'s share of ``WORKER_PORTS``, one of ``worker_count`` equal blocks."""
+    size = len(WORKER_PORTS) // max(worker_count, 1)
+    start = WORKER_PORTS.start + size * int(worker_name[2:])
+    return range(start, start + size)
+
+
+def use_worker_ports(worker_name: str | None, worker_count: str | None = None) -> None:
     """Hand out ports from pytest-xdist worker ``worker_name``'s (gw0, gw1, ...) block."""
     if worker_name and worker_name.startswith("gw"):
-        start = WORKER_PORTS_START + WORKER_BLOCK * (int(worker_name[2:]) % 15)
-        _worker_block[:] = range(start, start + WORKER_BLOCK)  # 15 blocks end below 32,768
+        _worker_block[:] = worker_block(worker_name, int(worker_count or "1"))
+
+
+def _reserve(port: int) -> bool:
+    """Hold ``port``'s lock file for this process's life; False if another process does."""
+    PORT_LOCKS.mkdir(exist_ok=True)
+    lock = (PORT_LOCKS / str(port)).open("a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        return False
+    _held_locks.append(lock)
+    return True
 
 
 def free_ports(count: int) -> list[int]:
@@ -206,6 +231,8 @@ def worker_ports(count: int) -> list[int]:
         if not _worker_block:
             raise RuntimeError("this pytest worker has handed out every port of its block")
         port = _worker_block.pop(0)
+        if not _reserve(port):
+            continue  # handed out by a worker of another test run
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))

@@ -22,7 +22,7 @@ from kmdagster.defs.factory import build_definitions
 from kmdagster.defs.runs import SOURCE_TAG
 from kmdagster.defs.schedules import pending_keys
 from kmdagster.defs.sensors import new_partition_keys
-from kmdagster_tests.conftest import make_config
+from kmdagster_tests.helpers import make_config
 from kmdagster_tests.seaweed import SeaweedS3
 
 TICK = datetime(2026, 11, 26, 9, 0, tzinfo=timezone.utc)

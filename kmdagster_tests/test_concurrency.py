@@ -16,7 +16,7 @@ from kmdagster.defs.runs import SOURCE_TAG, WAREHOUSE_TAG
 from kmdagster.faults import CRASH_ENV
 from kmdagster.format.split import split_km_lines
 from kmdagster.storage.warehouse import DuckDBWarehouse, LedgerConflict
-from kmdagster_tests.conftest import make_config, write_config
+from kmdagster_tests.helpers import make_config, write_config
 from kmdagster_tests.instance_yaml import deploy_instance_settings
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.run_import_job import spawn_import_job

@@ -21,7 +21,7 @@ from kmdagster.config import WarehouseSettings
 from kmdagster.format.lines import UTF8_BOM
 from kmdagster.format.split import MAX_RAW_LINE_CHARS, SplitLines, split_km_lines
 from kmdagster.storage.warehouse import DuckDBWarehouse, Warehouse
-from kmdagster_tests.conftest import run_import
+from kmdagster_tests.helpers import run_import
 
 CORPUS = Path(__file__).parent / "corpus"
 EXPECTED: dict[str, list[str]] = json.loads((CORPUS / "expected.json").read_text())

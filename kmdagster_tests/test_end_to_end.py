@@ -18,7 +18,7 @@ from dagster import (
 )
 
 from kmdagster.defs.factory import build_definitions
-from kmdagster_tests.conftest import make_config
+from kmdagster_tests.helpers import make_config
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.seaweed import SeaweedS3
 from kmdagster_tests.ticks import run_tick

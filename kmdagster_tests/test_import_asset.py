@@ -24,7 +24,7 @@ from kmdagster.storage.piece_reader import PieceReader
 from kmdagster.storage.rejects_file import rejects_key_for
 from kmdagster.storage.s3_objects import S3AccessError, S3File
 from kmdagster.storage.warehouse import DuckDBWarehouse, Warehouse
-from kmdagster_tests.conftest import READ_ONLY, make_config, run_import, warehouse_rows
+from kmdagster_tests.helpers import READ_ONLY, make_config, run_import, warehouse_rows
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.seaweed import SeaweedS3
 

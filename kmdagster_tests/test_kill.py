@@ -29,7 +29,7 @@ from kmdagster.defs.quarantine import quarantined_files, source_progress
 from kmdagster.faults import CRASH_ENV, CRASH_POINTS
 from kmdagster.storage.rejects_file import rejects_key_for
 from kmdagster.storage.s3_objects import ARCHIVE_PREFIX
-from kmdagster_tests.conftest import (
+from kmdagster_tests.helpers import (
     BACKENDS,
     assert_file_loaded_once,
     make_config,

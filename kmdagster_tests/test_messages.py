@@ -12,7 +12,7 @@ import pytest
 
 from kmdagster.storage.schema import SCHEMA_VERSION
 from kmdagster.storage.warehouse import DuckDBWarehouse
-from kmdagster_tests.conftest import ADMIN, make_config, write_config
+from kmdagster_tests.helpers import ADMIN, make_config, write_config
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.seaweed import SeaweedS3
 from kmdagster_tests.test_setup import run_cli

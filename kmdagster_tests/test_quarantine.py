@@ -25,7 +25,7 @@ from kmdagster.defs.quarantine import (
     source_progress,
 )
 from kmdagster.quarantine import FinishedRun, failure_streak, quarantine_of
-from kmdagster_tests.conftest import (
+from kmdagster_tests.helpers import (
     ADMIN,
     QUARANTINE_BUCKET,
     SCOPED,

@@ -17,7 +17,7 @@ from kmdagster.defs.factory import build_definitions
 from kmdagster.storage.archive import archive_file, archive_key_for
 from kmdagster.storage.permissions import iam_policy
 from kmdagster.storage.s3_objects import ARCHIVE_PREFIX, FilePattern, S3AccessError, S3File
-from kmdagster_tests.conftest import ADMIN, READ_ONLY, WRITE_ONLY, make_config, write_config
+from kmdagster_tests.helpers import ADMIN, READ_ONLY, WRITE_ONLY, make_config, write_config
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.s3_calls import S3Call, recording_s3_calls, ungranted
 from kmdagster_tests.seaweed import SeaweedS3, seaweed_command

@@ -22,7 +22,7 @@ from kmdagster.storage.archive import archive_file
 from kmdagster.storage.permissions import iam_policy
 from kmdagster.storage.s3_objects import S3File
 from kmdagster.storage.warehouse import DuckDBWarehouse
-from kmdagster_tests.conftest import ADMIN, READ_ONLY, make_config, run_import, write_config
+from kmdagster_tests.helpers import ADMIN, READ_ONLY, make_config, run_import, write_config
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.seaweed import SeaweedS3
 

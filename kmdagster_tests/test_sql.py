@@ -14,7 +14,7 @@ from typing import Any
 
 from dagster import DagsterInstance
 
-from kmdagster_tests.conftest import make_config, write_config
+from kmdagster_tests.helpers import make_config, write_config
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.seaweed import SeaweedS3
 from kmdagster_tests.test_import_asset import KEY, materialize_partition

@@ -31,7 +31,7 @@ from kmdagster.status import RunFailure, RunOutcomes, backlog, file_states
 from kmdagster.storage.rejects_file import rejects_key_for, write_rejects_file
 from kmdagster.storage.s3_objects import S3AccessError, S3File
 from kmdagster.storage.warehouse import LedgerRow
-from kmdagster_tests.conftest import make_config
+from kmdagster_tests.helpers import make_config
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.seaweed import SeaweedS3
 from kmdagster_tests.test_import_asset import KEY, materialize_partition, only_observation, query

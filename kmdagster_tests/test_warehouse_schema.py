@@ -23,7 +23,7 @@ from kmdagster.status import read_source_status
 from kmdagster.storage.s3_objects import S3File
 from kmdagster.storage.schema import SCHEMA_VERSION, UPGRADE_COMMAND, WarehouseSchemaError
 from kmdagster.storage.warehouse import DuckDBWarehouse, Warehouse, WarehouseUnreachable
-from kmdagster_tests.conftest import make_config, write_config
+from kmdagster_tests.helpers import make_config, write_config
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.seaweed import SeaweedS3, free_ports
 

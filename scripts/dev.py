@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from kmdagster import IMPORT_ENVIRONMENT  # noqa: E402
 from kmdagster_tests.instance_yaml import write_instance_yaml  # noqa: E402
 from kmdagster_tests.seaweed import PORT_FLAGS, Identity, SeaweedS3, free_ports  # noqa: E402
 from scripts.demo_data import DEMO_DECOYS, demo_files  # noqa: E402
@@ -186,6 +187,7 @@ def run(started: ExitStack) -> int:
         dagster_home=dagster_home,
     )
     env = {
+        **IMPORT_ENVIRONMENT,
         **os.environ,
         "KMDAGSTER_CONFIG": str(config_path),
         "DAGSTER_HOME": str(dagster_home),

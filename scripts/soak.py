@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 import boto3  # noqa: E402
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter  # noqa: E402
 
+from kmdagster import IMPORT_ENVIRONMENT  # noqa: E402
 from kmdagster.config import load_config  # noqa: E402
 from kmdagster.defs.quarantine import ledger_progress, run_outcomes  # noqa: E402
 from kmdagster.status import STATE_MEANINGS, file_states  # noqa: E402
@@ -314,6 +315,7 @@ def main() -> int:
         home.mkdir()
         write_instance_yaml(home)
         env = {
+            **IMPORT_ENVIRONMENT,
             **os.environ,
             "KMDAGSTER_CONFIG": str(config_path),
             "DAGSTER_HOME": str(home),

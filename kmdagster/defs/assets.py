@@ -184,8 +184,8 @@ def build_import_asset(
         check_specs=data_check_specs(source, partitions),
         partitions_def=partitions,
         description="Reads the file in line-aligned chunks and loads it, within the budget.",
-        # A file always loads into all four tables; a subset only limits what is reported.
-        can_subset=True,
+        # A file always loads into all four tables in one transaction per chunk: no subset.
+        can_subset=False,
     )
     def import_tables(
         context: AssetExecutionContext, km_s3: S3Resource, km_warehouse: WarehouseResource
