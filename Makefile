@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install dev test lint check bench soak screenshots
+.PHONY: install dev test test-fast lint check bench soak screenshots
 
 $(BIN)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ dev: install
 # workers on two cores halve the suite's time; each worker starts its own servers.
 test: install
 	$(BIN)/pytest -q -p no:cacheprovider -n auto
+
+# The tests without the slow, end-to-end and browser ones (markers in pyproject.toml):
+# a few minutes on two cores, for the edit-test loop.
+test-fast: install
+	$(BIN)/pytest -q -p no:cacheprovider -n auto -m "not slow and not e2e and not browser"
 
 screenshots: install  # docs/screenshots/ from the browser test (needs the system chromium)
 	KMDAGSTER_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q -p no:cacheprovider \

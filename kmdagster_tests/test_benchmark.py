@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from kmdagster_tests.postgres import postgres_bin_dir
+
+pytestmark = pytest.mark.slow  # the benchmark run end to end, small
 
 ROOT = Path(__file__).resolve().parent.parent
 

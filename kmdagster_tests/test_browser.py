@@ -47,10 +47,13 @@ CHROMIUM_ARGS = [
 playwright_api = pytest.importorskip(
     "playwright.sync_api", reason="pip install playwright (in the dev extras)"
 )
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="no system Chromium: install it with `apt-get install chromium` (.ci/run does)",
-)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="no system Chromium: install it with `apt-get install chromium` (.ci/run does)",
+    ),
+]
 TIMEOUT_MS = 60_000
 
 

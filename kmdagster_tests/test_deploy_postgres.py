@@ -36,6 +36,8 @@ from kmdagster_tests.km_files import km_file
 from kmdagster_tests.postgres import USER, PostgresServer
 from kmdagster_tests.seaweed import SeaweedS3, free_ports
 
+pytestmark = pytest.mark.e2e  # the real daemon and code server on PostgreSQL
+
 BIN = Path(sys.executable).parent
 T = TypeVar("T")
 # accounts: a large file, its run killed mid-import; orders: a file imported meanwhile.

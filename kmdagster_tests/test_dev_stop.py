@@ -15,6 +15,8 @@ import pytest
 
 from kmdagster_tests.seaweed import free_ports
 
+pytestmark = pytest.mark.e2e  # make dev itself
+
 ROOT = Path(__file__).resolve().parent.parent
 STOP_SECONDS = 10.0
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pytest
 from dagster import (
     DagsterInstance,
     RunRequest,
@@ -22,6 +23,8 @@ from kmdagster_tests.helpers import make_config
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.seaweed import SeaweedS3
 from kmdagster_tests.ticks import run_tick
+
+pytestmark = pytest.mark.e2e  # schedule ticks through to the archive
 
 MATCHING = [
     "accounts.json",

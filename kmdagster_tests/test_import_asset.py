@@ -100,6 +100,7 @@ def test_materialize_imports_whole_file_and_archives_it(
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix=KEY)
 
 
+@pytest.mark.slow  # dozens of budget-stopped runs on each backend
 def test_budget_stops_runs_early_and_resumes_to_exactly_once(
     s3_server: SeaweedS3,
     s3: Any,

@@ -42,6 +42,8 @@ from kmdagster_tests.run_import_job import spawn_import_job
 from kmdagster_tests.seaweed import SeaweedS3
 from kmdagster_tests.ticks import evaluate_schedule, run_tick
 
+pytestmark = pytest.mark.slow  # subprocess imports killed at each crash point: minutes
+
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "accounts.20261126.json"
 DEAD_RUN_MAX_RUNTIME = 1  # seconds; production uses the budget plus a grace period
