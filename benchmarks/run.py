@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.generate import write_file, write_invalid_file  # noqa: E402
 from kmdagster import IMPORT_ENVIRONMENT  # noqa: E402
 from kmdagster.config import DEFAULT_CHUNK_BYTES  # noqa: E402
+from kmdagster.defs.naming import SourceNames  # noqa: E402
 from kmdagster.storage.piece_reader import PIECE_BYTES  # noqa: E402
 from kmdagster_tests.seaweed import Identity, SeaweedS3  # noqa: E402
 
@@ -257,7 +258,7 @@ def scale_checks(
         sources=(SourceConfig(name="accounts", bucket=bucket, base_filename="accounts.json"),),
     )
     defs = build_definitions(config)
-    sensor = defs.resolve_sensor_def("accounts_file_sensor")
+    sensor = defs.resolve_sensor_def(SourceNames("accounts").sensor)
     with instance_for_test() as instance:  # a throwaway local instance
         started = time.perf_counter()
         with build_sensor_context(instance=instance, resources=defs.resources) as context:
@@ -278,13 +279,13 @@ def scale_checks(
                     archived + registered[-10:],
                 )
             )
-        instance.add_dynamic_partitions("accounts_files", registered)
+        instance.add_dynamic_partitions(SourceNames("accounts").partitions, registered)
         tick_source = SourceConfig(
             name="accounts", bucket=tick_bucket, base_filename="accounts.json"
         )
         schedule = build_definitions(
             KmConfig(s3=config.s3, warehouse=config.warehouse, sources=(tick_source,))
-        ).resolve_schedule_def("accounts_hourly_import")
+        ).resolve_schedule_def(SourceNames("accounts").schedule)
         started = time.perf_counter()
         with build_schedule_context(
             instance=instance,

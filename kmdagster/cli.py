@@ -22,6 +22,7 @@ from botocore.exceptions import BotoCoreError, NoCredentialsError
 from dagster import DagsterInstance
 
 from kmdagster.config import CONFIG_ENV_VAR, ConfigError, KmConfig, SourceConfig, load_config
+from kmdagster.defs.naming import SourceNames
 from kmdagster.defs.quarantine import (
     ledger_progress,
     lift_quarantine,
@@ -226,8 +227,8 @@ def confirm(config: KmConfig, source: SourceConfig, workspace: str | None) -> No
         record_confirmed_setup(instance, source, results, found)
     target = ["-w", workspace] if workspace else ["-m", DEFINITIONS_MODULE]
     for kind, name in (
-        ("sensor", f"{source.name}_file_sensor"),
-        ("schedule", f"{source.name}_hourly_import"),
+        ("sensor", SourceNames.of(source).sensor),
+        ("schedule", SourceNames.of(source).schedule),
     ):
         given = click.get_current_context().find_root().obj
         done = subprocess.run(

@@ -14,12 +14,14 @@ from kmdagster.config import (
     WarehouseSettings,
     config_yaml,
 )
+from kmdagster.defs.naming import SourceNames
 from kmdagster.importer import ImportHooks, ImportReport, ReadSizes, import_file
 from kmdagster.storage.warehouse import Warehouse
 from kmdagster_tests.km_files import KmFile
 from kmdagster_tests.seaweed import Identity, SeaweedS3
 
 BACKENDS = ("duckdb", "postgres")
+ACCOUNTS = SourceNames("accounts")  # the Dagster names of the source most tests configure
 
 ADMIN = Identity(
     "kmdagster-admin",

@@ -15,6 +15,7 @@ from pathlib import Path
 from dagster import DagsterInstance
 
 from kmdagster.defs.runs import MAX_RUNTIME_TAG
+from kmdagster_tests.helpers import ACCOUNTS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,7 +39,7 @@ def main() -> int:
     from kmdagster.definitions import defs  # loads KMDAGSTER_CONFIG: only in the child
 
     key, max_runtime = sys.argv[1], sys.argv[2]
-    job = defs.resolve_job_def("accounts_import_job")
+    job = defs.resolve_job_def(ACCOUNTS.job)
     with DagsterInstance.get() as instance:
         print("READY", flush=True)
         result = job.execute_in_process(

@@ -22,7 +22,7 @@ from kmdagster.defs.factory import build_definitions
 from kmdagster.defs.runs import SOURCE_TAG
 from kmdagster.defs.schedules import pending_keys
 from kmdagster.defs.sensors import new_partition_keys
-from kmdagster_tests.helpers import make_config
+from kmdagster_tests.helpers import ACCOUNTS, make_config
 from kmdagster_tests.seaweed import SeaweedS3
 
 TICK = datetime(2026, 11, 26, 9, 0, tzinfo=timezone.utc)
@@ -30,7 +30,7 @@ LINE = b'{"_p":"a","_t":1700000000,"_n":"x"}\n'
 
 
 def evaluate_sensor(defs: Any, instance: DagsterInstance, cursor: str | None = None):
-    sensor = defs.resolve_sensor_def("accounts_file_sensor")
+    sensor = defs.resolve_sensor_def(ACCOUNTS.sensor)
     with build_sensor_context(
         instance=instance, resources=defs.resources, cursor=cursor
     ) as context:
@@ -38,7 +38,7 @@ def evaluate_sensor(defs: Any, instance: DagsterInstance, cursor: str | None = N
 
 
 def evaluate_schedule(defs: Any, instance: DagsterInstance):
-    schedule = defs.resolve_schedule_def("accounts_hourly_import")
+    schedule = defs.resolve_schedule_def(ACCOUNTS.schedule)
     with build_schedule_context(
         instance=instance, scheduled_execution_time=TICK, resources=defs.resources
     ) as context:
@@ -74,9 +74,9 @@ def test_sensor_registers_matching_keys_once(
     result = evaluate_sensor(defs, instance)
     assert isinstance(result, SensorResult)
     [request] = result.dynamic_partitions_requests or []
-    assert request.partitions_def_name == "accounts_files"
+    assert request.partitions_def_name == ACCOUNTS.partitions
     assert sorted(request.partition_keys or []) == sorted(keys)
-    instance.add_dynamic_partitions("accounts_files", list(request.partition_keys or []))
+    instance.add_dynamic_partitions(ACCOUNTS.partitions, list(request.partition_keys or []))
     # Dagster logs a tick without run requests as skipped: with what the sensor did.
     assert result.skip_reason is not None
     assert (result.skip_reason.skip_message or "").startswith("registered 3 new files (")
@@ -109,14 +109,14 @@ def test_schedule_requests_first_pending_file_and_skips_when_a_run_is_active(
     nothing = evaluate_schedule(defs, instance)
     assert isinstance(nothing, SkipReason) and "nothing pending" in (nothing.skip_message or "")
 
-    instance.add_dynamic_partitions("accounts_files", ["accounts-c.json", "accounts-b.json"])
+    instance.add_dynamic_partitions(ACCOUNTS.partitions, ["accounts-c.json", "accounts-b.json"])
     request = evaluate_schedule(defs, instance)
     assert isinstance(request, RunRequest)
     assert request.partition_key == "accounts-b.json"
     assert request.tags[SOURCE_TAG] == "accounts"
     assert request.run_key and TICK.isoformat() in request.run_key
 
-    job = defs.resolve_job_def("accounts_import_job")
+    job = defs.resolve_job_def(ACCOUNTS.job)
     instance.create_run_for_job(job, status=DagsterRunStatus.STARTED, tags={SOURCE_TAG: "accounts"})
     busy = evaluate_schedule(defs, instance)
     assert isinstance(busy, SkipReason) and "one at a time" in (busy.skip_message or "")
@@ -127,8 +127,8 @@ def test_reuploaded_key_is_pending_again_and_imports_as_new_file(
 ) -> None:
     s3.put_object(Bucket=bucket, Key="accounts.json", Body=LINE)
     defs = build_definitions(make_config(s3_server, bucket, warehouse_path))
-    instance.add_dynamic_partitions("accounts_files", ["accounts.json"])
-    job = defs.resolve_job_def("accounts_import_job")
+    instance.add_dynamic_partitions(ACCOUNTS.partitions, ["accounts.json"])
+    job = defs.resolve_job_def(ACCOUNTS.job)
     assert job.execute_in_process(instance=instance, partition_key="accounts.json").success
     assert isinstance(evaluate_schedule(defs, instance), SkipReason)
 
@@ -169,7 +169,7 @@ def test_sensor_registers_files_when_the_source_health_cannot_be_evaluated(
     for check in checks.values():
         assert not check.passed
         assert str(warehouse_path) in check.metadata["error"].value
-    instance.add_dynamic_partitions("accounts_files", ["accounts-1.json"])
+    instance.add_dynamic_partitions(ACCOUNTS.partitions, ["accounts-1.json"])
 
     # The same error at the next tick is not reported again; a new file still registers.
     s3.put_object(Bucket=bucket, Key="accounts-2.json", Body=LINE)
@@ -177,7 +177,7 @@ def test_sensor_registers_files_when_the_source_health_cannot_be_evaluated(
     assert isinstance(again, SensorResult) and check_results(again) == {}
     [request] = again.dynamic_partitions_requests or []
     assert list(request.partition_keys or []) == ["accounts-2.json"]
-    instance.add_dynamic_partitions("accounts_files", ["accounts-2.json"])
+    instance.add_dynamic_partitions(ACCOUNTS.partitions, ["accounts-2.json"])
 
     # Once the warehouse reads again (here: no file yet), both checks are evaluated anew.
     warehouse_path.unlink()

@@ -13,7 +13,7 @@ from dagster import DagsterInstance, RunRequest
 from kmdagster.defs.factory import build_definitions
 from kmdagster.storage.s3_objects import S3AccessError
 from kmdagster.storage.warehouse import DuckDBWarehouse
-from kmdagster_tests.helpers import make_config, run_import
+from kmdagster_tests.helpers import ACCOUNTS, make_config, run_import
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.seaweed import SeaweedS3
 from kmdagster_tests.ticks import run_tick, step_failure_message
@@ -28,10 +28,10 @@ def test_file_deleted_before_its_run_fails_clearly_and_the_next_tick_moves_on(
     for key, seed in ((FIRST, 1), (SECOND, 2)):
         s3.put_object(Bucket=bucket, Key=key, Body=km_file(seed=seed).data)
     defs = build_definitions(make_config(s3_server, bucket, warehouse_path))
-    instance.add_dynamic_partitions("accounts_files", [FIRST, SECOND])
+    instance.add_dynamic_partitions(ACCOUNTS.partitions, [FIRST, SECOND])
     s3.delete_object(Bucket=bucket, Key=FIRST)  # gone while its run was queued
 
-    result = defs.resolve_job_def("accounts_import_job").execute_in_process(
+    result = defs.resolve_job_def(ACCOUNTS.job).execute_in_process(
         instance=instance, partition_key=FIRST, raise_on_error=False
     )
 

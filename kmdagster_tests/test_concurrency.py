@@ -16,7 +16,7 @@ from kmdagster.defs.runs import SOURCE_TAG, WAREHOUSE_TAG
 from kmdagster.faults import CRASH_ENV
 from kmdagster.format.split import split_km_lines
 from kmdagster.storage.warehouse import DuckDBWarehouse, LedgerConflict
-from kmdagster_tests.helpers import make_config, write_config
+from kmdagster_tests.helpers import ACCOUNTS, make_config, write_config
 from kmdagster_tests.instance_yaml import deploy_instance_settings
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.run_import_job import spawn_import_job
@@ -57,7 +57,7 @@ def test_a_run_launched_beside_a_dead_one_resumes_and_loads_every_line_once(
         CRASH_ENV: "import.chunk_committed:2",  # leaves a STARTED run holding two chunks
     }
     with DagsterInstance.from_config(str(home)) as instance:
-        instance.add_dynamic_partitions("accounts_files", [KEY])
+        instance.add_dynamic_partitions(ACCOUNTS.partitions, [KEY])
         job = spawn_import_job(KEY, 900, env, tmp_path / "job.stderr")
         assert job.wait(timeout=180) == -signal.SIGKILL
         assert instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED]))

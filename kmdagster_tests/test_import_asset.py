@@ -14,7 +14,8 @@ from dagster import AssetKey, DagsterInstance, materialize
 
 from kmdagster.config import WarehouseSettings
 from kmdagster.defs.assets import build_source_assets, recorded_resume_offset
-from kmdagster.defs.partitions import files_partitions, files_partitions_name
+from kmdagster.defs.naming import SourceNames
+from kmdagster.defs.partitions import files_partitions
 from kmdagster.defs.resources import build_resources
 from kmdagster.format.split import split_km_lines
 from kmdagster.report import file_states_markdown
@@ -34,7 +35,7 @@ KEY = "accounts-0001.json"
 def materialize_partition(config: Any, instance: DagsterInstance, key: str):
     source = config.sources[0]
     partitions = files_partitions(source)
-    instance.add_dynamic_partitions(files_partitions_name(source), [key])
+    instance.add_dynamic_partitions(SourceNames.of(source).partitions, [key])
     assets = build_source_assets(source, partitions)
     return materialize(
         [assets.file, assets.tables, assets.archive],
@@ -345,7 +346,7 @@ def test_crash_between_copy_and_delete_is_finished_without_reimport(
     config = make_config(s3_server, bucket, warehouse_path)
     source = config.sources[0]
     partitions = files_partitions(source)
-    instance.add_dynamic_partitions(files_partitions_name(source), [KEY])
+    instance.add_dynamic_partitions(SourceNames.of(source).partitions, [KEY])
     assets = build_source_assets(source, partitions)
     imported = materialize(
         [assets.file, assets.tables, assets.archive],

@@ -30,6 +30,7 @@ from kmdagster.faults import CRASH_ENV, CRASH_POINTS
 from kmdagster.storage.rejects_file import rejects_key_for
 from kmdagster.storage.s3_objects import ARCHIVE_PREFIX
 from kmdagster_tests.helpers import (
+    ACCOUNTS,
     BACKENDS,
     assert_file_loaded_once,
     make_config,
@@ -184,7 +185,7 @@ def run_scenario(
         env[CRASH_ENV] = crash_at
     defs = build_definitions(config)
     with DagsterInstance.from_config(str(home)) as instance:
-        instance.add_dynamic_partitions("accounts_files", [KEY])
+        instance.add_dynamic_partitions(ACCOUNTS.partitions, [KEY])
         job = start_job(env, tmp_path / "job.stderr")
         if kill_after is not None:
             assert job.stdout is not None and job.stdout.readline().strip() == "READY"
@@ -252,7 +253,7 @@ def test_a_dead_run_blocks_the_schedule_until_run_monitoring_fails_it(
     }
     defs = build_definitions(config)
     with DagsterInstance.from_config(str(home)) as instance:
-        instance.add_dynamic_partitions("accounts_files", [KEY])
+        instance.add_dynamic_partitions(ACCOUNTS.partitions, [KEY])
         assert start_job(env, tmp_path / "job.stderr").wait(timeout=180) == -signal.SIGKILL
         blocked = run_tick(defs, instance, datetime(2026, 11, 26, 12, tzinfo=timezone.utc))
         assert isinstance(blocked, SkipReason)
@@ -276,8 +277,8 @@ def test_a_run_that_never_started_blocks_the_schedule_until_run_monitoring_fails
     warehouse = WarehouseSettings(duckdb_path=str(tmp_path / "warehouse.duckdb"))
     defs = build_definitions(make_config(s3_server, bucket, warehouse, chunk_bytes=1024))
     with DagsterInstance.from_config(str(make_dagster_home(tmp_path))) as instance:
-        instance.add_dynamic_partitions("accounts_files", [KEY])
-        job = defs.resolve_job_def("accounts_import_job")
+        instance.add_dynamic_partitions(ACCOUNTS.partitions, [KEY])
+        job = defs.resolve_job_def(ACCOUNTS.job)
         never_started = instance.create_run_for_job(
             job, tags={**job.tags, "dagster/partition": KEY}
         )
@@ -317,7 +318,7 @@ def test_a_file_killed_again_and_again_after_committing_is_never_quarantined(
     tick = datetime(2026, 11, 26, 12, tzinfo=timezone.utc)
     offsets = []
     with DagsterInstance.from_config(str(home)) as instance:
-        instance.add_dynamic_partitions("accounts_files", [KEY])
+        instance.add_dynamic_partitions(ACCOUNTS.partitions, [KEY])
         for kill in range(7):
             request = evaluate_schedule(defs, instance, tick + timedelta(hours=kill))
             assert isinstance(request, RunRequest), request

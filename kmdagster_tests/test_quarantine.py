@@ -26,6 +26,7 @@ from kmdagster.defs.quarantine import (
 )
 from kmdagster.quarantine import FinishedRun, failure_streak, quarantine_of
 from kmdagster_tests.helpers import (
+    ACCOUNTS,
     ADMIN,
     QUARANTINE_BUCKET,
     SCOPED,
@@ -225,11 +226,11 @@ def test_a_launch_tagged_retry_gives_the_file_a_new_start(
 ) -> None:
     config = make_config(s3_server, bucket, warehouse_path, quarantine_after_failed_runs=2)
     source = config.sources[0]
-    job = build_definitions(config).resolve_job_def("accounts_import_job")
+    job = build_definitions(config).resolve_job_def(ACCOUNTS.job)
     home = tmp_path / "dagster_home"
     home.mkdir()
     with DagsterInstance.from_config(str(home)) as instance:
-        instance.add_dynamic_partitions("accounts_files", [FIRST])
+        instance.add_dynamic_partitions(ACCOUNTS.partitions, [FIRST])
         for _ in range(2):  # the key does not exist: every run fails
             assert not job.execute_in_process(
                 instance=instance, partition_key=FIRST, raise_on_error=False

@@ -16,7 +16,7 @@ from kmdagster.storage.piece_reader import PieceReader
 from kmdagster.storage.rejects_file import rejects_key_for
 from kmdagster.storage.s3_objects import ARCHIVE_PREFIX, S3AccessError, head_file
 from kmdagster_tests.fault_proxy import FAULTS, FaultPlan, FaultProxy, every_nth
-from kmdagster_tests.helpers import ADMIN, WRITE_ONLY, make_config
+from kmdagster_tests.helpers import ACCOUNTS, ADMIN, WRITE_ONLY, make_config
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.seaweed import SeaweedS3
 from kmdagster_tests.ticks import run_partition, step_failure_message
@@ -47,11 +47,11 @@ def test_transient_s3_errors_are_retried_and_every_line_loads_once(
     s3.put_object(Bucket=bucket, Key=KEY, Body=expected.data)
     plan = FaultPlan(every_nth(2, FAULTS, lambda method, path, headers: True), stall_seconds=2)
     config = make_config(s3_server, bucket, warehouse_path, chunk_bytes=1024)
-    instance.add_dynamic_partitions("accounts_files", [KEY])
+    instance.add_dynamic_partitions(ACCOUNTS.partitions, [KEY])
 
     with FaultProxy(s3_server.endpoint_url, plan) as proxy:
         defs = build_definitions(through(proxy, config))
-        result = defs.resolve_job_def("accounts_import_job").execute_in_process(
+        result = defs.resolve_job_def(ACCOUNTS.job).execute_in_process(
             instance=instance, partition_key=KEY
         )
 
@@ -168,7 +168,7 @@ def test_permanent_s3_errors_fail_the_run_naming_bucket_key_and_fix(
     if setup == "access_denied":
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", WRITE_ONLY.access_key)
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", WRITE_ONLY.secret_key)
-    instance.add_dynamic_partitions("accounts_files", [KEY])
+    instance.add_dynamic_partitions(ACCOUNTS.partitions, [KEY])
 
     result = run_partition(config, instance, KEY)
 

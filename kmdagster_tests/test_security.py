@@ -17,7 +17,14 @@ from kmdagster.defs.factory import build_definitions
 from kmdagster.storage.archive import archive_file, archive_key_for
 from kmdagster.storage.permissions import iam_policy
 from kmdagster.storage.s3_objects import ARCHIVE_PREFIX, FilePattern, S3AccessError, S3File
-from kmdagster_tests.helpers import ADMIN, READ_ONLY, WRITE_ONLY, make_config, write_config
+from kmdagster_tests.helpers import (
+    ACCOUNTS,
+    ADMIN,
+    READ_ONLY,
+    WRITE_ONLY,
+    make_config,
+    write_config,
+)
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.s3_calls import S3Call, recording_s3_calls, ungranted
 from kmdagster_tests.seaweed import SeaweedS3, seaweed_command
@@ -47,8 +54,8 @@ def test_secrets_never_appear_in_logs_metadata_errors_or_cli_output(
     s3.put_object(Bucket=bucket, Key="accounts.2.json", Body=km_file(seed=2).data)
     config = make_config(s3_server, bucket, warehouse_path)
     monkeypatch.setenv("KMDAGSTER_CONFIG", str(write_config(tmp_path / "km.yaml", config)))
-    instance.add_dynamic_partitions("accounts_files", ["accounts.1.json", "accounts.2.json"])
-    job = build_definitions(config).resolve_job_def("accounts_import_job")
+    instance.add_dynamic_partitions(ACCOUNTS.partitions, ["accounts.1.json", "accounts.2.json"])
+    job = build_definitions(config).resolve_job_def(ACCOUNTS.job)
 
     succeeded = job.execute_in_process(instance=instance, partition_key="accounts.1.json")
     for command in (["preview", "accounts"], ["check", "accounts"], ["status", "accounts"]):
@@ -150,8 +157,8 @@ def test_the_policy_grants_every_s3_call_of_check_import_archive_and_a_failed_pa
     s3.put_object(Bucket=bucket, Key="accounts.1.json", Body=km_file(seed=4).data)
     config = make_config(s3_server, bucket, warehouse_path)
     monkeypatch.setenv("KMDAGSTER_CONFIG", str(write_config(tmp_path / "km.yaml", config)))
-    instance.add_dynamic_partitions("accounts_files", ["accounts.1.json"])
-    job = build_definitions(config).resolve_job_def("accounts_import_job")
+    instance.add_dynamic_partitions(ACCOUNTS.partitions, ["accounts.1.json"])
+    job = build_definitions(config).resolve_job_def(ACCOUNTS.job)
     data = km_file(seed=5, repeats=20).data
     old_etag = s3.put_object(Bucket=bucket, Key="accounts.2.json", Body=data)["ETag"]
     s3.put_object(Bucket=bucket, Key="accounts.2.json", Body=data + b"\n")

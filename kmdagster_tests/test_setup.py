@@ -22,7 +22,14 @@ from kmdagster.storage.archive import archive_file
 from kmdagster.storage.permissions import iam_policy
 from kmdagster.storage.s3_objects import S3File
 from kmdagster.storage.warehouse import DuckDBWarehouse
-from kmdagster_tests.helpers import ADMIN, READ_ONLY, make_config, run_import, write_config
+from kmdagster_tests.helpers import (
+    ACCOUNTS,
+    ADMIN,
+    READ_ONLY,
+    make_config,
+    run_import,
+    write_config,
+)
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.seaweed import SeaweedS3
 
@@ -338,7 +345,7 @@ def test_confirm_switches_the_sensor_and_schedule_on(
             for state in instance.all_instigator_state()
             if state.status.value == "RUNNING"
         }
-    assert running == {"accounts_file_sensor", "accounts_hourly_import"}
+    assert running == {ACCOUNTS.sensor, ACCOUNTS.schedule}
     # The UI shows what was confirmed: the preview materialized, the permission check passed.
     with DagsterInstance.get() as instance:
         preview_key = AssetKey(["accounts", "import_preview"])

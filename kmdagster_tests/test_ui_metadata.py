@@ -32,7 +32,7 @@ from kmdagster.status import RunFailure, RunOutcomes, backlog, file_states, read
 from kmdagster.storage.rejects_file import rejects_key_for, write_rejects_file
 from kmdagster.storage.s3_objects import S3AccessError, S3File
 from kmdagster.storage.warehouse import LedgerRow
-from kmdagster_tests.helpers import make_config
+from kmdagster_tests.helpers import ACCOUNTS, make_config
 from kmdagster_tests.km_files import km_file
 from kmdagster_tests.seaweed import SeaweedS3
 from kmdagster_tests.test_import_asset import KEY, materialize_partition, only_observation, query
@@ -217,7 +217,7 @@ def test_sensor_reports_landed_files_and_the_backlog_in_import_order(
         s3.put_object(Bucket=bucket, Key=key, Body=km_file(seed=1, repeats=1).data)
     config = make_config(s3_server, bucket, warehouse_path, backlog_warn_hours=0.001)
     defs = build_definitions(config)
-    sensor = defs.resolve_sensor_def("accounts_file_sensor")
+    sensor = defs.resolve_sensor_def(ACCOUNTS.sensor)
 
     with build_sensor_context(instance=instance, resources=defs.resources) as context:
         result = sensor(context)

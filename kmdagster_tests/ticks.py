@@ -15,6 +15,7 @@ from dagster import (
 )
 
 from kmdagster.defs.sensors import SensorCursor
+from kmdagster_tests.helpers import ACCOUNTS
 
 
 def report_sensor_tick(defs: Any, instance: DagsterInstance, healthy: bool = True) -> None:
@@ -23,7 +24,7 @@ def report_sensor_tick(defs: Any, instance: DagsterInstance, healthy: bool = Tru
     ``healthy``: the source's health (backlog, quarantine) must have been evaluated, not
     reported as an error (the sensor registers files either way).
     """
-    sensor = defs.resolve_sensor_def("accounts_file_sensor")
+    sensor = defs.resolve_sensor_def(ACCOUNTS.sensor)
     with build_sensor_context(instance=instance, resources=defs.resources) as context:
         result = sensor(context)
     if isinstance(result, SensorResult):
@@ -40,7 +41,7 @@ def evaluate_schedule(
     defs: Any, instance: DagsterInstance, tick: datetime
 ) -> RunRequest | SkipReason:
     """The schedule's decision at ``tick``, without running anything."""
-    schedule = defs.resolve_schedule_def("accounts_hourly_import")
+    schedule = defs.resolve_schedule_def(ACCOUNTS.schedule)
     with build_schedule_context(
         instance=instance, scheduled_execution_time=tick, resources=defs.resources
     ) as context:
@@ -54,7 +55,7 @@ def run_tick(
     report_sensor_tick(defs, instance)
     outcome = evaluate_schedule(defs, instance, tick)
     if isinstance(outcome, RunRequest):
-        job = defs.resolve_job_def("accounts_import_job")
+        job = defs.resolve_job_def(ACCOUNTS.job)
         result = job.execute_in_process(
             instance=instance,
             partition_key=outcome.partition_key,
@@ -75,5 +76,5 @@ def run_partition(config: Any, instance: DagsterInstance, key: str) -> Any:
     """One import run of ``key`` with ``config``'s definitions; a failure is returned."""
     from kmdagster.defs.factory import build_definitions
 
-    job = build_definitions(config).resolve_job_def("accounts_import_job")
+    job = build_definitions(config).resolve_job_def(ACCOUNTS.job)
     return job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False)

@@ -15,6 +15,7 @@ from dagster import DagsterInstance
 
 from kmdagster.config import KmConfig
 from kmdagster.defs.factory import build_definitions
+from kmdagster_tests.helpers import ACCOUNTS
 from kmdagster_tests.instance_yaml import write_instance_yaml
 from kmdagster_tests.km_files import KmFile, km_file
 from kmdagster_tests.ticks import report_sensor_tick
@@ -50,7 +51,7 @@ def prepare_ui_demo(
     dagster_home.mkdir(parents=True, exist_ok=True)
     write_instance_yaml(dagster_home)
     defs = build_definitions(config)
-    job = defs.resolve_job_def("accounts_import_job")
+    job = defs.resolve_job_def(ACCOUNTS.job)
     with DagsterInstance.from_config(str(dagster_home)) as instance:
         report_sensor_tick(defs, instance)
         for _ in range(runs_for_archived):  # each run commits one chunk, the last archives

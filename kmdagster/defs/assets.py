@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from dagster import (
     AssetCheckKey,
     AssetExecutionContext,
-    AssetKey,
     AssetObservation,
     AssetRecordsFilter,
     AssetsDefinition,
@@ -31,8 +30,9 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import SourceConfig
-from kmdagster.defs.checks import data_check_results, data_check_specs, table_key
+from kmdagster.defs.checks import data_check_results, data_check_specs
 from kmdagster.defs.metadata import archive_metadata, progress_metadata, table_metadata
+from kmdagster.defs.naming import SourceNames
 from kmdagster.defs.resources import WarehouseResource
 from kmdagster.defs.runs import OUTCOME_TAG
 from kmdagster.faults import crash_point
@@ -61,21 +61,13 @@ class SourceAssets:
     archive: AssetsDefinition
 
 
-def file_asset_key(source: SourceConfig) -> AssetKey:
-    return AssetKey([source.name, "s3_file"])
-
-
-def file_states_key(source: SourceConfig) -> AssetKey:
-    return AssetKey([source.name, "file_states"])
-
-
 def build_file_states_spec(source: SourceConfig) -> AssetSpec:
     """``<source>/file_states``: every file's state in plain values, materialized by the
     file sensor whenever one changes. Its own asset so that the graph's sidebar shows the counts
     and the files in progress, failed or quarantined on a click, with no dialog to open."""
     return AssetSpec(
-        key=file_states_key(source),
-        deps=[file_asset_key(source)],
+        key=SourceNames.of(source).file_states,
+        deps=[SourceNames.of(source).file],
         description=(
             "The files of this source by state (in_progress, failed, quarantined, pending, "
             "imported, archived): counts and names, the next file first. Materialized by "
@@ -86,16 +78,12 @@ def build_file_states_spec(source: SourceConfig) -> AssetSpec:
     )
 
 
-def archive_asset_key(source: SourceConfig) -> AssetKey:
-    return AssetKey([source.name, "archived_file"])
-
-
 def recorded_resume_offset(
     instance: DagsterInstance, source: SourceConfig, partition_key: str
 ) -> tuple[int, str] | None:
     """The (offset, etag) the latest run of this partition recorded, if any."""
     records = instance.fetch_observations(
-        AssetRecordsFilter(asset_key=file_asset_key(source), asset_partitions=[partition_key]),
+        AssetRecordsFilter(asset_key=SourceNames.of(source).file, asset_partitions=[partition_key]),
         limit=1,
     ).records
     if not records or records[0].asset_observation is None:
@@ -109,7 +97,7 @@ def recorded_resume_offset(
 
 def build_file_spec(source: SourceConfig, partitions: DynamicPartitionsDefinition) -> AssetSpec:
     return AssetSpec(
-        key=file_asset_key(source),
+        key=SourceNames.of(source).file,
         description=(
             f"Files s3://{source.bucket}/{source.base_filename} pattern matches; one partition "
             "per S3 key, materialized when the sensor registers it. Observations record each "
@@ -143,7 +131,7 @@ def _report_progress(
         )
     context.log_event(
         AssetObservation(
-            asset_key=file_asset_key(source),
+            asset_key=SourceNames.of(source).file,
             partition=context.partition_key,
             metadata=progress_metadata(report, source.bucket),
         )
@@ -167,8 +155,8 @@ def build_import_asset(
     """``<source>_import``: loads the partition's file within the budget, then checks it."""
     table_specs = [
         AssetSpec(
-            key=table_key(source, table),
-            deps=[file_asset_key(source)],
+            key=SourceNames.of(source).table(table),
+            deps=[SourceNames.of(source).file],
             description=TABLE_DESCRIPTIONS[table],
             partitions_def=partitions,
             group_name=source.name,
@@ -179,7 +167,7 @@ def build_import_asset(
     ]
 
     @multi_asset(
-        name=f"{source.name}_import",
+        name=SourceNames.of(source).import_assets,
         specs=table_specs,
         check_specs=data_check_specs(source, partitions),
         partitions_def=partitions,
@@ -217,9 +205,9 @@ def build_import_asset(
             row, database = report.ledger, warehouse.database
             if report.complete:
                 for table in ROW_TABLES:
-                    if table_key(source, table) in context.selected_asset_keys:
+                    if SourceNames.of(source).table(table) in context.selected_asset_keys:
                         yield MaterializeResult(
-                            asset_key=table_key(source, table),
+                            asset_key=SourceNames.of(source).table(table),
                             metadata=table_metadata(database, table, row, report.already_imported),
                         )
             # Checked at every run, on what the file has committed so far.
@@ -246,8 +234,8 @@ def build_archive_asset(
     """``<source>/archived_file``: the complete file moved under completed_imports/."""
 
     @asset(
-        key=archive_asset_key(source),
-        deps=[table_key(source, table) for table in ROW_TABLES],
+        key=SourceNames.of(source).archive,
+        deps=[SourceNames.of(source).table(table) for table in ROW_TABLES],
         partitions_def=partitions,
         group_name=source.name,
         description=(

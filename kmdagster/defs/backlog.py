@@ -24,6 +24,7 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import SourceConfig, WarehouseSettings
+from kmdagster.defs.naming import BACKLOG_CHECK
 from kmdagster.defs.quarantine import ledger_progress, run_outcomes
 from kmdagster.defs.resources import WarehouseResource
 from kmdagster.report import file_states_markdown
@@ -37,7 +38,6 @@ from kmdagster.status import (
 )
 from kmdagster.storage.s3_objects import FilePattern, S3File
 
-BACKLOG_CHECK = "backlog"
 LEDGER_WAIT_SECONDS = 2.0  # a sensor tick must not wait long for a running import
 FILES_SHOWN = 100  # of the backlog's head and of the latest finished files, each
 

@@ -16,12 +16,12 @@ from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
-    AssetKey,
     DynamicPartitionsDefinition,
     PreviewWarning,
 )
 
 from kmdagster.config import SourceConfig
+from kmdagster.defs.naming import SourceNames
 from kmdagster.storage.database import Database
 from kmdagster.storage.file_rows import ROW_IDENTITY, duplicate_rows, rows_by_table
 from kmdagster.storage.schema import ROW_TABLES
@@ -32,10 +32,6 @@ NO_DUPLICATE_LINES = "no_duplicate_lines"
 LINES_ACCOUNTED_FOR = "lines_accounted_for"
 REJECT_RATE = "reject_rate"
 FILE_CHECKS_TABLE = "km_rejects"  # the file-level checks sit on the rejects table
-
-
-def table_key(source: SourceConfig, table: str) -> AssetKey:
-    return AssetKey([source.name, table])
 
 
 def data_check_specs(
@@ -68,7 +64,10 @@ def data_check_specs(
         warnings.simplefilter("ignore", PreviewWarning)
         return [
             AssetCheckSpec(
-                name, asset=table_key(source, table), description=text, partitions_def=partitions
+                name,
+                asset=SourceNames.of(source).table(table),
+                description=text,
+                partitions_def=partitions,
             )
             for table, name, text in described
         ]
@@ -88,7 +87,7 @@ def data_check_results(
     progress = {"percent_done": row.percent_done}
     results = []
     for table in ROW_TABLES:
-        key = table_key(source, table)
+        key = SourceNames.of(source).table(table)
         results.append(
             AssetCheckResult(
                 asset_key=key,
@@ -112,7 +111,7 @@ def data_check_results(
         )
     accounted = row.lines_loaded + row.lines_rejected + row.lines_blank
     rate = reject_rate_percent(row)
-    rejects = table_key(source, FILE_CHECKS_TABLE)
+    rejects = SourceNames.of(source).table(FILE_CHECKS_TABLE)
     results += [
         AssetCheckResult(
             asset_key=rejects,

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dagster import Definitions
 
 from kmdagster.config import KmConfig, SourceConfig, WarehouseSettings
-from kmdagster.defs.assets import build_file_states_spec, build_source_assets, file_asset_key
+from kmdagster.defs.assets import build_file_states_spec, build_source_assets
 from kmdagster.defs.backlog import build_backlog_check
 from kmdagster.defs.jobs import build_import_job
+from kmdagster.defs.naming import SourceNames
 from kmdagster.defs.partitions import files_partitions
 from kmdagster.defs.quarantine import build_quarantine_check
 from kmdagster.defs.resources import build_resources
@@ -31,11 +32,11 @@ def build_source_definitions(source: SourceConfig, warehouse: WarehouseSettings)
         ],
         asset_checks=[
             build_permission_check(source),
-            build_backlog_check(source, file_asset_key(source)),
+            build_backlog_check(source, SourceNames.of(source).file),
             build_quarantine_check(source),
         ],
         jobs=[job],
-        sensors=[build_file_sensor(source, partitions, file_asset_key(source))],
+        sensors=[build_file_sensor(source, partitions, SourceNames.of(source).file)],
         schedules=[build_import_schedule(source, job)],
     )
 

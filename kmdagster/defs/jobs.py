@@ -9,6 +9,7 @@ from dagster import AssetSelection, define_asset_job, in_process_executor
 
 from kmdagster.config import SourceConfig
 from kmdagster.defs.assets import SourceAssets
+from kmdagster.defs.naming import SourceNames
 from kmdagster.defs.runs import import_run_tags
 
 if TYPE_CHECKING:
@@ -29,7 +30,7 @@ def build_import_job(source: SourceConfig, assets: SourceAssets, backend: str) -
     """``<source>_import_job``. In-process: a DuckDB file admits one writing process, and
     the import and the archive, one after the other, need no process each."""
     return define_asset_job(
-        name=f"{source.name}_import_job",
+        name=SourceNames.of(source).job,
         selection=AssetSelection.assets(assets.tables, assets.archive),
         executor_def=in_process_executor,
         # Run-queue limits key on these tags (one run per source, one per DuckDB file);

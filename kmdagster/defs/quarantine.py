@@ -29,7 +29,7 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import SourceConfig, WarehouseSettings
-from kmdagster.defs.assets import file_asset_key
+from kmdagster.defs.naming import QUARANTINE_CHECK, SourceNames
 from kmdagster.defs.resources import WarehouseResource
 from kmdagster.defs.runs import SOURCE_TAG
 from kmdagster.quarantine import FinishedRun, Quarantine, quarantine_of
@@ -42,7 +42,6 @@ from kmdagster.storage.warehouse import Warehouse
 RETRY_TAG = "kmdagster/retry"
 PARTITION_TAG = "dagster/partition"
 LIFTED_METADATA = "quarantine_lifted"
-QUARANTINE_CHECK = "quarantine"
 RECENT_FAILURES = 200  # failed runs of a source looked at to find quarantined files
 LEDGER_WAIT_SECONDS = 2.0  # a tick waits this long at most for a busy DuckDB file
 
@@ -107,7 +106,8 @@ def _lifted_at(
     # Each run records at most one observation of its file, so a lift newer than the
     # oldest run of a streak is among its newest ``limit`` observations.
     found = instance.fetch_observations(
-        AssetRecordsFilter(asset_key=file_asset_key(source), asset_partitions=[key]), limit=limit
+        AssetRecordsFilter(asset_key=SourceNames.of(source).file, asset_partitions=[key]),
+        limit=limit,
     )
     for record in found.records:
         observation = record.asset_observation
@@ -222,7 +222,7 @@ def lift_quarantine(instance: DagsterInstance, source: SourceConfig, key: str, b
     """Record on the file's partition that it may be tried again."""
     instance.report_runless_asset_event(
         AssetObservation(
-            asset_key=file_asset_key(source),
+            asset_key=SourceNames.of(source).file,
             partition=key,
             description=f"quarantine lifted by {by}: the next tick imports it first",
             metadata={LIFTED_METADATA: by},
@@ -236,7 +236,7 @@ def quarantine_evaluation(
     """The source's ``quarantine`` check: red while any of its files is set aside."""
     rows = [[q.key, q.failed_runs, q.last_run_id, q.last_error] for q in quarantined.values()]
     return AssetCheckEvaluation(
-        asset_key=file_asset_key(source),
+        asset_key=SourceNames.of(source).file,
         check_name=QUARANTINE_CHECK,
         passed=not quarantined,
         severity=AssetCheckSeverity.ERROR,
@@ -253,7 +253,7 @@ def quarantine_evaluation(
 
 def build_quarantine_check(source: SourceConfig) -> AssetChecksDefinition:
     @asset_check(
-        asset=file_asset_key(source),
+        asset=SourceNames.of(source).file,
         name=QUARANTINE_CHECK,
         description=(
             "Fails while a file of this source is quarantined: its import runs failed "

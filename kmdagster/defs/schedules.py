@@ -13,7 +13,7 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import SourceConfig
-from kmdagster.defs.partitions import files_partitions_name
+from kmdagster.defs.naming import SourceNames
 from kmdagster.defs.quarantine import is_quarantined, ledger_progress
 from kmdagster.defs.resources import WarehouseResource
 from kmdagster.defs.runs import SOURCE_TAG, active_runs
@@ -37,10 +37,10 @@ def build_import_schedule(
     job: "AssetJob",
 ) -> ScheduleDefinition:
     pattern = FilePattern.from_base_filename(source.base_filename)
-    partitions_name = files_partitions_name(source)
+    partitions_name = SourceNames.of(source).partitions
 
     @schedule(
-        name=f"{source.name}_hourly_import",
+        name=SourceNames.of(source).schedule,
         cron_schedule=source.cron,
         job=job,
         execution_timezone="UTC",

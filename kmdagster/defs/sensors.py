@@ -29,17 +29,15 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import SourceConfig, WarehouseSettings
-from kmdagster.defs.assets import file_states_key
 from kmdagster.defs.backlog import (
-    BACKLOG_CHECK,
     LEDGER_WAIT_SECONDS,
     backlog_evaluation,
     backlog_outcome,
     outcome_fingerprint,
 )
-from kmdagster.defs.partitions import files_partitions_name, is_valid_partition_key
+from kmdagster.defs.naming import BACKLOG_CHECK, QUARANTINE_CHECK, SourceNames
+from kmdagster.defs.partitions import is_valid_partition_key
 from kmdagster.defs.quarantine import (
-    QUARANTINE_CHECK,
     ledger_progress,
     quarantine_evaluation,
     run_outcomes,
@@ -116,7 +114,7 @@ def health_events(
         events.append(backlog_evaluation(file_key, passed, metadata))
         events.append(
             AssetMaterialization(
-                asset_key=file_states_key(source),
+                asset_key=SourceNames.of(source).file_states,
                 description=f"every {source.name} file's state, as the file sensor saw it",
                 metadata=file_states_at_a_glance(status.states),
             )
@@ -175,10 +173,10 @@ def build_file_sensor(
     source: SourceConfig, partitions: DynamicPartitionsDefinition, file_key: AssetKey
 ) -> SensorDefinition:
     pattern = FilePattern.from_base_filename(source.base_filename)
-    partitions_name = files_partitions_name(source)
+    partitions_name = SourceNames.of(source).partitions
 
     @sensor(
-        name=f"{source.name}_file_sensor",
+        name=SourceNames.of(source).sensor,
         minimum_interval_seconds=source.sensor_interval_seconds,
         # Off until the user confirms the setup (`kmdagster confirm` or the UI toggle).
         default_status=DefaultSensorStatus.STOPPED,

@@ -14,7 +14,6 @@ from dagster import (
     AssetChecksDefinition,
     AssetCheckSeverity,
     AssetExecutionContext,
-    AssetKey,
     AssetMaterialization,
     AssetsDefinition,
     DagsterInstance,
@@ -27,18 +26,13 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import SourceConfig
+from kmdagster.defs.naming import PERMISSION_CHECK, SourceNames
 from kmdagster.defs.resources import WarehouseResource
 from kmdagster.preview import FilePreview, SetupRuleError, setup_preview
 from kmdagster.report import check_markdown, preview_markdown
 from kmdagster.storage.permissions import PermissionResult, check_permissions
 from kmdagster.storage.s3_objects import FilePattern, S3AccessError, S3SetupError
 from kmdagster.storage.warehouse import WarehouseUnavailable
-
-PERMISSION_CHECK = "s3_permissions"
-
-
-def preview_asset_key(source: SourceConfig) -> AssetKey:
-    return AssetKey([source.name, "import_preview"])
 
 
 def preview_metadata(preview: FilePreview) -> dict[str, Any]:
@@ -70,7 +64,7 @@ def permission_check_metadata(bucket: str, results: list[PermissionResult]) -> d
 
 def build_preview_asset(source: SourceConfig) -> AssetsDefinition:
     @asset(
-        key=preview_asset_key(source),
+        key=SourceNames.of(source).preview,
         group_name=source.name,
         kinds={"s3", "polars"},
         description=(
@@ -99,7 +93,7 @@ def build_permission_check(source: SourceConfig) -> AssetChecksDefinition:
     pattern = FilePattern.from_base_filename(source.base_filename)
 
     @asset_check(
-        asset=preview_asset_key(source),
+        asset=SourceNames.of(source).preview,
         name=PERMISSION_CHECK,
         description=(
             f"Tries list, read, write under completed_imports/ and delete on s3://{source.bucket}"
@@ -133,7 +127,7 @@ def record_confirmed_setup(
 ) -> None:
     """What ``kmdagster confirm`` checked, as the UI shows it: the permission check's result
     and the preview's materialization, as if run from the UI."""
-    key = preview_asset_key(source)
+    key = SourceNames.of(source).preview
     instance.report_runless_asset_event(
         AssetMaterialization(
             asset_key=key,
