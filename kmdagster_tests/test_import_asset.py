@@ -12,7 +12,8 @@ import duckdb
 import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
-from kmdagster.config import WarehouseSettings
+from kmdagster.archiver import NotImported, archive_imported_file
+from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.defs.assets import build_source_assets, recorded_resume_offset
 from kmdagster.defs.naming import SourceNames
 from kmdagster.defs.partitions import files_partitions
@@ -427,3 +428,27 @@ def test_etag_change_between_chunks_marks_the_file_failed(
         [row] = warehouse.ledger_rows("accounts")
     assert row.status == "failed" and row.error and "changed during its import" in row.error
     assert 0 < row.next_offset < len(old.data)
+
+
+def test_the_archiver_moves_a_complete_file_once_without_dagster(
+    s3: Any, bucket: str, warehouse_path: Path
+) -> None:
+    file = km_file(seed=6, repeats=5)
+    s3.put_object(Bucket=bucket, Key=KEY, Body=file.data)
+    source = SourceConfig(name="accounts", bucket=bucket, base_filename="accounts.json")
+    with DuckDBWarehouse.connect(warehouse_path) as warehouse:
+        partial = run_import(s3, warehouse, bucket, KEY, 1024, time_budget_seconds=0)
+        assert not partial.complete
+        with pytest.raises(NotImported, match="is not fully imported"):
+            archive_imported_file(s3, warehouse, source, KEY)
+        assert run_import(s3, warehouse, bucket, KEY, 1 << 20).complete
+
+        moved = archive_imported_file(s3, warehouse, source, KEY)
+        again = archive_imported_file(s3, warehouse, source, KEY)
+        assert warehouse.latest_ledger_row("accounts", KEY).status == "archived"  # type: ignore[union-attr]
+    assert not moved.already_archived and again.already_archived
+    assert again.archived_key == again.ledger.archived_key == moved.archived_key
+    assert moved.rejects_key == rejects_key_for(moved.archived_key)
+    keys = {item["Key"] for item in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert keys == {moved.archived_key, moved.rejects_key}
+    assert s3.get_object(Bucket=bucket, Key=moved.archived_key)["Body"].read() == file.data

@@ -29,6 +29,7 @@ from dagster import (
 )
 from dagster_aws.s3 import S3Resource
 
+from kmdagster.archiver import NotImported, archive_imported_file
 from kmdagster.config import SourceConfig
 from kmdagster.defs.checks import data_check_results, data_check_specs
 from kmdagster.defs.metadata import archive_metadata, progress_metadata, table_metadata
@@ -38,13 +39,10 @@ from kmdagster.defs.runs import OUTCOME_TAG
 from kmdagster.faults import crash_point
 from kmdagster.importer import ImportReport, import_file, retire_replaced_versions
 from kmdagster.status import list_root_files
-from kmdagster.storage.archive import archive_file
-from kmdagster.storage.file_rows import reject_batches
 from kmdagster.storage.piece_reader import FileChangedError
-from kmdagster.storage.rejects_file import rejects_key_for, write_rejects_file
-from kmdagster.storage.s3_objects import S3AccessError, S3File, head_file
+from kmdagster.storage.s3_objects import S3AccessError
 from kmdagster.storage.schema import ROW_TABLES
-from kmdagster.storage.warehouse import LedgerConflict, LedgerRow, Warehouse
+from kmdagster.storage.warehouse import LedgerConflict, LedgerRow
 
 TABLE_DESCRIPTIONS = {
     "km_events": "Events (_n) of this source's files, one row per valid event line.",
@@ -81,7 +79,13 @@ def build_file_states_spec(source: SourceConfig) -> AssetSpec:
 def recorded_resume_offset(
     instance: DagsterInstance, source: SourceConfig, partition_key: str
 ) -> tuple[int, str] | None:
-    """The (offset, etag) the latest run of this partition recorded, if any."""
+    """The (offset, etag) the latest run of this partition recorded, if any.
+
+    The design keeps the resume offset in Dagster run metadata, but the ledger's
+    ``next_offset`` is the truth: the import only compares the two and, when they differ
+    (a kill between the warehouse commit and Dagster's event), resumes from the ledger and
+    says so. The recorded offset never decides where a run starts.
+    """
     records = instance.fetch_observations(
         AssetRecordsFilter(asset_key=SourceNames.of(source).file, asset_partitions=[partition_key]),
         limit=1,
@@ -219,15 +223,6 @@ def build_import_asset(
     return import_tables
 
 
-def _write_rejects_beside(
-    client: object, source: SourceConfig, warehouse: Warehouse, row: LedgerRow, archived: str
-) -> None:
-    if row.lines_rejected:
-        batches = reject_batches(warehouse.database, row)
-        write_rejects_file(client, source.bucket, rejects_key_for(archived), row.file_etag, batches)
-        crash_point("archive.rejects_written")
-
-
 def build_archive_asset(
     source: SourceConfig, partitions: DynamicPartitionsDefinition
 ) -> AssetsDefinition:
@@ -248,44 +243,24 @@ def build_archive_asset(
         context: AssetExecutionContext, km_s3: S3Resource, km_warehouse: WarehouseResource
     ) -> MaterializeResult:
         key = context.partition_key
-        client = km_s3.get_client()
         with km_warehouse.connect() as warehouse:
-            row = warehouse.latest_ledger_row(source.name, key)
-            if row is None or not row.is_complete or row.completed_at is None:
-                raise Failure(
-                    description=f"s3://{source.bucket}/{key} is not fully imported; not archiving"
-                )
-            imported = row
             try:
-                at_root = head_file(client, source.bucket, key)
-                # Archived before, and this version is no longer at the root: nothing to move.
-                gone = at_root is None or at_root.etag != row.file_etag
-                archived_before = row.archived_key if gone else None
-                already = archived_before is not None
-                if archived_before is not None:
-                    context.log.info(
-                        f"s3://{source.bucket}/{key} (ETag {row.file_etag}) was already "
-                        f"archived to {archived_before}; nothing to move"
-                    )
-                    archived_key = archived_before
-                else:
-
-                    def record(archive_key: str) -> None:
-                        _write_rejects_beside(client, source, warehouse, imported, archive_key)
-                        warehouse.mark_archived(imported, archive_key)
-
-                    archived_key = archive_file(
-                        client,
-                        source.bucket,
-                        S3File(key=key, etag=row.file_etag, size=row.size_bytes),
-                        row.completed_at,
-                        record=record,
-                    )
-            except S3AccessError as exc:
+                report = archive_imported_file(km_s3.get_client(), warehouse, source, key)
+            except (NotImported, S3AccessError) as exc:
                 raise Failure(description=str(exc)) from exc
-        rejects_key = rejects_key_for(archived_key) if row.lines_rejected else None
+        if report.already_archived:
+            context.log.info(
+                f"s3://{source.bucket}/{key} (ETag {report.ledger.file_etag}) was already "
+                f"archived to {report.archived_key}; nothing to move"
+            )
         return MaterializeResult(
-            metadata=archive_metadata(row, source.bucket, archived_key, rejects_key, already)
+            metadata=archive_metadata(
+                report.ledger,
+                source.bucket,
+                report.archived_key,
+                report.rejects_key,
+                report.already_archived,
+            )
         )
 
     return archived_file
