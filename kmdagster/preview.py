@@ -7,7 +7,6 @@ bounded and the numbers are exactly what the import would load.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -54,7 +53,6 @@ def preview_file(
     file: S3File,
     chunk_bytes: int,
     known_names: KnownNames | None = None,
-    now_epoch: Callable[[], float] = time.time,
     stop_at_first_valid_line: bool = False,
 ) -> FilePreview:
     """Summarise the whole of one file version (or up to its first valid line)."""
@@ -65,7 +63,7 @@ def preview_file(
         while offset < file.size:
             piece = reader.read_piece(offset)
             split = split_km_lines(
-                piece.data, accumulator.lines + 1, int(now_epoch()), with_sent_names=True
+                piece.data, accumulator.lines + 1, int(time.time()), with_sent_names=True
             )
             accumulator.add(split)
             offset = piece.end
