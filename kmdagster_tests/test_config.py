@@ -103,7 +103,7 @@ def test_the_deployments_set_the_import_environment() -> None:
 
 
 def test_readme_configuration_reference_lists_every_setting_with_its_default() -> None:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parent.parent / "docs" / "reference.md").read_text()
     reference = readme.split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
     documented = dict(re.findall(r"^\| `([\w.\[\]]+)` \| ([^|]+) \|", reference, re.M))
     sections = {"s3.": S3Settings, "warehouse.": WarehouseSettings, "sources[].": SourceConfig}

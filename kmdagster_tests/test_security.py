@@ -122,7 +122,9 @@ def test_every_server_we_start_binds_to_localhost() -> None:
     dev = (ROOT / "scripts" / "dev.py").read_text()
     assert '"dev", "-h", "127.0.0.1"' in dev
     files = [*ROOT.glob("scripts/*.py"), *ROOT.glob(".ci/*"), ROOT / "Makefile"]
-    for path in [*files, ROOT / "README.md"]:
+    # docs/deploy.md's container listens on 0.0.0.0 inside its pod, as containers must.
+    guides = [page for page in ROOT.glob("docs/*.md") if page.name != "deploy.md"]
+    for path in [*files, ROOT / "README.md", *guides]:
         text = path.read_text()
         assert "0.0.0.0" not in text, path
         for launch in re.findall(r"dagster dev -[^\n`]*", text):  # a command line, not prose

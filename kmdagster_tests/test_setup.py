@@ -380,7 +380,7 @@ def test_preview_asset_and_permission_check_in_dagster(
 
 
 def test_readme_policy_is_the_one_the_check_prints() -> None:
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "setup.md").read_text()
     blocks = re.findall(r"```json\n(\s*\{\n\s*\"Version\".*?)\n\s*```", readme, re.S)
     assert blocks, "README has no IAM policy block"
     assert json.loads(textwrap.dedent(blocks[0])) == iam_policy("my-km-imports")
