@@ -24,7 +24,6 @@ from dagster import DagsterInstance
 from kmdagster.config import CONFIG_ENV_VAR, ConfigError, KmConfig, SourceConfig, load_config
 from kmdagster.defs.naming import SourceNames
 from kmdagster.defs.quarantine import (
-    ledger_progress,
     lift_quarantine,
     quarantine_for_key,
     run_outcomes,
@@ -150,9 +149,8 @@ def status(config: KmConfig, source: SourceConfig, as_json: bool, wait: float) -
     client = s3_client(config)
     root_files = list_root_files(client, source)
     if os.environ.get("DAGSTER_HOME"):
-        progress = ledger_progress(config.warehouse, source, root_files)
         with DagsterInstance.get() as instance:
-            outcomes = run_outcomes(instance, source, progress)
+            outcomes = run_outcomes(instance, source, config.warehouse, root_files)
     else:
         click.echo(
             "note: DAGSTER_HOME is not set, so quarantined files and failed runs are not shown",

@@ -39,7 +39,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter  # noqa: E402
 
 from kmdagster import IMPORT_ENVIRONMENT  # noqa: E402
 from kmdagster.config import load_config  # noqa: E402
-from kmdagster.defs.quarantine import ledger_progress, run_outcomes  # noqa: E402
+from kmdagster.defs.quarantine import run_outcomes  # noqa: E402
 from kmdagster.status import STATE_MEANINGS, file_states  # noqa: E402
 from kmdagster.storage.database import Database  # noqa: E402
 from kmdagster.storage.file_rows import duplicate_rows, rows_by_table  # noqa: E402
@@ -218,8 +218,7 @@ def verify(config_path: Path, client: Any, manifest_path: Path, instance: Any) -
                     problems += check_version(warehouse.database, written, source.bucket, row)
             pattern = FilePattern.from_base_filename(source.base_filename)
             root = list(list_matching_files(client, source.bucket, pattern))
-            progress = ledger_progress(config.warehouse, source, root)
-            outcomes = run_outcomes(instance, source, progress)
+            outcomes = run_outcomes(instance, source, config.warehouse, root)
             quarantined = outcomes.quarantined
             for state in file_states(root, rows, outcomes):
                 states[state.state] += 1

@@ -25,7 +25,7 @@ from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.defs.naming import BACKLOG_CHECK
-from kmdagster.defs.quarantine import ledger_progress, run_outcomes
+from kmdagster.defs.quarantine import run_outcomes
 from kmdagster.defs.resources import WarehouseResource
 from kmdagster.report import file_states_markdown
 from kmdagster.status import (
@@ -116,8 +116,7 @@ def build_backlog_check(source: SourceConfig, file_key: AssetKey) -> AssetChecks
     ) -> AssetCheckResult:
         client, settings = km_s3.get_client(), km_warehouse.settings
         root_files = list_root_files(client, source)
-        progress = ledger_progress(settings, source, root_files)
-        outcomes = run_outcomes(context.instance, source, progress)
+        outcomes = run_outcomes(context.instance, source, settings, root_files)
         passed, metadata = read_backlog_outcome(client, source, settings, outcomes, root_files)
         return AssetCheckResult(passed=passed, metadata=metadata, severity=AssetCheckSeverity.WARN)
 

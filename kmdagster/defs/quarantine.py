@@ -181,10 +181,14 @@ def quarantined_files(
 
 
 def last_run_failures(
-    instance: DagsterInstance, source: SourceConfig, limit: int = RECENT_FAILURES
+    instance: DagsterInstance,
+    source: SourceConfig,
+    at_root: set[str],
+    limit: int = RECENT_FAILURES,
 ) -> dict[str, RunFailure]:
-    """Each file whose latest finished import run (among the source's last ``limit``) failed,
-    with that run's error, whatever failed: the warehouse, S3 or the code."""
+    """Each file at the bucket root (``at_root``) whose latest finished import run (among
+    the source's last ``limit``) failed, with that run's error, whatever failed: the
+    warehouse, S3 or the code. Only those files' failures are read from the event log."""
     records = instance.get_run_records(
         RunsFilter(
             tags={SOURCE_TAG: source.name},
@@ -195,7 +199,7 @@ def last_run_failures(
     latest: dict[str, RunRecord] = {}
     for record in records:  # newest first
         key = record.dagster_run.tags.get(PARTITION_TAG)
-        if key is not None:
+        if key is not None and key in at_root:
             latest.setdefault(key, record)
     return {
         key: RunFailure(
@@ -209,12 +213,16 @@ def last_run_failures(
 
 
 def run_outcomes(
-    instance: DagsterInstance, source: SourceConfig, progress: RunProgress
+    instance: DagsterInstance,
+    source: SourceConfig,
+    settings: WarehouseSettings,
+    root_files: list[S3File],
 ) -> RunOutcomes:
-    """The source's quarantined files and files whose last run failed, for its states."""
+    """The source's quarantined files and the files at the root whose last run failed."""
+    progress = ledger_progress(settings, source, root_files)
     return RunOutcomes(
         quarantined=quarantined_files(instance, source, progress),
-        failures=last_run_failures(instance, source),
+        failures=last_run_failures(instance, source, {file.key for file in root_files}),
     )
 
 

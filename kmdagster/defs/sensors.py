@@ -38,7 +38,6 @@ from kmdagster.defs.backlog import (
 from kmdagster.defs.naming import BACKLOG_CHECK, QUARANTINE_CHECK, SourceNames
 from kmdagster.defs.partitions import is_valid_partition_key
 from kmdagster.defs.quarantine import (
-    ledger_progress,
     quarantine_evaluation,
     run_outcomes,
 )
@@ -98,7 +97,7 @@ def health_events(
     """The backlog and quarantine checks, each where it changed since ``reported`` (both
     after an error, which left them red), and the file states at a glance with the
     backlog."""
-    outcomes = run_outcomes(instance, source, ledger_progress(settings, source, listed))
+    outcomes = run_outcomes(instance, source, settings, listed)
     quarantined = dict(outcomes.quarantined)
     status = read_source_status(client, source, settings, LEDGER_WAIT_SECONDS, listed, outcomes)
     passed, metadata = backlog_outcome(source, status, datetime.now(timezone.utc))
