@@ -81,9 +81,14 @@ def cli(config_file: str | None) -> None:
     click.get_current_context().obj = config_file
 
 
+def given_config_path() -> str | None:
+    """The path --config gave, if it was given."""
+    return click.get_current_context().find_root().obj
+
+
 def given_config() -> KmConfig:
     """The configuration the command line names (--config), or the usual one."""
-    given = click.get_current_context().find_root().obj
+    given = given_config_path()
     return load_config(Path(given), "--config") if given else load_config()
 
 
@@ -224,11 +229,11 @@ def confirm(config: KmConfig, source: SourceConfig, workspace: str | None) -> No
     with DagsterInstance.get() as instance:  # the UI shows what was confirmed
         record_confirmed_setup(instance, source, results, found)
     target = ["-w", workspace] if workspace else ["-m", DEFINITIONS_MODULE]
+    given = given_config_path()
     for kind, name in (
         ("sensor", SourceNames.of(source).sensor),
         ("schedule", SourceNames.of(source).schedule),
     ):
-        given = click.get_current_context().find_root().obj
         done = subprocess.run(
             [sys.executable, "-m", "dagster", kind, "start", name, *target],
             capture_output=True,

@@ -63,13 +63,14 @@ def build_file_states_spec(source: SourceConfig) -> AssetSpec:
     """``<source>/file_states``: every file's state in plain values, materialized by the
     file sensor whenever one changes. Its own asset so that the graph's sidebar shows the counts
     and the files in progress, failed or quarantined on a click, with no dialog to open."""
+    names = SourceNames.of(source)
     return AssetSpec(
-        key=SourceNames.of(source).file_states,
-        deps=[SourceNames.of(source).file],
+        key=names.file_states,
+        deps=[names.file],
         description=(
             "The files of this source by state (in_progress, failed, quarantined, pending, "
             "imported, archived): counts and names, the next file first. Materialized by "
-            f"{source.name}_file_sensor whenever a file's state changes; the backlog check "
+            f"{names.sensor} whenever a file's state changes; the backlog check "
             "of s3_file has the full table."
         ),
         group_name=source.name,
@@ -157,10 +158,11 @@ def build_import_asset(
     source: SourceConfig, partitions: DynamicPartitionsDefinition, backend: str
 ) -> AssetsDefinition:
     """``<source>_import``: loads the partition's file within the budget, then checks it."""
+    names = SourceNames.of(source)
     table_specs = [
         AssetSpec(
-            key=SourceNames.of(source).table(table),
-            deps=[SourceNames.of(source).file],
+            key=names.table(table),
+            deps=[names.file],
             description=TABLE_DESCRIPTIONS[table],
             partitions_def=partitions,
             group_name=source.name,
@@ -171,7 +173,7 @@ def build_import_asset(
     ]
 
     @multi_asset(
-        name=SourceNames.of(source).import_assets,
+        name=names.import_assets,
         specs=table_specs,
         check_specs=data_check_specs(source, partitions),
         partitions_def=partitions,
@@ -209,9 +211,9 @@ def build_import_asset(
             row, database = report.ledger, warehouse.database
             if report.complete:
                 for table in ROW_TABLES:
-                    if SourceNames.of(source).table(table) in context.selected_asset_keys:
+                    if names.table(table) in context.selected_asset_keys:
                         yield MaterializeResult(
-                            asset_key=SourceNames.of(source).table(table),
+                            asset_key=names.table(table),
                             metadata=table_metadata(database, table, row, report.already_imported),
                         )
             # Checked at every run, on what the file has committed so far.
@@ -227,10 +229,11 @@ def build_archive_asset(
     source: SourceConfig, partitions: DynamicPartitionsDefinition
 ) -> AssetsDefinition:
     """``<source>/archived_file``: the complete file moved under completed_imports/."""
+    names = SourceNames.of(source)
 
     @asset(
-        key=SourceNames.of(source).archive,
-        deps=[SourceNames.of(source).table(table) for table in ROW_TABLES],
+        key=names.archive,
+        deps=[names.table(table) for table in ROW_TABLES],
         partitions_def=partitions,
         group_name=source.name,
         description=(

@@ -26,7 +26,7 @@ from dagster_aws.s3 import S3Resource
 from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.defs.naming import BACKLOG_CHECK
 from kmdagster.defs.quarantine import run_outcomes
-from kmdagster.defs.resources import WarehouseResource
+from kmdagster.defs.resources import TICK_LEDGER_WAIT_SECONDS, WarehouseResource
 from kmdagster.report import file_states_markdown
 from kmdagster.status import (
     RunOutcomes,
@@ -38,7 +38,6 @@ from kmdagster.status import (
 )
 from kmdagster.storage.s3_objects import FilePattern, S3File
 
-LEDGER_WAIT_SECONDS = 2.0  # a sensor tick must not wait long for a running import
 FILES_SHOWN = 100  # of the backlog's head and of the latest finished files, each
 
 
@@ -72,11 +71,13 @@ def read_backlog_outcome(
     warehouse: WarehouseSettings,
     outcomes: RunOutcomes,
     root_files: list[S3File] | None = None,
-) -> tuple[bool, dict[str, Any]]:
+) -> tuple[SourceStatus, bool, dict[str, Any]]:
+    """The source's status, read as a tick may (waiting briefly for the ledger), and the
+    backlog check's (passed, metadata) for it."""
     status = read_source_status(
-        client, source, warehouse, LEDGER_WAIT_SECONDS, root_files, outcomes
+        client, source, warehouse, TICK_LEDGER_WAIT_SECONDS, root_files, outcomes
     )
-    return backlog_outcome(source, status, datetime.now(timezone.utc))
+    return status, *backlog_outcome(source, status, datetime.now(timezone.utc))
 
 
 def backlog_evaluation(
@@ -117,7 +118,7 @@ def build_backlog_check(source: SourceConfig, file_key: AssetKey) -> AssetChecks
         client, settings = km_s3.get_client(), km_warehouse.settings
         root_files = list_root_files(client, source)
         outcomes = run_outcomes(context.instance, source, settings, root_files)
-        passed, metadata = read_backlog_outcome(client, source, settings, outcomes, root_files)
+        _, passed, metadata = read_backlog_outcome(client, source, settings, outcomes, root_files)
         return AssetCheckResult(passed=passed, metadata=metadata, severity=AssetCheckSeverity.WARN)
 
     return backlog_check

@@ -30,7 +30,7 @@ from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.defs.naming import QUARANTINE_CHECK, SourceNames
-from kmdagster.defs.resources import WarehouseResource
+from kmdagster.defs.resources import TICK_LEDGER_WAIT_SECONDS, WarehouseResource
 from kmdagster.defs.runs import SOURCE_TAG
 from kmdagster.quarantine import FinishedRun, Quarantine, quarantine_of
 from kmdagster.report import markdown_table
@@ -43,7 +43,6 @@ RETRY_TAG = "kmdagster/retry"
 PARTITION_TAG = "dagster/partition"
 LIFTED_METADATA = "quarantine_lifted"
 RECENT_FAILURES = 200  # failed runs of a source looked at to find quarantined files
-LEDGER_WAIT_SECONDS = 2.0  # a tick waits this long at most for a busy DuckDB file
 
 # (key, run ids) -> those runs that advanced the file version at the bucket root, or None
 # when the ledger cannot be read now.
@@ -69,7 +68,7 @@ def ledger_progress(
         if etag is None:
             return set()  # gone from the root: no version of it there to have advanced
         try:
-            with Warehouse.read_only(settings, LEDGER_WAIT_SECONDS) as warehouse:
+            with Warehouse.read_only(settings, TICK_LEDGER_WAIT_SECONDS) as warehouse:
                 if warehouse is None:
                     return set()
                 return warehouse.runs_that_advanced(source.name, key, etag, run_ids)

@@ -18,6 +18,8 @@ from kmdagster.storage.warehouse import Warehouse
 
 S3_RESOURCE_KEY = "km_s3"
 WAREHOUSE_RESOURCE_KEY = "km_warehouse"
+# A sensor or schedule tick waits this long at most for a DuckDB file an import holds.
+TICK_LEDGER_WAIT_SECONDS = 2.0
 
 
 class WarehouseResource(ConfigurableResource):

@@ -8,7 +8,6 @@ of quarantined files changed.
 
 import json
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from dagster import (
@@ -29,12 +28,7 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import SourceConfig, WarehouseSettings
-from kmdagster.defs.backlog import (
-    LEDGER_WAIT_SECONDS,
-    backlog_evaluation,
-    backlog_outcome,
-    outcome_fingerprint,
-)
+from kmdagster.defs.backlog import backlog_evaluation, outcome_fingerprint, read_backlog_outcome
 from kmdagster.defs.naming import BACKLOG_CHECK, QUARANTINE_CHECK, SourceNames
 from kmdagster.defs.partitions import is_valid_partition_key
 from kmdagster.defs.quarantine import (
@@ -43,7 +37,6 @@ from kmdagster.defs.quarantine import (
 )
 from kmdagster.defs.resources import WarehouseResource
 from kmdagster.report import file_states_at_a_glance
-from kmdagster.status import read_source_status
 from kmdagster.storage.s3_objects import FilePattern, S3File, list_matching_files
 
 
@@ -99,8 +92,7 @@ def health_events(
     backlog."""
     outcomes = run_outcomes(instance, source, settings, listed)
     quarantined = dict(outcomes.quarantined)
-    status = read_source_status(client, source, settings, LEDGER_WAIT_SECONDS, listed, outcomes)
-    passed, metadata = backlog_outcome(source, status, datetime.now(timezone.utc))
+    status, passed, metadata = read_backlog_outcome(client, source, settings, outcomes, listed)
     # Without the ledger (an import holds it) the table would be partial: report later.
     ledger_read = "ledger_note" not in metadata
     recovered = bool(reported.health_error)
@@ -133,7 +125,7 @@ def health_error_events(
     metadata = {
         "error": error,
         "what_to_do": f"new files of s3://{source.bucket} are still registered; the "
-        f"{source.name}_file_sensor tick log has the traceback, and the check turns green at "
+        f"{SourceNames.of(source).sensor} tick log has the traceback, and the check turns green at "
         "the first tick that evaluates it",
     }
     events = [
