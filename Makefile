@@ -16,7 +16,7 @@ $(BIN)/.installed: pyproject.toml setup.py
 install: $(BIN)/.installed
 
 dev: install
-	$(BIN)/python scripts/dev.py
+	$(BIN)/python -m kmdagster_dev.dev
 
 # One pytest worker per core: most tests wait on servers and subprocesses, so two
 # workers on two cores halve the suite's time; each worker starts its own servers.
@@ -39,7 +39,7 @@ screenshots: install  # docs/screenshots/ from the browser test (needs the syste
 
 # The soak test: minutes of a busy bucket under dagster dev (SOAK_MINUTES, default 10).
 soak: install
-	$(BIN)/python scripts/soak.py --minutes $(or $(SOAK_MINUTES),10)
+	$(BIN)/python -m kmdagster_dev.soak --minutes $(or $(SOAK_MINUTES),10)
 
 bench: install .venv-dlt/bin/python
 	$(BIN)/python -m benchmarks.run

@@ -8,7 +8,7 @@ import re
 import msgspec
 import orjson
 
-from kmdagster.format.split import (
+from kmdagster.km_format.split import (
     FUTURE_TOLERANCE_SECONDS,
     KM_EPOCH_START,
     MAX_IDENTITY_CHARS,

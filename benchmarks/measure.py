@@ -73,7 +73,7 @@ def add_digests(total: dict[str, int], more: dict[str, int]) -> None:
 
 
 def measure_split(path: Path, chunk_bytes: int) -> dict[str, object]:
-    from kmdagster.format.split import split_km_lines
+    from kmdagster.km_format.split import split_km_lines
 
     seconds, lines, digests = 0.0, 0, {}
     for data, first in local_chunks(path, chunk_bytes):
@@ -120,7 +120,7 @@ def measure_baseline(path: Path, chunk_bytes: int) -> dict[str, object]:
 
 def measure_floor(path: Path, chunk_bytes: int) -> dict[str, object]:
     from benchmarks.baseline import parse_only
-    from kmdagster.format.lines import count_lines
+    from kmdagster.km_format.lines import count_lines
 
     seconds, lines = 0.0, 0
     for data, _ in local_chunks(path, chunk_bytes):
@@ -180,7 +180,7 @@ def measure_store(key: str, layout: str) -> dict[str, object]:
     from kmdagster.config import load_config
     from kmdagster.defs.resources import build_s3_resource
     from kmdagster.importer import import_file
-    from kmdagster.storage.warehouse import DuckDBWarehouse, Warehouse
+    from kmdagster.warehouse.warehouse import DuckDBWarehouse, Warehouse
 
     config = load_config()
     source = config.sources[0]

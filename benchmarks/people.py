@@ -17,8 +17,8 @@ from pathlib import Path
 
 import polars as pl
 
-from kmdagster.storage.people import add_alias_pairs
-from kmdagster.storage.warehouse import DuckDBWarehouse
+from kmdagster.warehouse.people import add_alias_pairs
+from kmdagster.warehouse.warehouse import DuckDBWarehouse
 
 SCALES = ((250_000, 50_000), (500_000, 100_000), (1_000_000, 200_000))
 PAIRS_PER_CHUNK = 20_000

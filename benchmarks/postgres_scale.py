@@ -23,21 +23,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import polars as pl
 
-import polars as pl  # noqa: E402
-
-from benchmarks.run import child  # noqa: E402
-from kmdagster.config import (  # noqa: E402
+from benchmarks.run import child
+from kmdagster.config import (
     KmConfig,
     S3Settings,
     SourceConfig,
     WarehouseSettings,
     config_yaml,
 )
-from kmdagster_tests.postgres import PostgresServer, postgres_bin_dir  # noqa: E402
-from kmdagster_tests.seaweed import Identity, SeaweedS3  # noqa: E402
+from kmdagster_dev.postgres import PostgresServer, postgres_bin_dir
+from kmdagster_dev.seaweed import Identity, SeaweedS3
+
+ROOT = Path(__file__).resolve().parent.parent
 
 BUCKET = "km-bench-pg"
 SOURCES_CONFIGURED = 20

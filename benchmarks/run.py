@@ -23,15 +23,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from kmdagster import IMPORT_ENVIRONMENT
+from kmdagster.config import DEFAULT_CHUNK_BYTES
+from kmdagster.defs.naming import SourceNames
+from kmdagster.s3.piece_reader import PIECE_BYTES
+from kmdagster_dev.km_files import write_file, write_invalid_file
+from kmdagster_dev.seaweed import Identity, SeaweedS3
 
-from benchmarks.generate import write_file, write_invalid_file  # noqa: E402
-from kmdagster import IMPORT_ENVIRONMENT  # noqa: E402
-from kmdagster.config import DEFAULT_CHUNK_BYTES  # noqa: E402
-from kmdagster.defs.naming import SourceNames  # noqa: E402
-from kmdagster.storage.piece_reader import PIECE_BYTES  # noqa: E402
-from kmdagster_tests.seaweed import Identity, SeaweedS3  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 BUCKET = "km-bench"
 MB = 1024 * 1024

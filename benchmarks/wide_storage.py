@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import polars as pl
 
-from kmdagster.format.split import SplitLines
-from kmdagster.storage.duckdb_database import DuckDBDatabase
-from kmdagster.storage.piece_rows import PieceRows
-from kmdagster.storage.warehouse import DuckDBWarehouse
+from kmdagster.km_format.split import SplitLines
+from kmdagster.warehouse.duckdb_database import DuckDBDatabase
+from kmdagster.warehouse.piece_rows import PieceRows
+from kmdagster.warehouse.warehouse import DuckDBWarehouse
 
 WIDE_TABLES = """
 CREATE TABLE IF NOT EXISTS wide_events (

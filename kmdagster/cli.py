@@ -23,21 +23,21 @@ from dagster import DagsterInstance
 
 from kmdagster.config import CONFIG_ENV_VAR, ConfigError, KmConfig, SourceConfig, load_config
 from kmdagster.defs.naming import SourceNames
-from kmdagster.defs.quarantine import (
+from kmdagster.defs.resources import WarehouseResource, build_s3_resource
+from kmdagster.defs.run_history import (
     lift_quarantine,
     quarantine_for_key,
     run_outcomes,
     source_progress,
 )
-from kmdagster.defs.resources import WarehouseResource, build_s3_resource
 from kmdagster.defs.setup_assets import record_confirmed_setup
+from kmdagster.markdown import check_markdown, preview_markdown, status_markdown
 from kmdagster.preview import FilePreview, SetupRuleError, setup_preview
-from kmdagster.report import check_markdown, preview_markdown, status_markdown
+from kmdagster.s3.objects import FilePattern, S3AccessError
+from kmdagster.s3.permissions import PermissionResult, check_permissions, iam_policy
 from kmdagster.status import backlog, backlog_eta, list_root_files, read_source_status
-from kmdagster.storage.permissions import PermissionResult, check_permissions, iam_policy
-from kmdagster.storage.s3_objects import FilePattern, S3AccessError
-from kmdagster.storage.schema import SCHEMA_VERSION, WarehouseSchemaError
-from kmdagster.storage.warehouse import Warehouse, WarehouseUnavailable
+from kmdagster.warehouse.schema import SCHEMA_VERSION, WarehouseSchemaError
+from kmdagster.warehouse.warehouse import Warehouse, WarehouseUnavailable
 
 DEFINITIONS_MODULE = "kmdagster.definitions"
 

@@ -14,18 +14,18 @@ from typing import Any
 
 from kmdagster.config import SourceConfig
 from kmdagster.faults import crash_point
-from kmdagster.format.lines import count_lines
-from kmdagster.format.split import SplitLines, split_km_lines
-from kmdagster.storage.piece_reader import (
+from kmdagster.km_format.lines import count_lines
+from kmdagster.km_format.split import SplitLines, split_km_lines
+from kmdagster.s3.objects import S3AccessError, S3File, head_file
+from kmdagster.s3.piece_reader import (
     PIECE_BYTES,
     REQUEST_BYTES,
     FileChangedError,
     Piece,
     PieceReader,
 )
-from kmdagster.storage.piece_rows import PieceRows
-from kmdagster.storage.s3_objects import S3AccessError, S3File, head_file
-from kmdagster.storage.warehouse import LedgerRow, Warehouse
+from kmdagster.warehouse.piece_rows import PieceRows
+from kmdagster.warehouse.warehouse import LedgerRow, Warehouse
 
 SPLIT_WORKERS = 2  # pieces split at once: one per core of the machine it was tuned on
 PIECES_AHEAD = SPLIT_WORKERS + 1  # splitting, or split and waiting while another is inserted

@@ -11,15 +11,15 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from kmdagster.config import SourceConfig
-from kmdagster.format.split import split_km_lines
-from kmdagster.format.summary import KnownNames, PreviewAccumulator, PreviewSummary
-from kmdagster.storage.piece_reader import PIECE_BYTES, PieceReader
-from kmdagster.storage.s3_objects import (
+from kmdagster.km_format.split import split_km_lines
+from kmdagster.km_format.summary import KnownNames, PreviewAccumulator, PreviewSummary
+from kmdagster.s3.objects import (
     FilePattern,
     S3File,
     head_file,
     list_matching_files,
 )
+from kmdagster.s3.piece_reader import PIECE_BYTES, PieceReader
 
 
 class SetupRuleError(RuntimeError):

@@ -15,9 +15,9 @@ from typing import Any
 from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.dagster_internals import cron_ticks_after
 from kmdagster.quarantine import Quarantine
-from kmdagster.storage.s3_objects import FilePattern, S3File, list_matching_files
-from kmdagster.storage.schema import RETIRED_STATUSES
-from kmdagster.storage.warehouse import LedgerRow, Warehouse, WarehouseUnavailable
+from kmdagster.s3.objects import FilePattern, S3File, list_matching_files
+from kmdagster.warehouse.schema import RETIRED_STATUSES
+from kmdagster.warehouse.warehouse import LedgerRow, Warehouse, WarehouseUnavailable
 
 # Every state shown to people, in the CLI, the backlog check and the docs (README "File
 # states" lists the same words and meanings; a test compares them).

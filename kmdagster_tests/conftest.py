@@ -14,10 +14,10 @@ import pytest
 from dagster import DagsterInstance, instance_for_test
 
 from kmdagster.config import WarehouseSettings
+from kmdagster_dev.postgres import INSTALL_HINT, PostgresServer, postgres_bin_dir
+from kmdagster_dev.seaweed import SeaweedS3, use_worker_ports
 from kmdagster_tests import s3_calls
 from kmdagster_tests.helpers import ADMIN, BACKENDS, READ_ONLY, SCOPED, WRITE_ONLY
-from kmdagster_tests.postgres import INSTALL_HINT, PostgresServer, postgres_bin_dir
-from kmdagster_tests.seaweed import SeaweedS3, use_worker_ports
 
 pytest_plugins = ["kmdagster_tests.network_guard"]  # nothing reaches outside 127.0.0.1
 

@@ -16,9 +16,9 @@ from kmdagster.config import (
 )
 from kmdagster.defs.naming import SourceNames
 from kmdagster.importer import ImportHooks, ImportReport, ReadSizes, import_file
-from kmdagster.storage.warehouse import Warehouse
-from kmdagster_tests.km_files import KmFile
-from kmdagster_tests.seaweed import Identity, SeaweedS3
+from kmdagster.warehouse.warehouse import Warehouse
+from kmdagster_dev.km_files import KmFile
+from kmdagster_dev.seaweed import Identity, SeaweedS3
 
 BACKENDS = ("duckdb", "postgres")
 ACCOUNTS = SourceNames("accounts")  # the Dagster names of the source most tests configure

@@ -21,7 +21,7 @@ from typing import Any
 import botocore.session
 
 import kmdagster
-from kmdagster.storage.permissions import ACTIONS_BY_OPERATION, iam_policy
+from kmdagster.s3.permissions import ACTIONS_BY_OPERATION, iam_policy
 
 PRODUCT_DIR = str(Path(kmdagster.__file__).resolve().parent) + "/"
 

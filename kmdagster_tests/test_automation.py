@@ -22,8 +22,8 @@ from kmdagster.defs.factory import build_definitions
 from kmdagster.defs.runs import SOURCE_TAG
 from kmdagster.defs.schedules import pending_keys
 from kmdagster.defs.sensors import new_partition_keys
+from kmdagster_dev.seaweed import SeaweedS3
 from kmdagster_tests.helpers import ACCOUNTS, make_config
-from kmdagster_tests.seaweed import SeaweedS3
 
 TICK = datetime(2026, 11, 26, 9, 0, tzinfo=timezone.utc)
 LINE = b'{"_p":"a","_t":1700000000,"_n":"x"}\n'

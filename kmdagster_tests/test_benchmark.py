@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kmdagster_tests.postgres import postgres_bin_dir
+from kmdagster_dev.postgres import postgres_bin_dir
 
 pytestmark = pytest.mark.slow  # the benchmark run end to end, small
 

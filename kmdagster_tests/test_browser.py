@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
+from kmdagster_dev.seaweed import SeaweedS3, free_ports
 from kmdagster_tests.helpers import ADMIN, make_config, write_config
-from kmdagster_tests.seaweed import SeaweedS3, free_ports
 from kmdagster_tests.ui_demo import (
     ARCHIVED_KEY,
     IN_PROGRESS_KEY,

@@ -11,11 +11,11 @@ import pytest
 from dagster import DagsterInstance, RunRequest
 
 from kmdagster.defs.factory import build_definitions
-from kmdagster.storage.s3_objects import S3AccessError
-from kmdagster.storage.warehouse import DuckDBWarehouse
+from kmdagster.s3.objects import S3AccessError
+from kmdagster.warehouse.warehouse import DuckDBWarehouse
+from kmdagster_dev.km_files import km_file
+from kmdagster_dev.seaweed import SeaweedS3
 from kmdagster_tests.helpers import ACCOUNTS, make_config, run_import
-from kmdagster_tests.km_files import km_file
-from kmdagster_tests.seaweed import SeaweedS3
 from kmdagster_tests.ticks import run_tick, step_failure_message
 
 FIRST, SECOND = "accounts.1.json", "accounts.2.json"

@@ -14,13 +14,13 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, instance_for_
 
 from kmdagster.defs.runs import SOURCE_TAG, WAREHOUSE_TAG
 from kmdagster.faults import CRASH_ENV
-from kmdagster.format.split import split_km_lines
-from kmdagster.storage.warehouse import DuckDBWarehouse, LedgerConflict
+from kmdagster.km_format.split import split_km_lines
+from kmdagster.warehouse.warehouse import DuckDBWarehouse, LedgerConflict
+from kmdagster_dev.instance_yaml import deploy_instance_settings
+from kmdagster_dev.km_files import km_file
+from kmdagster_dev.seaweed import SeaweedS3
 from kmdagster_tests.helpers import ACCOUNTS, make_config, write_config
-from kmdagster_tests.instance_yaml import deploy_instance_settings
-from kmdagster_tests.km_files import km_file
 from kmdagster_tests.run_import_job import spawn_import_job
-from kmdagster_tests.seaweed import SeaweedS3
 from kmdagster_tests.ticks import run_partition
 
 ROOT = Path(__file__).resolve().parent.parent

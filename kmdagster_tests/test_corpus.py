@@ -18,9 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kmdagster.config import WarehouseSettings
-from kmdagster.format.lines import UTF8_BOM
-from kmdagster.format.split import MAX_RAW_LINE_CHARS, SplitLines, split_km_lines
-from kmdagster.storage.warehouse import DuckDBWarehouse, Warehouse
+from kmdagster.km_format.lines import UTF8_BOM
+from kmdagster.km_format.split import MAX_RAW_LINE_CHARS, SplitLines, split_km_lines
+from kmdagster.warehouse.warehouse import DuckDBWarehouse, Warehouse
 from kmdagster_tests.helpers import run_import
 
 CORPUS = Path(__file__).parent / "corpus"

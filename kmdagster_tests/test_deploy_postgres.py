@@ -29,12 +29,12 @@ from dagster import (
 
 from kmdagster.config import KmConfig, S3Settings, SourceConfig, WarehouseSettings
 from kmdagster.defs.runs import SOURCE_TAG, WAREHOUSE_TAG
-from kmdagster.storage.s3_objects import ARCHIVE_PREFIX
+from kmdagster.s3.objects import ARCHIVE_PREFIX
+from kmdagster_dev.instance_yaml import deploy_instance_settings, write_instance_yaml
+from kmdagster_dev.km_files import km_file
+from kmdagster_dev.postgres import USER, PostgresServer
+from kmdagster_dev.seaweed import SeaweedS3, free_ports
 from kmdagster_tests.helpers import assert_file_loaded_once, warehouse_rows, write_config
-from kmdagster_tests.instance_yaml import deploy_instance_settings, write_instance_yaml
-from kmdagster_tests.km_files import km_file
-from kmdagster_tests.postgres import USER, PostgresServer
-from kmdagster_tests.seaweed import SeaweedS3, free_ports
 
 pytestmark = pytest.mark.e2e  # the real daemon and code server on PostgreSQL
 

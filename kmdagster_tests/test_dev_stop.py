@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kmdagster_tests.seaweed import free_ports
+from kmdagster_dev.seaweed import free_ports
 
 pytestmark = pytest.mark.e2e  # make dev itself
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from kmdagster.s3.permissions import iam_policy
 from kmdagster.status import STATE_MEANINGS
-from kmdagster.storage.permissions import iam_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 LINK = re.compile(r"\]\(([^)\s]+)\)")

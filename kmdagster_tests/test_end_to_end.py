@@ -19,9 +19,9 @@ from dagster import (
 )
 
 from kmdagster.defs.factory import build_definitions
+from kmdagster_dev.km_files import km_file
+from kmdagster_dev.seaweed import SeaweedS3
 from kmdagster_tests.helpers import make_config
-from kmdagster_tests.km_files import km_file
-from kmdagster_tests.seaweed import SeaweedS3
 from kmdagster_tests.ticks import run_tick
 
 pytestmark = pytest.mark.e2e  # schedule ticks through to the archive

@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from kmdagster.format.columns import constant, every_other_row
-from kmdagster.format.key_names import KeyNames
-from kmdagster.format.lines import count_lines
-from kmdagster.format.reasons import REJECT_REASONS
-from kmdagster.format.split import MAX_RAW_LINE_CHARS, split_km_lines
+from kmdagster.km_format.columns import constant, every_other_row
+from kmdagster.km_format.key_names import KeyNames
+from kmdagster.km_format.lines import count_lines
+from kmdagster.km_format.reasons import REJECT_REASONS
+from kmdagster.km_format.split import MAX_RAW_LINE_CHARS, split_km_lines
 
 NOW = 1_800_000_000
 TS = 1_328_044_149

@@ -18,17 +18,17 @@ from kmdagster.defs.assets import build_source_assets, recorded_resume_offset
 from kmdagster.defs.naming import SourceNames
 from kmdagster.defs.partitions import files_partitions
 from kmdagster.defs.resources import build_resources
-from kmdagster.format.split import split_km_lines
-from kmdagster.report import file_states_markdown
+from kmdagster.km_format.split import split_km_lines
+from kmdagster.markdown import file_states_markdown
+from kmdagster.s3.archive import archive_file, archive_key_for
+from kmdagster.s3.objects import S3AccessError, S3File
+from kmdagster.s3.piece_reader import PieceReader
+from kmdagster.s3.rejects_file import rejects_key_for
 from kmdagster.status import file_states
-from kmdagster.storage.archive import archive_file, archive_key_for
-from kmdagster.storage.piece_reader import PieceReader
-from kmdagster.storage.rejects_file import rejects_key_for
-from kmdagster.storage.s3_objects import S3AccessError, S3File
-from kmdagster.storage.warehouse import DuckDBWarehouse, Warehouse
+from kmdagster.warehouse.warehouse import DuckDBWarehouse, Warehouse
+from kmdagster_dev.km_files import km_file
+from kmdagster_dev.seaweed import SeaweedS3
 from kmdagster_tests.helpers import READ_ONLY, make_config, run_import, warehouse_rows
-from kmdagster_tests.km_files import km_file
-from kmdagster_tests.seaweed import SeaweedS3
 
 KEY = "accounts-0001.json"
 

@@ -25,10 +25,13 @@ from dagster._daemon.monitoring.run_monitoring import check_run_timeout, monitor
 
 from kmdagster.config import WarehouseSettings
 from kmdagster.defs.factory import build_definitions
-from kmdagster.defs.quarantine import quarantined_files, source_progress
+from kmdagster.defs.run_history import quarantined_files, source_progress
 from kmdagster.faults import CRASH_ENV, CRASH_POINTS
-from kmdagster.storage.rejects_file import rejects_key_for
-from kmdagster.storage.s3_objects import ARCHIVE_PREFIX
+from kmdagster.s3.objects import ARCHIVE_PREFIX
+from kmdagster.s3.rejects_file import rejects_key_for
+from kmdagster_dev.instance_yaml import write_instance_yaml
+from kmdagster_dev.km_files import KmFile, km_file
+from kmdagster_dev.seaweed import SeaweedS3
 from kmdagster_tests.helpers import (
     ACCOUNTS,
     BACKENDS,
@@ -37,10 +40,7 @@ from kmdagster_tests.helpers import (
     warehouse_rows,
     write_config,
 )
-from kmdagster_tests.instance_yaml import write_instance_yaml
-from kmdagster_tests.km_files import KmFile, km_file
 from kmdagster_tests.run_import_job import spawn_import_job
-from kmdagster_tests.seaweed import SeaweedS3
 from kmdagster_tests.ticks import evaluate_schedule, run_tick
 
 pytestmark = pytest.mark.slow  # subprocess imports killed at each crash point: minutes

@@ -11,9 +11,9 @@ from typing import Any
 
 import polars as pl
 
-from kmdagster.format.identities import identity_groups
-from kmdagster.format.split import split_km_lines
-from kmdagster.storage.warehouse import DuckDBWarehouse
+from kmdagster.km_format.identities import identity_groups
+from kmdagster.km_format.split import split_km_lines
+from kmdagster.warehouse.warehouse import DuckDBWarehouse
 
 T1, T2 = 1_700_000_000, 1_700_000_005
 

@@ -10,11 +10,11 @@ from typing import Any
 import duckdb
 import pytest
 
-from kmdagster.storage.schema import SCHEMA_VERSION
-from kmdagster.storage.warehouse import DuckDBWarehouse
+from kmdagster.warehouse.schema import SCHEMA_VERSION
+from kmdagster.warehouse.warehouse import DuckDBWarehouse
+from kmdagster_dev.km_files import km_file
+from kmdagster_dev.seaweed import SeaweedS3
 from kmdagster_tests.helpers import ADMIN, make_config, write_config
-from kmdagster_tests.km_files import km_file
-from kmdagster_tests.seaweed import SeaweedS3
 from kmdagster_tests.test_setup import run_cli
 
 

@@ -9,11 +9,11 @@ from typing import Any
 import duckdb
 import pytest
 
-from kmdagster.format.split import split_km_lines
-from kmdagster.storage.piece_reader import FileChangedError, PieceReader
-from kmdagster.storage.warehouse import DuckDBWarehouse
+from kmdagster.km_format.split import split_km_lines
+from kmdagster.s3.piece_reader import FileChangedError, PieceReader
+from kmdagster.warehouse.warehouse import DuckDBWarehouse
+from kmdagster_dev.km_files import km_file
 from kmdagster_tests.helpers import run_import
-from kmdagster_tests.km_files import km_file
 
 LINE = b'{"_p":"a","_t":1700000000,"_n":"x"}'
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from kmdagster.format.split import split_km_lines
-from kmdagster.storage.piece_rows import piece_rows
+from kmdagster.km_format.split import split_km_lines
+from kmdagster.warehouse.piece_rows import piece_rows
 
 NOW = 1_800_000_000
 LINES = b"\n".join(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kmdagster_tests import seaweed
+from kmdagster_dev import seaweed
 
 
 @pytest.fixture

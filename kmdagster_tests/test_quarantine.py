@@ -17,7 +17,7 @@ from dagster import DagsterInstance, RunRequest, SkipReason
 
 from kmdagster.cli import main
 from kmdagster.defs.factory import build_definitions
-from kmdagster.defs.quarantine import (
+from kmdagster.defs.run_history import (
     RETRY_TAG,
     quarantine_evaluation,
     quarantine_for_key,
@@ -25,6 +25,8 @@ from kmdagster.defs.quarantine import (
     source_progress,
 )
 from kmdagster.quarantine import FinishedRun, failure_streak, quarantine_of
+from kmdagster_dev.km_files import km_file
+from kmdagster_dev.seaweed import Identity, SeaweedS3
 from kmdagster_tests.helpers import (
     ACCOUNTS,
     ADMIN,
@@ -33,8 +35,6 @@ from kmdagster_tests.helpers import (
     make_config,
     write_config,
 )
-from kmdagster_tests.km_files import km_file
-from kmdagster_tests.seaweed import Identity, SeaweedS3
 from kmdagster_tests.ticks import run_tick
 
 FIRST, SECOND = "accounts.1.json", "accounts.2.json"

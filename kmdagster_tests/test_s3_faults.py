@@ -12,13 +12,13 @@ from dagster import DagsterInstance
 
 from kmdagster.config import KmConfig, S3Settings
 from kmdagster.defs.factory import build_definitions
-from kmdagster.storage.piece_reader import PieceReader
-from kmdagster.storage.rejects_file import rejects_key_for
-from kmdagster.storage.s3_objects import ARCHIVE_PREFIX, S3AccessError, head_file
+from kmdagster.s3.objects import ARCHIVE_PREFIX, S3AccessError, head_file
+from kmdagster.s3.piece_reader import PieceReader
+from kmdagster.s3.rejects_file import rejects_key_for
+from kmdagster_dev.km_files import km_file
+from kmdagster_dev.seaweed import SeaweedS3
 from kmdagster_tests.fault_proxy import FAULTS, FaultPlan, FaultProxy, every_nth
 from kmdagster_tests.helpers import ACCOUNTS, ADMIN, WRITE_ONLY, make_config
-from kmdagster_tests.km_files import km_file
-from kmdagster_tests.seaweed import SeaweedS3
 from kmdagster_tests.ticks import run_partition, step_failure_message
 
 KEY = "accounts.json"

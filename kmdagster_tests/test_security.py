@@ -14,9 +14,11 @@ from dagster_shared.serdes import serialize_value
 
 from kmdagster.cli import main
 from kmdagster.defs.factory import build_definitions
-from kmdagster.storage.archive import archive_file, archive_key_for
-from kmdagster.storage.permissions import iam_policy
-from kmdagster.storage.s3_objects import ARCHIVE_PREFIX, FilePattern, S3AccessError, S3File
+from kmdagster.s3.archive import archive_file, archive_key_for
+from kmdagster.s3.objects import ARCHIVE_PREFIX, FilePattern, S3AccessError, S3File
+from kmdagster.s3.permissions import iam_policy
+from kmdagster_dev.km_files import km_file
+from kmdagster_dev.seaweed import SeaweedS3, seaweed_command
 from kmdagster_tests.helpers import (
     ACCOUNTS,
     ADMIN,
@@ -25,9 +27,7 @@ from kmdagster_tests.helpers import (
     make_config,
     write_config,
 )
-from kmdagster_tests.km_files import km_file
 from kmdagster_tests.s3_calls import S3Call, recording_s3_calls, ungranted
-from kmdagster_tests.seaweed import SeaweedS3, seaweed_command
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRETS = [identity.secret_key for identity in (ADMIN, READ_ONLY, WRITE_ONLY)] + [
@@ -119,9 +119,9 @@ def test_archive_keys_stay_under_completed_imports_of_the_same_name(key: str) ->
 def test_every_server_we_start_binds_to_localhost() -> None:
     command = " ".join(seaweed_command(Path("/tmp/x"), Path("/tmp/x/ids.json"), {}))
     assert "-ip=127.0.0.1" in command and "-ip.bind=127.0.0.1" in command
-    dev = (ROOT / "scripts" / "dev.py").read_text()
+    dev = (ROOT / "kmdagster_dev" / "dev.py").read_text()
     assert '"dev", "-h", "127.0.0.1"' in dev
-    files = [*ROOT.glob("scripts/*.py"), *ROOT.glob(".ci/*"), ROOT / "Makefile"]
+    files = [*ROOT.glob("kmdagster_dev/*.py"), *ROOT.glob(".ci/*"), ROOT / "Makefile"]
     # docs/deploy.md's container listens on 0.0.0.0 inside its pod, as containers must.
     guides = [page for page in ROOT.glob("docs/*.md") if page.name != "deploy.md"]
     for path in [*files, ROOT / "README.md", *guides]:

@@ -18,10 +18,12 @@ from dagster import AssetCheckKey, AssetKey, DagsterInstance, materialize
 from kmdagster.cli import main
 from kmdagster.defs.resources import build_resources
 from kmdagster.defs.setup_assets import build_permission_check, build_preview_asset
-from kmdagster.storage.archive import archive_file
-from kmdagster.storage.permissions import iam_policy
-from kmdagster.storage.s3_objects import S3File
-from kmdagster.storage.warehouse import DuckDBWarehouse
+from kmdagster.s3.archive import archive_file
+from kmdagster.s3.objects import S3File
+from kmdagster.s3.permissions import iam_policy
+from kmdagster.warehouse.warehouse import DuckDBWarehouse
+from kmdagster_dev.km_files import km_file
+from kmdagster_dev.seaweed import SeaweedS3
 from kmdagster_tests.helpers import (
     ACCOUNTS,
     ADMIN,
@@ -30,8 +32,6 @@ from kmdagster_tests.helpers import (
     run_import,
     write_config,
 )
-from kmdagster_tests.km_files import km_file
-from kmdagster_tests.seaweed import SeaweedS3
 
 ROOT = Path(__file__).resolve().parent.parent
 

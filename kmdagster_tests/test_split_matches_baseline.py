@@ -3,7 +3,7 @@
 ``benchmarks/baseline.py`` decodes each line with msgspec and applies the same rules in
 plain Python. Both must produce the same rows for any line hypothesis can write: keys
 and values with escapes, quotes, colons and braces inside strings, any spacing, ASCII or
-not. This guards the token cutting in ``kmdagster/format/pairs.py``, which takes a
+not. This guards the token cutting in ``kmdagster/km_format/pairs.py``, which takes a
 different path for lines with an escaped quote.
 """
 
@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from benchmarks.baseline import baseline_split
-from kmdagster.format.split import split_km_lines
+from kmdagster.km_format.split import split_km_lines
 
 NOW = 1_800_000_000
 # No surrogates (not text) and no \x1c-\x1f, which Python strips as whitespace and

@@ -14,9 +14,9 @@ from typing import Any
 
 from dagster import DagsterInstance
 
+from kmdagster_dev.km_files import km_file
+from kmdagster_dev.seaweed import SeaweedS3
 from kmdagster_tests.helpers import make_config, write_config
-from kmdagster_tests.km_files import km_file
-from kmdagster_tests.seaweed import SeaweedS3
 from kmdagster_tests.test_import_asset import KEY, materialize_partition
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -25,16 +25,16 @@ from kmdagster.defs.backlog import backlog_outcome, outcome_fingerprint
 from kmdagster.defs.factory import build_definitions
 from kmdagster.defs.schedules import pending_keys
 from kmdagster.defs.sensors import SensorCursor
-from kmdagster.format.split import MAX_RAW_LINE_CHARS
+from kmdagster.km_format.split import MAX_RAW_LINE_CHARS
+from kmdagster.markdown import file_states_at_a_glance, file_states_markdown
 from kmdagster.quarantine import Quarantine
-from kmdagster.report import file_states_at_a_glance, file_states_markdown
+from kmdagster.s3.objects import S3AccessError, S3File
+from kmdagster.s3.rejects_file import rejects_key_for, write_rejects_file
 from kmdagster.status import RunFailure, RunOutcomes, backlog, file_states, read_source_status
-from kmdagster.storage.rejects_file import rejects_key_for, write_rejects_file
-from kmdagster.storage.s3_objects import S3AccessError, S3File
-from kmdagster.storage.warehouse import LedgerRow
+from kmdagster.warehouse.warehouse import LedgerRow
+from kmdagster_dev.km_files import km_file
+from kmdagster_dev.seaweed import SeaweedS3
 from kmdagster_tests.helpers import ACCOUNTS, make_config
-from kmdagster_tests.km_files import km_file
-from kmdagster_tests.seaweed import SeaweedS3
 from kmdagster_tests.test_import_asset import KEY, materialize_partition, only_observation, query
 
 TABLE_COUNTS = ("events", "properties", "aliases", "rejects")

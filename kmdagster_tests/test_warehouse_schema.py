@@ -18,14 +18,14 @@ import pytest
 
 from kmdagster.cli import main
 from kmdagster.config import SourceConfig, WarehouseSettings
-from kmdagster.format.split import MAX_RAW_LINE_CHARS, split_km_lines
+from kmdagster.km_format.split import MAX_RAW_LINE_CHARS, split_km_lines
+from kmdagster.s3.objects import S3File
 from kmdagster.status import read_source_status
-from kmdagster.storage.s3_objects import S3File
-from kmdagster.storage.schema import SCHEMA_VERSION, UPGRADE_COMMAND, WarehouseSchemaError
-from kmdagster.storage.warehouse import DuckDBWarehouse, Warehouse, WarehouseUnreachable
+from kmdagster.warehouse.schema import SCHEMA_VERSION, UPGRADE_COMMAND, WarehouseSchemaError
+from kmdagster.warehouse.warehouse import DuckDBWarehouse, Warehouse, WarehouseUnreachable
+from kmdagster_dev.km_files import km_file
+from kmdagster_dev.seaweed import SeaweedS3, free_ports
 from kmdagster_tests.helpers import make_config, write_config
-from kmdagster_tests.km_files import km_file
-from kmdagster_tests.seaweed import SeaweedS3, free_ports
 
 FIXTURE = Path(__file__).parent / "fixtures" / "warehouse_v1.duckdb.gz"
 RELATIONS = ("km_events", "km_properties", "km_aliases", "km_rejects")

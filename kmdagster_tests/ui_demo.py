@@ -15,9 +15,9 @@ from dagster import DagsterInstance
 
 from kmdagster.config import KmConfig
 from kmdagster.defs.factory import build_definitions
+from kmdagster_dev.instance_yaml import write_instance_yaml
+from kmdagster_dev.km_files import KmFile, km_file
 from kmdagster_tests.helpers import ACCOUNTS
-from kmdagster_tests.instance_yaml import write_instance_yaml
-from kmdagster_tests.km_files import KmFile, km_file
 from kmdagster_tests.ticks import report_sensor_tick
 
 ROOT = Path(__file__).resolve().parent.parent

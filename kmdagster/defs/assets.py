@@ -38,11 +38,11 @@ from kmdagster.defs.resources import WarehouseResource
 from kmdagster.defs.runs import OUTCOME_TAG
 from kmdagster.faults import crash_point
 from kmdagster.importer import ImportReport, import_file, retire_replaced_versions
+from kmdagster.s3.objects import S3AccessError
+from kmdagster.s3.piece_reader import FileChangedError
 from kmdagster.status import list_root_files
-from kmdagster.storage.piece_reader import FileChangedError
-from kmdagster.storage.s3_objects import S3AccessError
-from kmdagster.storage.schema import ROW_TABLES
-from kmdagster.storage.warehouse import LedgerConflict, LedgerRow
+from kmdagster.warehouse.schema import ROW_TABLES
+from kmdagster.warehouse.warehouse import LedgerConflict, LedgerRow
 
 TABLE_DESCRIPTIONS = {
     "km_events": "Events (_n) of this source's files, one row per valid event line.",

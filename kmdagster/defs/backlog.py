@@ -25,9 +25,10 @@ from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.defs.naming import BACKLOG_CHECK
-from kmdagster.defs.quarantine import run_outcomes
 from kmdagster.defs.resources import TICK_LEDGER_WAIT_SECONDS, WarehouseResource
-from kmdagster.report import file_states_markdown
+from kmdagster.defs.run_history import run_outcomes
+from kmdagster.markdown import file_states_markdown
+from kmdagster.s3.objects import FilePattern, S3File
 from kmdagster.status import (
     RunOutcomes,
     SourceStatus,
@@ -36,7 +37,6 @@ from kmdagster.status import (
     oldest_waiting,
     read_source_status,
 )
-from kmdagster.storage.s3_objects import FilePattern, S3File
 
 FILES_SHOWN = 100  # of the backlog's head and of the latest finished files, each
 

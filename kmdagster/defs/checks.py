@@ -22,10 +22,10 @@ from dagster import (
 
 from kmdagster.config import SourceConfig
 from kmdagster.defs.naming import SourceNames
-from kmdagster.storage.database import Database
-from kmdagster.storage.file_rows import ROW_IDENTITY, duplicate_rows, rows_by_table
-from kmdagster.storage.schema import ROW_TABLES
-from kmdagster.storage.warehouse import LedgerRow
+from kmdagster.warehouse.database import Database
+from kmdagster.warehouse.file_rows import ROW_IDENTITY, duplicate_rows, rows_by_table
+from kmdagster.warehouse.schema import ROW_TABLES
+from kmdagster.warehouse.warehouse import LedgerRow
 
 ROWS_MATCH_LEDGER = "rows_match_ledger"
 NO_DUPLICATE_LINES = "no_duplicate_lines"

@@ -10,8 +10,8 @@ from kmdagster.defs.backlog import build_backlog_check
 from kmdagster.defs.jobs import build_import_job
 from kmdagster.defs.naming import SourceNames
 from kmdagster.defs.partitions import files_partitions
-from kmdagster.defs.quarantine import build_quarantine_check
 from kmdagster.defs.resources import build_resources
+from kmdagster.defs.run_history import build_quarantine_check
 from kmdagster.defs.schedules import build_import_schedule
 from kmdagster.defs.sensors import build_file_sensor
 from kmdagster.defs.setup_assets import build_permission_check, build_preview_asset

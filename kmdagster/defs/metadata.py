@@ -12,19 +12,19 @@ from dagster import MetadataValue, TableColumn, TableSchema
 
 from kmdagster.defs.checks import reject_rate_percent
 from kmdagster.importer import ImportReport
-from kmdagster.report import (
+from kmdagster.markdown import (
     reject_reasons_markdown,
     top_events_markdown,
     top_properties_markdown,
 )
-from kmdagster.storage.database import Database
-from kmdagster.storage.file_rows import (
+from kmdagster.warehouse.database import Database
+from kmdagster.warehouse.file_rows import (
     reject_reasons,
     table_columns,
     top_events,
     top_properties,
 )
-from kmdagster.storage.warehouse import LedgerRow
+from kmdagster.warehouse.warehouse import LedgerRow
 
 TOP_NAMES = 10
 REJECT_EXAMPLES = 3

@@ -13,8 +13,8 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 from kmdagster.config import KmConfig, WarehouseSettings
-from kmdagster.format.summary import KnownNames
-from kmdagster.storage.warehouse import Warehouse
+from kmdagster.km_format.summary import KnownNames
+from kmdagster.warehouse.warehouse import Warehouse
 
 S3_RESOURCE_KEY = "km_s3"
 WAREHOUSE_RESOURCE_KEY = "km_warehouse"

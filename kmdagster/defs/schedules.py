@@ -14,10 +14,10 @@ from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import SourceConfig
 from kmdagster.defs.naming import SourceNames
-from kmdagster.defs.quarantine import is_quarantined, ledger_progress
 from kmdagster.defs.resources import WarehouseResource
+from kmdagster.defs.run_history import is_quarantined, ledger_progress
 from kmdagster.defs.runs import SOURCE_TAG, active_runs
-from kmdagster.storage.s3_objects import FilePattern, list_matching_files
+from kmdagster.s3.objects import FilePattern, list_matching_files
 
 if TYPE_CHECKING:
     from kmdagster.dagster_internals import AssetJob

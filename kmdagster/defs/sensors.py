@@ -31,13 +31,13 @@ from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.defs.backlog import backlog_evaluation, outcome_fingerprint, read_backlog_outcome
 from kmdagster.defs.naming import BACKLOG_CHECK, QUARANTINE_CHECK, SourceNames
 from kmdagster.defs.partitions import is_valid_partition_key
-from kmdagster.defs.quarantine import (
+from kmdagster.defs.resources import WarehouseResource
+from kmdagster.defs.run_history import (
     quarantine_evaluation,
     run_outcomes,
 )
-from kmdagster.defs.resources import WarehouseResource
-from kmdagster.report import file_states_at_a_glance
-from kmdagster.storage.s3_objects import FilePattern, S3File, list_matching_files
+from kmdagster.markdown import file_states_at_a_glance
+from kmdagster.s3.objects import FilePattern, S3File, list_matching_files
 
 
 def new_partition_keys(listed_keys: list[str], registered: set[str]) -> tuple[list[str], list[str]]:

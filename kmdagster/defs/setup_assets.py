@@ -28,11 +28,11 @@ from dagster_aws.s3 import S3Resource
 from kmdagster.config import SourceConfig
 from kmdagster.defs.naming import PERMISSION_CHECK, SourceNames
 from kmdagster.defs.resources import WarehouseResource
+from kmdagster.markdown import check_markdown, preview_markdown
 from kmdagster.preview import FilePreview, SetupRuleError, setup_preview
-from kmdagster.report import check_markdown, preview_markdown
-from kmdagster.storage.permissions import PermissionResult, check_permissions
-from kmdagster.storage.s3_objects import FilePattern, S3AccessError, S3SetupError
-from kmdagster.storage.warehouse import WarehouseUnavailable
+from kmdagster.s3.objects import FilePattern, S3AccessError, S3SetupError
+from kmdagster.s3.permissions import PermissionResult, check_permissions
+from kmdagster.warehouse.warehouse import WarehouseUnavailable
 
 
 def preview_metadata(preview: FilePreview) -> dict[str, Any]:

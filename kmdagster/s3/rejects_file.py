@@ -17,8 +17,8 @@ from typing import Any
 import polars as pl
 from botocore.exceptions import ClientError
 
-from kmdagster.storage.archive import SOURCE_ETAG_METADATA
-from kmdagster.storage.s3_objects import (
+from kmdagster.s3.archive import SOURCE_ETAG_METADATA
+from kmdagster.s3.objects import (
     S3AccessError,
     describe_client_error,
     head_object,

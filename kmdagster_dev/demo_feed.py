@@ -11,8 +11,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from kmdagster.storage.warehouse import DuckDBWarehouse, WarehouseBusy
-from scripts.demo_data import LARGE_SEED, demo_file, demo_key
+from kmdagster.warehouse.warehouse import DuckDBWarehouse, WarehouseBusy
+from kmdagster_dev.km_files import LARGE_SEED, demo_file, demo_key
 
 POLL_SECONDS = 5.0
 NEW_HOUR_SECONDS = 120.0

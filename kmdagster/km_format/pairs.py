@@ -13,7 +13,7 @@ import json
 
 import polars as pl
 
-from kmdagster.format.columns import constant, every_other_row
+from kmdagster.km_format.columns import constant, every_other_row
 
 # Value kinds, as small codes: they are compared once per pair.
 KIND_STRING, KIND_NUMBER, KIND_BOOLEAN, KIND_NULL = 0, 1, 2, 3

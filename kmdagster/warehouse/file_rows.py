@@ -11,9 +11,9 @@ from collections.abc import Iterator
 
 import polars as pl
 
-from kmdagster.storage.database import Database
-from kmdagster.storage.schema import ROW_TABLES, STORAGE_TABLES
-from kmdagster.storage.warehouse import LedgerRow
+from kmdagster.warehouse.database import Database
+from kmdagster.warehouse.schema import ROW_TABLES, STORAGE_TABLES
+from kmdagster.warehouse.warehouse import LedgerRow
 
 # The columns that identify one row of a file version in each table: one row per line,
 # except properties, one per (line, name) since a line's names are unique once normalised.

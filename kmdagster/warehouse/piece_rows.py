@@ -16,7 +16,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from kmdagster.format.split import SplitLines
+from kmdagster.km_format.split import SplitLines
 
 # relation -> (the name kind, the column holding the name as stored, the one as sent)
 _NAMED_COLUMNS = {

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from kmdagster.format.identities import identity_groups
-from kmdagster.storage.database import Database
+from kmdagster.km_format.identities import identity_groups
+from kmdagster.warehouse.database import Database
 
 
 def add_alias_pairs(database: Database, aliases: pl.DataFrame) -> None:

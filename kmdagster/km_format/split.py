@@ -15,11 +15,17 @@ from functools import cache, lru_cache
 
 import polars as pl
 
-from kmdagster.format.columns import constant
-from kmdagster.format.key_names import KeyNames
-from kmdagster.format.lines import decode_lines
-from kmdagster.format.pairs import ANY_STRING_RE, KIND_NULL, KIND_NUMBER, KIND_STRING, extract_pairs
-from kmdagster.format.reasons import REASON_ORDER, REJECT_REASONS
+from kmdagster.km_format.columns import constant
+from kmdagster.km_format.key_names import KeyNames
+from kmdagster.km_format.lines import decode_lines
+from kmdagster.km_format.pairs import (
+    ANY_STRING_RE,
+    KIND_NULL,
+    KIND_NUMBER,
+    KIND_STRING,
+    extract_pairs,
+)
+from kmdagster.km_format.reasons import REASON_ORDER, REJECT_REASONS
 
 KM_EPOCH_START = 1_230_768_000  # 2009-01-01T00:00:00Z: KISSmetrics keeps nothing older
 FUTURE_TOLERANCE_SECONDS = 86_400

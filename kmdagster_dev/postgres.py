@@ -19,7 +19,7 @@ from pathlib import Path
 import adbc_driver_manager
 import adbc_driver_postgresql.dbapi as adbc
 
-from kmdagster_tests.seaweed import free_ports
+from kmdagster_dev.seaweed import free_ports
 
 INSTALL_HINT = (
     "PostgreSQL tests need the PostgreSQL server binaries (initdb, pg_ctl): "

@@ -19,15 +19,15 @@ import pyarrow as pa
 
 from kmdagster.config import WarehouseSettings
 from kmdagster.faults import crash_point
-from kmdagster.format.split import SplitLines
-from kmdagster.format.summary import KnownNames
-from kmdagster.storage.database import Database, WarehouseUnavailable
-from kmdagster.storage.duckdb_database import DuckDBDatabase, WarehouseBusy, is_empty_file
-from kmdagster.storage.names import NameIds
-from kmdagster.storage.people import add_alias_pairs
-from kmdagster.storage.piece_rows import PieceRows, piece_rows
-from kmdagster.storage.postgres_database import PostgresDatabase, WarehouseUnreachable
-from kmdagster.storage.schema import (
+from kmdagster.km_format.split import SplitLines
+from kmdagster.km_format.summary import KnownNames
+from kmdagster.warehouse.database import Database, WarehouseUnavailable
+from kmdagster.warehouse.duckdb_database import DuckDBDatabase, WarehouseBusy, is_empty_file
+from kmdagster.warehouse.name_ids import NameIds
+from kmdagster.warehouse.people import add_alias_pairs
+from kmdagster.warehouse.piece_rows import PieceRows, piece_rows
+from kmdagster.warehouse.postgres_database import PostgresDatabase, WarehouseUnreachable
+from kmdagster.warehouse.schema import (
     ROW_COUNT_COLUMNS,
     ROW_TABLES,
     STORAGE_TABLES,

@@ -19,7 +19,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from kmdagster.storage.database import Params, WarehouseUnavailable
+from kmdagster.warehouse.database import Params, WarehouseUnavailable
 
 _CREDENTIALS_IN_URL = re.compile(r"(://[^/@:]*):[^/@]*@")
 

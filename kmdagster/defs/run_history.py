@@ -32,12 +32,12 @@ from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.defs.naming import QUARANTINE_CHECK, SourceNames
 from kmdagster.defs.resources import TICK_LEDGER_WAIT_SECONDS, WarehouseResource
 from kmdagster.defs.runs import SOURCE_TAG
+from kmdagster.markdown import markdown_table
 from kmdagster.quarantine import FinishedRun, Quarantine, quarantine_of
-from kmdagster.report import markdown_table
+from kmdagster.s3.objects import S3File
 from kmdagster.status import RunFailure, RunOutcomes, list_root_files
-from kmdagster.storage.database import WarehouseSchemaError, WarehouseUnavailable
-from kmdagster.storage.s3_objects import S3File
-from kmdagster.storage.warehouse import Warehouse
+from kmdagster.warehouse.database import WarehouseSchemaError, WarehouseUnavailable
+from kmdagster.warehouse.warehouse import Warehouse
 
 RETRY_TAG = "kmdagster/retry"
 PARTITION_TAG = "dagster/partition"

@@ -14,7 +14,7 @@ import threading
 import polars as pl
 import pyarrow as pa
 
-from kmdagster.format.columns import constant
+from kmdagster.km_format.columns import constant
 
 UTF8_BOM = b"\xef\xbb\xbf"
 LINES_SCHEMA = {"line_no": pl.Int64, "text": pl.String, "invalid_utf8": pl.Boolean}

@@ -13,7 +13,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
-from kmdagster.storage.database import Params, WarehouseSchemaError, WarehouseUnavailable
+from kmdagster.warehouse.database import Params, WarehouseSchemaError, WarehouseUnavailable
 
 DUCKDB_MEMORY_LIMIT = "64MB"
 CHECKPOINT_THRESHOLD = "256MB"

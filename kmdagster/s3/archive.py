@@ -17,7 +17,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from kmdagster.faults import crash_point
-from kmdagster.storage.s3_objects import (
+from kmdagster.s3.objects import (
     ARCHIVE_PREFIX,
     S3AccessError,
     S3File,

@@ -13,8 +13,8 @@ from typing import Any
 
 import polars as pl
 
-from kmdagster.format.reasons import REASON_ORDER
-from kmdagster.format.split import MAX_NAME_CHARS, MAX_VALUE_BYTES, SplitLines
+from kmdagster.km_format.reasons import REASON_ORDER
+from kmdagster.km_format.split import MAX_NAME_CHARS, MAX_VALUE_BYTES, SplitLines
 
 EXAMPLE_VALUES = 3
 EXAMPLE_REJECTS_PER_REASON = 5

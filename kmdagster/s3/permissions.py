@@ -13,7 +13,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from kmdagster.storage.s3_objects import (
+from kmdagster.s3.objects import (
     ARCHIVE_PREFIX,
     FilePattern,
     S3AccessError,

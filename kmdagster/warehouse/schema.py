@@ -24,9 +24,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from kmdagster.faults import crash_point
-from kmdagster.format.split import MAX_RAW_LINE_CHARS
-from kmdagster.storage.database import Database, WarehouseSchemaError
-from kmdagster.storage.people import add_alias_pairs
+from kmdagster.km_format.split import MAX_RAW_LINE_CHARS
+from kmdagster.warehouse.database import Database, WarehouseSchemaError
+from kmdagster.warehouse.people import add_alias_pairs
 
 SCHEMA_VERSION = 3
 UPGRADE_COMMAND = "kmdagster upgrade-warehouse"

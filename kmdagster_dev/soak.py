@@ -10,7 +10,7 @@ warehouse exactly once, every file is archived or in a documented state, the unr
 file is quarantined. It prints the figures (files, lines, runs, quarantined files, peak
 RSS of each kind of process) and exits non-zero if a check failed.
 
-    python scripts/soak.py [--minutes 10] [--every 4]
+    python -m kmdagster_dev.soak [--minutes 10] [--every 4]
 """
 
 from __future__ import annotations
@@ -31,24 +31,23 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import boto3
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+from kmdagster import IMPORT_ENVIRONMENT
+from kmdagster.config import load_config
+from kmdagster.defs.run_history import run_outcomes
+from kmdagster.s3.objects import ARCHIVE_PREFIX, FilePattern, list_matching_files
+from kmdagster.status import STATE_MEANINGS, file_states
+from kmdagster.warehouse.database import Database
+from kmdagster.warehouse.file_rows import duplicate_rows, rows_by_table
+from kmdagster.warehouse.warehouse import DuckDBWarehouse, LedgerRow
+from kmdagster_dev.dev import start_seaweed
+from kmdagster_dev.instance_yaml import write_instance_yaml
+from kmdagster_dev.km_files import km_file
+from kmdagster_dev.seaweed import Identity, SeaweedS3, free_ports
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import boto3  # noqa: E402
-from dagster import DagsterInstance, DagsterRunStatus, RunsFilter  # noqa: E402
-
-from kmdagster import IMPORT_ENVIRONMENT  # noqa: E402
-from kmdagster.config import load_config  # noqa: E402
-from kmdagster.defs.quarantine import run_outcomes  # noqa: E402
-from kmdagster.status import STATE_MEANINGS, file_states  # noqa: E402
-from kmdagster.storage.database import Database  # noqa: E402
-from kmdagster.storage.file_rows import duplicate_rows, rows_by_table  # noqa: E402
-from kmdagster.storage.s3_objects import ARCHIVE_PREFIX, FilePattern, list_matching_files  # noqa: E402
-from kmdagster.storage.warehouse import DuckDBWarehouse, LedgerRow  # noqa: E402
-from kmdagster_tests.instance_yaml import write_instance_yaml  # noqa: E402
-from kmdagster_tests.km_files import km_file  # noqa: E402
-from kmdagster_tests.seaweed import Identity, SeaweedS3, free_ports  # noqa: E402
-from scripts.dev import start_seaweed  # noqa: E402
 
 SOURCES = {"accounts": "km-soak-accounts", "orders": "km-soak-orders"}
 UNREADABLE = "accounts.0-unreadable.json"  # sorts first; the product may not read it
@@ -274,7 +273,7 @@ def check_version(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python scripts/soak.py")
+    parser = argparse.ArgumentParser(prog="python -m kmdagster_dev.soak")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--every", type=float, default=4.0, help="seconds between new files")
     parser.add_argument("--state", default=str(ROOT / ".kmdagster" / "soak"))

@@ -15,8 +15,8 @@ import polars as pl
 from tabulate import tabulate
 
 from kmdagster.preview import FilePreview
+from kmdagster.s3.permissions import PermissionResult
 from kmdagster.status import FileState
-from kmdagster.storage.permissions import PermissionResult
 
 
 def _cell(value: Any) -> str:

@@ -14,8 +14,8 @@ from contextlib import closing
 import polars as pl
 import pyarrow as pa
 
-from kmdagster.storage.database import Database
-from kmdagster.storage.piece_rows import NameCodes
+from kmdagster.warehouse.database import Database
+from kmdagster.warehouse.piece_rows import NameCodes
 
 
 class NameIds:

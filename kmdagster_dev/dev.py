@@ -21,14 +21,13 @@ import time
 from contextlib import ExitStack, suppress
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from kmdagster import IMPORT_ENVIRONMENT
+from kmdagster_dev.demo_feed import start_feeder
+from kmdagster_dev.instance_yaml import write_instance_yaml
+from kmdagster_dev.km_files import DEMO_DECOYS, demo_files
+from kmdagster_dev.seaweed import PORT_FLAGS, Identity, SeaweedS3, free_ports
 
-from kmdagster import IMPORT_ENVIRONMENT  # noqa: E402
-from kmdagster_tests.instance_yaml import write_instance_yaml  # noqa: E402
-from kmdagster_tests.seaweed import PORT_FLAGS, Identity, SeaweedS3, free_ports  # noqa: E402
-from scripts.demo_data import DEMO_DECOYS, demo_files  # noqa: E402
-from scripts.demo_feed import start_feeder  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 STATE = Path(os.environ.get("KMDAGSTER_DEV_STATE") or ROOT / ".kmdagster")
 BUCKET = "km-imports"

@@ -29,8 +29,8 @@ from botocore.exceptions import (
 )
 from urllib3.exceptions import ProtocolError
 
-from kmdagster.format.lines import UTF8_BOM
-from kmdagster.storage.s3_objects import (
+from kmdagster.km_format.lines import UTF8_BOM
+from kmdagster.s3.objects import (
     S3AccessError,
     describe_client_error,
     is_precondition_failure,

@@ -1,1 +1,0 @@
-"""Pure format logic: validate KM JSON lines and split them into warehouse rows."""

@@ -1,0 +1,1 @@
+"""The KISSmetrics JSON format: validate lines and split them into warehouse rows (pure)."""

@@ -1,0 +1,1 @@
+"""The S3 side: list and match keys, read objects in ranged pieces, archive, permissions."""
