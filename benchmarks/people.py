@@ -28,7 +28,7 @@ def measure(identities: int, pairs: int, workdir: Path) -> dict[str, float]:
     rng = random.Random(identities)
     path = workdir / f"people-{identities}.duckdb"
     with DuckDBWarehouse.connect(path) as warehouse:
-        con = warehouse.connection
+        con = warehouse.database.connection
         con.execute(
             "INSERT INTO km_event_rows SELECT 1, i, 'user' || i, 1, now() FROM range(?) t(i)",
             [identities],

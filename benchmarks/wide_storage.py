@@ -55,11 +55,11 @@ class WideTablesWarehouse(NoRowsWarehouse):
 
     def __init__(self, database: DuckDBDatabase, writer: bool = True) -> None:
         super().__init__(database, writer)
-        self.connection.execute(WIDE_TABLES)
+        self.database.connection.execute(WIDE_TABLES)
 
     def _insert_rows(self, piece: PieceRows, file_id: int) -> None:
         split = piece.split
-        found = self.connection.execute(
+        found = self.database.connection.execute(
             "SELECT source, file_key, file_etag FROM km_import_files WHERE file_id = ?", [file_id]
         ).fetchone()
         assert found is not None
@@ -67,7 +67,7 @@ class WideTablesWarehouse(NoRowsWarehouse):
             if frame.height:
                 arrow_rows = frame.to_arrow(compat_level=pl.CompatLevel.newest())  # noqa: F841
                 columns = ", ".join(frame.columns)
-                self.connection.execute(
+                self.database.connection.execute(
                     f"INSERT INTO {table.replace('km_', 'wide_')} (source, file_key, file_etag, "
                     f"{columns}) SELECT ?, ?, ?, {columns} FROM arrow_rows",
                     list(found),

@@ -62,17 +62,12 @@ class ImportReport:
 
 
 @dataclass(frozen=True)
-class ReadSizes:
-    """How much one request and one piece read (see ``storage.piece_reader``)."""
+class ImportSeams:
+    """The one test entry point of ``import_file``: smaller reads than production's, a
+    clock to control, and a call between commits. The defaults are what a run uses."""
 
-    piece_bytes: int = PIECE_BYTES
+    piece_bytes: int = PIECE_BYTES  # see ``s3.piece_reader``
     request_bytes: int = REQUEST_BYTES
-
-
-@dataclass(frozen=True)
-class ImportHooks:
-    """Seams a test sets to control time or act between commits; the defaults do nothing."""
-
     now_epoch: Callable[[], float] = time.time  # bounds timestamps in the future
     clock: Callable[[], float] = time.monotonic  # measures the time budget
     after_commit: Callable[[LedgerRow], None] | None = None
@@ -85,8 +80,7 @@ def import_file(
     key: str,
     resume_hint: tuple[int, str] | None = None,
     run_id: str | None = None,
-    sizes: ReadSizes = ReadSizes(),
-    hooks: ImportHooks = ImportHooks(),
+    seams: ImportSeams = ImportSeams(),
 ) -> ImportReport:
     """Import ``s3://bucket/key`` from its committed offset until done or out of budget.
 
@@ -96,7 +90,7 @@ def import_file(
     rule tells a run that advanced the file from one that did not.
     Every call commits at least one chunk unless the file is done.
     """
-    clock, bucket, chunk_bytes = hooks.clock, source.bucket, source.chunk_bytes
+    clock, bucket, chunk_bytes = seams.clock, source.bucket, source.chunk_bytes
     started = clock()
     current = head_file(client, bucket, key)
     if current is None:
@@ -112,9 +106,9 @@ def import_file(
         return _nothing_to_do(opened, clock() - started)
     start_offset = row.next_offset
     # Pieces are read in order from streaming GETs; a chunk is the pieces up to ``chunk_bytes``.
-    piece_bytes = min(chunk_bytes, sizes.piece_bytes)
+    piece_bytes = min(chunk_bytes, seams.piece_bytes)
     reader = PieceReader(
-        client, bucket, key, current.etag, current.size, piece_bytes, sizes.request_bytes
+        client, bucket, key, current.etag, current.size, piece_bytes, seams.request_bytes
     )
     chunks = 0
     stopped_on_budget = False
@@ -125,7 +119,7 @@ def import_file(
     readers = ThreadPoolExecutor(1, thread_name_prefix="kmdagster-read")
     splitters = ThreadPoolExecutor(SPLIT_WORKERS, thread_name_prefix="kmdagster-split")
     pieces = _PieceSplitter(
-        reader, row, hooks.now_epoch, chunk_bytes, warehouse.lay_out, splitters, readers
+        reader, row, seams.now_epoch, chunk_bytes, warehouse.lay_out, splitters, readers
     )
     try:
         while not row.is_complete:
@@ -137,8 +131,8 @@ def import_file(
             )
             crash_point("import.chunk_committed")
             chunks += 1
-            if hooks.after_commit is not None:
-                hooks.after_commit(row)
+            if seams.after_commit is not None:
+                seams.after_commit(row)
     except (FileChangedError, S3AccessError) as exc:
         # Deleted, replaced or unreadable mid-import: say so in the ledger (and status).
         warehouse.mark_failed(row, str(exc))

@@ -14,6 +14,7 @@ from typing import Any
 import polars as pl
 from tabulate import tabulate
 
+from kmdagster.file_state import AT_A_GLANCE, DONE, RESUMABLE, RETIRED, WITH_ERROR, State
 from kmdagster.preview import FilePreview
 from kmdagster.s3.permissions import PermissionResult
 from kmdagster.status import FileState
@@ -96,12 +97,12 @@ def check_markdown(bucket: str, results: list[PermissionResult]) -> str:
 
 
 def _progress(state: FileState) -> str:
-    if state.state in ("superseded", "deleted") and state.next_offset:
+    if state.state in RETIRED and state.next_offset:
         # Never resumes: its content is gone from S3; its rows are kept for audit only.
         return f"{state.percent_done:g}% when replaced, never resumed"
-    if state.state in ("in_progress", "failed", "quarantined") and state.next_offset:
+    if state.state in RESUMABLE and state.next_offset:
         return f"{state.percent_done:g}% (resume at byte {state.next_offset:,})"
-    return "100%" if state.state in ("imported", "archived", "reimported_identical") else ""
+    return "100%" if state.state in DONE else ""
 
 
 def file_states_markdown(states: list[FileState], limit: int | None = None) -> str:
@@ -184,16 +185,16 @@ def reject_reasons_markdown(reasons: pl.DataFrame) -> str:
     return markdown_table(["reason", "lines", "line", "line as sent"], rows)
 
 
-# The states an analyst looks for first, in that order, each with its files listed.
-GLANCE_STATES = ("in_progress", "failed", "quarantined", "pending", "imported")
 GLANCE_FILES = 5  # files named per state; the rest are counted
 
 
 def _at_a_glance(state: FileState) -> str:
-    if state.state in ("failed", "quarantined") and state.error:
+    if state.state in WITH_ERROR and state.error:
         return f"{state.key}: {state.error[:200]}"
     progress = _progress(state)
-    return f"{state.key} {progress}" if progress and state.state != "imported" else state.key
+    return (
+        f"{state.key} {progress}" if progress and state.state is not State.IMPORTED else state.key
+    )
 
 
 def file_states_at_a_glance(states: list[FileState]) -> dict[str, int | str]:
@@ -203,12 +204,12 @@ def file_states_at_a_glance(states: list[FileState]) -> dict[str, int | str]:
     queued = [s for s in waiting if s.queue_position is not None]
     if queued:
         summary["next_file"] = _at_a_glance(min(queued, key=lambda s: s.queue_position or 0))
-    for name in GLANCE_STATES:
+    for name in AT_A_GLANCE:
         files = [s for s in waiting if s.state == name]
         summary[f"{name}_files"] = len(files)
         if files:
             listed = "; ".join(_at_a_glance(s) for s in files[:GLANCE_FILES])
             more = len(files) - GLANCE_FILES
-            summary[name] = listed + (f"; and {more:,} more" if more > 0 else "")
-    summary["archived_files"] = sum(1 for s in states if s.state == "archived")
+            summary[name.value] = listed + (f"; and {more:,} more" if more > 0 else "")
+    summary["archived_files"] = sum(1 for s in states if s.state is State.ARCHIVED)
     return summary

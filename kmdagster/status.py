@@ -14,44 +14,42 @@ from typing import Any
 
 from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.dagster_internals import cron_ticks_after
+from kmdagster.file_state import BACKLOG, RETIRED, State
 from kmdagster.quarantine import Quarantine
 from kmdagster.s3.objects import FilePattern, S3File, list_matching_files
-from kmdagster.warehouse.schema import RETIRED_STATUSES
 from kmdagster.warehouse.warehouse import LedgerRow, Warehouse, WarehouseUnavailable
 
 # Every state shown to people, in the CLI, the backlog check and the docs (README "File
 # states" lists the same words and meanings; a test compares them).
-STATE_MEANINGS = {
-    "pending": "at the bucket root, not started; `#` is its place in the queue",
-    "in_progress": "partly imported; the next run resumes at `next_offset`",
-    "failed": "its last run failed; the error is shown and the next tick tries it again "
+STATE_MEANINGS: dict[State, str] = {
+    State.PENDING: "at the bucket root, not started; `#` is its place in the queue",
+    State.IN_PROGRESS: "partly imported; the next run resumes at `next_offset`",
+    State.FAILED: "its last run failed; the error is shown and the next tick tries it again "
     "from its committed offset",
-    "quarantined": "its runs failed `quarantine_after_failed_runs` times in a row (3 by "
+    State.QUARANTINED: "its runs failed `quarantine_after_failed_runs` times in a row (3 by "
     "default) without advancing its committed offset (a run that committed a chunk of the "
     "version at the root never counts, however it ended: SIGKILL, run monitoring, a lost "
     "code server): set aside at the bucket root, keeping what it committed and its resume "
     "offset; later files go first until `kmdagster retry SOURCE KEY` (or a launch tagged "
     "`kmdagster/retry=true`) lifts it, and the `quarantine` check is red meanwhile",
-    "imported": "every line is in the warehouse; the archive step moves it next",
-    "reimported_identical": "back at the bucket root with content already imported (the "
+    State.IMPORTED: "every line is in the warehouse; the archive step moves it next",
+    State.REIMPORTED_IDENTICAL: "back at the bucket root with content already imported (the "
     "same ETag); the next run archives it again without loading a line",
-    "archived": "imported and moved to `completed_imports/` (with its rejects file)",
-    "superseded": "the key was overwritten before this version finished; the new content "
+    State.ARCHIVED: "imported and moved to `completed_imports/` (with its rejects file)",
+    State.SUPERSEDED: "the key was overwritten before this version finished; the new content "
     "is imported as a new file and this version never resumes. The lines it loaded stay "
     "attributed to its ETag but leave `km_events`, `km_properties`, `km_aliases` and "
     "`km_rejects` (and the views on them) for the `*_replaced` relations",
-    "deleted": "the key vanished before this version finished; like `superseded`, its "
+    State.DELETED: "the key vanished before this version finished; like `superseded`, its "
     "loaded lines move to the `*_replaced` relations",
 }
-# States of files the schedule still has to import or archive (quarantined ones wait apart).
-BACKLOG_STATES = ("pending", "in_progress", "failed", "imported", "reimported_identical")
 
 
 @dataclass(frozen=True)
 class FileState:
     key: str
     etag: str
-    state: str
+    state: State
     size_bytes: int
     at_bucket_root: bool
     next_offset: int = 0
@@ -92,15 +90,15 @@ class RunOutcomes:
     quarantined: Mapping[str, Quarantine] = field(default_factory=dict)
     failures: Mapping[str, RunFailure] = field(default_factory=dict)
 
-    def state_of(self, key: str, waiting_since: datetime | None) -> tuple[str, str] | None:
+    def state_of(self, key: str, waiting_since: datetime | None) -> tuple[State, str] | None:
         """(state, error) the runs give a file at the root that is not complete, if any."""
         quarantine = self.quarantined.get(key)
         if quarantine is not None:
-            return "quarantined", quarantine.last_error
+            return State.QUARANTINED, quarantine.last_error
         failure = self.failures.get(key)
         # A failure before this version was written was another version's.
         if failure is not None and (waiting_since is None or failure.created >= waiting_since):
-            return "failed", failure.error
+            return State.FAILED, failure.error
         return None
 
 
@@ -121,16 +119,16 @@ def file_states(
     for row in ledger:
         here = (row.file_key, row.file_etag) in at_root
         waiting_since = at_root[(row.file_key, row.file_etag)].last_modified if here else None
-        state = row.status
+        state = State(row.status)
         error = row.error
         if not row.is_complete and not here:
             # Its content is gone from S3: replaced by another version, or deleted.
             replaced = row.file_key in root_etag or newest[row.file_key] is not row
-            state = "superseded" if replaced else "deleted"
-        elif row.status in RETIRED_STATUSES and here:  # the same content sent again
-            state = "in_progress" if row.next_offset else "pending"
-        elif row.status == "archived" and here:
-            state = "reimported_identical"
+            state = State.SUPERSEDED if replaced else State.DELETED
+        elif state in RETIRED and here:  # the same content sent again
+            state = State.IN_PROGRESS if row.next_offset else State.PENDING
+        elif state is State.ARCHIVED and here:
+            state = State.REIMPORTED_IDENTICAL
         if here and not row.is_complete:
             from_runs = outcomes.state_of(row.file_key, waiting_since)
             if from_runs is not None:
@@ -157,7 +155,7 @@ def file_states(
     for file in root_files:
         if (file.key, file.etag) in known:
             continue
-        state, error = outcomes.state_of(file.key, file.last_modified) or ("pending", None)
+        state, error = outcomes.state_of(file.key, file.last_modified) or (State.PENDING, None)
         states.append(
             FileState(
                 key=file.key,
@@ -177,7 +175,7 @@ def _updated_epoch(row: LedgerRow) -> float:
 
 
 def _is_queued(state: FileState) -> bool:
-    return state.at_bucket_root and state.state in BACKLOG_STATES
+    return state.at_bucket_root and state.state in BACKLOG
 
 
 def in_import_order(states: list[FileState]) -> list[FileState]:

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from kmdagster.file_state import State
 from kmdagster.warehouse.warehouse import DuckDBWarehouse, WarehouseBusy
 from kmdagster_dev.km_files import LARGE_SEED, demo_file, demo_key
 
@@ -28,7 +29,7 @@ def _partly_imported(warehouse_path: Path, key: str) -> bool:
             row = warehouse.latest_ledger_row("accounts", key)
     except WarehouseBusy:  # an import holds the file: ask again at the next poll
         return False
-    return row is not None and row.status == "in_progress"
+    return row is not None and row.status == State.IN_PROGRESS
 
 
 def feed(client: Any, bucket: str, warehouse_path: Path, stop: threading.Event) -> None:

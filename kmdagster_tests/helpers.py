@@ -15,7 +15,7 @@ from kmdagster.config import (
     config_yaml,
 )
 from kmdagster.defs.naming import SourceNames
-from kmdagster.importer import ImportHooks, ImportReport, ReadSizes, import_file
+from kmdagster.importer import ImportReport, ImportSeams, import_file
 from kmdagster.warehouse.warehouse import Warehouse
 from kmdagster_dev.km_files import KmFile
 from kmdagster_dev.seaweed import Identity, SeaweedS3
@@ -121,21 +121,19 @@ def run_import(
 ) -> ImportReport:
     """``import_file`` for source ``accounts`` with a budget no test run reaches.
 
-    ``options`` are the source's settings, the read sizes and the hooks, by field name.
+    ``options`` are the source's settings, and the import's seams, by field name.
     """
     source = SourceConfig(
         name="accounts", bucket=bucket, base_filename="accounts.json", chunk_bytes=chunk_bytes
     ).model_copy(  # unvalidated: a budget of 0 (stop after the first chunk) is a test's
         update={"time_budget_seconds": options.pop("time_budget_seconds", 600.0)}
     )
-    sizes = {f: options.pop(f) for f in ReadSizes.__dataclass_fields__ if f in options}
-    hooks = {f: options.pop(f) for f in ImportHooks.__dataclass_fields__ if f in options}
+    seams = {f: options.pop(f) for f in ImportSeams.__dataclass_fields__ if f in options}
     return import_file(
         client,
         warehouse,
         source,
         key,
-        sizes=ReadSizes(**sizes),
-        hooks=ImportHooks(**hooks),
+        seams=ImportSeams(**seams),
         **options,
     )

@@ -89,5 +89,5 @@ def test_two_importers_of_one_file_never_commit_the_same_chunk_twice(tmp_path: P
         warehouse.commit_chunk(row, [(chunk, 5_000)])
         with pytest.raises(LedgerConflict, match="moved past offset 0 in another import"):
             warehouse.commit_chunk(stale, [(chunk, 5_000)])
-        events = warehouse.connection.execute("SELECT count(*) FROM km_events").fetchone()
+        events = warehouse.database.connection.execute("SELECT count(*) FROM km_events").fetchone()
     assert events == (split.events.height,)

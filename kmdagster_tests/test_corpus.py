@@ -99,7 +99,7 @@ def test_whole_corpus_through_the_import_never_crashes_a_chunk(
             expected = EXPECTED[name]
             [ledger] = database.rows(
                 "SELECT lines_read, lines_loaded, lines_rejected, lines_blank "
-                "FROM km_import_files WHERE file_key = ?",
+                "FROM km_import_files WHERE file_key = $1",
                 [key],
             )
             assert ledger == (
@@ -109,7 +109,7 @@ def test_whole_corpus_through_the_import_never_crashes_a_chunk(
                 expected.count("blank"),
             ), name
             reasons = database.rows(
-                "SELECT reason FROM km_rejects WHERE file_key = ? ORDER BY line_no", [key]
+                "SELECT reason FROM km_rejects WHERE file_key = $1 ORDER BY line_no", [key]
             )
             assert [r for (r,) in reasons] == [o for o in expected if o not in ("loaded", "blank")]
 

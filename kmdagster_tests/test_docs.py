@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from kmdagster.file_state import State
 from kmdagster.s3.permissions import iam_policy
 from kmdagster.status import STATE_MEANINGS
 
@@ -72,6 +73,7 @@ def test_the_documented_file_states_are_the_words_the_cli_and_ui_use() -> None:
     table = readme.split("| state | meaning |", 1)[1].split("\n\n", 1)[0]
     rows = dict(re.findall(r"^\| `(\w+)` \| (.+) \|$", table, re.M))
     assert rows == STATE_MEANINGS
+    assert set(STATE_MEANINGS) == set(State), "every state has a meaning"
 
 
 def test_helm_values_carry_the_instance_settings_of_deploy_dagster_yaml() -> None:

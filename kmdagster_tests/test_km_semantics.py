@@ -59,7 +59,7 @@ def test_dedup_views_keep_one_event_and_one_property_value_per_second(tmp_path: 
             "accounts.2.json",
             [{"_p": "a", "_t": T1, "_n": "SIGNED UP", "Plan": "Bronze"}],  # sent again later
         )
-        con = warehouse.connection
+        con = warehouse.database.connection
         assert con.execute("SELECT count(*) FROM km_events").fetchall() == [(5,)]
         events = con.execute(
             "SELECT person, event, epoch(ts)::BIGINT, file_key, line_no, event_label "
@@ -83,7 +83,7 @@ def test_people_follow_alias_chains_cycles_and_merges_across_files(tmp_path: Pat
     with DuckDBWarehouse.connect(tmp_path / "w.duckdb") as warehouse:
         load(warehouse, "accounts.1.json", [alias("x", "y"), alias("c1", "c2"), alias("c2", "c3")])
         load(warehouse, "accounts.2.json", [alias("z", "w"), {"_p": "solo", "_t": T1, "_n": "e"}])
-        con = warehouse.connection
+        con = warehouse.database.connection
 
         def people() -> dict[str, str]:
             return dict(con.execute("SELECT identity, person_id FROM km_people").fetchall())
@@ -116,7 +116,7 @@ def test_the_readme_queries_give_kissmetrics_answers(tmp_path: Path) -> None:
                 {"_p": "user7@example.com", "_t": T1, "_n": "Signed Up"},
             ],
         )
-        con = warehouse.connection
+        con = warehouse.database.connection
         assert con.execute(counts).fetchall() == [("signed up", 2, 2), ("purchased", 1, 1)]
         assert sorted(con.execute(plans).fetchall()) == [("crm-42", "Gold")]
         assert sorted(con.execute(identities).fetchall()) == [

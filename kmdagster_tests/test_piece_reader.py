@@ -148,7 +148,7 @@ def test_a_failure_between_pieces_commits_nothing_of_the_chunk(
             )
         [row] = warehouse.ledger_rows("accounts")
         assert (row.next_offset, row.lines_read) == (0, 0)
-        assert warehouse.connection.execute("SELECT count(*) FROM km_events").fetchone() == (0,)
+        assert warehouse.database.rows("SELECT count(*) FROM km_events") == [(0,)]
         report = run_import(s3, warehouse, bucket, "q.json", 8192, piece_bytes=500)
     assert report.ledger.status == "imported" and report.chunks > 1
     with duckdb.connect(str(path), read_only=True) as con:

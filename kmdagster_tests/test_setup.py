@@ -126,7 +126,7 @@ def test_preview_warns_about_names_that_merge_and_names_the_warehouse_knows(
         Bucket=bucket, Key="accounts.json", Body="\n".join(map(json.dumps, lines)).encode()
     )
     with DuckDBWarehouse.connect(warehouse_path) as warehouse:
-        warehouse.connection.execute(
+        warehouse.database.connection.execute(
             "INSERT INTO km_names VALUES (nextval('km_name_ids'), 'event', 'signed up', 'x')"
         )
 

@@ -100,7 +100,7 @@ def test_an_upgraded_warehouse_resumes_its_partial_file_and_takes_new_rows(
 ) -> None:
     data = km_file(seed=2, repeats=30).data
     with DuckDBWarehouse.connect(v1_path) as warehouse:
-        [(etag, offset, lines)] = warehouse.connection.execute(
+        [(etag, offset, lines)] = warehouse.database.connection.execute(
             "SELECT file_etag, next_offset, lines_read FROM km_import_files "
             "WHERE file_key = 'accounts.2.json'"
         ).fetchall()
@@ -143,7 +143,7 @@ def test_rejected_lines_are_kept_short_with_their_full_length(tmp_path: Path) ->
     with DuckDBWarehouse.connect(tmp_path / "w.duckdb") as warehouse:
         row = warehouse.open_file("accounts", "k.json", '"e"', len(long_line) + 1)
         warehouse.commit_chunk(row, [(warehouse.lay_out(split), len(long_line) + 1)])
-        [(kept, full)] = warehouse.connection.execute(
+        [(kept, full)] = warehouse.database.connection.execute(
             "SELECT length(raw_line), raw_chars FROM km_rejects"
         ).fetchall()
     assert (kept, full) == (MAX_RAW_LINE_CHARS, len(long_line))
@@ -162,7 +162,7 @@ def test_names_are_stored_once_with_each_label_as_sent(tmp_path: Path) -> None:
             row = warehouse.open_file("accounts", key, f'"{n}"', len(lines))
             piece = warehouse.lay_out(split_km_lines(lines, 1, 1_764_000_000))
             warehouse.commit_chunk(row, [(piece, len(lines))])
-        con = warehouse.connection
+        con = warehouse.database.connection
         names = con.execute("SELECT kind, name, label FROM km_names ORDER BY ALL").fetchall()
         events = con.execute("SELECT event, event_label FROM km_events ORDER BY ALL").fetchall()
     assert names == [

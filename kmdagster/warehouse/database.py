@@ -2,8 +2,9 @@
 
 Two implementations: ``DuckDBDatabase`` (an embedded file, ``duckdb_database.py``) and
 ``PostgresDatabase`` (a server, through ADBC, ``postgres_database.py``). The warehouse's
-SQL is written once, with ``?`` parameters, in the dialect both accept; the few
-aggregates that differ are asked of the database by name (``sql_*`` methods).
+SQL is written once, with PostgreSQL's numbered parameters (``$1``, which DuckDB takes
+too), in the dialect both accept; the few aggregates that differ are asked of the
+database by name (``sql_*`` methods).
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ import polars as pl
 import pyarrow as pa
 
 Params = Sequence[object]
+
+
+def placeholders(count: int, first: int = 1) -> str:
+    """``$first, ..., $(first + count - 1)``: a run of numbered parameters."""
+    return ", ".join(f"${n}" for n in range(first, first + count))
 
 
 class WarehouseUnavailable(RuntimeError):

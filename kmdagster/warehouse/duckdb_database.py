@@ -13,7 +13,12 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
-from kmdagster.warehouse.database import Params, WarehouseSchemaError, WarehouseUnavailable
+from kmdagster.warehouse.database import (
+    Params,
+    WarehouseSchemaError,
+    WarehouseUnavailable,
+    placeholders,
+)
 
 DUCKDB_MEMORY_LIMIT = "64MB"
 CHECKPOINT_THRESHOLD = "256MB"
@@ -135,7 +140,7 @@ class DuckDBDatabase:
         km_appended_rows = rows  # noqa: F841
         columns = ", ".join([*rows.column_names, *constants])
         # Constants as parameters: DuckDB stores a constant vector without looking at it.
-        values = ", ".join([*rows.column_names, *("?" for _ in constants)])
+        values = ", ".join([*rows.column_names, placeholders(len(constants))])
         self.connection.execute(
             f"INSERT INTO {table} ({columns}) SELECT {values} FROM km_appended_rows",
             [value.as_py() for value in constants.values()],

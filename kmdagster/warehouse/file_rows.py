@@ -26,7 +26,7 @@ ROW_IDENTITY = {
 # The same identity in the storage tables, which hold a name's id: a line's names being
 # unique, so are its name ids, and grouping ids needs far less memory than the view's names.
 _STORAGE_ROW_IDENTITY = {**ROW_IDENTITY, "km_properties": "line_no, name_id"}
-_OF_FILE = "file_id = ?"
+_OF_FILE = "file_id = $1"  # the first parameter of every query here
 
 
 def _file(row: LedgerRow) -> list[object]:
@@ -67,7 +67,7 @@ def top_events(database: Database, row: LedgerRow, limit: int = 10) -> pl.DataFr
     return database.frame(
         f"SELECT event, {database.sql_most_common('event_label')} AS label, count(*) AS rows, "
         f"{database.sql_distinct_estimate('person')} AS people FROM km_events "
-        f"WHERE {_OF_FILE} GROUP BY event ORDER BY rows DESC, event LIMIT ?",
+        f"WHERE {_OF_FILE} GROUP BY event ORDER BY rows DESC, event LIMIT $2",
         [*_file(row), limit],
     )
 
@@ -79,7 +79,7 @@ def top_properties(database: Database, row: LedgerRow, limit: int = 10) -> pl.Da
         f"SELECT name, {database.sql_most_common('name_label')} AS label, count(*) AS rows, "
         f"{database.sql_distinct_estimate('person')} AS people, "
         f"count(value_number) AS numeric_rows FROM km_properties WHERE {_OF_FILE} "
-        "GROUP BY name ORDER BY rows DESC, name LIMIT ?",
+        "GROUP BY name ORDER BY rows DESC, name LIMIT $2",
         [*_file(row), limit],
     )
 
@@ -94,20 +94,20 @@ def reject_reasons(
     """
     reasons = database.frame(
         "SELECT reason, count(*) AS lines, "
-        "array_agg(line_no ORDER BY line_no) FILTER (WHERE k <= ?) AS first_lines "
+        "array_agg(line_no ORDER BY line_no) FILTER (WHERE k <= $2) AS first_lines "
         "FROM (SELECT reason, line_no, "
         "row_number() OVER (PARTITION BY reason ORDER BY line_no) AS k "
         f"FROM km_reject_rows WHERE {_OF_FILE}) AS ranked "
         "GROUP BY reason ORDER BY lines DESC, reason",
-        [examples, *_file(row)],
+        [*_file(row), examples],
     )
     first_lines = reasons.get_column("first_lines").explode().to_frame("line_no")
     with database.temporary("km_first_lines", first_lines):
         texts = database.frame(
-            "SELECT r.line_no, left(r.raw_line, CAST(? AS INTEGER)) AS example "
+            "SELECT r.line_no, left(r.raw_line, CAST($2 AS INTEGER)) AS example "
             "FROM km_reject_rows AS r "
             f"JOIN km_first_lines AS l ON l.line_no = r.line_no WHERE r.{_OF_FILE}",
-            [example_chars, *_file(row)],
+            [*_file(row), example_chars],
         )
     example_of = dict(texts.iter_rows())
     return reasons.with_columns(
@@ -124,7 +124,7 @@ def table_columns(database: Database, table: str) -> list[tuple[str, str]]:
         (name, data_type)
         for name, data_type in database.rows(
             "SELECT column_name, data_type FROM information_schema.columns "
-            "WHERE table_name = ? AND table_schema = current_schema() ORDER BY ordinal_position",
+            "WHERE table_name = $1 AND table_schema = current_schema() ORDER BY ordinal_position",
             [table],
         )
     ]

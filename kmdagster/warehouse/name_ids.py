@@ -44,12 +44,12 @@ class NameIds:
         with closing(database.autonomous()) as own, own.temporary("km_new_names", new_names):
             # In label order: two writers adding the same names take them in one order.
             own.execute(
-                "INSERT INTO km_names SELECT nextval('km_name_ids'), ?, name, label "
+                "INSERT INTO km_names SELECT nextval('km_name_ids'), $1, name, label "
                 "FROM km_new_names ORDER BY label ON CONFLICT DO NOTHING",
                 [kind],
             )
             rows = own.rows(
-                "SELECT label, name_id FROM km_names WHERE kind = ? "
+                "SELECT label, name_id FROM km_names WHERE kind = $1 "
                 "AND label IN (SELECT label FROM km_new_names)",
                 [kind],
             )

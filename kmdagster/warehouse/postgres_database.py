@@ -28,22 +28,8 @@ class WarehouseUnreachable(WarehouseUnavailable):
     """The PostgreSQL warehouse refused or did not answer the connection."""
 
 
-def _numbered_parameters(sql: str) -> str:
-    """``?`` placeholders (outside quoted literals) as PostgreSQL's ``$1, $2, ...``."""
-    parts = sql.split("'")
-    number = 0
-    for i in range(0, len(parts), 2):  # even parts are outside quotes
-        pieces = parts[i].split("?")
-        text = pieces[0]
-        for piece in pieces[1:]:
-            number += 1
-            text += f"${number}{piece}"
-        parts[i] = text
-    return "'".join(parts)
-
-
 def _execute(cursor: Any, sql: str, params: Params) -> None:
-    cursor.execute(_numbered_parameters(sql), list(params) or None)
+    cursor.execute(sql, list(params) or None)
 
 
 def _without_password(text: str) -> str:
@@ -134,7 +120,7 @@ class PostgresDatabase:
 
     def serialize(self, name: str) -> None:
         # Held to the end of the transaction: writers of different sources share the tables.
-        self.execute("SELECT pg_advisory_xact_lock(hashtext(?))", [f"kmdagster:{name}"])
+        self.execute("SELECT pg_advisory_xact_lock(hashtext($1))", [f"kmdagster:{name}"])
 
     def checkpoint(self) -> None:
         """PostgreSQL writes its log into its files itself."""

@@ -23,7 +23,10 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import duckdb
+
 from kmdagster.faults import crash_point
+from kmdagster.file_state import RETIRED, sql_list
 from kmdagster.km_format.split import MAX_RAW_LINE_CHARS
 from kmdagster.warehouse.database import Database, WarehouseSchemaError
 from kmdagster.warehouse.people import add_alias_pairs
@@ -103,10 +106,9 @@ _PROPERTY_COLUMNS = (
     "source, file_key, file_etag, line_no, person, ts, name, name_label, value, value_number, "
     "file_id"
 )
-# Versions whose content left S3 before they finished (superseded, deleted): their rows
-# stay, out of the documented relations, in ``<relation>_replaced`` for audit.
-RETIRED_STATUSES = ("superseded", "deleted")
-_RETIRED = ", ".join(f"'{status}'" for status in RETIRED_STATUSES)
+# Versions whose content left S3 before they finished: their rows stay, out of the
+# documented relations, in ``<relation>_replaced`` for audit.
+_RETIRED = sql_list(RETIRED)
 _ROW_VIEWS = {
     "km_events": "n.name AS event, n.label AS event_label, r.ts",
     "km_properties": "r.ts, n.name, n.label AS name_label, r.value, r.value_number",
@@ -178,16 +180,17 @@ __all__ = ["WarehouseSchemaError"]
 
 
 def _run_script(database: Database, script: str) -> None:
-    """Each statement of ``script`` in turn (a driver may take one statement at a time)."""
-    for statement in script.split(";\n"):
-        if statement.strip():
-            database.execute(statement)
+    """Each statement of ``script`` in turn: PostgreSQL's driver prepares what it is given,
+    one statement at a time. DuckDB's parser splits the script (it reads PostgreSQL's
+    grammar, so quotes and comments never cut a statement in two)."""
+    for statement in duckdb.extract_statements(script):
+        database.execute(statement.query)
 
 
 def _has_table(database: Database, name: str) -> bool:
     [(found,)] = database.rows(
         "SELECT count(*) FROM information_schema.tables "
-        "WHERE table_name = ? AND table_schema = current_schema()",
+        "WHERE table_name = $1 AND table_schema = current_schema()",
         [name],
     )
     return bool(found)
@@ -253,7 +256,7 @@ def prepare_for_writing(database: Database) -> int | None:
         if version != SCHEMA_VERSION:
             database.execute("DELETE FROM km_schema")
             database.execute(
-                "INSERT INTO km_schema VALUES (?, ?)",
+                "INSERT INTO km_schema VALUES ($1, $2)",
                 [SCHEMA_VERSION, datetime.now(timezone.utc)],
             )
         database.commit()
@@ -278,7 +281,7 @@ def _upgrade_from_v1(con: Database) -> None:
         ("property", "name", "name_label", "km_properties"),
     ):
         con.execute(
-            "INSERT INTO km_names SELECT nextval('km_name_ids'), ?, name, label FROM "
+            "INSERT INTO km_names SELECT nextval('km_name_ids'), $1, name, label FROM "
             f"(SELECT DISTINCT {name} AS name, {label} AS label FROM {table} ORDER BY label)",
             [kind],
         )

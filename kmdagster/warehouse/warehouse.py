@@ -13,15 +13,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import duckdb
 import polars as pl
 import pyarrow as pa
 
 from kmdagster.config import WarehouseSettings
 from kmdagster.faults import crash_point
+from kmdagster.file_state import COMPLETE, UNFINISHED, State, sql_list
 from kmdagster.km_format.split import SplitLines
 from kmdagster.km_format.summary import KnownNames
-from kmdagster.warehouse.database import Database, WarehouseUnavailable
+from kmdagster.warehouse.database import Database, WarehouseUnavailable, placeholders
 from kmdagster.warehouse.duckdb_database import DuckDBDatabase, WarehouseBusy, is_empty_file
 from kmdagster.warehouse.name_ids import NameIds
 from kmdagster.warehouse.people import add_alias_pairs
@@ -40,8 +40,12 @@ __all__ = ["WarehouseBusy", "WarehouseUnavailable", "WarehouseUnreachable"]
 
 LOCK_WAIT_SECONDS = 120.0
 
-# Each table's row count is added in the ledger update of the chunk that inserted them.
-_ADD_ROW_COUNTS = ", ".join(f"{c} = {c} + ?" for c in ROW_COUNT_COLUMNS.values())
+# Each table's row count is added in the ledger update of the chunk that inserted them
+# (parameters $10 on, after the nine before them in ``commit_chunk``).
+_ADD_ROW_COUNTS = ", ".join(
+    f"{column} = {column} + ${n}" for n, column in enumerate(ROW_COUNT_COLUMNS.values(), 10)
+)
+_AFTER_ROW_COUNTS = 10 + len(ROW_COUNT_COLUMNS)  # the number of the next parameter
 _LEDGER_COLUMNS = (
     "source, file_key, file_etag, size_bytes, status, next_offset, lines_read, lines_loaded, "
     "lines_rejected, lines_blank, started_at, completed_at, archived_key, error, updated_at, "
@@ -83,7 +87,7 @@ class LedgerRow:
 
     @property
     def is_complete(self) -> bool:
-        return self.status in ("imported", "archived")
+        return self.status in COMPLETE
 
     @property
     def percent_done(self) -> float:
@@ -152,17 +156,17 @@ class Warehouse:
 
     def ledger_row(self, source: str, key: str, etag: str) -> LedgerRow | None:
         return self._select_row(
-            "source = ? AND file_key = ? AND file_etag = ?", [source, key, etag]
+            "source = $1 AND file_key = $2 AND file_etag = $3", [source, key, etag]
         )
 
     def latest_ledger_row(self, source: str, key: str) -> LedgerRow | None:
         return self._select_row(
-            "source = ? AND file_key = ? ORDER BY updated_at DESC LIMIT 1", [source, key]
+            "source = $1 AND file_key = $2 ORDER BY updated_at DESC LIMIT 1", [source, key]
         )
 
     def ledger_rows(self, source: str) -> list[LedgerRow]:
         rows = self.database.rows(
-            f"SELECT {_LEDGER_COLUMNS} FROM km_import_files WHERE source = ? "
+            f"SELECT {_LEDGER_COLUMNS} FROM km_import_files WHERE source = $1 "
             "ORDER BY file_key, updated_at",
             [source],
         )
@@ -170,7 +174,7 @@ class Warehouse:
 
     def known_names(self) -> KnownNames:
         """Every event and property name any source has loaded (lower-cased)."""
-        names = "SELECT DISTINCT name FROM km_names WHERE kind = ?"
+        names = "SELECT DISTINCT name FROM km_names WHERE kind = $1"
         events = self.database.rows(names, ["event"])
         properties = self.database.rows(names, ["property"])
         return KnownNames(
@@ -183,7 +187,8 @@ class Warehouse:
         self.database.execute(
             "INSERT INTO km_import_files (source, file_key, file_etag, size_bytes, status, "
             "next_offset, lines_read, lines_loaded, lines_rejected, lines_blank, updated_at, "
-            "file_id) VALUES (?, ?, ?, ?, 'pending', 0, 0, 0, 0, 0, ?, nextval('km_file_ids')) "
+            "file_id) VALUES ($1, $2, $3, $4, 'pending', 0, 0, 0, 0, 0, $5, "
+            "nextval('km_file_ids')) "
             "ON CONFLICT DO NOTHING",
             [source, key, etag, size, utc_now()],
         )
@@ -236,16 +241,18 @@ class Warehouse:
             now = utc_now()
             crash_point("commit_chunk.in_transaction")
             updated = db.rows(
-                "UPDATE km_import_files SET next_offset = ?, status = ?, "
-                "lines_read = lines_read + ?, lines_loaded = lines_loaded + ?, "
-                "lines_rejected = lines_rejected + ?, lines_blank = lines_blank + ?, "
-                "started_at = coalesce(started_at, ?), completed_at = ?, error = NULL, "
-                f"updated_at = ?, {_ADD_ROW_COUNTS}, import_runs = import_runs + ? "
-                "WHERE source = ? AND file_key = ? AND file_etag = ? AND next_offset = ? "
+                "UPDATE km_import_files SET next_offset = $1, status = $2, "
+                "lines_read = lines_read + $3, lines_loaded = lines_loaded + $4, "
+                "lines_rejected = lines_rejected + $5, lines_blank = lines_blank + $6, "
+                "started_at = coalesce(started_at, $7), completed_at = $8, error = NULL, "
+                f"updated_at = $9, {_ADD_ROW_COUNTS}, "
+                f"import_runs = import_runs + {placeholders(1, _AFTER_ROW_COUNTS)} "
+                f"WHERE (source, file_key, file_etag, next_offset) = "
+                f"({placeholders(4, _AFTER_ROW_COUNTS + 1)}) "
                 f"RETURNING {_LEDGER_COLUMNS}",
                 [
                     next_offset,
-                    "imported" if complete else "in_progress",
+                    State.IMPORTED if complete else State.IN_PROGRESS,
                     lines_read,
                     lines_loaded,
                     lines_rejected,
@@ -275,7 +282,7 @@ class Warehouse:
     def _record_run(self, file_id: int, run_id: str, start: int, end: int, now: datetime) -> None:
         self.database.execute(
             "INSERT INTO km_import_runs (file_id, run_id, start_offset, next_offset, chunks, "
-            "updated_at) VALUES (?, ?, ?, ?, 1, ?) ON CONFLICT (file_id, run_id) DO UPDATE "
+            "updated_at) VALUES ($1, $2, $3, $4, 1, $5) ON CONFLICT (file_id, run_id) DO UPDATE "
             "SET next_offset = excluded.next_offset, chunks = km_import_runs.chunks + 1, "
             "updated_at = excluded.updated_at",
             [file_id, run_id, start, end, now],
@@ -289,9 +296,9 @@ class Warehouse:
             return set()
         found = self.database.rows(
             "SELECT r.run_id FROM km_import_runs AS r JOIN km_import_files AS f "
-            "ON f.file_id = r.file_id WHERE f.source = ? AND f.file_key = ? "
-            "AND f.file_etag = ? AND r.next_offset > r.start_offset "
-            f"AND r.run_id IN ({', '.join('?' for _ in run_ids)})",
+            "ON f.file_id = r.file_id WHERE f.source = $1 AND f.file_key = $2 "
+            "AND f.file_etag = $3 AND r.next_offset > r.start_offset "
+            f"AND r.run_id IN ({placeholders(len(run_ids), 4)})",
             [source, key, etag, *run_ids],
         )
         return {run_id for (run_id,) in found}
@@ -328,8 +335,8 @@ class Warehouse:
         of its key is at the root or was imported after it) or ``deleted``; returns them.
         Their rows leave the documented relations; they never resume."""
         unfinished = self.database.rows(
-            f"SELECT {_LEDGER_COLUMNS} FROM km_import_files WHERE source = ? "
-            "AND status IN ('pending', 'in_progress', 'failed')",
+            f"SELECT {_LEDGER_COLUMNS} FROM km_import_files WHERE source = $1 "
+            f"AND status IN ({sql_list(UNFINISHED)})",
             [source],
         )
         retired = []
@@ -340,15 +347,15 @@ class Warehouse:
             replaced = row.file_key in root_etags or (
                 latest is not None and latest.file_etag != row.file_etag
             )
-            status = "superseded" if replaced else "deleted"
+            status = State.SUPERSEDED if replaced else State.DELETED
             retired.append(self._update_status(row, status, error=row.error))
         return retired
 
     def mark_archived(self, row: LedgerRow, archived_key: str) -> LedgerRow:
-        return self._update_status(row, "archived", archived_key=archived_key)
+        return self._update_status(row, State.ARCHIVED, archived_key=archived_key)
 
     def mark_failed(self, row: LedgerRow, error: str) -> LedgerRow:
-        return self._update_status(row, "failed", error=error)
+        return self._update_status(row, State.FAILED, error=error)
 
     def _update_status(
         self,
@@ -358,8 +365,8 @@ class Warehouse:
         error: str | None = None,
     ) -> LedgerRow:
         updated = self.database.rows(
-            "UPDATE km_import_files SET status = ?, archived_key = coalesce(?, archived_key), "
-            "error = ?, updated_at = ? WHERE source = ? AND file_key = ? AND file_etag = ? "
+            "UPDATE km_import_files SET status = $1, archived_key = coalesce($2, archived_key), "
+            "error = $3, updated_at = $4 WHERE source = $5 AND file_key = $6 AND file_etag = $7 "
             f"RETURNING {_LEDGER_COLUMNS}",
             [status, archived_key, error, utc_now(), row.source, row.file_key, row.file_etag],
         )
@@ -370,10 +377,6 @@ class DuckDBWarehouse(Warehouse):
     """The warehouse in an embedded DuckDB file, by path."""
 
     database: DuckDBDatabase
-
-    @property
-    def connection(self) -> duckdb.DuckDBPyConnection:
-        return self.database.connection
 
     @classmethod
     @contextmanager

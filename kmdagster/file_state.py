@@ -1,0 +1,52 @@
+"""The states a file version can be in, and the groups of them the code acts on.
+
+The ledger (``km_import_files.status``) holds the first six; ``quarantined`` and
+``reimported_identical`` are derived from Dagster's run records and the bucket root
+(``status.file_states``). ``status.STATE_MEANINGS`` says what each means to a user.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class State(StrEnum):
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    FAILED = "failed"
+    IMPORTED = "imported"
+    ARCHIVED = "archived"
+    SUPERSEDED = "superseded"
+    DELETED = "deleted"
+    QUARANTINED = "quarantined"
+    REIMPORTED_IDENTICAL = "reimported_identical"
+
+
+# Every line of the version is in the warehouse.
+COMPLETE = frozenset({State.IMPORTED, State.ARCHIVED})
+# Not finished, and may still resume: what an import run picks up.
+UNFINISHED = (State.PENDING, State.IN_PROGRESS, State.FAILED)
+# Content left S3 before the version finished: it never resumes, its rows leave the
+# documented relations for ``<relation>_replaced``.
+RETIRED = (State.SUPERSEDED, State.DELETED)
+# Files the schedule still has to import or archive (quarantined ones wait apart).
+BACKLOG = frozenset({*UNFINISHED, State.IMPORTED, State.REIMPORTED_IDENTICAL})
+# Partly imported, with an offset the next run resumes from.
+RESUMABLE = frozenset({State.IN_PROGRESS, State.FAILED, State.QUARANTINED})
+# Fully imported, whether or not archived yet.
+DONE = frozenset({*COMPLETE, State.REIMPORTED_IDENTICAL})
+# Files whose runs left an error to show.
+WITH_ERROR = frozenset({State.FAILED, State.QUARANTINED})
+# The states an analyst looks for first in the UI's summary, in that order.
+AT_A_GLANCE = (
+    State.IN_PROGRESS,
+    State.FAILED,
+    State.QUARANTINED,
+    State.PENDING,
+    State.IMPORTED,
+)
+
+
+def sql_list(states: tuple[State, ...]) -> str:
+    """``'a', 'b'`` for an SQL ``IN (...)``: the states are fixed words, never user input."""
+    return ", ".join(f"'{state.value}'" for state in states)
