@@ -53,7 +53,7 @@ def s3_client(config: KmConfig) -> Any:
 
 def run_preview(config: KmConfig, source: SourceConfig, key: str | None) -> FilePreview:
     try:
-        names = WarehouseResource.of(config.warehouse).known_names()
+        names = WarehouseResource(settings=config.warehouse).known_names()
     except WarehouseUnavailable as exc:
         click.echo(f"note: names are not compared with the warehouse: {exc}", err=True)
         names = None

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
+from dagster import Config
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -43,12 +44,22 @@ class ConfigError(ValueError):
     """The configuration file is invalid; the message names the file and the field."""
 
 
+_SECTION_RULES = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    model_config = _SECTION_RULES
 
 
-class S3Settings(_Section):
-    """How the S3 client connects; the Dagster resource takes these fields as they are."""
+class _ResourceSection(Config):
+    """A section a Dagster resource holds as it is (a ``dagster.Config``: a pydantic model
+    Dagster can show and pass to run workers), with the same rules as the others."""
+
+    model_config = _SECTION_RULES
+
+
+class S3Settings(_ResourceSection):
+    """How the S3 client connects; the S3 resource holds these settings as they are."""
 
     endpoint_url: Text | None = None
     region_name: Text | None = None
@@ -58,7 +69,7 @@ class S3Settings(_Section):
     read_timeout_seconds: PositiveInt = 60
 
 
-class WarehouseSettings(_Section):
+class WarehouseSettings(_ResourceSection):
     """Where the km_* relations live: an embedded DuckDB file (the default) or PostgreSQL."""
 
     backend: Literal["duckdb", "postgres"] = "duckdb"

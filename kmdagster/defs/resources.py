@@ -10,9 +10,8 @@ from boto3.session import Session
 from botocore.config import Config
 from dagster import ConfigurableResource
 from dagster_aws.s3 import S3Resource
-from pydantic import Field
 
-from kmdagster.config import KmConfig, WarehouseSettings
+from kmdagster.config import KmConfig, S3Settings, WarehouseSettings
 from kmdagster.km_format.summary import KnownNames
 from kmdagster.warehouse.warehouse import Warehouse
 
@@ -23,24 +22,10 @@ TICK_LEDGER_WAIT_SECONDS = 2.0
 
 
 class WarehouseResource(ConfigurableResource):
-    """The warehouse (``WarehouseSettings``); a connection is opened per step, never at
-    load time. Its fields hold no secret: a PostgreSQL password comes from PGPASSWORD."""
+    """The warehouse; a connection is opened per step, never at load time. Its settings
+    hold no secret: a PostgreSQL password comes from PGPASSWORD."""
 
-    backend: str = Field(description="duckdb or postgres.")
-    duckdb_path: str = Field(description="Path of the DuckDB file holding the km_* tables.")
-    postgres_url: str | None = Field(description="PostgreSQL URL, without the password.")
-
-    @classmethod
-    def of(cls, settings: WarehouseSettings) -> WarehouseResource:
-        return cls(**settings.model_dump())
-
-    @property
-    def settings(self) -> WarehouseSettings:
-        return WarehouseSettings(
-            backend=self.backend,  # type: ignore[arg-type]  # checked by WarehouseSettings
-            duckdb_path=self.duckdb_path,
-            postgres_url=self.postgres_url,
-        )
+    settings: WarehouseSettings
 
     @contextmanager
     def connect(self) -> Iterator[Warehouse]:
@@ -54,40 +39,40 @@ class WarehouseResource(ConfigurableResource):
 
 
 class KmS3Resource(S3Resource):
-    """dagster-aws's S3 resource with the retry mode and timeouts the import relies on."""
+    """dagster-aws's S3 resource, connected as ``settings`` say (endpoint, region, retries
+    and timeouts: S3Settings is the one declaration of them). Credentials come from
+    S3Resource's own fields when a deployment sets them, else the standard AWS chain."""
 
-    # Defaults and rules live in ``S3Settings``; the YAML's values arrive here as they are.
-    retry_mode: str = Field(description="botocore retry mode: standard or adaptive.")
-    connect_timeout_seconds: int = Field(description="Connect timeout per attempt.")
-    read_timeout_seconds: int = Field(description="Read timeout per attempt.")
+    settings: S3Settings
 
     def get_client(self) -> Any:
+        settings = self.settings
         session = Session(profile_name=self.profile_name)
         return session.client(
             "s3",
-            region_name=self.region_name,
-            endpoint_url=self.endpoint_url,
+            region_name=settings.region_name,
+            endpoint_url=settings.endpoint_url,
             use_ssl=self.use_ssl,
             verify=self.verify,
             aws_access_key_id=self.aws_access_key_id,
             aws_secret_access_key=self.aws_secret_access_key,
             aws_session_token=self.aws_session_token,
             config=Config(
-                retries={"max_attempts": self.max_attempts, "mode": self.retry_mode},  # type: ignore[typeddict-item]
-                connect_timeout=self.connect_timeout_seconds,
-                read_timeout=self.read_timeout_seconds,
+                retries={"max_attempts": settings.max_attempts, "mode": settings.retry_mode},
+                connect_timeout=settings.connect_timeout_seconds,
+                read_timeout=settings.read_timeout_seconds,
             ),
         )
 
 
 def build_s3_resource(config: KmConfig) -> KmS3Resource:
     """The S3 client settings every component shares. Credentials: the standard AWS chain."""
-    return KmS3Resource(**config.s3.model_dump())
+    return KmS3Resource(settings=config.s3)
 
 
 def build_resources(config: KmConfig) -> dict[str, object]:
     """Resources for all sources. Credentials come from the standard AWS chain when used."""
     return {
         S3_RESOURCE_KEY: build_s3_resource(config),
-        WAREHOUSE_RESOURCE_KEY: WarehouseResource.of(config.warehouse),
+        WAREHOUSE_RESOURCE_KEY: WarehouseResource(settings=config.warehouse),
     }
