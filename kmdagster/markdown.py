@@ -7,7 +7,7 @@ UI (asset metadata rendered as Markdown), so both show the same numbers.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -105,11 +105,12 @@ def _progress(state: FileState) -> str:
     return "100%" if state.state in DONE else ""
 
 
-def file_states_markdown(states: list[FileState], limit: int | None = None) -> str:
+def file_states_markdown(states: list[FileState], limit: int | None = None, unread: int = 0) -> str:
     """One row per file version: the backlog in import order (``#``), then the rest.
 
     With ``limit``, at most that many of the backlog's first files and of the most recently
-    updated other files, and a line saying how many are left out.
+    updated other files, and a line saying how many are left out (with ``unread``, older
+    finished versions not even read).
     """
     shown = states
     if limit is not None:
@@ -136,7 +137,7 @@ def file_states_markdown(states: list[FileState], limit: int | None = None) -> s
         ["#", "key", "state", "bytes", "progress", "loaded", "rejected", "archive key / error"],
         rows,
     )
-    left_out = len(states) - len(shown)
+    left_out = len(states) - len(shown) + unread
     if left_out:
         table += (
             f"\n\n{left_out:,} more files not shown (the backlog past the first {limit} and "
@@ -197,8 +198,11 @@ def _at_a_glance(state: FileState) -> str:
     )
 
 
-def file_states_at_a_glance(states: list[FileState]) -> dict[str, int | str]:
-    """Counts per state and the files in each, as plain values the UI shows inline."""
+def file_states_at_a_glance(
+    states: list[FileState], unread: Mapping[str, int] | None = None
+) -> dict[str, int | str]:
+    """Counts per state and the files in each, as plain values the UI shows inline;
+    ``unread`` counts older finished versions by state (``SourceStatus.left_out``)."""
     waiting = [s for s in states if s.at_bucket_root]
     summary: dict[str, int | str] = {}
     queued = [s for s in waiting if s.queue_position is not None]
@@ -211,5 +215,6 @@ def file_states_at_a_glance(states: list[FileState]) -> dict[str, int | str]:
             listed = "; ".join(_at_a_glance(s) for s in files[:GLANCE_FILES])
             more = len(files) - GLANCE_FILES
             summary[name.value] = listed + (f"; and {more:,} more" if more > 0 else "")
-    summary["archived_files"] = sum(1 for s in states if s.state is State.ARCHIVED)
+    archived = sum(1 for s in states if s.state is State.ARCHIVED)
+    summary["archived_files"] = archived + (unread or {}).get(State.ARCHIVED, 0)
     return summary

@@ -219,10 +219,13 @@ def list_root_files(client: Any, source: SourceConfig) -> list[S3File]:
 
 @dataclass(frozen=True)
 class SourceStatus:
-    """Every file of a source in import order; ``ledger_note`` says why the ledger is missing."""
+    """Every file of a source in import order (or, read at a glance, the current and the
+    latest ones, with ``left_out`` counting the older finished versions by state);
+    ``ledger_note`` says why the ledger is missing."""
 
     states: list[FileState]
     ledger_note: str | None = None
+    left_out: Mapping[str, int] = field(default_factory=dict)
 
 
 def read_source_status(
@@ -232,18 +235,28 @@ def read_source_status(
     wait_seconds: float,
     root_files: list[S3File] | None = None,
     outcomes: RunOutcomes | None = None,
+    recent: int | None = None,
 ) -> SourceStatus:
     """List the bucket root (unless given) and read the ledger read-only, waiting up to
     ``wait_seconds`` for a running import to release it. ``outcomes`` come from the
-    Dagster instance (``defs.quarantine.run_outcomes``)."""
+    Dagster instance (``defs.run_history.run_outcomes``). With ``recent``, only the
+    versions at the root, the unfinished ones and the ``recent`` latest are read: a tick's
+    read stays the same size however many files the source has archived."""
     if root_files is None:
         root_files = list_root_files(client, source)
+    left_out: dict[str, int] = {}
     try:
         with Warehouse.read_only(warehouse_settings, wait_seconds) as warehouse:
-            ledger = warehouse.ledger_rows(source.name) if warehouse else []
+            if warehouse is None:
+                ledger = []
+            elif recent is None:
+                ledger = warehouse.ledger_rows(source.name)
+            else:
+                keys = [file.key for file in root_files]
+                ledger, left_out = warehouse.current_ledger_rows(source.name, keys, recent)
     except WarehouseUnavailable as exc:
         # An import run holds DuckDB's only write lock, or PostgreSQL does not answer:
         # show what S3 alone can tell.
         note = f"ledger not read: {exc}; files at the root show as pending"
         return SourceStatus(file_states(root_files, [], outcomes), note)
-    return SourceStatus(file_states(root_files, ledger, outcomes))
+    return SourceStatus(file_states(root_files, ledger, outcomes), left_out=left_out)

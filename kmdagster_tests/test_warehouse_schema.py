@@ -19,6 +19,7 @@ import pytest
 from kmdagster.cli import main
 from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.km_format.split import MAX_RAW_LINE_CHARS, split_km_lines
+from kmdagster.markdown import file_states_at_a_glance
 from kmdagster.s3.objects import S3File
 from kmdagster.status import read_source_status
 from kmdagster.warehouse.schema import SCHEMA_VERSION, UPGRADE_COMMAND, WarehouseSchemaError
@@ -265,3 +266,43 @@ def test_an_unreachable_postgres_warehouse_is_named_and_status_falls_back_to_s3(
     status = read_source_status(None, source, settings, 1.0, root_files=[waiting])
     assert status.ledger_note is not None and "ledger not read" in status.ledger_note
     assert [(s.key, s.state) for s in status.states] == [("accounts.1.json", "pending")]
+
+
+def test_a_tick_reads_the_current_versions_and_the_latest_not_the_whole_history(
+    warehouse_settings: WarehouseSettings,
+) -> None:
+    """The backlog check's read: versions at the root, unfinished ones and the latest few,
+    whatever the number archived; the states it gives the root files are the full read's."""
+    source = SourceConfig(name="accounts", bucket="km-imports", base_filename="accounts.json")
+    with Warehouse.open(warehouse_settings) as warehouse:
+        for n in range(40):  # a long history, archived
+            row = warehouse.open_file("accounts", f"accounts.{n:03d}.json", f"e{n}", 10)
+            warehouse.mark_archived(row, f"completed_imports/accounts.{n:03d}.json")
+        resent = warehouse.ledger_row("accounts", "accounts.003.json", "e3")
+        partial = warehouse.open_file("accounts", "accounts.100.json", "p", 10)
+        warehouse.database.execute(
+            "UPDATE km_import_files SET status = 'in_progress', next_offset = 4 "
+            "WHERE file_key = $1",
+            [partial.file_key],
+        )
+    assert resent is not None
+    root = [
+        S3File(key="accounts.003.json", etag="e3", size=10),  # sent again, already imported
+        S3File(key="accounts.100.json", etag="p", size=10),
+        S3File(key="accounts.200.json", etag="new", size=10),  # no ledger row yet
+    ]
+    full = read_source_status(None, source, warehouse_settings, 5.0, root_files=root)
+    glance = read_source_status(None, source, warehouse_settings, 5.0, root_files=root, recent=5)
+    assert len(full.states) == 42 and not full.left_out
+    # 5 latest (the in-progress one among them) + the re-sent one + the new file.
+    assert len(glance.states) == 7
+    assert glance.left_out == {"archived": 35}
+    at_root = {s.key: s.state for s in glance.states if s.at_bucket_root}
+    assert at_root == {s.key: s.state for s in full.states if s.at_bucket_root}
+    assert at_root == {
+        "accounts.003.json": "reimported_identical",
+        "accounts.100.json": "in_progress",
+        "accounts.200.json": "pending",
+    }
+    assert file_states_at_a_glance(glance.states, glance.left_out)["archived_files"] == 39
+    assert file_states_at_a_glance(full.states)["archived_files"] == 39

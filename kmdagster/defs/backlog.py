@@ -53,7 +53,9 @@ def backlog_outcome(
         else 0.0
     )
     metadata: dict[str, Any] = {
-        "files": MetadataValue.md(file_states_markdown(status.states, FILES_SHOWN)),
+        "files": MetadataValue.md(
+            file_states_markdown(status.states, FILES_SHOWN, sum(status.left_out.values()))
+        ),
         "backlog_files": len(waiting),
         "backlog_bytes": sum(state.size_bytes - state.next_offset for state in waiting),
         "oldest_waiting_hours": round(hours, 4),
@@ -75,7 +77,7 @@ def read_backlog_outcome(
     """The source's status, read as a tick may (waiting briefly for the ledger), and the
     backlog check's (passed, metadata) for it."""
     status = read_source_status(
-        client, source, warehouse, TICK_LEDGER_WAIT_SECONDS, root_files, outcomes
+        client, source, warehouse, TICK_LEDGER_WAIT_SECONDS, root_files, outcomes, FILES_SHOWN
     )
     return status, *backlog_outcome(source, status, datetime.now(timezone.utc))
 

@@ -107,7 +107,7 @@ def health_events(
             AssetMaterialization(
                 asset_key=SourceNames.of(source).file_states,
                 description=f"every {source.name} file's state, as the file sensor saw it",
-                metadata=file_states_at_a_glance(status.states),
+                metadata=file_states_at_a_glance(status.states, status.left_out),
             )
         )
     if cursor.quarantine != reported.quarantine or reported.is_new or recovered:

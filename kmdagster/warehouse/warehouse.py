@@ -45,6 +45,7 @@ LOCK_WAIT_SECONDS = 120.0
 _ADD_ROW_COUNTS = ", ".join(
     f"{column} = {column} + ${n}" for n, column in enumerate(ROW_COUNT_COLUMNS.values(), 10)
 )
+_KEYS_PER_QUERY = 1000  # keys named in one query: far below either database's limit
 _AFTER_ROW_COUNTS = 10 + len(ROW_COUNT_COLUMNS)  # the number of the next parameter
 _LEDGER_COLUMNS = (
     "source, file_key, file_etag, size_bytes, status, next_offset, lines_read, lines_loaded, "
@@ -163,6 +164,44 @@ class Warehouse:
         return self._select_row(
             "source = $1 AND file_key = $2 ORDER BY updated_at DESC LIMIT 1", [source, key]
         )
+
+    def current_ledger_rows(
+        self, source: str, root_keys: Sequence[str], recent: int
+    ) -> tuple[list[LedgerRow], dict[str, int]]:
+        """What a status at a glance needs, however long the source's history: the rows of
+        keys at the bucket root, the unfinished and imported ones, and the ``recent`` last
+        updated; with the count of the rows left out, by status."""
+        needed = (*UNFINISHED, State.IMPORTED)
+        rows = set(
+            self.database.rows(
+                f"SELECT {_LEDGER_COLUMNS} FROM km_import_files WHERE source = $1 "
+                f"AND status IN ({sql_list(needed)}) "
+                f"UNION SELECT {_LEDGER_COLUMNS} FROM (SELECT {_LEDGER_COLUMNS} "
+                "FROM km_import_files WHERE source = $1 ORDER BY updated_at DESC LIMIT $2) "
+                "AS latest",
+                [source, recent],
+            )
+        )
+        keys = list(root_keys)
+        for start in range(0, len(keys), _KEYS_PER_QUERY):  # versions sent again, finished
+            batch = keys[start : start + _KEYS_PER_QUERY]
+            rows.update(
+                self.database.rows(
+                    f"SELECT {_LEDGER_COLUMNS} FROM km_import_files WHERE source = $1 "
+                    f"AND file_key IN ({placeholders(len(batch), 2)})",
+                    [source, *batch],
+                )
+            )
+        read = sorted((LedgerRow(*row) for row in rows), key=_in_key_order)
+        left_out = dict(
+            self.database.rows(
+                "SELECT status, count(*) FROM km_import_files WHERE source = $1 GROUP BY status",
+                [source],
+            )
+        )
+        for row in read:
+            left_out[row.status] -= 1
+        return read, {status: n for status, n in left_out.items() if n}
 
     def ledger_rows(self, source: str) -> list[LedgerRow]:
         rows = self.database.rows(
@@ -371,6 +410,10 @@ class Warehouse:
             [status, archived_key, error, utc_now(), row.source, row.file_key, row.file_etag],
         )
         return LedgerRow(*updated[0])
+
+
+def _in_key_order(row: LedgerRow) -> tuple[str, float]:
+    return row.file_key, row.updated_at.timestamp() if row.updated_at else 0.0
 
 
 class DuckDBWarehouse(Warehouse):
