@@ -38,7 +38,7 @@ def archive_imported_file(
     """Move the imported version of ``s3://bucket/key`` to completed_imports/, idempotently.
 
     The rejects file is written, then the ledger records the archive key, before the
-    original is deleted (``storage.archive``), so a kill anywhere is finished by the next
+    original is deleted (``s3.archive``), so a kill anywhere is finished by the next
     call. A version archived before and no longer at the root is left as it is.
     """
     row = warehouse.latest_ledger_row(source.name, key)

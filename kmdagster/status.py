@@ -84,7 +84,7 @@ class RunFailure:
 
 @dataclass(frozen=True)
 class RunOutcomes:
-    """What Dagster's run records say of a source's files (``defs.quarantine`` reads them):
+    """What Dagster's run records say of a source's files (``defs.run_history`` reads them):
     the quarantined ones, and those whose latest finished run failed, by key."""
 
     quarantined: Mapping[str, Quarantine] = field(default_factory=dict)
