@@ -1,6 +1,6 @@
 """The states a file version can be in, and the groups of them the code acts on.
 
-The ledger (``km_import_files.status``) holds the first six; ``quarantined`` and
+The ledger (``km_import_files.status``) holds the first seven; ``quarantined`` and
 ``reimported_identical`` are derived from Dagster's run records and the bucket root
 (``status.file_states``). ``status.STATE_MEANINGS`` says what each means to a user.
 """
@@ -45,8 +45,3 @@ AT_A_GLANCE = (
     State.PENDING,
     State.IMPORTED,
 )
-
-
-def sql_list(states: tuple[State, ...]) -> str:
-    """``'a', 'b'`` for an SQL ``IN (...)``: the states are fixed words, never user input."""
-    return ", ".join(f"'{state.value}'" for state in states)

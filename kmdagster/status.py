@@ -114,7 +114,7 @@ def file_states(
     at_root = {(file.key, file.etag): file for file in root_files}
     root_etag = {file.key: file.etag for file in root_files}
     # The latest version of each key the ledger knows.
-    newest = {row.file_key: row for row in sorted(ledger, key=_updated_epoch)}
+    newest = {row.file_key: row for row in sorted(ledger, key=lambda row: row.updated_epoch)}
     states = []
     for row in ledger:
         here = (row.file_key, row.file_etag) in at_root
@@ -168,10 +168,6 @@ def file_states(
             )
         )
     return in_import_order(states)
-
-
-def _updated_epoch(row: LedgerRow) -> float:
-    return row.updated_at.timestamp() if row.updated_at else 0.0
 
 
 def _is_queued(state: FileState) -> bool:

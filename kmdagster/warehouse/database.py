@@ -24,6 +24,12 @@ def placeholders(count: int, first: int = 1) -> str:
     return ", ".join(f"${n}" for n in range(first, first + count))
 
 
+def sql_list(words: Sequence[str]) -> str:
+    """``'a', 'b'`` for an SQL ``IN (...)``, for fixed words of the code (file states),
+    never user input: those go in parameters."""
+    return ", ".join(f"'{word}'" for word in words)
+
+
 class WarehouseUnavailable(RuntimeError):
     """The warehouse cannot be reached now: held by an import (DuckDB) or not answering
     (PostgreSQL). Readers show what S3 alone tells; writers fail and retry next tick."""

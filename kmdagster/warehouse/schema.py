@@ -26,9 +26,9 @@ from datetime import datetime, timezone
 import duckdb
 
 from kmdagster.faults import crash_point
-from kmdagster.file_state import RETIRED, sql_list
+from kmdagster.file_state import RETIRED
 from kmdagster.km_format.split import MAX_RAW_LINE_CHARS
-from kmdagster.warehouse.database import Database, WarehouseSchemaError
+from kmdagster.warehouse.database import Database, WarehouseSchemaError, sql_list
 from kmdagster.warehouse.people import add_alias_pairs
 
 SCHEMA_VERSION = 3

@@ -18,10 +18,15 @@ import pyarrow as pa
 
 from kmdagster.config import WarehouseSettings
 from kmdagster.faults import crash_point
-from kmdagster.file_state import COMPLETE, UNFINISHED, State, sql_list
+from kmdagster.file_state import COMPLETE, UNFINISHED, State
 from kmdagster.km_format.split import SplitLines
 from kmdagster.km_format.summary import KnownNames
-from kmdagster.warehouse.database import Database, WarehouseUnavailable, placeholders
+from kmdagster.warehouse.database import (
+    Database,
+    WarehouseUnavailable,
+    placeholders,
+    sql_list,
+)
 from kmdagster.warehouse.duckdb_database import DuckDBDatabase, WarehouseBusy, is_empty_file
 from kmdagster.warehouse.name_ids import NameIds
 from kmdagster.warehouse.people import add_alias_pairs
@@ -89,6 +94,11 @@ class LedgerRow:
     @property
     def is_complete(self) -> bool:
         return self.status in COMPLETE
+
+    @property
+    def updated_epoch(self) -> float:
+        """When the row last changed, in seconds (0 for a row never updated)."""
+        return self.updated_at.timestamp() if self.updated_at else 0.0
 
     @property
     def percent_done(self) -> float:
@@ -192,7 +202,9 @@ class Warehouse:
                     [source, *batch],
                 )
             )
-        read = sorted((LedgerRow(*row) for row in rows), key=_in_key_order)
+        read = sorted(
+            (LedgerRow(*row) for row in rows), key=lambda row: (row.file_key, row.updated_epoch)
+        )
         left_out = dict(
             self.database.rows(
                 "SELECT status, count(*) FROM km_import_files WHERE source = $1 GROUP BY status",
@@ -410,10 +422,6 @@ class Warehouse:
             [status, archived_key, error, utc_now(), row.source, row.file_key, row.file_etag],
         )
         return LedgerRow(*updated[0])
-
-
-def _in_key_order(row: LedgerRow) -> tuple[str, float]:
-    return row.file_key, row.updated_at.timestamp() if row.updated_at else 0.0
 
 
 class DuckDBWarehouse(Warehouse):
