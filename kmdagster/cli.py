@@ -36,6 +36,7 @@ from kmdagster.preview import FilePreview, SetupRuleError, setup_preview
 from kmdagster.s3.objects import FilePattern, S3AccessError
 from kmdagster.s3.permissions import PermissionResult, check_permissions, iam_policy
 from kmdagster.status import backlog, backlog_eta, list_root_files, read_source_status
+from kmdagster.warehouse.duckdb_database import import_export
 from kmdagster.warehouse.schema import SCHEMA_VERSION, WarehouseSchemaError
 from kmdagster.warehouse.warehouse import Warehouse, WarehouseUnavailable
 
@@ -263,6 +264,21 @@ def upgrade_warehouse(wait: float) -> None:
         click.echo(f"{path}: schema version {SCHEMA_VERSION}, nothing to upgrade")
     else:
         click.echo(f"{path}: upgraded from schema version {found} to {SCHEMA_VERSION}, rows kept")
+
+
+@cli.command(help="make the DuckDB warehouse file from a folder EXPORT DATABASE wrote")
+@click.argument("export_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def import_warehouse(export_dir: Path) -> None:
+    """How a DuckDB warehouse written by another DuckDB version (another storage format)
+    moves to the one kmdagster runs: EXPORT DATABASE with that version, then this."""
+    settings = given_config().warehouse
+    if settings.backend != "duckdb":
+        raise CommandFailed("import-warehouse makes a DuckDB file: set warehouse.backend duckdb")
+    path = Path(settings.duckdb_path)
+    import_export(path, export_dir)
+    with Warehouse.open(settings) as warehouse:  # checks the schema, upgrading an older one
+        files = len(warehouse.database.rows("SELECT 1 FROM km_import_files"))
+    click.echo(f"{path}: imported from {export_dir}, {files} file versions in the ledger")
 
 
 SQL_WAIT_HELP = (

@@ -306,3 +306,44 @@ def test_a_tick_reads_the_current_versions_and_the_latest_not_the_whole_history(
     }
     assert file_states_at_a_glance(glance.states, glance.left_out)["archived_files"] == 39
     assert file_states_at_a_glance(full.states)["archived_files"] == 39
+
+
+NEWER_DUCKDB_FILE = Path(__file__).parent / "fixtures" / "written_by_duckdb_2.duckdb.gz"
+# What DuckDB 2.0.1's EXPORT DATABASE wrote of the same warehouse (one file imported).
+NEWER_DUCKDB_EXPORT = Path(__file__).parent / "fixtures" / "duckdb_2_export.tar.gz"
+
+
+def test_a_file_in_a_newer_duckdb_format_is_refused_naming_the_way_to_move_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "newer.duckdb"
+    with gzip.open(NEWER_DUCKDB_FILE) as packed, path.open("wb") as out:
+        shutil.copyfileobj(packed, out)
+    for open_it in (DuckDBWarehouse.connect, DuckDBWarehouse.reader):
+        with pytest.raises(WarehouseSchemaError) as refused, open_it(path):
+            pass
+        message = str(refused.value)
+        assert str(path) in message
+        assert f"than the {duckdb.__version__}" in message
+        assert "EXPORT DATABASE" in message and "kmdagster import-warehouse" in message
+    assert path.stat().st_size > 0  # nothing was overwritten
+
+
+def test_a_newer_duckdb_export_imports_into_a_warehouse_that_takes_new_rows(
+    tmp_path: Path, capsys: Any, monkeypatch: Any, s3_server: SeaweedS3, bucket: str
+) -> None:
+    shutil.unpack_archive(NEWER_DUCKDB_EXPORT, tmp_path)
+    path = tmp_path / "moved.duckdb"
+    config = make_config(s3_server, bucket, path)
+    monkeypatch.setenv("KMDAGSTER_CONFIG", str(write_config(tmp_path / "km.yaml", config)))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    assert main(["import-warehouse", str(tmp_path / "km_export")]) == 0
+    assert "1 file versions in the ledger" in capsys.readouterr().out
+    assert rows(path, "SELECT person, event, event_label FROM km_events") == [
+        ("bob@example.com", "signed up", "Signed Up")
+    ]
+    with DuckDBWarehouse.connect(path) as warehouse:  # the sequences went on where they were
+        row = warehouse.open_file("accounts", "accounts.2.json", "e2", 10)
+        assert row.file_id == 2
+    assert main(["import-warehouse", str(tmp_path / "km_export")]) == 1  # never over a file
+    assert "already exists" in capsys.readouterr().err

@@ -43,6 +43,8 @@ def connect_waiting(
                     "warehouse.duckdb_path at a new path (kmdagster creates the file) or move "
                     "that file away"
                 ) from exc
+            if "database file with version number" in str(exc):
+                raise newer_storage_error(path) from exc
             if "lock" not in str(exc).lower():
                 raise
             if time.monotonic() > deadline:
@@ -54,6 +56,35 @@ def connect_waiting(
                     "file only while its query runs"
                 ) from exc
             time.sleep(0.5)
+
+
+def newer_storage_error(path: Path) -> WarehouseSchemaError:
+    """A file in a newer DuckDB's storage format: this DuckDB (pinned to the version its
+    DuckLake and scanner extensions are built for) cannot read it, but can import it."""
+    return WarehouseSchemaError(
+        f"the warehouse file {path} was written by a newer DuckDB than the {duckdb.__version__} "
+        "kmdagster runs (pinned to match its DuckLake extension). Move it: open it with the "
+        "DuckDB that wrote it and run EXPORT DATABASE 'km_export', then point "
+        "warehouse.duckdb_path at a new file and run `kmdagster import-warehouse km_export` "
+        '(docs/deploy.md, "Moving a DuckDB warehouse between DuckDB versions")'
+    )
+
+
+def import_export(path: Path, export_dir: Path) -> None:
+    """Make the DuckDB file ``path`` from ``export_dir``, written by any DuckDB's
+    ``EXPORT DATABASE``: how a warehouse moves between DuckDB storage formats."""
+    if not (export_dir / "schema.sql").is_file():
+        raise WarehouseSchemaError(
+            f"{export_dir} holds no schema.sql: give the folder EXPORT DATABASE wrote"
+        )
+    if path.exists() and not is_empty_file(path):
+        raise WarehouseSchemaError(
+            f"{path} already exists; point warehouse.duckdb_path at a new file to import into"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    quoted = str(export_dir).replace("'", "''")  # IMPORT DATABASE takes no parameters
+    with duckdb.connect(str(path)) as con:
+        con.execute(f"IMPORT DATABASE '{quoted}'")
 
 
 def lock_holder(lock_error: str) -> str:
