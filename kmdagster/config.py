@@ -69,26 +69,51 @@ class S3Settings(_ResourceSection):
     read_timeout_seconds: PositiveInt = 60
 
 
-class WarehouseSettings(_ResourceSection):
-    """Where the km_* relations live: an embedded DuckDB file (the default) or PostgreSQL."""
+def _no_password(url: str) -> str:
+    if not url.startswith(("postgresql://", "postgres://")):
+        raise ValueError("give a URL starting with postgresql://")
+    if re.match(r"^[a-z]+://[^/@]*:[^/@]*@", url):
+        raise ValueError(
+            "holds a password; remove it and set PGPASSWORD (or ~/.pgpass) instead: "
+            "passwords never live in the configuration file"
+        )
+    return url
 
-    backend: Literal["duckdb", "postgres"] = "duckdb"
+
+class WarehouseSettings(_ResourceSection):
+    """Where the km_* relations live: an embedded DuckDB file (the default), PostgreSQL,
+    or a DuckLake lakehouse (Parquet files in a folder or on S3, and a catalog)."""
+
+    backend: Literal["duckdb", "postgres", "ducklake"] = "duckdb"
     duckdb_path: Text = ".kmdagster/warehouse.duckdb"
     # A libpq URL without the password (libpq reads PGPASSWORD or ~/.pgpass; PGHOST and
     # the other PG* variables fill in what the URL leaves out).
     postgres_url: Text | None = None
+    # The lake's catalog: a DuckDB file (one process at a time, as the DuckDB warehouse),
+    # or a PostgreSQL URL without password (many writers and readers, many machines).
+    ducklake_catalog: Text = ".kmdagster/lake/catalog.ducklake"
+    # Where its Parquet files go: a folder, or s3://bucket/prefix/ (read and written with
+    # the s3 section's endpoint and region and the standard AWS credential chain).
+    ducklake_data_path: Text = ".kmdagster/lake/data/"
+    # Copied from the configuration's s3 section when the file is read; never set here.
+    s3: S3Settings | None = None
 
     @field_validator("postgres_url")
     @classmethod
     def _no_password_in_file(cls, url: str | None) -> str | None:
-        if url is not None and not url.startswith(("postgresql://", "postgres://")):
-            raise ValueError("give a URL starting with postgresql://")
-        if url is not None and re.match(r"^[a-z]+://[^/@]*:[^/@]*@", url):
-            raise ValueError(
-                "holds a password; remove it and set PGPASSWORD (or ~/.pgpass) instead: "
-                "passwords never live in the configuration file"
-            )
-        return url
+        return None if url is None else _no_password(url)
+
+    @field_validator("ducklake_catalog")
+    @classmethod
+    def _catalog_without_password(cls, catalog: str) -> str:
+        return _no_password(catalog) if "://" in catalog else catalog
+
+    @field_validator("ducklake_data_path")
+    @classmethod
+    def _a_folder_or_prefix(cls, path: str) -> str:
+        if "://" in path and not path.startswith("s3://"):
+            raise ValueError("give a local folder or an s3://bucket/prefix/")
+        return path if path.endswith("/") else path + "/"
 
     @model_validator(mode="after")
     def _postgres_has_a_url(self) -> WarehouseSettings:
@@ -97,6 +122,20 @@ class WarehouseSettings(_ResourceSection):
                 "backend postgres needs postgres_url (e.g. postgresql://kmdagster@db:5432/km)"
             )
         return self
+
+    @property
+    def one_writer(self) -> bool:
+        """Whether one process at a time may write (a DuckDB file, or a lake whose catalog
+        is one): the import runs of every source then take turns."""
+        if self.backend == "ducklake":
+            return "://" not in self.ducklake_catalog
+        return self.backend == "duckdb"
+
+    @property
+    def run_tag(self) -> str:
+        """The import runs' ``kmdagster/warehouse`` tag: ``duckdb`` for one writer in all
+        (deploy/dagster.yaml limits those runs to one at a time), else the backend."""
+        return "duckdb" if self.one_writer else self.backend
 
 
 class SourceConfig(_Section):
@@ -151,6 +190,13 @@ class KmConfig(_Section):
     warehouse: WarehouseSettings = WarehouseSettings()
     sources: Annotated[tuple[SourceConfig, ...], Field(min_length=1)]
 
+    @model_validator(mode="after")
+    def _lake_reads_s3_as_the_sources_do(self) -> KmConfig:
+        # The lake's data path on S3 is reached with the same settings as the buckets.
+        if self.warehouse.s3 != self.s3:
+            object.__setattr__(self, "warehouse", self.warehouse.model_copy(update={"s3": self.s3}))
+        return self
+
     def source(self, name: str) -> SourceConfig:
         for source in self.sources:
             if source.name == name:
@@ -161,7 +207,8 @@ class KmConfig(_Section):
 
 def config_yaml(config: KmConfig) -> str:
     """``config`` as the YAML file ``load_config`` reads (defaults left out)."""
-    return yaml.safe_dump(config.model_dump(mode="json", exclude_defaults=True), sort_keys=False)
+    written = config.model_dump(mode="json", exclude_defaults=True, exclude={"warehouse": {"s3"}})
+    return yaml.safe_dump(written, sort_keys=False)
 
 
 def config_path_from_env() -> Path:

@@ -25,9 +25,12 @@ from kmdagster.s3.piece_reader import (
     PieceReader,
 )
 from kmdagster.warehouse.piece_rows import PieceRows
-from kmdagster.warehouse.warehouse import LedgerRow, Warehouse
+from kmdagster.warehouse.warehouse import LedgerRow, Warehouse, WarehouseConflict
 
 SPLIT_WORKERS = 2  # pieces split at once: one per core of the machine it was tuned on
+# Chunks a lake refused in one run (each read again) before the run gives up; the next
+# run resumes from the committed offset.
+MAX_CHUNK_CONFLICTS = 20
 PIECES_AHEAD = SPLIT_WORKERS + 1  # splitting, or split and waiting while another is inserted
 
 
@@ -107,10 +110,7 @@ def import_file(
     start_offset = row.next_offset
     # Pieces are read in order from streaming GETs; a chunk is the pieces up to ``chunk_bytes``.
     piece_bytes = min(chunk_bytes, seams.piece_bytes)
-    reader = PieceReader(
-        client, bucket, key, current.etag, current.size, piece_bytes, seams.request_bytes
-    )
-    chunks = 0
+    chunks = conflicts = 0
     stopped_on_budget = False
     # The stages overlap on two cores: the next S3 read (I/O), two pieces split at once
     # (polars releases the GIL) and the insert of the piece before them (DuckDB releases it
@@ -118,17 +118,35 @@ def import_file(
     # strictly in order, so the exactly-once argument is unchanged.
     readers = ThreadPoolExecutor(1, thread_name_prefix="kmdagster-read")
     splitters = ThreadPoolExecutor(SPLIT_WORKERS, thread_name_prefix="kmdagster-split")
-    pieces = _PieceSplitter(
-        reader, row, seams.now_epoch, chunk_bytes, warehouse.lay_out, splitters, readers
-    )
+
+    def pieces_from(row: LedgerRow) -> _PieceSplitter:
+        reader = PieceReader(
+            client, bucket, key, current.etag, current.size, piece_bytes, seams.request_bytes
+        )
+        return _PieceSplitter(
+            reader, row, seams.now_epoch, chunk_bytes, warehouse.lay_out, splitters, readers
+        )
+
+    pieces = pieces_from(row)
     try:
         while not row.is_complete:
             if chunks and clock() - started >= source.time_budget_seconds:
                 stopped_on_budget = True  # the pieces split ahead are dropped, not lost
                 break
-            row = warehouse.commit_chunk(
-                row, pieces.next_chunk(), first_of_run=not chunks, run_id=run_id
-            )
+            try:
+                row = warehouse.commit_chunk(
+                    row, pieces.next_chunk(), first_of_run=not chunks, run_id=run_id
+                )
+            except WarehouseConflict:
+                # A lake refused the commit (another source's chunk changed the same rows
+                # first): nothing of it is in the lake, so the chunk is read and split again
+                # from the committed offset, which has not moved.
+                conflicts += 1
+                if conflicts > MAX_CHUNK_CONFLICTS:
+                    raise
+                pieces.close()
+                pieces = pieces_from(row)
+                continue
             crash_point("import.chunk_committed")
             chunks += 1
             if seams.after_commit is not None:
@@ -139,8 +157,7 @@ def import_file(
         raise
     finally:
         splitters.shutdown(wait=False, cancel_futures=True)
-        # The reader is the read thread's alone: it closes the GET after any read in flight.
-        readers.submit(reader.close)
+        pieces.close()
         readers.shutdown(wait=False)
     return ImportReport(
         ledger=row,
@@ -214,6 +231,15 @@ class _PieceSplitter:
         self._read_error: BaseException | None = None
         # (lines counted, end offset, ends its chunk, the split)
         self._splitting: deque[tuple[int, int, bool, Future[PieceRows]]] = deque()
+
+    def close(self) -> None:
+        """Drop the pieces in hand. The reader is the read thread's alone: it closes the
+        GET after any read in flight there."""
+        for _lines, _end, _ends_chunk, split in self._splitting:
+            split.cancel()
+        self._splitting.clear()
+        self._next_read = None
+        self._readers.submit(self._reader.close)
 
     def next_chunk(self) -> Iterator[tuple[PieceRows, int]]:
         """The next chunk's pieces, in order: each one's rows and the offset after it.

@@ -102,9 +102,16 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
 
 @pytest.fixture(params=BACKENDS)
 def warehouse_settings(request: pytest.FixtureRequest, tmp_path: Path) -> WarehouseSettings:
-    """A fresh, empty warehouse on each backend: a DuckDB file, a PostgreSQL database."""
+    """A fresh, empty warehouse on each backend: a DuckDB file, a PostgreSQL database, a
+    lake (a DuckDB-file catalog and a folder of Parquet files)."""
     if request.param == "duckdb":
         return WarehouseSettings(duckdb_path=str(tmp_path / "warehouse.duckdb"))
+    if request.param == "ducklake":
+        return WarehouseSettings(
+            backend="ducklake",
+            ducklake_catalog=str(tmp_path / "lake" / "catalog.ducklake"),
+            ducklake_data_path=str(tmp_path / "lake" / "data"),
+        )
     server: PostgresServer = request.getfixturevalue("postgres_server")
     url = server.create_database(f"km_test_{next(_database_numbers)}")
     return WarehouseSettings(backend="postgres", postgres_url=url)

@@ -20,7 +20,7 @@ from kmdagster.warehouse.warehouse import Warehouse
 from kmdagster_dev.km_files import KmFile
 from kmdagster_dev.seaweed import Identity, SeaweedS3
 
-BACKENDS = ("duckdb", "postgres")
+BACKENDS = ("duckdb", "postgres", "ducklake")
 ACCOUNTS = SourceNames("accounts")  # the Dagster names of the source most tests configure
 
 ADMIN = Identity(

@@ -22,6 +22,7 @@ from kmdagster.km_format.split import MAX_RAW_LINE_CHARS, split_km_lines
 from kmdagster.markdown import file_states_at_a_glance
 from kmdagster.s3.objects import S3File
 from kmdagster.status import read_source_status
+from kmdagster.warehouse.ledger_writes import ledger_update
 from kmdagster.warehouse.schema import SCHEMA_VERSION, UPGRADE_COMMAND, WarehouseSchemaError
 from kmdagster.warehouse.warehouse import DuckDBWarehouse, Warehouse, WarehouseUnreachable
 from kmdagster_dev.km_files import km_file
@@ -280,10 +281,10 @@ def test_a_tick_reads_the_current_versions_and_the_latest_not_the_whole_history(
             warehouse.mark_archived(row, f"completed_imports/accounts.{n:03d}.json")
         resent = warehouse.ledger_row("accounts", "accounts.003.json", "e3")
         partial = warehouse.open_file("accounts", "accounts.100.json", "p", 10)
+        halfway = {"status": "'in_progress'", "next_offset": "4"}
+        appends = warehouse.database.appends_ledger
         warehouse.database.execute(
-            "UPDATE km_import_files SET status = 'in_progress', next_offset = 4 "
-            "WHERE file_key = $1",
-            [partial.file_key],
+            ledger_update(appends, halfway, "file_key = $1"), [partial.file_key]
         )
     assert resent is not None
     root = [

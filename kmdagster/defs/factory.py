@@ -21,7 +21,7 @@ def build_source_definitions(source: SourceConfig, warehouse: WarehouseSettings)
     """Partitions, assets, job, sensor and schedule of one source (no resources)."""
     partitions = files_partitions(source)
     assets = build_source_assets(source, partitions, warehouse.backend)
-    job = build_import_job(source, assets, warehouse.backend)
+    job = build_import_job(source, assets, warehouse.run_tag)
     return Definitions(
         assets=[
             assets.file,

@@ -33,12 +33,12 @@ def max_runtime_seconds(source: SourceConfig) -> int:
     return int(source.time_budget_seconds) + source.run_grace_seconds
 
 
-def import_run_tags(source: SourceConfig, backend: str) -> dict[str, str]:
-    """``backend`` (duckdb or postgres) is the warehouse tag's value: only duckdb is
-    limited to one run in all."""
+def import_run_tags(source: SourceConfig, run_tag: str) -> dict[str, str]:
+    """``run_tag`` (``WarehouseSettings.run_tag``) is the warehouse tag's value: only
+    ``duckdb``, one writer in all, is limited to one run at a time."""
     return {
         SOURCE_TAG: source.name,
-        WAREHOUSE_TAG: backend,
+        WAREHOUSE_TAG: run_tag,
         MAX_RUNTIME_TAG: str(max_runtime_seconds(source)),
     }
 

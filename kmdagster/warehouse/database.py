@@ -1,22 +1,27 @@
 """What the warehouse needs from a SQL database: statements, Arrow in and out, transactions.
 
-Two implementations: ``DuckDBDatabase`` (an embedded file, ``duckdb_database.py``) and
-``PostgresDatabase`` (a server, through ADBC, ``postgres_database.py``). The warehouse's
-SQL is written once, with PostgreSQL's numbered parameters (``$1``, which DuckDB takes
-too), in the dialect both accept; the few aggregates that differ are asked of the
-database by name (``sql_*`` methods).
+Three implementations: ``DuckDBDatabase`` (an embedded file, ``duckdb_database.py``),
+``PostgresDatabase`` (a server, through ADBC, ``postgres_database.py``) and
+``DuckLakeDatabase`` (Parquet files and a catalog, ``ducklake_database.py``). The
+warehouse's SQL is written once, with PostgreSQL's numbered parameters (``$1``, which
+DuckDB takes too), in the dialect all accept; what differs is asked of the database by
+name (``sql_*`` methods, ``next_ids``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import polars as pl
 import pyarrow as pa
 
 Params = Sequence[object]
+T = TypeVar("T")
+# A conflicting commit is tried again this many times, after DuckLake's own retries.
+CONFLICT_ATTEMPTS = 8
 
 
 def placeholders(count: int, first: int = 1) -> str:
@@ -35,6 +40,11 @@ class WarehouseUnavailable(RuntimeError):
     (PostgreSQL). Readers show what S3 alone tells; writers fail and retry next tick."""
 
 
+class WarehouseConflict(RuntimeError):
+    """Another writer committed a change to the same rows first (a DuckLake commit); this
+    transaction left nothing behind and may be tried again from its start."""
+
+
 class WarehouseSchemaError(RuntimeError):
     """The warehouse is not one this code reads and writes: another version's schema, or a
     file that is not a database at all."""
@@ -43,14 +53,19 @@ class WarehouseSchemaError(RuntimeError):
 class Database(Protocol):
     """One open connection to the warehouse's database."""
 
-    backend: str  # "duckdb" or "postgres": the value of the runs' warehouse tag
+    backend: str  # "duckdb", "postgres" or "ducklake"
     location: str  # what to name in messages: a file path, or a URL without its password
     reads_string_views: bool  # whether ``append`` takes Arrow string views as they are
+    appends_ledger: bool  # the ledger appended to as revisions (a lake): ledger_writes.py
 
     def execute(self, sql: str, params: Params = ()) -> None: ...
 
     def rows(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
         """Every row of the result, fetched whole."""
+        ...
+
+    def changed_rows(self, sql: str, params: Params = ()) -> int:
+        """Run an UPDATE or DELETE; how many rows it changed."""
         ...
 
     def frame(self, sql: str, params: Params = ()) -> pl.DataFrame: ...
@@ -84,13 +99,48 @@ class Database(Protocol):
         end of this transaction (for work two sources' imports must not interleave)."""
         ...
 
+    def next_ids(self, sequence: str, count: int) -> list[int]:
+        """``count`` new ids of ``sequence`` (``km_file_ids``, ``km_name_ids``), never
+        handed out before, drawn in the open transaction."""
+        ...
+
     def checkpoint(self) -> None:
         """Write what the database still holds in its log into its files, if it keeps one."""
         ...
 
     def close(self) -> None: ...
 
-    # Aggregates the two dialects spell differently.
+    # What the dialects spell differently. A key's duplicates are skipped by the key
+    # (DuckDB, PostgreSQL); a lake has no keys, and its inserts of new keys are made in
+    # transactions that draw ids, which conflict with each other (``next_ids``).
+    sql_skip_duplicates: str
+
     def sql_most_common(self, column: str) -> str: ...
 
     def sql_distinct_estimate(self, column: str) -> str: ...
+
+
+def sequence_ids(database: Database, sequence: str, count: int) -> list[int]:
+    """``count`` values of a database sequence (DuckDB's and PostgreSQL's ``nextval``)."""
+    rows = database.rows(f"SELECT nextval('{sequence}') FROM generate_series(1, $1)", [count])
+    return [int(value) for (value,) in rows]
+
+
+def transaction(database: Database, work: Callable[[], T]) -> T:
+    """``work()`` in a transaction of its own, committed; tried again from the start when
+    the commit conflicts with another writer's (only a lake's commits do)."""
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        database.begin()
+        try:
+            result = work()
+            database.commit()
+            return result
+        except WarehouseConflict:
+            database.rollback()
+            if attempt == CONFLICT_ATTEMPTS:
+                raise
+            time.sleep(0.05 * 2**attempt)
+        except BaseException:
+            database.rollback()
+            raise
+    raise AssertionError("unreachable")

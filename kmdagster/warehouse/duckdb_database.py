@@ -18,6 +18,7 @@ from kmdagster.warehouse.database import (
     WarehouseSchemaError,
     WarehouseUnavailable,
     placeholders,
+    sequence_ids,
 )
 
 DUCKDB_MEMORY_LIMIT = "64MB"
@@ -118,6 +119,8 @@ def _arrow(frame: pl.DataFrame) -> Any:
 class DuckDBDatabase:
     backend = "duckdb"
     reads_string_views = True
+    sql_skip_duplicates = "ON CONFLICT DO NOTHING"
+    appends_ledger = False
 
     def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, writer: bool) -> None:
         self.connection = con
@@ -155,11 +158,15 @@ class DuckDBDatabase:
     def rows(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
         return self.connection.execute(sql, list(params)).fetchall()
 
+    def changed_rows(self, sql: str, params: Params = ()) -> int:
+        [(count,)] = self.rows(sql, params)
+        return int(count)
+
     def frame(self, sql: str, params: Params = ()) -> pl.DataFrame:
         return self.connection.sql(sql, params=list(params)).pl()
 
     def batches(self, sql: str, params: Params, batch_rows: int) -> Iterator[pl.DataFrame]:
-        with self.connection.cursor() as cursor:
+        with self.cursor() as cursor:
             # A relation streams its result; a DB-API result would be copied whole first.
             reader = cursor.sql(sql, params=list(params)).to_arrow_reader(batch_rows)
             for batch in reader:
@@ -194,12 +201,18 @@ class DuckDBDatabase:
     def rollback(self) -> None:
         self.connection.rollback()
 
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A second connection to the same database, with transactions of its own."""
+        return self.connection.cursor()
+
     def autonomous(self) -> DuckDBDatabase:
-        # A cursor is a second connection to the same database, with transactions of its own.
-        return DuckDBDatabase(self.connection.cursor(), Path(self.location), writer=False)
+        return DuckDBDatabase(self.cursor(), Path(self.location), writer=False)
 
     def serialize(self, name: str) -> None:
         """Nothing to wait for: a DuckDB file has one writing process."""
+
+    def next_ids(self, sequence: str, count: int) -> list[int]:
+        return sequence_ids(self, sequence, count)
 
     def checkpoint(self) -> None:
         self.connection.execute("CHECKPOINT")

@@ -4,7 +4,9 @@
 new to this connection, and maps its rows' name codes (``piece_rows.py``) to ids with one
 Arrow gather. New names are committed at once, on a connection of their own:
 a name without rows yet is harmless, and two sources' imports then never wait on each
-other's chunk transactions for a name they both send.
+other's chunk transactions for a name they both send. On a lake, where no key stops a
+label being added twice, two writers adding names at once both draw ids from
+``km_sequences`` and so conflict: the second tries again and finds the first's names.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from contextlib import closing
 import polars as pl
 import pyarrow as pa
 
-from kmdagster.warehouse.database import Database
+from kmdagster.warehouse.database import Database, transaction
 from kmdagster.warehouse.piece_rows import NameCodes
 
 
@@ -40,18 +42,30 @@ class NameIds:
         ]
         if not unknown:
             return
-        new_names = pl.DataFrame(unknown, schema=["name", "label"], orient="row")
-        with closing(database.autonomous()) as own, own.temporary("km_new_names", new_names):
-            # In label order: two writers adding the same names take them in one order.
-            own.execute(
-                "INSERT INTO km_names SELECT nextval('km_name_ids'), $1, name, label "
-                "FROM km_new_names ORDER BY label ON CONFLICT DO NOTHING",
-                [kind],
-            )
-            rows = own.rows(
-                "SELECT label, name_id FROM km_names WHERE kind = $1 "
-                "AND label IN (SELECT label FROM km_new_names)",
-                [kind],
-            )
+        with closing(database.autonomous()) as own:
+            rows = transaction(own, lambda: _add_names(own, kind, unknown))
         for label, name_id in rows:
             self._known[(kind, label)] = name_id
+
+
+def _add_names(database: Database, kind: str, names: list[tuple[str, str]]) -> list[tuple]:
+    """Add those of ``names`` (name, label) new to the warehouse; every label's id."""
+    ids = database.next_ids("km_name_ids", len(names))
+    new_names = pl.DataFrame(
+        [(name_id, name, label) for name_id, (name, label) in zip(ids, names, strict=True)],
+        schema={"name_id": pl.Int32, "name": pl.String, "label": pl.String},
+        orient="row",
+    )
+    with database.temporary("km_new_names", new_names):
+        # In label order: two writers adding the same names take them in one order.
+        database.execute(
+            "INSERT INTO km_names SELECT name_id, $1, name, label FROM km_new_names "
+            "WHERE label NOT IN (SELECT label FROM km_names WHERE kind = $1) "
+            f"ORDER BY label {database.sql_skip_duplicates}",
+            [kind],
+        )
+        return database.rows(
+            "SELECT label, name_id FROM km_names WHERE kind = $1 "
+            "AND label IN (SELECT label FROM km_new_names)",
+            [kind],
+        )

@@ -19,7 +19,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from kmdagster.warehouse.database import Params, WarehouseUnavailable
+from kmdagster.warehouse.database import Params, WarehouseUnavailable, sequence_ids
 
 _CREDENTIALS_IN_URL = re.compile(r"(://[^/@:]*):[^/@]*@")
 
@@ -44,6 +44,8 @@ def _arrow(frame: pl.DataFrame) -> Any:
 class PostgresDatabase:
     backend = "postgres"
     reads_string_views = False  # the driver's COPY writer reads plain strings only
+    sql_skip_duplicates = "ON CONFLICT DO NOTHING"
+    appends_ledger = False
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -75,6 +77,11 @@ class PostgresDatabase:
         with self.connection.cursor() as cursor:
             _execute(cursor, sql, params)
             return cursor.fetchall()
+
+    def changed_rows(self, sql: str, params: Params = ()) -> int:
+        with self.connection.cursor() as cursor:
+            _execute(cursor, sql, params)
+            return cursor.rowcount
 
     def frame(self, sql: str, params: Params = ()) -> pl.DataFrame:
         with self.connection.cursor() as cursor:
@@ -121,6 +128,9 @@ class PostgresDatabase:
     def serialize(self, name: str) -> None:
         # Held to the end of the transaction: writers of different sources share the tables.
         self.execute("SELECT pg_advisory_xact_lock(hashtext($1))", [f"kmdagster:{name}"])
+
+    def next_ids(self, sequence: str, count: int) -> list[int]:
+        return sequence_ids(self, sequence, count)
 
     def checkpoint(self) -> None:
         """PostgreSQL writes its log into its files itself."""

@@ -28,7 +28,7 @@ import duckdb
 from kmdagster.faults import crash_point
 from kmdagster.file_state import RETIRED
 from kmdagster.km_format.split import MAX_RAW_LINE_CHARS
-from kmdagster.warehouse.database import Database, WarehouseSchemaError, sql_list
+from kmdagster.warehouse.database import Database, WarehouseSchemaError, sql_list, transaction
 from kmdagster.warehouse.people import add_alias_pairs
 
 SCHEMA_VERSION = 3
@@ -38,59 +38,106 @@ _SEQUENCES = """
 CREATE SEQUENCE IF NOT EXISTS km_file_ids START 1;
 CREATE SEQUENCE IF NOT EXISTS km_name_ids START 1;
 """
+# A lake has no sequences: a counter row per sequence (``DuckLakeDatabase.next_ids``).
+_LAKE_SEQUENCES = """
+CREATE TABLE IF NOT EXISTS km_sequences (name VARCHAR NOT NULL, last_value BIGINT NOT NULL);
+INSERT INTO km_sequences VALUES ('km_file_ids', 0), ('km_name_ids', 0);
+"""
 
-_LEDGER = """
-CREATE TABLE IF NOT EXISTS km_import_files (
-    source VARCHAR NOT NULL, file_key VARCHAR NOT NULL, file_etag VARCHAR NOT NULL,
+# table -> (its columns, its keys). A lake has no keys: the code never relies on one to
+# reject a row, only to skip a duplicate insert that a lake's transactions rule out.
+_TABLES = {
+    # file_id: from the km_file_ids sequence, unique; what the file's rows point at.
+    "km_import_files": (
+        """source VARCHAR NOT NULL, file_key VARCHAR NOT NULL, file_etag VARCHAR NOT NULL,
     size_bytes BIGINT NOT NULL, status VARCHAR NOT NULL, next_offset BIGINT NOT NULL,
     lines_read BIGINT NOT NULL, lines_loaded BIGINT NOT NULL, lines_rejected BIGINT NOT NULL,
     lines_blank BIGINT NOT NULL, started_at TIMESTAMPTZ, completed_at TIMESTAMPTZ,
     archived_key VARCHAR, error VARCHAR, updated_at TIMESTAMPTZ NOT NULL,
     events_rows BIGINT DEFAULT 0, properties_rows BIGINT DEFAULT 0,
     aliases_rows BIGINT DEFAULT 0, rejects_rows BIGINT DEFAULT 0, import_runs BIGINT DEFAULT 0,
-    file_id INTEGER,  -- from the km_file_ids sequence, unique
-    PRIMARY KEY (source, file_key, file_etag)
-);
-"""
-
-# Which runs moved each file version's committed offset, written in the chunk's own
-# transaction: the quarantine rule counts only failed runs that advanced nothing, and a
-# kill at any instant cannot make a run that committed look like one that did not.
-_RUNS = """
-CREATE TABLE IF NOT EXISTS km_import_runs (
-    file_id INTEGER NOT NULL, run_id VARCHAR NOT NULL, start_offset BIGINT NOT NULL,
-    next_offset BIGINT NOT NULL, chunks BIGINT NOT NULL, updated_at TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY (file_id, run_id)
-);
-"""
-
-_STORAGE = """
-CREATE TABLE IF NOT EXISTS km_names (
-    name_id INTEGER PRIMARY KEY, kind VARCHAR NOT NULL, name VARCHAR NOT NULL,
-    label VARCHAR NOT NULL, UNIQUE (kind, label)
-);
-CREATE TABLE IF NOT EXISTS km_event_rows (
-    file_id INTEGER NOT NULL, line_no BIGINT NOT NULL, person VARCHAR NOT NULL,
-    name_id INTEGER NOT NULL, ts TIMESTAMPTZ NOT NULL
-);
-CREATE TABLE IF NOT EXISTS km_property_rows (
-    file_id INTEGER NOT NULL, line_no BIGINT NOT NULL, person VARCHAR NOT NULL,
+    file_id INTEGER""",
+        "PRIMARY KEY (source, file_key, file_etag)",
+    ),
+    # Which runs moved each file version's committed offset, written in the chunk's own
+    # transaction: the quarantine rule counts only failed runs that advanced nothing, and
+    # a kill at any instant cannot make a run that committed look like one that did not.
+    "km_import_runs": (
+        """file_id INTEGER NOT NULL, run_id VARCHAR NOT NULL, start_offset BIGINT NOT NULL,
+    next_offset BIGINT NOT NULL, chunks BIGINT NOT NULL, updated_at TIMESTAMPTZ NOT NULL""",
+        "PRIMARY KEY (file_id, run_id)",
+    ),
+    "km_names": (
+        "name_id INTEGER NOT NULL, kind VARCHAR NOT NULL, name VARCHAR NOT NULL, "
+        "label VARCHAR NOT NULL",
+        "PRIMARY KEY (name_id), UNIQUE (kind, label)",
+    ),
+    "km_event_rows": (
+        """file_id INTEGER NOT NULL, line_no BIGINT NOT NULL, person VARCHAR NOT NULL,
+    name_id INTEGER NOT NULL, ts TIMESTAMPTZ NOT NULL""",
+        "",
+    ),
+    "km_property_rows": (
+        """file_id INTEGER NOT NULL, line_no BIGINT NOT NULL, person VARCHAR NOT NULL,
     ts TIMESTAMPTZ NOT NULL, name_id INTEGER NOT NULL, value VARCHAR NOT NULL,
-    value_number DOUBLE PRECISION
-);
-CREATE TABLE IF NOT EXISTS km_alias_rows (
-    file_id INTEGER NOT NULL, line_no BIGINT NOT NULL, person VARCHAR NOT NULL,
-    alias VARCHAR NOT NULL, ts TIMESTAMPTZ NOT NULL
-);
-CREATE TABLE IF NOT EXISTS km_reject_rows (
-    file_id INTEGER NOT NULL, line_no BIGINT NOT NULL, reason VARCHAR NOT NULL,
-    raw_line VARCHAR NOT NULL, raw_chars BIGINT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS km_identity_groups (
-    identity VARCHAR NOT NULL, person_id VARCHAR NOT NULL
-);
-CREATE TABLE IF NOT EXISTS km_schema (version INTEGER NOT NULL, written_at TIMESTAMPTZ NOT NULL);
+    value_number DOUBLE PRECISION""",
+        "",
+    ),
+    "km_alias_rows": (
+        """file_id INTEGER NOT NULL, line_no BIGINT NOT NULL, person VARCHAR NOT NULL,
+    alias VARCHAR NOT NULL, ts TIMESTAMPTZ NOT NULL""",
+        "",
+    ),
+    "km_reject_rows": (
+        """file_id INTEGER NOT NULL, line_no BIGINT NOT NULL, reason VARCHAR NOT NULL,
+    raw_line VARCHAR NOT NULL, raw_chars BIGINT NOT NULL""",
+        "",
+    ),
+    "km_identity_groups": ("identity VARCHAR NOT NULL, person_id VARCHAR NOT NULL", ""),
+    "km_schema": ("version INTEGER NOT NULL, written_at TIMESTAMPTZ NOT NULL", ""),
+}
+# On a lake, a commit that deletes from a table conflicts with any other writer's that
+# inserts into it, so an UPDATE of one source's ledger row would fail another source's
+# chunk. There the ledger and the run ledger are appended to, never updated: each change
+# of a file version is a new revision, each chunk a row, and ``km_import_files`` and
+# ``km_import_runs`` are views with the same columns (``LedgerWrites`` writes either).
+_TABLES["km_import_file_revisions"] = (
+    _TABLES["km_import_files"][0] + ",\n    revision BIGINT NOT NULL DEFAULT 1",
+    "",
+)
+_TABLES["km_import_run_chunks"] = (_TABLES["km_import_runs"][0], "")
+_LAKE_LEDGER_VIEWS = """
+CREATE OR REPLACE VIEW km_import_files AS
+SELECT * EXCLUDE (revision, k) FROM (
+    SELECT *, row_number() OVER (
+        PARTITION BY source, file_key, file_etag ORDER BY revision DESC) AS k
+    FROM km_import_file_revisions
+) AS revised WHERE k = 1;
+CREATE OR REPLACE VIEW km_import_runs AS
+SELECT file_id, run_id, min(start_offset) AS start_offset, max(next_offset) AS next_offset,
+    count(*) AS chunks, max(updated_at) AS updated_at
+FROM km_import_run_chunks GROUP BY file_id, run_id;
 """
+_LAKE_TABLES = ("km_import_file_revisions", "km_import_run_chunks")
+_LEDGER_TABLES = ("km_import_files",)
+_RUN_TABLES = ("km_import_runs",)
+_STORAGE_TABLES = tuple(
+    name for name in _TABLES if name not in (*_LEDGER_TABLES, *_RUN_TABLES, *_LAKE_TABLES)
+)
+
+
+def _create_tables(names: tuple[str, ...], keyed: bool = True) -> str:
+    statements = []
+    for name in names:
+        columns, keys = _TABLES[name]
+        with_keys = f",\n    {keys}" if keys and keyed else ""
+        statements.append(f"CREATE TABLE IF NOT EXISTS {name} (\n    {columns}{with_keys}\n);\n")
+    return "".join(statements)
+
+
+_LEDGER = _create_tables(_LEDGER_TABLES)
+_RUNS = _create_tables(_RUN_TABLES)
+_STORAGE = _create_tables(_STORAGE_TABLES)
 
 _FILE = "JOIN km_import_files AS f ON f.file_id = r.file_id"
 # The storage table behind each documented relation.
@@ -189,8 +236,8 @@ def _run_script(database: Database, script: str) -> None:
 
 def _has_table(database: Database, name: str) -> bool:
     [(found,)] = database.rows(
-        "SELECT count(*) FROM information_schema.tables "
-        "WHERE table_name = $1 AND table_schema = current_schema()",
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = $1 "
+        "AND table_schema = current_schema() AND table_catalog = current_database()",
         [name],
     )
     return bool(found)
@@ -236,34 +283,40 @@ def prepare_for_writing(database: Database) -> int | None:
     version = schema_version(database)
     if version == SCHEMA_VERSION:
         return version
-    database.begin()
-    try:
-        # Two sources' first runs may start together on an empty PostgreSQL database.
-        database.serialize("schema")
-        version = schema_version(database)
-        if version is not None and version > SCHEMA_VERSION:
-            raise _too_new(database.location, version)
-        if version is None:
-            _run_script(database, _SEQUENCES + _LEDGER + _RUNS + _STORAGE + _VIEWS)
-            if database.backend == "postgres":
-                _run_script(database, _POSTGRES_INDEXES)
-        else:
-            if version == 1:
-                _upgrade_from_v1(database)
-            if version < 3:  # the run ledger; relations that leave replaced versions out
-                _run_script(database, _RUNS + _VIEWS)
-        crash_point("schema.in_transaction")
-        if version != SCHEMA_VERSION:
-            database.execute("DELETE FROM km_schema")
-            database.execute(
-                "INSERT INTO km_schema VALUES ($1, $2)",
-                [SCHEMA_VERSION, datetime.now(timezone.utc)],
-            )
-        database.commit()
-    except BaseException:
-        database.rollback()
-        raise
+    # Two sources' first runs may start together on an empty PostgreSQL database or lake:
+    # PostgreSQL takes turns (``serialize``); on a lake the second commit conflicts and is
+    # tried again, finding the schema made.
+    return transaction(database, lambda: _create_or_upgrade(database))
+
+
+def _create_or_upgrade(database: Database) -> int | None:
+    database.serialize("schema")
+    version = schema_version(database)
+    if version == SCHEMA_VERSION:
+        return version
+    if version is not None and version > SCHEMA_VERSION:
+        raise _too_new(database.location, version)
+    if version is None:
+        _run_script(database, _new_schema(database.backend))
+    else:
+        if version == 1:
+            _upgrade_from_v1(database)
+        if version < 3:  # the run ledger; relations that leave replaced versions out
+            _run_script(database, _RUNS + _VIEWS)
+    crash_point("schema.in_transaction")
+    database.execute("DELETE FROM km_schema")
+    database.execute(
+        "INSERT INTO km_schema VALUES ($1, $2)", [SCHEMA_VERSION, datetime.now(timezone.utc)]
+    )
     return version
+
+
+def _new_schema(backend: str) -> str:
+    if backend == "ducklake":
+        tables = _create_tables((*_LAKE_TABLES, *_STORAGE_TABLES), keyed=False)
+        return _LAKE_SEQUENCES + tables + _LAKE_LEDGER_VIEWS + _VIEWS
+    script = _SEQUENCES + _LEDGER + _RUNS + _STORAGE + _VIEWS
+    return script + _POSTGRES_INDEXES if backend == "postgres" else script
 
 
 def _upgrade_from_v1(con: Database) -> None:

@@ -23,11 +23,15 @@ from kmdagster.km_format.split import SplitLines
 from kmdagster.km_format.summary import KnownNames
 from kmdagster.warehouse.database import (
     Database,
+    WarehouseConflict,
     WarehouseUnavailable,
     placeholders,
     sql_list,
+    transaction,
 )
 from kmdagster.warehouse.duckdb_database import DuckDBDatabase, WarehouseBusy, is_empty_file
+from kmdagster.warehouse.ducklake_database import DuckLakeDatabase, lake_exists
+from kmdagster.warehouse.ledger_writes import LEDGER_COLUMNS, ledger_table, ledger_update
 from kmdagster.warehouse.name_ids import NameIds
 from kmdagster.warehouse.people import add_alias_pairs
 from kmdagster.warehouse.piece_rows import PieceRows, piece_rows
@@ -41,22 +45,37 @@ from kmdagster.warehouse.schema import (
     prepare_for_writing,
 )
 
-__all__ = ["WarehouseBusy", "WarehouseUnavailable", "WarehouseUnreachable"]
+__all__ = ["WarehouseBusy", "WarehouseConflict", "WarehouseUnavailable", "WarehouseUnreachable"]
 
 LOCK_WAIT_SECONDS = 120.0
 
-# Each table's row count is added in the ledger update of the chunk that inserted them
-# (parameters $10 on, after the nine before them in ``commit_chunk``).
-_ADD_ROW_COUNTS = ", ".join(
-    f"{column} = {column} + ${n}" for n, column in enumerate(ROW_COUNT_COLUMNS.values(), 10)
-)
-_KEYS_PER_QUERY = 1000  # keys named in one query: far below either database's limit
+# What a chunk's commit sets on its ledger row: each table's row count is added too
+# (parameters $10 on), then the run count; the row is the one still at the chunk's start.
 _AFTER_ROW_COUNTS = 10 + len(ROW_COUNT_COLUMNS)  # the number of the next parameter
-_LEDGER_COLUMNS = (
-    "source, file_key, file_etag, size_bytes, status, next_offset, lines_read, lines_loaded, "
-    "lines_rejected, lines_blank, started_at, completed_at, archived_key, error, updated_at, "
-    "events_rows, properties_rows, aliases_rows, rejects_rows, import_runs, file_id"
+_CHUNK_CHANGES = {
+    "next_offset": "$1",
+    "status": "$2",
+    "lines_read": "lines_read + $3",
+    "lines_loaded": "lines_loaded + $4",
+    "lines_rejected": "lines_rejected + $5",
+    "lines_blank": "lines_blank + $6",
+    "started_at": "coalesce(started_at, $7)",
+    "completed_at": "$8",
+    "error": "NULL",
+    "updated_at": "$9",
+    **{column: f"{column} + ${n}" for n, column in enumerate(ROW_COUNT_COLUMNS.values(), 10)},
+    "import_runs": f"import_runs + {placeholders(1, _AFTER_ROW_COUNTS)}",
+}
+_CHUNK_ROW = (
+    f"(source, file_key, file_etag, next_offset) = ({placeholders(4, _AFTER_ROW_COUNTS + 1)})"
 )
+_STATUS_CHANGES = {
+    "status": "$1",
+    "archived_key": "coalesce($2, archived_key)",
+    "error": "$3",
+    "updated_at": "$4",
+}
+_KEYS_PER_QUERY = 1000  # keys named in one query: far below either database's limit
 
 
 class LedgerConflict(RuntimeError):
@@ -136,6 +155,9 @@ class Warehouse:
             assert settings.postgres_url is not None  # the configuration requires it
             with PostgresDatabase.open(settings.postgres_url) as database:
                 yield cls(database)
+        elif settings.backend == "ducklake":
+            with DuckLakeDatabase.attach(settings, False, lock_wait_seconds) as database:
+                yield cls(database)
         else:
             with DuckDBWarehouse.connect(settings.duckdb_path, lock_wait_seconds) as warehouse:
                 yield warehouse
@@ -154,6 +176,13 @@ class Warehouse:
             with DuckDBWarehouse.reader(settings.duckdb_path, lock_wait_seconds) as warehouse:
                 yield warehouse
             return
+        if settings.backend == "ducklake":
+            if not lake_exists(settings):
+                yield None
+                return
+            with DuckLakeDatabase.attach(settings, True, lock_wait_seconds) as database:
+                yield cls(database, writer=False) if has_schema(database) else None
+            return
         assert settings.postgres_url is not None
         with PostgresDatabase.open(settings.postgres_url) as database:
             database.execute("SET default_transaction_read_only = on")
@@ -161,7 +190,7 @@ class Warehouse:
 
     def _select_row(self, where: str, params: list[object]) -> LedgerRow | None:
         found = self.database.rows(
-            f"SELECT {_LEDGER_COLUMNS} FROM km_import_files WHERE {where}", params
+            f"SELECT {LEDGER_COLUMNS} FROM km_import_files WHERE {where}", params
         )
         return LedgerRow(*found[0]) if found else None
 
@@ -184,9 +213,9 @@ class Warehouse:
         needed = (*UNFINISHED, State.IMPORTED)
         rows = set(
             self.database.rows(
-                f"SELECT {_LEDGER_COLUMNS} FROM km_import_files WHERE source = $1 "
+                f"SELECT {LEDGER_COLUMNS} FROM km_import_files WHERE source = $1 "
                 f"AND status IN ({sql_list(needed)}) "
-                f"UNION SELECT {_LEDGER_COLUMNS} FROM (SELECT {_LEDGER_COLUMNS} "
+                f"UNION SELECT {LEDGER_COLUMNS} FROM (SELECT {LEDGER_COLUMNS} "
                 "FROM km_import_files WHERE source = $1 ORDER BY updated_at DESC LIMIT $2) "
                 "AS latest",
                 [source, recent],
@@ -197,7 +226,7 @@ class Warehouse:
             batch = keys[start : start + _KEYS_PER_QUERY]
             rows.update(
                 self.database.rows(
-                    f"SELECT {_LEDGER_COLUMNS} FROM km_import_files WHERE source = $1 "
+                    f"SELECT {LEDGER_COLUMNS} FROM km_import_files WHERE source = $1 "
                     f"AND file_key IN ({placeholders(len(batch), 2)})",
                     [source, *batch],
                 )
@@ -217,7 +246,7 @@ class Warehouse:
 
     def ledger_rows(self, source: str) -> list[LedgerRow]:
         rows = self.database.rows(
-            f"SELECT {_LEDGER_COLUMNS} FROM km_import_files WHERE source = $1 "
+            f"SELECT {LEDGER_COLUMNS} FROM km_import_files WHERE source = $1 "
             "ORDER BY file_key, updated_at",
             [source],
         )
@@ -235,14 +264,24 @@ class Warehouse:
 
     def open_file(self, source: str, key: str, etag: str, size: int) -> LedgerRow:
         """The ledger row of this file version, created as ``pending`` on first sight."""
-        self.database.execute(
-            "INSERT INTO km_import_files (source, file_key, file_etag, size_bytes, status, "
-            "next_offset, lines_read, lines_loaded, lines_rejected, lines_blank, updated_at, "
-            "file_id) VALUES ($1, $2, $3, $4, 'pending', 0, 0, 0, 0, 0, $5, "
-            "nextval('km_file_ids')) "
-            "ON CONFLICT DO NOTHING",
-            [source, key, etag, size, utc_now()],
-        )
+        found = self.ledger_row(source, key, etag)
+        if found is not None:
+            return found
+        db = self.database
+
+        def add_row() -> None:
+            [file_id] = db.next_ids("km_file_ids", 1)
+            db.execute(
+                f"INSERT INTO {ledger_table(db.appends_ledger)} (source, file_key, file_etag, "
+                "size_bytes, status, "
+                "next_offset, lines_read, lines_loaded, lines_rejected, lines_blank, updated_at, "
+                "file_id) SELECT $1, $2, $3, $4, 'pending', 0, 0, 0, 0, 0, $5, $6 "
+                "WHERE NOT EXISTS (SELECT 1 FROM km_import_files WHERE source = $1 "
+                f"AND file_key = $2 AND file_etag = $3) {db.sql_skip_duplicates}",
+                [source, key, etag, size, utc_now(), file_id],
+            )
+
+        transaction(db, add_row)
         row = self.ledger_row(source, key, etag)
         assert row is not None
         return row
@@ -291,16 +330,8 @@ class Warehouse:
             complete = next_offset >= row.size_bytes
             now = utc_now()
             crash_point("commit_chunk.in_transaction")
-            updated = db.rows(
-                "UPDATE km_import_files SET next_offset = $1, status = $2, "
-                "lines_read = lines_read + $3, lines_loaded = lines_loaded + $4, "
-                "lines_rejected = lines_rejected + $5, lines_blank = lines_blank + $6, "
-                "started_at = coalesce(started_at, $7), completed_at = $8, error = NULL, "
-                f"updated_at = $9, {_ADD_ROW_COUNTS}, "
-                f"import_runs = import_runs + {placeholders(1, _AFTER_ROW_COUNTS)} "
-                f"WHERE (source, file_key, file_etag, next_offset) = "
-                f"({placeholders(4, _AFTER_ROW_COUNTS + 1)}) "
-                f"RETURNING {_LEDGER_COLUMNS}",
+            updated = db.changed_rows(
+                ledger_update(db.appends_ledger, _CHUNK_CHANGES, _CHUNK_ROW),
                 [
                     next_offset,
                     State.IMPORTED if complete else State.IN_PROGRESS,
@@ -324,20 +355,36 @@ class Warehouse:
                 )
             if run_id is not None:
                 self._record_run(row.file_id, run_id, row.next_offset, next_offset, now)
+            committed = self.ledger_row(*file_columns)
             db.commit()
         except BaseException:
             db.rollback()
             raise
-        return LedgerRow(*updated[0])
+        assert committed is not None
+        return committed
 
     def _record_run(self, file_id: int, run_id: str, start: int, end: int, now: datetime) -> None:
-        self.database.execute(
-            "INSERT INTO km_import_runs (file_id, run_id, start_offset, next_offset, chunks, "
-            "updated_at) VALUES ($1, $2, $3, $4, 1, $5) ON CONFLICT (file_id, run_id) DO UPDATE "
-            "SET next_offset = excluded.next_offset, chunks = km_import_runs.chunks + 1, "
-            "updated_at = excluded.updated_at",
-            [file_id, run_id, start, end, now],
+        """One row per run and file version, moved on by each chunk the run commits (the
+        run's own transactions: nothing else writes its row); on a lake a row per chunk,
+        which the ``km_import_runs`` view sums up."""
+        if self.database.appends_ledger:
+            self.database.execute(
+                "INSERT INTO km_import_run_chunks (file_id, run_id, start_offset, next_offset, "
+                "chunks, updated_at) VALUES ($1, $2, $3, $4, 1, $5)",
+                [file_id, run_id, start, end, now],
+            )
+            return
+        moved = self.database.changed_rows(
+            "UPDATE km_import_runs SET next_offset = $1, chunks = chunks + 1, updated_at = $2 "
+            "WHERE file_id = $3 AND run_id = $4",
+            [end, now, file_id, run_id],
         )
+        if not moved:
+            self.database.execute(
+                "INSERT INTO km_import_runs (file_id, run_id, start_offset, next_offset, chunks, "
+                "updated_at) VALUES ($1, $2, $3, $4, 1, $5)",
+                [file_id, run_id, start, end, now],
+            )
 
     def runs_that_advanced(
         self, source: str, key: str, etag: str, run_ids: Sequence[str]
@@ -386,7 +433,7 @@ class Warehouse:
         of its key is at the root or was imported after it) or ``deleted``; returns them.
         Their rows leave the documented relations; they never resume."""
         unfinished = self.database.rows(
-            f"SELECT {_LEDGER_COLUMNS} FROM km_import_files WHERE source = $1 "
+            f"SELECT {LEDGER_COLUMNS} FROM km_import_files WHERE source = $1 "
             f"AND status IN ({sql_list(UNFINISHED)})",
             [source],
         )
@@ -415,13 +462,17 @@ class Warehouse:
         archived_key: str | None = None,
         error: str | None = None,
     ) -> LedgerRow:
-        updated = self.database.rows(
-            "UPDATE km_import_files SET status = $1, archived_key = coalesce($2, archived_key), "
-            "error = $3, updated_at = $4 WHERE source = $5 AND file_key = $6 AND file_etag = $7 "
-            f"RETURNING {_LEDGER_COLUMNS}",
+        self.database.execute(
+            ledger_update(
+                self.database.appends_ledger,
+                _STATUS_CHANGES,
+                "source = $5 AND file_key = $6 AND file_etag = $7",
+            ),
             [status, archived_key, error, utc_now(), row.source, row.file_key, row.file_etag],
         )
-        return LedgerRow(*updated[0])
+        updated = self.ledger_row(row.source, row.file_key, row.file_etag)
+        assert updated is not None
+        return updated
 
 
 class DuckDBWarehouse(Warehouse):

@@ -1,0 +1,265 @@
+"""The lakehouse backend: DuckLake, tables as Parquet files in a folder or on S3.
+
+A DuckDB connection in memory attaches the lake: its catalog (a DuckDB file for one
+machine, or a PostgreSQL database for many writers on many machines) and its data path
+(a local folder, or ``s3://bucket/prefix/`` with kmdagster's S3 settings and the standard
+AWS credential chain). Statements, Arrow in and out, and transactions are DuckDB's own
+(``DuckDBDatabase``); what differs is how the lake is opened, that DuckLake has no
+sequences or keys (ids come from ``km_sequences``), and that two writers' commits that
+touch the same data may conflict, which DuckLake reports and ``transaction`` retries.
+
+The extensions are loaded from the files their PyPI packages ship; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import duckdb
+from boto3.session import Session
+
+from kmdagster.config import S3Settings, WarehouseSettings
+from kmdagster.warehouse.database import (
+    WarehouseConflict,
+    WarehouseSchemaError,
+    WarehouseUnavailable,
+)
+from kmdagster.warehouse.duckdb_database import DUCKDB_MEMORY_LIMIT, DuckDBDatabase, WarehouseBusy
+
+LAKE = "km_lake"  # the lake's name in the connection; `kmdagster sql` makes it the default
+# extension -> the PyPI package that ships its file (pinned with DuckDB in pyproject.toml)
+EXTENSION_PACKAGES = {
+    "ducklake": "duckdb-extension-ducklake",
+    "postgres_scanner": "duckdb-extension-postgres-scanner",
+    "httpfs": "duckdb-extension-httpfs",
+}
+_CREDENTIALS_IN_URL = re.compile(r"(://[^/@:]*):[^/@]*@")
+
+
+class WarehouseLakeError(WarehouseUnavailable):
+    """The lake's catalog or data path cannot be reached, or an extension is missing."""
+
+
+def extension_file(extension: str) -> Path:
+    """The extension file the package of ``extension`` ships for this DuckDB version."""
+    package = EXTENSION_PACKAGES[extension]
+    try:
+        module = importlib.import_module(package.replace("-", "_"))
+    except ImportError:
+        raise WarehouseLakeError(
+            f"the DuckLake warehouse needs the {extension} extension: pip install "
+            f"{package}=={duckdb.__version__}"
+        ) from None
+    assert module.__file__ is not None
+    found = Path(module.__file__).parent / "extensions" / f"v{duckdb.__version__}"
+    path = found / f"{extension}.duckdb_extension"
+    if not path.is_file():
+        raise WarehouseLakeError(
+            f"{package} holds no {extension} extension for DuckDB {duckdb.__version__} "
+            f"(looked for {path}): install {package}=={duckdb.__version__}"
+        )
+    return path
+
+
+def catalog_is_postgres(catalog: str) -> bool:
+    return catalog.startswith(("postgresql://", "postgres://"))
+
+
+def catalog_location(catalog: str) -> str:
+    """The catalog as messages name it: a URL without any password."""
+    return _CREDENTIALS_IN_URL.sub(r"\1:***@", catalog)
+
+
+def _quoted(text: str) -> str:
+    """``text`` as an SQL string literal (ATTACH and CREATE SECRET take no parameters)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _s3_secret(s3: S3Settings | None) -> str:
+    """A temporary DuckDB secret for the data path on S3, from the AWS credential chain
+    boto3 reads (environment, profile, instance role). It lives in this connection only
+    and is never printed."""
+    settings = s3 or S3Settings()
+    session = Session()
+    credentials = session.get_credentials()
+    if credentials is None:
+        raise WarehouseLakeError(
+            "the lake's data path is on S3 but no AWS credentials were found: set "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or run with a role"
+        )
+    frozen = credentials.get_frozen_credentials()
+    options = [
+        "TYPE s3",
+        f"KEY_ID {_quoted(frozen.access_key)}",
+        f"SECRET {_quoted(frozen.secret_key)}",
+        f"REGION {_quoted(settings.region_name or session.region_name or 'us-east-1')}",
+    ]
+    if frozen.token:
+        options.append(f"SESSION_TOKEN {_quoted(frozen.token)}")
+    if settings.endpoint_url:
+        endpoint = urlsplit(settings.endpoint_url)
+        options += [
+            f"ENDPOINT {_quoted(endpoint.netloc)}",
+            "URL_STYLE 'path'",  # S3-compatible servers (SeaweedFS, MinIO) take paths
+            f"USE_SSL {'true' if endpoint.scheme == 'https' else 'false'}",
+        ]
+    return f"CREATE OR REPLACE TEMPORARY SECRET km_lake_data ({', '.join(options)})"
+
+
+class DuckLakeDatabase(DuckDBDatabase):
+    backend = "ducklake"
+    sql_skip_duplicates = ""  # no keys in a lake: see ``next_ids``
+    appends_ledger = True  # revisions appended, never updated (ledger_writes.py)
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, location: str, writer: bool) -> None:
+        super().__init__(con, Path(location), writer=False)
+        self.location = location
+        if writer:
+            # Parquet files are written as the rows arrive; DuckDB's own workers would only
+            # contend with the import's split threads (as for the DuckDB file).
+            con.execute("SET threads = 1")
+
+    @classmethod
+    @contextmanager
+    def attach(
+        cls, settings: WarehouseSettings, read_only: bool, lock_wait_seconds: float
+    ) -> Iterator[DuckLakeDatabase]:
+        con = attach_lake(settings, read_only, lock_wait_seconds)
+        try:
+            yield cls(con, lake_location(settings), writer=not read_only)
+        finally:
+            con.close()
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        cursor = self.connection.cursor()
+        cursor.execute(f"USE {LAKE}")  # a cursor starts in the in-memory database
+        return cursor
+
+    def autonomous(self) -> DuckLakeDatabase:
+        return DuckLakeDatabase(self.cursor(), self.location, writer=False)
+
+    def commit(self) -> None:
+        try:
+            self.connection.commit()
+        except duckdb.TransactionException as exc:
+            # DuckLake retried the commit itself; what is left is a real conflict with a
+            # transaction that committed first (both changed the same data). The
+            # transaction is gone: nothing of it is in the lake.
+            raise WarehouseConflict(
+                f"the lake {self.location} refused a commit that conflicts with another "
+                f"writer's: {str(exc).strip().splitlines()[-1][:300]}"
+            ) from exc
+
+    def rollback(self) -> None:
+        # A failed commit has already ended the transaction.
+        with suppress(duckdb.TransactionException):
+            self.connection.rollback()
+
+    def next_ids(self, sequence: str, count: int) -> list[int]:
+        # No sequences in DuckLake: a counter row per sequence, moved in the open
+        # transaction. Two writers that move it at once conflict, so one of them retries
+        # (``transaction``): ids are never handed out twice.
+        self.execute(
+            "UPDATE km_sequences SET last_value = last_value + $1 WHERE name = $2",
+            [count, sequence],
+        )
+        [(last,)] = self.rows("SELECT last_value FROM km_sequences WHERE name = $1", [sequence])
+        return list(range(last - count + 1, last + 1))
+
+    def checkpoint(self) -> None:
+        """Nothing to fold: each commit wrote its Parquet files. Merging small files is
+        the maintenance job's work (``maintenance.py``)."""
+
+
+def lake_exists(settings: WarehouseSettings) -> bool:
+    """Whether the lake may hold tables: its catalog file is there, or it is on PostgreSQL
+    (which tells only once attached)."""
+    catalog = settings.ducklake_catalog
+    return catalog_is_postgres(catalog) or Path(catalog).is_file()
+
+
+def lake_location(settings: WarehouseSettings) -> str:
+    catalog = catalog_location(settings.ducklake_catalog)
+    return f"ducklake:{catalog} (data {settings.ducklake_data_path})"
+
+
+def attach_lake(
+    settings: WarehouseSettings, read_only: bool, lock_wait_seconds: float
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the lake attached as ``km_lake`` and in use."""
+    catalog, data_path = settings.ducklake_catalog, settings.ducklake_data_path
+    con = duckdb.connect(config={"autoinstall_known_extensions": False})
+    try:
+        con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
+        con.execute("SET TimeZone = 'UTC'")
+        needed = ["ducklake"]
+        if catalog_is_postgres(catalog):
+            needed.append("postgres_scanner")
+        if data_path.startswith("s3://"):
+            needed.append("httpfs")
+        for extension in needed:
+            con.execute(f"LOAD {_quoted(str(extension_file(extension)))}")
+        if data_path.startswith("s3://"):
+            con.execute(_s3_secret(settings.s3))
+        else:
+            Path(data_path).mkdir(parents=True, exist_ok=True)
+        if catalog_is_postgres(catalog):
+            target = f"ducklake:postgres:{catalog}"
+        else:
+            Path(catalog).parent.mkdir(parents=True, exist_ok=True)
+            target = f"ducklake:{catalog}"
+        options = [f"DATA_PATH {_quoted(data_path)}"]
+        if read_only:
+            options.append("READ_ONLY")
+        _attach_waiting(con, target, options, settings, lock_wait_seconds)
+        con.execute(f"USE {LAKE}")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _attach_waiting(
+    con: duckdb.DuckDBPyConnection,
+    target: str,
+    options: list[str],
+    settings: WarehouseSettings,
+    lock_wait_seconds: float,
+) -> None:
+    """ATTACH, waiting while another process holds a DuckDB-file catalog (one process at a
+    time, as for the DuckDB warehouse)."""
+    deadline = time.monotonic() + lock_wait_seconds
+    where = lake_location(settings)
+    while True:
+        try:
+            con.execute(f"ATTACH {_quoted(target)} AS {LAKE} ({', '.join(options)})")
+            return
+        except duckdb.Error as exc:
+            text = str(exc)
+            if "lock" in text.lower() and not catalog_is_postgres(settings.ducklake_catalog):
+                if time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    continue
+                raise WarehouseBusy(
+                    f"the lake catalog {settings.ducklake_catalog} was held by another process "
+                    f"for over {lock_wait_seconds:.0f}s. A DuckDB-file catalog admits one "
+                    "process at a time: query with `kmdagster sql` (held only while its query "
+                    "runs), or put the catalog on PostgreSQL for many writers and readers"
+                ) from exc
+            if "not a valid DuckDB database file" in text:
+                raise WarehouseSchemaError(
+                    f"the lake catalog {settings.ducklake_catalog} is not a DuckDB file; point "
+                    "warehouse.ducklake_catalog at a new path or move that file away"
+                ) from exc
+            raise WarehouseLakeError(
+                f"cannot attach the lake {where}: "
+                f"{catalog_location(text.strip().splitlines()[0])[:400]}; check "
+                "warehouse.ducklake_catalog and ducklake_data_path (and PGPASSWORD for a "
+                "PostgreSQL catalog)"
+            ) from exc
