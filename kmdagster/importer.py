@@ -50,6 +50,7 @@ class ImportReport:
     resume_hint: int | None  # the offset Dagster's last run recorded, if any
     stopped_on_budget: bool
     already_imported: bool = False  # complete before this run: it read and loaded nothing
+    chunks_read_again: int = 0  # commits a lake refused for another writer's, each retried
 
     @property
     def complete(self) -> bool:
@@ -171,6 +172,7 @@ def import_file(
         seconds=clock() - started,
         resume_hint=resume_hint[0] if resume_hint and resume_hint[1] == row.file_etag else None,
         stopped_on_budget=stopped_on_budget,
+        chunks_read_again=conflicts,
     )
 
 

@@ -127,7 +127,10 @@ def test_readme_configuration_reference_lists_every_setting_with_its_default() -
     ("warehouse", "message"),
     [
         ({"backend": "postgres"}, "warehouse: backend postgres needs postgres_url"),
-        ({"backend": "sqlite"}, "warehouse.backend: Input should be 'duckdb', 'postgres' or 'ducklake'"),
+        (
+            {"backend": "sqlite"},
+            "warehouse.backend: Input should be 'duckdb', 'postgres' or 'ducklake'",
+        ),
         ({"postgres_url": "mysql://db/km"}, "warehouse.postgres_url: give a URL starting with"),
     ],
 )

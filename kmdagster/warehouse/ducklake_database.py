@@ -207,6 +207,9 @@ def attach_lake(
             con.execute(f"LOAD {_quoted(str(extension_file(extension)))}")
         if data_path.startswith("s3://"):
             con.execute(_s3_secret(settings.s3))
+            # Upload buffers are the largest file's size over S3's 10,000 parts: 800 GB by
+            # default gives 80 MB buffers, over the memory limit. A data file is one piece.
+            con.execute("SET s3_uploader_max_filesize = '50GB'")
         else:
             Path(data_path).mkdir(parents=True, exist_ok=True)
         if catalog_is_postgres(catalog):

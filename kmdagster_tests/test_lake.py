@@ -1,0 +1,224 @@
+"""The lake warehouse beyond one machine: a PostgreSQL catalog, Parquet files on S3.
+
+The warehouse tests of every backend (``warehouse_settings``) run on a lake with a local
+catalog too; these are what only a lake does: data on S3, readers that hold it open while
+imports commit, and two sources importing at once from separate processes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kmdagster.config import KmConfig, S3Settings, SourceConfig, WarehouseSettings
+from kmdagster.warehouse import ducklake_database
+from kmdagster.warehouse.ducklake_database import DuckLakeDatabase, WarehouseLakeError
+from kmdagster.warehouse.piece_rows import PieceRows
+from kmdagster.warehouse.warehouse import Warehouse
+from kmdagster_dev.km_files import km_file
+from kmdagster_dev.postgres import PostgresServer
+from kmdagster_dev.seaweed import SeaweedS3
+from kmdagster_tests.helpers import (
+    ADMIN,
+    assert_file_loaded_once,
+    run_import,
+    warehouse_rows,
+    write_config,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = ("accounts", "orders")
+_lakes = itertools.count()
+
+
+@pytest.fixture
+def lake_on_s3(postgres_server: PostgresServer, s3_server: SeaweedS3, bucket: str) -> KmConfig:
+    """Sources ``accounts`` and ``orders`` in ``bucket``, and a lake with its catalog in a
+    PostgreSQL database and its files under s3://bucket/lake/."""
+    catalog = postgres_server.create_database(f"km_lake_{next(_lakes)}")
+    warehouse = WarehouseSettings(
+        backend="ducklake", ducklake_catalog=catalog, ducklake_data_path=f"s3://{bucket}/lake/"
+    )
+    sources = tuple(
+        SourceConfig(name=name, bucket=bucket, base_filename=f"{name}.json", chunk_bytes=1024)
+        for name in SOURCES
+    )
+    s3_settings = S3Settings(endpoint_url=s3_server.endpoint_url, region_name="us-east-1")
+    return KmConfig(s3=s3_settings, warehouse=warehouse, sources=sources)
+
+
+def keys_under(s3: Any, bucket: str, prefix: str) -> list[str]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
+def test_a_lake_on_s3_with_a_postgres_catalog_loads_every_line_once(
+    lake_on_s3: KmConfig, s3: Any, bucket: str
+) -> None:
+    file = km_file(seed=1, repeats=300)
+    s3.put_object(Bucket=bucket, Key="accounts.1.json", Body=file.data)
+    with Warehouse.open(lake_on_s3.warehouse) as warehouse:
+        # Chunks of more rows than DuckLake keeps in the catalog itself (10), so Parquet
+        # files are written to S3.
+        report = run_import(s3, warehouse, bucket, "accounts.1.json", chunk_bytes=8192)
+        location = warehouse.database.location
+    assert report.ledger.is_complete and report.chunks > 1
+    assert_file_loaded_once(lake_on_s3.warehouse, "accounts.1.json", file)
+    stored = keys_under(s3, bucket, "lake/")
+    assert any(key.endswith(".parquet") for key in stored), stored
+    # Named without the catalog's password and with no AWS key anywhere.
+    assert ADMIN.secret_key not in location and ADMIN.access_key not in location
+
+
+def test_a_reader_holding_the_lake_open_never_stops_an_import(
+    lake_on_s3: KmConfig, s3: Any, bucket: str
+) -> None:
+    """An analyst's session open on the lake, mid-transaction, while a file imports: the
+    import commits every chunk; the session sees its snapshot until it starts another."""
+    first, second = km_file(seed=1), km_file(seed=2, repeats=30)
+    s3.put_object(Bucket=bucket, Key="accounts.1.json", Body=first.data)
+    s3.put_object(Bucket=bucket, Key="accounts.2.json", Body=second.data)
+    settings = lake_on_s3.warehouse
+    with Warehouse.open(settings) as warehouse:
+        run_import(s3, warehouse, bucket, "accounts.1.json", chunk_bytes=1024)
+    with DuckLakeDatabase.attach(settings, read_only=True, lock_wait_seconds=5) as reader:
+        reader.begin()
+        [(before,)] = reader.rows("SELECT count(*) FROM km_events")
+        with Warehouse.open(settings) as warehouse:
+            report = run_import(s3, warehouse, bucket, "accounts.2.json", chunk_bytes=1024)
+        assert report.ledger.is_complete and report.chunks > 1
+        assert reader.rows("SELECT count(*) FROM km_events") == [(before,)]
+        reader.commit()
+        [(after,)] = reader.rows("SELECT count(*) FROM km_events")
+    assert (before, after) == (first.events, first.events + second.events)
+
+
+def test_two_sources_import_at_once_from_separate_processes_each_line_once(
+    lake_on_s3: KmConfig, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    """Two processes, one per source, both mid-import at once (each waits after its first
+    chunk until the other has committed one), with aliases in every chunk: the commits
+    that conflict are tried again, and every line of both files is in the lake once."""
+    files = {name: km_file(seed=n, repeats=40) for n, name in enumerate(SOURCES, 1)}
+    for name, file in files.items():
+        s3.put_object(Bucket=bucket, Key=f"{name}.1.json", Body=file.data)
+    config_path = write_config(tmp_path / "km.yaml", lake_on_s3)
+    with Warehouse.open(lake_on_s3.warehouse) as warehouse:  # the schema first
+        # Every person already in a group of their own: each chunk's merge deletes rows,
+        # so commits of the two sources that overlap conflict (and are tried again).
+        people = [f"user{n}-{i}@example.com" for n in (1, 2) for i in range(40)]
+        warehouse.database.execute(
+            "INSERT INTO km_identity_groups SELECT p, p FROM unnest($1) AS t(p)", [people]
+        )
+    env = {**os.environ, "KMDAGSTER_CONFIG": str(config_path)}
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "kmdagster_tests.lake_writer", name, f"{name}.1.json", other],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, other in zip(SOURCES, reversed(SOURCES), strict=True)
+    ]
+    for writer in writers:
+        out, err = writer.communicate(timeout=600)
+        assert writer.returncode == 0, err[-3000:]
+        report = json.loads(out)
+        assert report["chunks"] > 1
+        print("chunks read again after a conflict:", report["read_again"])
+    for name, file in files.items():
+        assert_file_loaded_once(lake_on_s3.warehouse, f"{name}.1.json", file)
+    # Each source's aliases merged into groups, none lost to the other's commits.
+    [(groups,)] = warehouse_rows(
+        lake_on_s3.warehouse, "SELECT count(DISTINCT person_id) FROM km_identity_groups"
+    )
+    assert groups == sum(file.aliases for file in files.values())
+
+
+class ChunkMeetsAnotherWriter(Warehouse):
+    """A warehouse whose first chunk meets another writer's commit mid-transaction: a
+    writer of its own (as another process would be) merges an alias group while the
+    chunk's rows go in, so the chunk's own merge (a delete and an insert in the same
+    table) conflicts at commit."""
+
+    def __init__(self, database: DuckLakeDatabase, settings: WarehouseSettings) -> None:
+        super().__init__(database)
+        self.settings = settings
+        self.met = False
+
+    def _insert_rows(self, piece: PieceRows, file_id: int) -> None:
+        super()._insert_rows(piece, file_id)
+        if not self.met:
+            self.met = True
+            with DuckLakeDatabase.attach(self.settings, False, 5) as other:
+                other.begin()
+                other.execute("DELETE FROM km_identity_groups WHERE identity = 'x'")
+                other.execute("INSERT INTO km_identity_groups VALUES ('x', 'x'), ('y', 'x')")
+                other.commit()
+
+
+def test_a_chunk_refused_for_another_writers_commit_is_read_again_and_loaded_once(
+    lake_on_s3: KmConfig, s3: Any, bucket: str
+) -> None:
+    file = km_file(seed=1, repeats=30)
+    s3.put_object(Bucket=bucket, Key="accounts.1.json", Body=file.data)
+    with Warehouse.open(lake_on_s3.warehouse) as warehouse:
+        # Groups both writers change: a delete conflicts with the other's insert.
+        warehouse.database.execute(
+            "INSERT INTO km_identity_groups VALUES ('x', 'x'), "
+            "('user1-0@example.com', 'user1-0@example.com')"
+        )
+    with DuckLakeDatabase.attach(lake_on_s3.warehouse, False, 5) as database:
+        warehouse = ChunkMeetsAnotherWriter(database, lake_on_s3.warehouse)
+        report = run_import(s3, warehouse, bucket, "accounts.1.json", chunk_bytes=1024)
+    assert report.chunks_read_again == 1
+    assert report.ledger.is_complete
+    assert_file_loaded_once(lake_on_s3.warehouse, "accounts.1.json", file)
+    [(groups,)] = warehouse_rows(
+        lake_on_s3.warehouse, "SELECT count(DISTINCT person_id) FROM km_identity_groups"
+    )
+    assert groups == file.aliases + 1  # the file's, and the other writer's
+
+
+def test_a_missing_extension_package_is_named_with_the_version_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setitem(
+        ducklake_database.EXTENSION_PACKAGES, "ducklake", "duckdb-extension-not-installed"
+    )
+    settings = WarehouseSettings(
+        backend="ducklake",
+        ducklake_catalog=str(tmp_path / "catalog.ducklake"),
+        ducklake_data_path=str(tmp_path / "data"),
+    )
+    with pytest.raises(WarehouseLakeError, match="pip install duckdb-extension-not-installed=="):
+        with Warehouse.open(settings):
+            pass
+
+
+def test_an_unreachable_catalog_is_named_without_any_secret(
+    s3_server: SeaweedS3, bucket: str, postgres_server: PostgresServer
+) -> None:
+    closed = f"postgresql://kmdagster@127.0.0.1:{postgres_server.port}/no_such_database"
+    settings = KmConfig(
+        s3=S3Settings(endpoint_url=s3_server.endpoint_url, region_name="us-east-1"),
+        warehouse=WarehouseSettings(
+            backend="ducklake", ducklake_catalog=closed, ducklake_data_path=f"s3://{bucket}/l/"
+        ),
+        sources=(SourceConfig(name="accounts", bucket=bucket, base_filename="accounts.json"),),
+    ).warehouse
+    with pytest.raises(WarehouseLakeError) as refused, Warehouse.open(settings):
+        pass
+    message = str(refused.value)
+    assert "no_such_database" in message and "ducklake_catalog" in message
+    for secret in (ADMIN.secret_key, postgres_server.password):
+        assert secret not in message
