@@ -67,9 +67,10 @@ DETERMINISTIC = [
     ("archive.recorded", 1, 1024, 600),
 ]
 # Random instants on each backend: the crash points above cover PostgreSQL's every step.
-RANDOM_SCENARIOS = {"duckdb": 6, "postgres": 3}
-# On PostgreSQL, every point where the warehouse is written or read back; the S3-only
-# steps of the archive and the repeats deeper into the file run on DuckDB alone.
+RANDOM_SCENARIOS = {"duckdb": 6, "postgres": 3, "ducklake": 3}
+# On PostgreSQL and the lake, every point where the warehouse is written or read back;
+# the S3-only steps of the archive and the repeats deeper into the file run on DuckDB
+# alone.
 S3_ONLY_OR_REPEATED = {
     ("archive.copied", 1),
     ("archive.rejects_written", 1),
@@ -80,7 +81,7 @@ CRASH_SCENARIOS = [
     pytest.param(
         backend, point, nth, chunk, budget, id=f"{backend}-{point}:{nth}-{chunk}B-{budget}s"
     )
-    for backend in ("duckdb", "postgres")
+    for backend in ("duckdb", "postgres", "ducklake")
     for point, nth, chunk, budget in DETERMINISTIC
     if backend == "duckdb" or (point, nth) not in S3_ONLY_OR_REPEATED
 ]

@@ -200,9 +200,9 @@ def test_a_missing_extension_package_is_named_with_the_version_to_install(
         ducklake_catalog=str(tmp_path / "catalog.ducklake"),
         ducklake_data_path=str(tmp_path / "data"),
     )
-    with pytest.raises(WarehouseLakeError, match="pip install duckdb-extension-not-installed=="):
-        with Warehouse.open(settings):
-            pass
+    missing = "pip install duckdb-extension-not-installed=="
+    with pytest.raises(WarehouseLakeError, match=missing), Warehouse.open(settings):
+        pass
 
 
 def test_an_unreachable_catalog_is_named_without_any_secret(
