@@ -95,6 +95,10 @@ class WarehouseSettings(_ResourceSection):
     # Where its Parquet files go: a folder, or s3://bucket/prefix/ (read and written with
     # the s3 section's endpoint and region and the standard AWS credential chain).
     ducklake_data_path: Text = ".kmdagster/lake/data/"
+    # The lake's maintenance job runs on this cron (UTC) and keeps snapshots this long (the
+    # time an analyst can travel back; files only old snapshots read are deleted after).
+    ducklake_maintenance_cron: Text = "17 3 * * *"
+    ducklake_snapshot_retention_days: PositiveNumber = 7.0
     # Copied from the configuration's s3 section when the file is read; never set here.
     s3: S3Settings | None = None
 
@@ -114,6 +118,13 @@ class WarehouseSettings(_ResourceSection):
         if "://" in path and not path.startswith("s3://"):
             raise ValueError("give a local folder or an s3://bucket/prefix/")
         return path if path.endswith("/") else path + "/"
+
+    @field_validator("ducklake_maintenance_cron")
+    @classmethod
+    def _a_cron_for_maintenance(cls, value: str) -> str:
+        if not is_valid_cron(value):
+            raise ValueError(f"{value!r} is not a cron expression Dagster runs")
+        return value
 
     @model_validator(mode="after")
     def _postgres_has_a_url(self) -> WarehouseSettings:

@@ -10,14 +10,20 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from dagster import DagsterInstance, materialize
 
 from kmdagster.config import KmConfig, S3Settings, SourceConfig, WarehouseSettings
+from kmdagster.defs.factory import build_definitions
+from kmdagster.defs.naming import LAKE_FILES_ASSET, LAKE_MAINTENANCE_SCHEDULE
+from kmdagster.defs.resources import build_resources
 from kmdagster.warehouse import ducklake_database
 from kmdagster.warehouse.ducklake_database import DuckLakeDatabase, WarehouseLakeError
 from kmdagster.warehouse.piece_rows import PieceRows
@@ -28,6 +34,7 @@ from kmdagster_dev.seaweed import SeaweedS3
 from kmdagster_tests.helpers import (
     ADMIN,
     assert_file_loaded_once,
+    make_config,
     run_import,
     warehouse_rows,
     write_config,
@@ -187,6 +194,51 @@ def test_a_chunk_refused_for_another_writers_commit_is_read_again_and_loaded_onc
         lake_on_s3.warehouse, "SELECT count(DISTINCT person_id) FROM km_identity_groups"
     )
     assert groups == file.aliases + 1  # the file's, and the other writer's
+
+
+def test_maintenance_merges_small_files_and_deletes_orphans_keeping_every_row(
+    s3: Any, s3_server: SeaweedS3, bucket: str, tmp_path: Path, instance: DagsterInstance
+) -> None:
+    """The lake_files asset, materialized as its schedule would: the chunks' small files
+    merged, a file a killed writer left (no commit names it) deleted once a day old, and
+    every relation's rows as they were."""
+    settings = WarehouseSettings(
+        backend="ducklake",
+        ducklake_catalog=str(tmp_path / "lake" / "catalog.ducklake"),
+        ducklake_data_path=str(tmp_path / "lake" / "data"),
+    )
+    file = km_file(seed=3, repeats=200)
+    s3.put_object(Bucket=bucket, Key="accounts.1.json", Body=file.data)
+    with Warehouse.open(settings) as warehouse:
+        run_import(s3, warehouse, bucket, "accounts.1.json", chunk_bytes=4096)
+    events_dir = tmp_path / "lake" / "data" / "main" / "km_event_rows"
+    orphan = events_dir / "ducklake-left-by-a-killed-writer.parquet"
+    shutil.copy(next(events_dir.glob("*.parquet")), orphan)
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(orphan, (two_days_ago, two_days_ago))
+    counts = "SELECT (SELECT count(*) FROM km_events), (SELECT count(*) FROM km_properties)"
+    rows_before = warehouse_rows(settings, counts)
+
+    config = make_config(s3_server, bucket, settings)
+    defs = build_definitions(config)
+    result = materialize(
+        [defs.get_assets_def(LAKE_FILES_ASSET)],
+        resources=build_resources(config),
+        instance=instance,
+    )
+    assert result.success
+    [materialization] = result.asset_materializations_for_node("kmdagster__lake_files")
+    figures = {
+        key: value.value
+        for key, value in materialization.metadata.items()
+        if isinstance(value.value, int)
+    }
+    assert figures["data_files_after"] < figures["data_files_before"]
+    assert figures["files_deleted"] >= 1
+    assert not orphan.exists()
+    assert warehouse_rows(settings, counts) == rows_before
+    assert_file_loaded_once(settings, "accounts.1.json", file)
+    assert defs.resolve_schedule_def(LAKE_MAINTENANCE_SCHEDULE).cron_schedule == "17 3 * * *"
 
 
 def test_a_missing_extension_package_is_named_with_the_version_to_install(

@@ -8,6 +8,7 @@ from kmdagster.config import KmConfig, SourceConfig, WarehouseSettings
 from kmdagster.defs.assets import build_file_states_spec, build_source_assets
 from kmdagster.defs.backlog import build_backlog_check
 from kmdagster.defs.jobs import build_import_job
+from kmdagster.defs.lake_maintenance import build_lake_maintenance
 from kmdagster.defs.naming import SourceNames
 from kmdagster.defs.partitions import files_partitions
 from kmdagster.defs.resources import build_resources
@@ -43,7 +44,11 @@ def build_source_definitions(source: SourceConfig, warehouse: WarehouseSettings)
 
 def build_definitions(config: KmConfig) -> Definitions:
     """Everything for every configured source, with shared resources. Touches no network."""
+    lake = (
+        [build_lake_maintenance(config.warehouse)] if config.warehouse.backend == "ducklake" else []
+    )
     return Definitions.merge(
         *(build_source_definitions(source, config.warehouse) for source in config.sources),
+        *lake,
         Definitions(resources=build_resources(config)),
     )

@@ -14,6 +14,10 @@ from kmdagster.config import SourceConfig
 BACKLOG_CHECK = "backlog"
 QUARANTINE_CHECK = "quarantine"
 PERMISSION_CHECK = "s3_permissions"
+# The lake's maintenance: one of each per warehouse, not per source.
+LAKE_FILES_ASSET = AssetKey(["kmdagster", "lake_files"])
+LAKE_MAINTENANCE_JOB = "lake_maintenance_job"
+LAKE_MAINTENANCE_SCHEDULE = "lake_maintenance"
 
 
 @dataclass(frozen=True)
