@@ -37,6 +37,7 @@ from kmdagster.s3.objects import FilePattern, S3AccessError
 from kmdagster.s3.permissions import PermissionResult, check_permissions, iam_policy
 from kmdagster.status import backlog, backlog_eta, list_root_files, read_source_status
 from kmdagster.warehouse.duckdb_database import import_export
+from kmdagster.warehouse.ducklake_database import attach_statements
 from kmdagster.warehouse.schema import SCHEMA_VERSION, WarehouseSchemaError
 from kmdagster.warehouse.warehouse import Warehouse, WarehouseUnavailable
 
@@ -292,17 +293,29 @@ SQL_WAIT_HELP = (
 @click.option("--csv", "as_csv", is_flag=True, help="print CSV with a header row")
 @click.option("--max-rows", type=int, default=50, show_default=True, help="rows printed")
 @click.option("--wait", type=float, default=330.0, show_default=True, help=SQL_WAIT_HELP)
-def sql(query: str | None, as_csv: bool, max_rows: int, wait: float) -> None:
+@click.option(
+    "--attach",
+    is_flag=True,
+    help="print the SQL that attaches the lake in the DuckDB CLI or a notebook, and stop",
+)
+def sql(query: str | None, as_csv: bool, max_rows: int, wait: float, attach: bool) -> None:
     """QUERY, or standard input. A DuckDB file is held only while the query runs, so an
     import that starts meanwhile waits for it instead of failing, as it would behind a
     connection left open."""
+    settings = given_config().warehouse
+    if attach:
+        if settings.backend != "ducklake":
+            raise CommandFailed("--attach is for warehouse.backend ducklake")
+        click.echo(attach_statements(settings))
+        return
     text = query if query is not None else sys.stdin.read()
     if not text.strip():
         raise click.UsageError("give a query: kmdagster sql 'SELECT count(*) FROM km_events'")
-    settings = given_config().warehouse
     with Warehouse.read_only(settings, lock_wait_seconds=wait) as warehouse:
         if warehouse is None:
-            where = settings.duckdb_path if settings.backend == "duckdb" else "the database"
+            where = {"duckdb": settings.duckdb_path, "ducklake": settings.ducklake_catalog}.get(
+                settings.backend, "the database"
+            )
             raise CommandFailed(f"the warehouse {where} has no tables yet: nothing is imported")
         try:
             frame = warehouse.database.frame(text)

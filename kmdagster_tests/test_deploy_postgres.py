@@ -92,15 +92,17 @@ def ledger(warehouse: WarehouseSettings) -> dict[str, tuple[Any, ...]]:
     return {row[0]: tuple(row[1:]) for row in rows}
 
 
-@pytest.fixture
+@pytest.fixture(params=["postgres", "ducklake"])
 def deployment(
+    request: pytest.FixtureRequest,
     tmp_path: Path,
     s3_server: SeaweedS3,
     s3: Any,
     postgres_server: PostgresServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[tuple[KmConfig, dict[str, str]]]:
-    """kmdagster.yaml, DAGSTER_HOME and the environment of the deployment's processes."""
+    """kmdagster.yaml, DAGSTER_HOME and the environment of the deployment's processes: the
+    warehouse on PostgreSQL, or a lake with a PostgreSQL catalog and its files on S3."""
     suffix = tmp_path.name.replace("-", "_").lower()[-20:]
     dagster_db = f"dagster_{suffix}"
     postgres_server.create_database(dagster_db)
@@ -123,9 +125,18 @@ def deployment(
         )
         for name, bucket in buckets.items()
     )
+    if request.param == "postgres":
+        warehouse = WarehouseSettings(backend="postgres", postgres_url=warehouse_url)
+    else:
+        s3.create_bucket(Bucket=f"km-lake-{suffix.replace('_', '-')}")
+        warehouse = WarehouseSettings(
+            backend="ducklake",
+            ducklake_catalog=warehouse_url,
+            ducklake_data_path=f"s3://km-lake-{suffix.replace('_', '-')}/lake/",
+        )
     config = KmConfig(
         s3=S3Settings(endpoint_url=s3_server.endpoint_url, region_name="us-east-1"),
-        warehouse=WarehouseSettings(backend="postgres", postgres_url=warehouse_url),
+        warehouse=warehouse,
         sources=sources,
     )
     home = tmp_path / "dagster_home"
@@ -230,8 +241,9 @@ def test_daemon_on_postgres_imports_two_sources_and_recovers_a_killed_run(
         stop(code_server)
 
     # Nothing holds one source's runs behind the other's: every run is tagged with the
-    # postgres warehouse, which the shipped run queue does not limit (only duckdb).
-    assert {r.dagster_run.tags[WAREHOUSE_TAG] for r in [*records, *order_runs]} == {"postgres"}
+    # warehouse's backend, which the shipped run queue does not limit (only duckdb).
+    tags = {r.dagster_run.tags[WAREHOUSE_TAG] for r in [*records, *order_runs]}
+    assert tags == {warehouse.backend}
     limits = deploy_instance_settings()["run_queue"]["tag_concurrency_limits"]
     assert [limit["value"] for limit in limits if limit["key"] == WAREHOUSE_TAG] == ["duckdb"]
     assert ledger(warehouse)[BIG_KEY][2] >= 2  # the killed run and the one that resumed

@@ -3,22 +3,29 @@ value per (person, name, second), and one person per connected group of aliases.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import random
 import re
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import polars as pl
+import pytest
 
+from kmdagster.cli import main
+from kmdagster.config import KmConfig, SourceConfig, WarehouseSettings
 from kmdagster.km_format.identities import identity_groups
 from kmdagster.km_format.split import split_km_lines
-from kmdagster.warehouse.warehouse import DuckDBWarehouse
+from kmdagster.warehouse.warehouse import DuckDBWarehouse, Warehouse
+from kmdagster_tests.helpers import write_config
 
 T1, T2 = 1_700_000_000, 1_700_000_005
 
 
-def load(warehouse: DuckDBWarehouse, key: str, lines: list[dict[str, Any]]) -> None:
+def load(warehouse: Warehouse, key: str, lines: list[dict[str, Any]]) -> None:
     data = ("\n".join(json.dumps(line) for line in lines) + "\n").encode()
     row = warehouse.open_file("accounts", key, f'"{key}"', len(data))
     piece = warehouse.lay_out(split_km_lines(data, 1, 1_764_000_000))
@@ -99,27 +106,71 @@ def test_people_follow_alias_chains_cycles_and_merges_across_files(tmp_path: Pat
     assert merged["c3"] == "c1" and merged["solo"] == "solo"
 
 
-def test_the_readme_queries_give_kissmetrics_answers(tmp_path: Path) -> None:
-    readme = (Path(__file__).resolve().parent.parent / "docs" / "reference.md").read_text()
-    counts, plans, identities = [
-        query.strip() for query in re.findall(r"```sql\n(.*?)```", readme, re.S)[0].split(";")
-    ][:3]
-    with DuckDBWarehouse.connect(tmp_path / "w.duckdb") as warehouse:
-        load(
-            warehouse,
-            "accounts.1.json",
-            [
-                {"_p": "user42@example.com", "_t": T1, "_n": "Signed Up", "Plan": "Free"},
-                {"_p": "user42@example.com", "_t": T1, "_n": "signed up"},  # same event
-                {"_p": "crm-42", "_t": T2, "_n": "Purchased", "Plan": "Gold"},
-                {"_p": "user42@example.com", "_t": T2, "_p2": "crm-42"},  # one person
-                {"_p": "user7@example.com", "_t": T1, "_n": "Signed Up"},
-            ],
-        )
-        con = warehouse.database.connection
-        assert con.execute(counts).fetchall() == [("signed up", 2, 2), ("purchased", 1, 1)]
-        assert sorted(con.execute(plans).fetchall()) == [("crm-42", "Gold")]
-        assert sorted(con.execute(identities).fetchall()) == [
-            ("crm-42",),
-            ("user42@example.com",),
-        ]
+README_LINES = [
+    {"_p": "user42@example.com", "_t": T1, "_n": "Signed Up", "Plan": "Free"},
+    {"_p": "user42@example.com", "_t": T1, "_n": "signed up"},  # same event
+    {"_p": "crm-42", "_t": T2, "_n": "Purchased", "Plan": "Gold"},
+    {"_p": "user42@example.com", "_t": T2, "_p2": "crm-42"},  # one person
+    {"_p": "user7@example.com", "_t": T1, "_n": "Signed Up"},
+]
+
+
+def readme_queries() -> list[str]:
+    reference = (Path(__file__).resolve().parent.parent / "docs" / "reference.md").read_text()
+    block = re.findall(r"```sql\n(.*?)```", reference, re.S)[0]
+    return [query.strip() for query in block.split(";")][:3]
+
+
+def through_kmdagster_sql(query: str, capsys: pytest.CaptureFixture[str]) -> list[list[str]]:
+    assert main(["sql", "--csv", "--", query]) == 0  # "--": the query starts with a comment
+    return sorted(list(csv.reader(io.StringIO(capsys.readouterr().out)))[1:])
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "ducklake"])
+def test_the_readme_queries_give_kissmetrics_answers_through_kmdagster_sql(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """The same answers from a DuckDB file and from a lake, through the one command."""
+    settings = WarehouseSettings(
+        backend=backend,  # type: ignore[arg-type]
+        duckdb_path=str(tmp_path / "w.duckdb"),
+        ducklake_catalog=str(tmp_path / "lake" / "catalog.ducklake"),
+        ducklake_data_path=str(tmp_path / "lake" / "data"),
+    )
+    with Warehouse.open(settings) as warehouse:
+        load(warehouse, "accounts.1.json", README_LINES)
+    config = KmConfig(
+        warehouse=settings,
+        sources=(SourceConfig(name="accounts", bucket="km", base_filename="accounts.json"),),
+    )
+    monkeypatch.setenv("KMDAGSTER_CONFIG", str(write_config(tmp_path / "km.yaml", config)))
+    counts, plans, identities = readme_queries()
+    assert through_kmdagster_sql(counts, capsys) == [
+        ["purchased", "1", "1"],
+        ["signed up", "2", "2"],
+    ]
+    assert through_kmdagster_sql(plans, capsys) == [["crm-42", "Gold"]]
+    assert through_kmdagster_sql(identities, capsys) == [["crm-42"], ["user42@example.com"]]
+
+
+def test_the_lake_attaches_in_another_duckdb_with_the_statements_kmdagster_prints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    settings = WarehouseSettings(
+        backend="ducklake",
+        ducklake_catalog=str(tmp_path / "lake" / "catalog.ducklake"),
+        ducklake_data_path=str(tmp_path / "lake" / "data"),
+    )
+    with Warehouse.open(settings) as warehouse:
+        load(warehouse, "accounts.1.json", README_LINES)
+    config = KmConfig(
+        warehouse=settings,
+        sources=(SourceConfig(name="accounts", bucket="km", base_filename="accounts.json"),),
+    )
+    monkeypatch.setenv("KMDAGSTER_CONFIG", str(write_config(tmp_path / "km.yaml", config)))
+    assert main(["sql", "--attach"]) == 0
+    statements = capsys.readouterr().out
+    with duckdb.connect() as analyst:  # as a notebook or the DuckDB CLI would
+        analyst.execute(statements)
+        assert analyst.execute("SELECT count(*) FROM km_events").fetchall() == [(4,)]
+        assert analyst.execute(readme_queries()[2]).fetchall() != []

@@ -189,21 +189,46 @@ def lake_location(settings: WarehouseSettings) -> str:
     return f"ducklake:{catalog} (data {settings.ducklake_data_path})"
 
 
+def _extensions(settings: WarehouseSettings) -> list[str]:
+    needed = ["ducklake"]
+    if catalog_is_postgres(settings.ducklake_catalog):
+        needed.append("postgres_scanner")
+    if settings.ducklake_data_path.startswith("s3://"):
+        needed.append("httpfs")
+    return needed
+
+
+def _attach_target(settings: WarehouseSettings) -> str:
+    catalog = settings.ducklake_catalog
+    return f"ducklake:postgres:{catalog}" if catalog_is_postgres(catalog) else f"ducklake:{catalog}"
+
+
+def attach_statements(settings: WarehouseSettings) -> str:
+    """The SQL that attaches the lake read-only in any DuckDB of the same version (the
+    CLI, a notebook): what ``kmdagster sql --attach`` prints. An S3 secret is left for the
+    reader to create with their own credentials; none is printed."""
+    lines = [f"LOAD {_quoted(str(extension_file(name)))};" for name in _extensions(settings)]
+    if settings.ducklake_data_path.startswith("s3://"):
+        lines.append(
+            "-- the data is on S3: CREATE SECRET (TYPE s3, KEY_ID '...', SECRET '...', "
+            "REGION '...'[, ENDPOINT 'host:port', URL_STYLE 'path', USE_SSL false]);"
+        )
+    data_path = _quoted(settings.ducklake_data_path)
+    target = _quoted(catalog_location(_attach_target(settings)))
+    lines += [f"ATTACH {target} AS {LAKE} (DATA_PATH {data_path}, READ_ONLY);", f"USE {LAKE};"]
+    return "\n".join(lines)
+
+
 def attach_lake(
     settings: WarehouseSettings, read_only: bool, lock_wait_seconds: float
 ) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the lake attached as ``km_lake`` and in use."""
-    catalog, data_path = settings.ducklake_catalog, settings.ducklake_data_path
+    data_path = settings.ducklake_data_path
     con = duckdb.connect(config={"autoinstall_known_extensions": False})
     try:
         con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
         con.execute("SET TimeZone = 'UTC'")
-        needed = ["ducklake"]
-        if catalog_is_postgres(catalog):
-            needed.append("postgres_scanner")
-        if data_path.startswith("s3://"):
-            needed.append("httpfs")
-        for extension in needed:
+        for extension in _extensions(settings):
             con.execute(f"LOAD {_quoted(str(extension_file(extension)))}")
         if data_path.startswith("s3://"):
             con.execute(_s3_secret(settings.s3))
@@ -212,15 +237,12 @@ def attach_lake(
             con.execute("SET s3_uploader_max_filesize = '50GB'")
         else:
             Path(data_path).mkdir(parents=True, exist_ok=True)
-        if catalog_is_postgres(catalog):
-            target = f"ducklake:postgres:{catalog}"
-        else:
-            Path(catalog).parent.mkdir(parents=True, exist_ok=True)
-            target = f"ducklake:{catalog}"
+        if not catalog_is_postgres(settings.ducklake_catalog):
+            Path(settings.ducklake_catalog).parent.mkdir(parents=True, exist_ok=True)
         options = [f"DATA_PATH {_quoted(data_path)}"]
         if read_only:
             options.append("READ_ONLY")
-        _attach_waiting(con, target, options, settings, lock_wait_seconds)
+        _attach_waiting(con, _attach_target(settings), options, settings, lock_wait_seconds)
         con.execute(f"USE {LAKE}")
     except BaseException:
         con.close()
