@@ -189,11 +189,62 @@ def generate_lines(lines: int, seed: int = 42) -> bytes:
     return bytes(out)
 
 
-def write_file(path: Path, lines: int, seed: int = 42, block: int = 200_000) -> int:
-    """Write ``lines`` lines in blocks (bounded memory); returns the size in bytes."""
+# Properties of the property-heavy profile's lines: kinds 2 (a URL) and 4 (often a user
+# agent) of ``_value``, with a short value or two beside them.
+_URL_PROPERTIES = [index for index in range(len(PROPERTIES)) if index % 5 == 2]
+_TEXT_PROPERTIES = [index for index in range(len(PROPERTIES)) if index % 5 == 4]
+_SHORT_PROPERTIES = [index for index in range(len(PROPERTIES)) if index % 5 in (0, 1, 3)]
+USER_AGENTS = [
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+    "Version/17.1 Safari/605.1.15",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/120.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like "
+    "Gecko) Version/17.1 Mobile/15E148 Safari/604.1",
+]
+
+
+def generate_property_heavy_lines(lines: int, seed: int = 42) -> bytes:
+    """``lines`` lines of about 340 bytes with 3 or 4 properties each, a long URL and a
+    user agent among them (what a web tracker sends); the same bytes for the same
+    arguments."""
+    rng = random.Random(seed)
+    weights = [1.0 / (rank + 1) for rank in range(len(BENCH_EVENTS))]
+    events = rng.choices(BENCH_EVENTS, weights=weights, k=lines)
+    out = bytearray()
+    for i in range(lines):
+        roll = rng.random()
+        if roll < 0.005:
+            out += INVALID_KINDS[i % len(INVALID_KINDS)] + b"\n"
+            continue
+        person = f"user{rng.randrange(PEOPLE)}@example.com"
+        record: dict[str, object] = {"_p": person, "_t": BASE_TS + i // 10}
+        if roll < 0.02:
+            record["_p2"] = f"anon-{rng.randrange(10 * PEOPLE):x}"
+        else:
+            if roll > 0.1:
+                record["_n"] = events[i]
+            url = rng.choice(_URL_PROPERTIES)
+            record[PROPERTIES[url]] = _value(rng, url)
+            record[PROPERTIES[rng.choice(_TEXT_PROPERTIES)]] = rng.choice(USER_AGENTS)
+            for index in rng.sample(_SHORT_PROPERTIES, rng.randint(1, 2)):
+                record[PROPERTIES[index]] = _value(rng, index)
+        out += orjson.dumps(record) + b"\n"
+    return bytes(out)
+
+
+PROFILES = {"mixed": generate_lines, "property_heavy": generate_property_heavy_lines}
+
+
+def write_file(
+    path: Path, lines: int, seed: int = 42, block: int = 200_000, profile: str = "mixed"
+) -> int:
+    """Write ``lines`` lines of ``profile`` in blocks (bounded memory); returns the size
+    in bytes."""
+    generate = PROFILES[profile]
     with path.open("wb") as handle:
         for start in range(0, lines, block):
-            handle.write(generate_lines(min(block, lines - start), seed + start))
+            handle.write(generate(min(block, lines - start), seed + start))
     return path.stat().st_size
 
 

@@ -46,6 +46,10 @@ class WarehouseLakeError(WarehouseUnavailable):
     """The lake's catalog or data path cannot be reached, or an extension is missing."""
 
 
+class LakeNotCreated(WarehouseLakeError):
+    """A read-only attach found no lake in the catalog: no import has created it yet."""
+
+
 def extension_file(extension: str) -> Path:
     """The extension file the package of ``extension`` ships for this DuckDB version."""
     package = EXTENSION_PACKAGES[extension]
@@ -133,6 +137,25 @@ class DuckLakeDatabase(DuckDBDatabase):
         con = attach_lake(settings, read_only, lock_wait_seconds)
         try:
             yield cls(con, lake_location(settings), writer=not read_only)
+        finally:
+            con.close()
+
+    @classmethod
+    @contextmanager
+    def reader(
+        cls, settings: WarehouseSettings, lock_wait_seconds: float
+    ) -> Iterator[DuckLakeDatabase | None]:
+        """The lake attached read-only; None when no import has created it yet."""
+        if not lake_exists(settings):
+            yield None
+            return
+        try:
+            con = attach_lake(settings, True, lock_wait_seconds)
+        except LakeNotCreated:
+            yield None
+            return
+        try:
+            yield cls(con, lake_location(settings), writer=False)
         finally:
             con.close()
 
@@ -277,6 +300,8 @@ def _attach_waiting(
                     "process at a time: query with `kmdagster sql` (held only while its query "
                     "runs), or put the catalog on PostgreSQL for many writers and readers"
                 ) from exc
+            if "creating a new DuckLake is explicitly disabled" in text:
+                raise LakeNotCreated(f"the lake {where} has not been created yet") from exc
             if "not a valid DuckDB database file" in text:
                 raise WarehouseSchemaError(
                     f"the lake catalog {settings.ducklake_catalog} is not a DuckDB file; point "

@@ -30,7 +30,7 @@ from kmdagster.warehouse.database import (
     transaction,
 )
 from kmdagster.warehouse.duckdb_database import DuckDBDatabase, WarehouseBusy, is_empty_file
-from kmdagster.warehouse.ducklake_database import DuckLakeDatabase, lake_exists
+from kmdagster.warehouse.ducklake_database import DuckLakeDatabase
 from kmdagster.warehouse.ledger_writes import LEDGER_COLUMNS, ledger_table, ledger_update
 from kmdagster.warehouse.name_ids import NameIds
 from kmdagster.warehouse.people import add_alias_pairs
@@ -177,11 +177,8 @@ class Warehouse:
                 yield warehouse
             return
         if settings.backend == "ducklake":
-            if not lake_exists(settings):
-                yield None
-                return
-            with DuckLakeDatabase.attach(settings, True, lock_wait_seconds) as database:
-                yield cls(database, writer=False) if has_schema(database) else None
+            with DuckLakeDatabase.reader(settings, lock_wait_seconds) as lake:
+                yield cls(lake, writer=False) if lake and has_schema(lake) else None
             return
         assert settings.postgres_url is not None
         with PostgresDatabase.open(settings.postgres_url) as database:

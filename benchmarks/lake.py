@@ -1,0 +1,249 @@
+"""The warehouses side by side: a DuckDB file, a lake (local catalog and folder) and
+PostgreSQL, on two line profiles, and two sources at once on a lake.
+
+    python -m benchmarks.lake                      # 1,000,000 lines per profile
+    python -m benchmarks.lake --lines 100000       # quick
+
+Each import is ``import_file`` from a local S3 (SeaweedFS) in a process of its own (its
+peak RSS is its own), into an empty warehouse. Profiles: ``mixed`` (the main benchmark's
+lines, about 190 bytes) and ``property_heavy`` (about 340 bytes, 3-4 properties a line
+with long URLs and user agents). The parallel figure: two sources' files imported at
+once by two processes into one lake on a PostgreSQL catalog, against one alone.
+Prints the table and HOLDS/MISSED for each goal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from kmdagster import IMPORT_ENVIRONMENT
+from kmdagster.config import KmConfig, S3Settings, SourceConfig, WarehouseSettings, config_yaml
+from kmdagster_dev.km_files import PROFILES, write_file
+from kmdagster_dev.postgres import PostgresServer
+from kmdagster_dev.seaweed import Identity, SeaweedS3
+
+ROOT = Path(__file__).resolve().parent.parent
+MB = 1024 * 1024
+BUCKET = "km-lake-bench"
+GOAL_LAKE_SPEEDUP = 1.5  # lake lines/s over the DuckDB file's, property-heavy profile
+GOAL_PEAK_RSS_MB = 400.0
+GOAL_PARALLEL_SPEEDUP = 1.3  # two sources at once over one, lines/s
+
+
+def measure(config_path: str, source_name: str, key: str) -> dict[str, Any]:
+    """In the child: one import, timed, with what it stored."""
+    import resource
+
+    from kmdagster.config import load_config
+    from kmdagster.defs.resources import build_s3_resource
+    from kmdagster.importer import import_file
+    from kmdagster.warehouse.warehouse import Warehouse
+
+    config = load_config(Path(config_path))
+    source = config.source(source_name).model_copy(update={"time_budget_seconds": 3600.0})
+    client = build_s3_resource(config).get_client()
+    with Warehouse.open(config.warehouse) as warehouse:
+        started = time.perf_counter()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_started = usage.ru_utime + usage.ru_stime
+        report = import_file(client, warehouse, source, key)
+        seconds = time.perf_counter() - started
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = usage.ru_utime + usage.ru_stime - cpu_started
+        if warehouse.database.backend == "postgres":
+            [(stored,)] = warehouse.database.rows("SELECT pg_database_size(current_database())")
+        else:
+            stored = None
+    if stored is None:
+        stored = stored_bytes(config.warehouse)
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "lines": report.lines_read,
+        "property_rows": report.ledger.properties_rows,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "stored_bytes": int(stored),
+    }
+
+
+def stored_bytes(settings: WarehouseSettings) -> int:
+    if settings.backend == "duckdb":
+        paths = [Path(settings.duckdb_path), Path(settings.duckdb_path + ".wal")]
+    else:
+        paths = [Path(settings.ducklake_catalog), *Path(settings.ducklake_data_path).rglob("*")]
+    return sum(path.stat().st_size for path in paths if path.is_file())
+
+
+def spawn(config_path: Path, source: str, key: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.lake", "measure", str(config_path), source, key],
+        cwd=ROOT,
+        env={**IMPORT_ENVIRONMENT, **os.environ},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def result_of(process: subprocess.Popen[str]) -> dict[str, Any]:
+    out, err = process.communicate()
+    if process.returncode != 0:
+        raise RuntimeError(f"measure failed:\n{err[-4000:]}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def write_config(path: Path, server: SeaweedS3, warehouse: WarehouseSettings) -> Path:
+    sources = tuple(
+        SourceConfig(name=name, bucket=BUCKET, base_filename=f"{name}.json")
+        for name in ("accounts", "orders")
+    )
+    s3 = S3Settings(endpoint_url=server.endpoint_url, region_name="us-east-1")
+    path.write_text(config_yaml(KmConfig(s3=s3, warehouse=warehouse, sources=sources)))
+    return path
+
+
+def row(name: str, result: dict[str, Any]) -> str:
+    lines, seconds, cpu = result["lines"], result["seconds"], result["cpu_seconds"]
+    return (
+        f"| {name} | {seconds:.1f} | {lines / seconds:,.0f} | "
+        f"{result['property_rows'] / seconds:,.0f} | {cpu / lines * 1e6:.1f} | "
+        f"{result['peak_rss_mb']:.0f} | {result['stored_bytes'] / MB:,.0f} |"
+    )
+
+
+def verdict(holds: bool) -> str:
+    return "HOLDS" if holds else "MISSED"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lines", type=int, default=1_000_000)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="kmdagster-lake-bench-"))
+    admin = Identity(
+        "bench",
+        "KMBENCH" + secrets.token_hex(6).upper(),
+        secrets.token_hex(20),
+        ("Admin", "Read", "List", "Write"),
+    )
+    server = SeaweedS3(work / "seaweedfs", (admin,)).start()
+    postgres = PostgresServer(work / "postgres", secrets.token_hex(16)).start()
+    os.environ.update(
+        AWS_ACCESS_KEY_ID=admin.access_key,
+        AWS_SECRET_ACCESS_KEY=admin.secret_key,
+        PGPASSWORD=postgres.password,
+    )
+    try:
+        client = server.client(admin)
+        client.create_bucket(Bucket=BUCKET)
+        results: dict[tuple[str, str], dict[str, Any]] = {}
+        for profile in PROFILES:
+            path = work / f"{profile}.json"
+            size = write_file(path, args.lines, profile=profile)
+            for source in ("accounts", "orders"):  # the same lines under both sources
+                client.upload_file(str(path), BUCKET, f"{source}.{profile}.json")
+            print(f"{profile}: {args.lines:,} lines, {size / MB:,.0f} MB", flush=True)
+            backends = {
+                "DuckDB file": WarehouseSettings(duckdb_path=str(work / f"{profile}.duckdb")),
+                "DuckLake (local catalog, folder)": WarehouseSettings(
+                    backend="ducklake",
+                    ducklake_catalog=str(work / f"lake-{profile}" / "catalog.ducklake"),
+                    ducklake_data_path=str(work / f"lake-{profile}" / "data"),
+                ),
+                "PostgreSQL": WarehouseSettings(
+                    backend="postgres",
+                    postgres_url=postgres.create_database(f"km_{profile}"),
+                ),
+            }
+            for name, warehouse in backends.items():
+                config = write_config(work / f"{profile}-{len(results)}.yaml", server, warehouse)
+                results[(profile, name)] = result_of(
+                    spawn(config, "accounts", f"accounts.{profile}.json")
+                )
+                print(row(f"{profile}: {name}", results[(profile, name)]), flush=True)
+
+        # Two sources at once into one lake on a PostgreSQL catalog, against one alone.
+        profile = "property_heavy"
+        alone_lake = WarehouseSettings(
+            backend="ducklake",
+            ducklake_catalog=postgres.create_database("km_lake_alone"),
+            ducklake_data_path=str(work / "lake-alone"),
+        )
+        alone = result_of(
+            spawn(
+                write_config(work / "alone.yaml", server, alone_lake),
+                "accounts",
+                f"accounts.{profile}.json",
+            )
+        )
+        shared_lake = WarehouseSettings(
+            backend="ducklake",
+            ducklake_catalog=postgres.create_database("km_lake_shared"),
+            ducklake_data_path=str(work / "lake-shared"),
+        )
+        shared = write_config(work / "shared.yaml", server, shared_lake)
+        started = time.perf_counter()
+        both = [
+            spawn(shared, source, f"{source}.{profile}.json") for source in ("accounts", "orders")
+        ]
+        together = [result_of(process) for process in both]
+        wall = time.perf_counter() - started
+    finally:
+        postgres.stop()
+        server.stop()
+
+    header = (
+        "| warehouse | seconds | lines/s | property rows/s | CPU s per million lines "
+        "| peak RSS MB | stored MB |\n| --- | --- | --- | --- | --- | --- | --- |"
+    )
+    print(f"\n{header}")
+    for (profile, name), result in results.items():
+        print(row(f"{profile}: {name}", result))
+    print(row("property_heavy: DuckLake (PostgreSQL catalog), one source", alone))
+    alone_rate = alone["lines"] / alone["seconds"]
+    together_rate = sum(result["lines"] for result in together) / wall
+    print(
+        f"\nTwo sources at once on the lake (PostgreSQL catalog): {together_rate:,.0f} lines/s "
+        f"together in {wall:.1f} s, one alone {alone_rate:,.0f} lines/s "
+        f"({together_rate / alone_rate:.2f}x)"
+    )
+
+    def rate(profile: str, name: str) -> float:
+        result = results[(profile, name)]
+        return result["lines"] / result["seconds"]
+
+    speedup = rate("property_heavy", "DuckLake (local catalog, folder)") / rate(
+        "property_heavy", "DuckDB file"
+    )
+    peak = max(result["peak_rss_mb"] for result in [*results.values(), alone, *together])
+    print("\nGoals:")
+    print(
+        f"- DuckLake import at least {GOAL_LAKE_SPEEDUP}x the DuckDB file's (property-heavy): "
+        f"{speedup:.2f}x {verdict(speedup >= GOAL_LAKE_SPEEDUP)}"
+    )
+    print(
+        f"- peak RSS under {GOAL_PEAK_RSS_MB:.0f} MB on every backend: {peak:.0f} MB "
+        f"{verdict(peak < GOAL_PEAK_RSS_MB)}"
+    )
+    parallel = together_rate / alone_rate
+    print(
+        f"- two sources in parallel at least {GOAL_PARALLEL_SPEEDUP}x one source's lines/s: "
+        f"{parallel:.2f}x {verdict(parallel >= GOAL_PARALLEL_SPEEDUP)}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["measure"]:
+        print(json.dumps(measure(*sys.argv[2:5])))
+        sys.exit(0)
+    sys.exit(main())
