@@ -79,9 +79,11 @@ class PostgresDatabase:
             return cursor.fetchall()
 
     def changed_rows(self, sql: str, params: Params = ()) -> int:
-        with self.connection.cursor() as cursor:
-            _execute(cursor, sql, params)
-            return cursor.rowcount
+        # The driver's rowcount is -1 for statements without a result: count what the
+        # statement returns instead.
+        counted = f"WITH changed AS ({sql} RETURNING 1) SELECT count(*) FROM changed"
+        [(count,)] = self.rows(counted, params)
+        return int(count)
 
     def frame(self, sql: str, params: Params = ()) -> pl.DataFrame:
         with self.connection.cursor() as cursor:
