@@ -44,10 +44,12 @@ def measure(identities: int, pairs: int, workdir: Path) -> dict[str, float]:
             add_alias_pairs(warehouse.database, chunk)
             con.commit()
             merges.append(time.perf_counter() - began)
+    with DuckDBWarehouse.reader(path) as reader:  # as `kmdagster sql` reads it
+        assert reader is not None
         began = time.perf_counter()
-        [(seen, people)] = con.execute(
+        [(seen, people)] = reader.database.rows(
             "SELECT count(*), count(DISTINCT person_id) FROM km_people"
-        ).fetchall()
+        )
         query = time.perf_counter() - began
     path.unlink()
     return {

@@ -22,11 +22,19 @@ from kmdagster.warehouse.database import (
 )
 
 DUCKDB_MEMORY_LIMIT = "64MB"
+READER_MEMORY_LIMIT = "1GB"
 CHECKPOINT_THRESHOLD = "256MB"
 
 
 class WarehouseBusy(WarehouseUnavailable):
     """Another process (an import run) holds the DuckDB file's lock."""
+
+
+def memory_limit(read_only: bool) -> str:
+    """DuckDB caches up to 80% of RAM by default; an import needs little of it. A reader
+    (an analyst's query) gets more: km_people over a million identities needs more than
+    64 MB in DuckDB 1.5. The limit is the whole connection's, its cursors' too."""
+    return READER_MEMORY_LIMIT if read_only else DUCKDB_MEMORY_LIMIT
 
 
 def connect_waiting(
@@ -126,8 +134,6 @@ class DuckDBDatabase:
         self.connection = con
         self.location = str(path)
         con.execute("SET TimeZone = 'UTC'")
-        # DuckDB caches up to 80% of RAM by default; an import needs little of it.
-        con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
         if writer:
             # Checkpoint (compress and rewrite) once per ~256 MB of WAL, not at every
             # chunk's commit: it halves the cost of loading, and the WAL is as durable.
@@ -148,6 +154,7 @@ class DuckDBDatabase:
                 path.unlink()
         con = connect_waiting(path, read_only=read_only, lock_wait_seconds=lock_wait_seconds)
         try:
+            con.execute(f"SET memory_limit = '{memory_limit(read_only)}'")
             yield cls(con, path, writer=not read_only)
         finally:
             con.close()

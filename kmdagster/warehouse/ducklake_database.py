@@ -30,7 +30,7 @@ from kmdagster.warehouse.database import (
     WarehouseSchemaError,
     WarehouseUnavailable,
 )
-from kmdagster.warehouse.duckdb_database import DUCKDB_MEMORY_LIMIT, DuckDBDatabase, WarehouseBusy
+from kmdagster.warehouse.duckdb_database import DuckDBDatabase, WarehouseBusy, memory_limit
 
 LAKE = "km_lake"  # the lake's name in the connection; `kmdagster sql` makes it the default
 # extension -> the PyPI package that ships its file (pinned with DuckDB in pyproject.toml)
@@ -249,7 +249,7 @@ def attach_lake(
     data_path = settings.ducklake_data_path
     con = duckdb.connect(config={"autoinstall_known_extensions": False})
     try:
-        con.execute(f"SET memory_limit = '{DUCKDB_MEMORY_LIMIT}'")
+        con.execute(f"SET memory_limit = '{memory_limit(read_only)}'")
         con.execute("SET TimeZone = 'UTC'")
         for extension in _extensions(settings):
             con.execute(f"LOAD {_quoted(str(extension_file(extension)))}")
