@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,8 +164,11 @@ def _value(rng: random.Random, name_index: int) -> object:
     )
 
 
-def generate_lines(lines: int, seed: int = 42) -> bytes:
-    """``lines`` lines of KM JSON, the same bytes for the same arguments."""
+def _generate(
+    lines: int, seed: int, fill: Callable[[random.Random, dict, float, str], None]
+) -> bytes:
+    """``lines`` lines: a share of invalid ones, the rest a person and a time that ``fill``
+    completes (given the line's random roll and its event name)."""
     rng = random.Random(seed)
     weights = [1.0 / (rank + 1) for rank in range(len(BENCH_EVENTS))]
     events = rng.choices(BENCH_EVENTS, weights=weights, k=lines)
@@ -176,17 +180,26 @@ def generate_lines(lines: int, seed: int = 42) -> bytes:
             continue
         person = f"user{rng.randrange(PEOPLE)}@example.com"
         record: dict[str, object] = {"_p": person, "_t": BASE_TS + i // 10}
-        if roll < 0.025:
-            record["_p2"] = f"anon-{rng.randrange(10 * PEOPLE):x}"
-        elif roll < 0.125:
-            for index in rng.sample(range(len(PROPERTIES)), rng.randint(2, 6)):
-                record[PROPERTIES[index]] = _value(rng, index)
-        else:
-            record["_n"] = events[i]
-            for index in rng.sample(range(len(PROPERTIES)), rng.randint(1, 5)):
-                record[PROPERTIES[index]] = _value(rng, index)
+        fill(rng, record, roll, events[i])
         out += orjson.dumps(record) + b"\n"
     return bytes(out)
+
+
+def _mixed_line(rng: random.Random, record: dict, roll: float, event: str) -> None:
+    if roll < 0.025:
+        record["_p2"] = f"anon-{rng.randrange(10 * PEOPLE):x}"
+    elif roll < 0.125:
+        for index in rng.sample(range(len(PROPERTIES)), rng.randint(2, 6)):
+            record[PROPERTIES[index]] = _value(rng, index)
+    else:
+        record["_n"] = event
+        for index in rng.sample(range(len(PROPERTIES)), rng.randint(1, 5)):
+            record[PROPERTIES[index]] = _value(rng, index)
+
+
+def generate_lines(lines: int, seed: int = 42) -> bytes:
+    """``lines`` lines of KM JSON, the same bytes for the same arguments."""
+    return _generate(lines, seed, _mixed_line)
 
 
 # Properties of the property-heavy profile's lines: kinds 2 (a URL) and 4 (often a user
@@ -204,33 +217,24 @@ USER_AGENTS = [
 ]
 
 
+def _property_heavy_line(rng: random.Random, record: dict, roll: float, event: str) -> None:
+    if roll < 0.02:
+        record["_p2"] = f"anon-{rng.randrange(10 * PEOPLE):x}"
+        return
+    if roll > 0.1:
+        record["_n"] = event
+    url = rng.choice(_URL_PROPERTIES)
+    record[PROPERTIES[url]] = _value(rng, url)
+    record[PROPERTIES[rng.choice(_TEXT_PROPERTIES)]] = rng.choice(USER_AGENTS)
+    for index in rng.sample(_SHORT_PROPERTIES, rng.randint(1, 2)):
+        record[PROPERTIES[index]] = _value(rng, index)
+
+
 def generate_property_heavy_lines(lines: int, seed: int = 42) -> bytes:
     """``lines`` lines of about 340 bytes with 3 or 4 properties each, a long URL and a
     user agent among them (what a web tracker sends); the same bytes for the same
     arguments."""
-    rng = random.Random(seed)
-    weights = [1.0 / (rank + 1) for rank in range(len(BENCH_EVENTS))]
-    events = rng.choices(BENCH_EVENTS, weights=weights, k=lines)
-    out = bytearray()
-    for i in range(lines):
-        roll = rng.random()
-        if roll < 0.005:
-            out += INVALID_KINDS[i % len(INVALID_KINDS)] + b"\n"
-            continue
-        person = f"user{rng.randrange(PEOPLE)}@example.com"
-        record: dict[str, object] = {"_p": person, "_t": BASE_TS + i // 10}
-        if roll < 0.02:
-            record["_p2"] = f"anon-{rng.randrange(10 * PEOPLE):x}"
-        else:
-            if roll > 0.1:
-                record["_n"] = events[i]
-            url = rng.choice(_URL_PROPERTIES)
-            record[PROPERTIES[url]] = _value(rng, url)
-            record[PROPERTIES[rng.choice(_TEXT_PROPERTIES)]] = rng.choice(USER_AGENTS)
-            for index in rng.sample(_SHORT_PROPERTIES, rng.randint(1, 2)):
-                record[PROPERTIES[index]] = _value(rng, index)
-        out += orjson.dumps(record) + b"\n"
-    return bytes(out)
+    return _generate(lines, seed, _property_heavy_line)
 
 
 PROFILES = {"mixed": generate_lines, "property_heavy": generate_property_heavy_lines}

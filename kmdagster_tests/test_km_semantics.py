@@ -126,11 +126,10 @@ def through_kmdagster_sql(query: str, capsys: pytest.CaptureFixture[str]) -> lis
     return sorted(list(csv.reader(io.StringIO(capsys.readouterr().out)))[1:])
 
 
-@pytest.mark.parametrize("backend", ["duckdb", "ducklake"])
-def test_the_readme_queries_give_kissmetrics_answers_through_kmdagster_sql(
-    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+def configured_with_readme_lines(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The same answers from a DuckDB file and from a lake, through the one command."""
+    """A warehouse on ``backend`` holding ``README_LINES``, named by KMDAGSTER_CONFIG."""
     settings = WarehouseSettings(
         backend=backend,  # type: ignore[arg-type]
         duckdb_path=str(tmp_path / "w.duckdb"),
@@ -144,6 +143,14 @@ def test_the_readme_queries_give_kissmetrics_answers_through_kmdagster_sql(
         sources=(SourceConfig(name="accounts", bucket="km", base_filename="accounts.json"),),
     )
     monkeypatch.setenv("KMDAGSTER_CONFIG", str(write_config(tmp_path / "km.yaml", config)))
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "ducklake"])
+def test_the_readme_queries_give_kissmetrics_answers_through_kmdagster_sql(
+    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """The same answers from a DuckDB file and from a lake, through the one command."""
+    configured_with_readme_lines(backend, tmp_path, monkeypatch)
     counts, plans, identities = readme_queries()
     assert through_kmdagster_sql(counts, capsys) == [
         ["purchased", "1", "1"],
@@ -156,18 +163,7 @@ def test_the_readme_queries_give_kissmetrics_answers_through_kmdagster_sql(
 def test_the_lake_attaches_in_another_duckdb_with_the_statements_kmdagster_prints(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
-    settings = WarehouseSettings(
-        backend="ducklake",
-        ducklake_catalog=str(tmp_path / "lake" / "catalog.ducklake"),
-        ducklake_data_path=str(tmp_path / "lake" / "data"),
-    )
-    with Warehouse.open(settings) as warehouse:
-        load(warehouse, "accounts.1.json", README_LINES)
-    config = KmConfig(
-        warehouse=settings,
-        sources=(SourceConfig(name="accounts", bucket="km", base_filename="accounts.json"),),
-    )
-    monkeypatch.setenv("KMDAGSTER_CONFIG", str(write_config(tmp_path / "km.yaml", config)))
+    configured_with_readme_lines("ducklake", tmp_path, monkeypatch)
     assert main(["sql", "--attach"]) == 0
     statements = capsys.readouterr().out
     with duckdb.connect() as analyst:  # as a notebook or the DuckDB CLI would
