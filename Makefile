@@ -43,6 +43,7 @@ soak: install
 
 bench: install .venv-dlt/bin/python
 	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.lake
 
 lint: install
 	$(BIN)/ruff check .
