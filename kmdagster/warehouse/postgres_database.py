@@ -115,14 +115,25 @@ class PostgresDatabase:
         finally:
             self.execute(f"DROP TABLE IF EXISTS pg_temp.{name}")
 
+    # Transactions go through the driver, not SQL: a statement that binds a timestamp runs
+    # in a BEGIN ... COMMIT of the driver's own when it believes autocommit is on, and
+    # that COMMIT would end a chunk's transaction half-way (its ROLLBACK then keeping the
+    # rows). The DB-API rollback() does nothing on an autocommit connection.
     def begin(self) -> None:
-        self.execute("BEGIN")
+        self._autocommit(False)
 
     def commit(self) -> None:
-        self.execute("COMMIT")
+        self.connection.adbc_connection.commit()
+        self._autocommit(True)
 
     def rollback(self) -> None:
-        self.execute("ROLLBACK")
+        self.connection.adbc_connection.rollback()
+        self._autocommit(True)
+
+    def _autocommit(self, enabled: bool) -> None:
+        self.connection.adbc_connection.set_options(
+            **{"adbc.connection.autocommit": "true" if enabled else "false"}
+        )
 
     def autonomous(self) -> PostgresDatabase:
         return PostgresDatabase(self.url)
