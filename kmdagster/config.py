@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationError,
     field_validator,
     model_validator,
@@ -168,6 +169,8 @@ class SourceConfig(_Section):
     # Run monitoring fails a run still going this long past its budget: the last chunk, the
     # archive copy and start-up fit well inside; a dead run worker blocks no longer.
     run_grace_seconds: PositiveInt = 900
+    # Decode KISSmetrics' octal escapes (``\231``) as UTF-8 instead of rejecting the line.
+    repair_octal_escapes: StrictBool = False
 
     @field_validator("name")
     @classmethod

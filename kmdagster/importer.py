@@ -10,6 +10,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from kmdagster.config import SourceConfig
@@ -124,8 +125,9 @@ def import_file(
         reader = PieceReader(
             client, bucket, key, current.etag, current.size, piece_bytes, seams.request_bytes
         )
+        split = partial(split_km_lines, repair_octal=source.repair_octal_escapes)
         return _PieceSplitter(
-            reader, row, seams.now_epoch, chunk_bytes, warehouse.lay_out, splitters, readers
+            reader, row, seams.now_epoch, chunk_bytes, split, warehouse.lay_out, splitters, readers
         )
 
     pieces = pieces_from(row)
@@ -216,11 +218,13 @@ class _PieceSplitter:
         row: LedgerRow,
         now_epoch: Callable[[], float],
         chunk_bytes: int,
+        split: Callable[..., SplitLines],
         lay_out: Callable[[SplitLines], PieceRows],
         splitters: ThreadPoolExecutor,
         readers: ThreadPoolExecutor,
     ) -> None:
         self._reader = reader
+        self._split = split
         self._lay_out = lay_out
         self._now_epoch = now_epoch
         self._chunk_bytes = chunk_bytes
@@ -288,15 +292,28 @@ class _PieceSplitter:
                 self._chunk_start = piece.end
             lines = count_lines(piece.data)
             now = int(self._now_epoch())
+            # A BOM left out of the piece's data still counts in the file's byte offsets.
+            data_offset = piece.end - len(piece.data)
             split = self._splitters.submit(
-                _split_piece, self._lay_out, piece.data, self._line_no, now
+                _split_piece,
+                self._split,
+                self._lay_out,
+                piece.data,
+                self._line_no,
+                data_offset,
+                now,
             )
             self._splitting.append((lines, piece.end, ends_chunk, split))
             self._line_no += lines
 
 
 def _split_piece(
-    lay_out: Callable[[SplitLines], PieceRows], data: bytes, first_line_no: int, now_epoch: int
+    split: Callable[..., SplitLines],
+    lay_out: Callable[[SplitLines], PieceRows],
+    data: bytes,
+    first_line_no: int,
+    first_byte_offset: int,
+    now_epoch: int,
 ) -> PieceRows:
     """Split a piece and lay its rows out for the warehouse, off the inserting thread."""
-    return lay_out(split_km_lines(data, first_line_no, now_epoch))
+    return lay_out(split(data, first_line_no, now_epoch, first_byte_offset=first_byte_offset))

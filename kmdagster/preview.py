@@ -54,6 +54,7 @@ def preview_file(
     chunk_bytes: int,
     known_names: KnownNames | None = None,
     stop_at_first_valid_line: bool = False,
+    repair_octal: bool = False,
 ) -> FilePreview:
     """Summarise the whole of one file version (or up to its first valid line)."""
     accumulator = PreviewAccumulator()
@@ -63,7 +64,12 @@ def preview_file(
         while offset < file.size:
             piece = reader.read_piece(offset)
             split = split_km_lines(
-                piece.data, accumulator.lines + 1, int(time.time()), with_sent_names=True
+                piece.data,
+                accumulator.lines + 1,
+                int(time.time()),
+                with_sent_names=True,
+                first_byte_offset=piece.end - len(piece.data),
+                repair_octal=repair_octal,
             )
             accumulator.add(split)
             offset = piece.end
@@ -104,12 +110,15 @@ def setup_preview(
             f"no file matches {where}: upload at least one file of KISSmetrics JSON lines "
             f"named like {source.base_filename} to the root of bucket {source.bucket!r}"
         )
-    preview = preview_file(client, source.bucket, files[0], source.chunk_bytes, known_names)
+    repair_octal = source.repair_octal_escapes
+    preview = preview_file(
+        client, source.bucket, files[0], source.chunk_bytes, known_names, False, repair_octal
+    )
     if preview.summary.valid_lines:
         return preview
     for later in files[1:]:
         probe = preview_file(
-            client, source.bucket, later, source.chunk_bytes, stop_at_first_valid_line=True
+            client, source.bucket, later, source.chunk_bytes, None, True, repair_octal
         )
         if probe.summary.valid_lines:
             note = (

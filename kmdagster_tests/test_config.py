@@ -117,6 +117,8 @@ def test_readme_configuration_reference_lists_every_setting_with_its_default() -
         shown = documented[key].strip().strip("`")
         if default is PydanticUndefined:
             assert shown == "required", key
+        elif isinstance(default, bool):
+            assert shown == str(default).lower(), key
         elif isinstance(default, (int, float)):
             assert float(shown) == default, key
         elif isinstance(default, str):

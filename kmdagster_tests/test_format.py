@@ -34,6 +34,7 @@ REJECT_CASES: list[tuple[str | bytes, str]] = [
     ('"just a string"', "not_an_object"),
     ("42", "not_an_object"),
     ('{"_p":"1","_t":1328044149,"a":{"b":1}}', "nested_value"),
+    (r'{"_p":"1","_t":1328044149,"nickname":"Frigidman\231"}', "octal_escape"),
     ('{"_p":"1","_t":1328044149,"a":[1]}', "nested_value"),
     ('{"_p":"1","_t":1328044149,"a: {":Infinity}', "invalid_json"),  # ": {" in a string
     ('{"_p":"1","_t":', "invalid_json"),
@@ -314,13 +315,14 @@ def test_consecutive_pieces_split_to_the_same_rows_as_the_whole_block() -> None:
         ]
         + ["not json", "", '{"_p": "u1", "_t": 1700000000, "_p2": "u2"}']
     ).encode()
-    whole = split_km_lines(block, 7, NOW)
-    line_no = 7
+    whole = split_km_lines(block, 7, NOW, first_byte_offset=100)
+    line_no, offset = 7, 100
     parts = []
     lines = block.splitlines(keepends=True)
     for piece in (b"".join(lines[i : i + 6]) for i in range(0, len(lines), 6)):
-        parts.append(split_km_lines(piece, line_no, NOW))
+        parts.append(split_km_lines(piece, line_no, NOW, first_byte_offset=offset))
         line_no += count_lines(piece)
+        offset += len(piece)
     assert len(parts) > 5
     for table in ("events", "properties", "aliases", "rejects"):
         assert_frame_equal(pl.concat([getattr(p, table) for p in parts]), getattr(whole, table))

@@ -179,7 +179,7 @@ def test_rerun_of_an_archived_file_loads_nothing_and_stays_green(
     assert s3.list_objects_v2(Bucket=bucket)["Contents"] == listing
 
 
-def test_rejects_file_lists_every_rejected_line_with_long_lines_truncated(
+def test_rejects_file_lists_every_rejected_line_located_with_long_lines_truncated(
     s3_server: SeaweedS3, s3: Any, bucket: str, warehouse_path: Path, instance: DagsterInstance
 ) -> None:
     long_bad = '{"_p": "x", "_t": 1700000000, "note": "' + "é" * 3000 + '"'  # no closing brace
@@ -192,11 +192,21 @@ def test_rejects_file_lists_every_rejected_line_with_long_lines_truncated(
     body = s3.get_object(Bucket=bucket, Key=rejects_key)["Body"].read().decode()
     written = [json.loads(line) for line in body.splitlines()]
     expected = query(
-        warehouse_path, "SELECT line_no, reason, raw_line FROM km_rejects ORDER BY line_no"
+        warehouse_path,
+        "SELECT line_no, reason, raw_line, byte_offset, error_position FROM km_rejects "
+        "ORDER BY line_no",
     )
-    assert [(r["line_no"], r["reason"]) for r in written] == [(n, r) for n, r, _ in expected]
+    assert [(r["line_no"], r["reason"]) for r in written] == [(n, r) for n, r, *_ in expected]
+    # Each line is where its byte offset says, in the file as uploaded.
+    line_starts = [0] + [i + 1 for i, byte in enumerate(data) if byte == ord("\n")]
+    for line_no, _, _, offset, _ in expected:
+        assert offset == line_starts[line_no - 1]
+    assert [(r["byte_offset"], r["error_position"]) for r in written] == [
+        (offset, position) for *_, offset, position in expected
+    ]
     last = written[-1]
     assert last["line_no"] == 25 and last["raw_chars"] == len(long_bad)
+    assert last["error_position"] == len(long_bad) + 1  # the object never closes
     assert last["raw_line"] == long_bad[:MAX_RAW_LINE_CHARS]
     assert written[0]["raw_line"] == expected[0][2]  # short lines are kept whole
 

@@ -211,6 +211,34 @@ def test_a_version_2_warehouse_gains_the_run_ledger(tmp_path: Path) -> None:
     assert rows(path, "SELECT version FROM km_schema") == [(SCHEMA_VERSION,)]
 
 
+def test_a_version_3_warehouse_gains_reject_locations_keeping_its_rejects(
+    warehouse_settings: WarehouseSettings,
+) -> None:
+    bad = b"not json\n"
+    with Warehouse.open(warehouse_settings) as warehouse:
+        row = warehouse.open_file("accounts", "old.json", '"e1"', len(bad))
+        warehouse.commit_chunk(row, [(warehouse.lay_out(split_km_lines(bad, 1, 0)), len(bad))])
+        db = warehouse.database  # as version 3 left it: rejects not located
+        for view in ("km_rejects", "km_rejects_replaced"):
+            db.execute(f"DROP VIEW {view}")
+        for column in ("byte_offset", "error_position"):
+            db.execute(f"ALTER TABLE km_reject_rows DROP COLUMN {column}")
+        db.execute("UPDATE km_schema SET version = 3")
+    with Warehouse.open(warehouse_settings) as warehouse:
+        assert warehouse.upgraded_from == 3
+        row = warehouse.open_file("accounts", "new.json", '"e2"', len(bad) * 2)
+        two = split_km_lines(bad * 2, 1, 0, first_byte_offset=0)
+        warehouse.commit_chunk(row, [(warehouse.lay_out(two), len(bad) * 2)])
+        found = warehouse.database.rows(
+            "SELECT file_key, line_no, reason, byte_offset FROM km_rejects ORDER BY 1, 2"
+        )
+    assert found == [
+        ("new.json", 1, "not_an_object", 0),
+        ("new.json", 2, "not_an_object", len(bad)),
+        ("old.json", 1, "not_an_object", None),
+    ]
+
+
 def tableless_duckdb(path: Path) -> None:
     """What a first import killed inside its schema transaction leaves: a DuckDB file
     with no tables."""

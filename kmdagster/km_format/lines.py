@@ -17,7 +17,12 @@ import pyarrow as pa
 from kmdagster.km_format.columns import constant
 
 UTF8_BOM = b"\xef\xbb\xbf"
-LINES_SCHEMA = {"line_no": pl.Int64, "text": pl.String, "invalid_utf8": pl.Boolean}
+LINES_SCHEMA = {
+    "line_no": pl.Int64,
+    "byte_offset": pl.Int64,
+    "text": pl.String,
+    "invalid_utf8": pl.Boolean,
+}
 
 _errors = threading.local()
 
@@ -38,10 +43,12 @@ def count_lines(data: bytes) -> int:
     return data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
 
 
-def decode_lines(data: bytes, first_line_no: int) -> pl.DataFrame:
+def decode_lines(data: bytes, first_line_no: int, first_byte_offset: int = 0) -> pl.DataFrame:
     """Split ``data`` (whole lines, the last newline optional) into numbered lines.
 
-    Returns columns ``line_no`` (Int64, counting from ``first_line_no``), ``text``
+    Returns columns ``line_no`` (Int64, counting from ``first_line_no``), ``byte_offset``
+    (Int64: where the line starts in the file, ``data`` starting at ``first_byte_offset``),
+    ``text``
     (String; the newline and a trailing CR removed, undecodable bytes read as U+FFFD) and
     ``invalid_utf8`` (Boolean). An empty block has no lines.
     """
@@ -67,6 +74,7 @@ def decode_lines(data: bytes, first_line_no: int) -> pl.DataFrame:
             "line_no": pl.int_range(
                 first_line_no, first_line_no + len(text), dtype=pl.Int64, eager=True
             ),
+            "byte_offset": offsets.slice(0, len(text)) + first_byte_offset,
             "text": text,
             "invalid_utf8": invalid,
         }

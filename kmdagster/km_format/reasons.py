@@ -10,6 +10,11 @@ REJECT_REASONS: dict[str, str] = {
     "invalid_utf8": "the line is not valid UTF-8 text",
     "not_an_object": "the line is JSON but not an object (an array, a string, a number...)",
     "nested_value": "a value is an object or an array; only text and numbers are supported",
+    "octal_escape": (
+        "a string holds an octal escape such as \\231 (how KISSmetrics' export writes a "
+        "non-ASCII byte), which JSON does not allow; send the character itself in UTF-8, or "
+        "set repair_octal_escapes: true on the source to decode the escapes as UTF-8"
+    ),
     "invalid_json": "the line is not valid JSON",
     "invalid_unicode_escape": "a \\u escape is a lone UTF-16 surrogate or NUL (\\u0000)",
     "duplicate_key": "the same key appears twice (names compare case-insensitively)",

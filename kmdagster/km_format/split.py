@@ -10,6 +10,7 @@ The rules are in the README ("Format rules") and the reasons in ``reasons.py``.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import cache, lru_cache
 
@@ -18,6 +19,7 @@ import polars as pl
 from kmdagster.km_format.columns import constant
 from kmdagster.km_format.key_names import KeyNames
 from kmdagster.km_format.lines import decode_lines
+from kmdagster.km_format.octal_escapes import OCTAL_ESCAPE_RE, repair_octal_escapes
 from kmdagster.km_format.pairs import (
     ANY_STRING_RE,
     KIND_NULL,
@@ -72,10 +74,15 @@ ALIASES_SCHEMA = {
 }
 REJECTS_SCHEMA = {
     "line_no": pl.Int64,
+    "byte_offset": pl.Int64,  # where the line starts in the (uncompressed) file
     "reason": pl.String,
     "raw_line": pl.String,
     "raw_chars": pl.Int64,
+    # invalid JSON: the character (from 1) where a JSON parser stops reading the line
+    "error_position": pl.Int64,
 }
+# The reasons whose lines a JSON parser can point into.
+_POSITIONED_REASONS = ("invalid_json", "octal_escape")
 
 _REASON_NAMES = list(REJECT_REASONS)
 
@@ -93,6 +100,10 @@ class SplitLines:
     # Distinct (kind, sent, name) of the valid lines' names, only when asked for: the
     # preview warns about names that differ as sent but merge once normalised.
     sent_names: pl.DataFrame | None = None
+    # Lines holding KISSmetrics' octal escapes: repaired (``repair_octal``), or, when only
+    # counted for the preview, rejected as ``octal_escape`` but loadable once repaired.
+    octal_repaired: int = 0
+    octal_recoverable: int = 0
 
     @property
     def rejected_lines(self) -> int:
@@ -118,20 +129,31 @@ def normalise_name(expr: pl.Expr) -> pl.Expr:
 
 
 def split_km_lines(
-    data: bytes, first_line_no: int, now_epoch: int, with_sent_names: bool = False
+    data: bytes,
+    first_line_no: int,
+    now_epoch: int,
+    with_sent_names: bool = False,
+    first_byte_offset: int = 0,
+    repair_octal: bool = False,
 ) -> SplitLines:
     """Validate every line of ``data`` and split the valid ones into warehouse rows.
 
     ``data`` holds whole lines (a UTF-8 BOM already removed); ``first_line_no`` is the
-    file line number of its first line; ``now_epoch`` bounds timestamps in the future.
+    file line number of its first line and ``first_byte_offset`` where it starts in the
+    file; ``now_epoch`` bounds timestamps in the future.
     Every non-blank line ends up either loaded or in ``rejects``, never both.
-    ``with_sent_names`` also returns the names as sent (for the preview's warnings).
+    ``with_sent_names`` also returns the names as sent (for the preview's warnings);
+    ``repair_octal`` decodes KISSmetrics' octal escapes first (``octal_escapes.py``).
     """
-    lines = decode_lines(data, first_line_no).with_columns(
+    lines = decode_lines(data, first_line_no, first_byte_offset)
+    octal_repaired = 0
+    if repair_octal:
+        lines, octal_repaired = repair_octal_escapes(lines)
+    lines = lines.with_columns(
         is_flat=~pl.col("invalid_utf8") & pl.col("text").str.contains(FLAT_OBJECT_RE)
     )
     well_formed = lines.filter("is_flat").select(
-        "line_no", row=pl.int_range(pl.len(), dtype=pl.UInt32), text="text"
+        "line_no", "byte_offset", row=pl.int_range(pl.len(), dtype=pl.UInt32), text="text"
     )
     # Blank or malformed: few lines, so the blank test runs on these alone.
     blank = ~pl.col("invalid_utf8") & (pl.col("text").str.strip_chars(" \t\r") == "")
@@ -140,7 +162,10 @@ def split_km_lines(
     pairs = _with_names(extract_pairs(well_formed.select("row", "text")))
     checked = (
         pl.concat(
-            [well_formed.select("line_no", "text"), _line_summary(pairs, well_formed.height)],
+            [
+                well_formed.select("line_no", "byte_offset", "text"),
+                _line_summary(pairs, well_formed.height),
+            ],
             how="horizontal",
         )
         .lazy()  # one query, not one per step: a piece's fixed cost matters at 2 MB
@@ -149,6 +174,7 @@ def split_km_lines(
         .with_columns(reason_code=_line_reason_code(now_limit=now_epoch + FUTURE_TOLERANCE_SECONDS))
         .select(
             "line_no",
+            "byte_offset",
             "text",
             "reason_code",
             "person",
@@ -161,28 +187,27 @@ def split_km_lines(
     )
     # Eager filters carry every column: narrow first, then filter by a mask.
     is_valid = checked["reason_code"].is_null()
-    valid = checked.drop("text", "reason_code").filter(is_valid)
+    valid = checked.drop("byte_offset", "text", "reason_code").filter(is_valid)
 
-    rejects = (
-        pl.concat(
-            [
-                malformed.select("line_no", "text", reason_code=_syntax_reason_code()),
-                checked.select("line_no", "text", "reason_code").filter(~is_valid),
-            ]
-        )
-        .sort("line_no")
-        .select(
-            "line_no",
-            reason=pl.col("reason_code").replace_strict(
-                list(range(len(_REASON_NAMES))), _REASON_NAMES, return_dtype=pl.String
-            ),
-            # A NUL byte (only in lines rejected as invalid JSON) shows as U+FFFD: no
-            # warehouse text type can hold it.
-            raw_line=pl.col("text")
-            .str.slice(0, MAX_RAW_LINE_CHARS)
-            .str.replace_all("\x00", "\ufffd", literal=True),
-            raw_chars=pl.col("text").str.len_chars(),
-        )
+    rejected = pl.concat(
+        [
+            malformed.select("line_no", "byte_offset", "text", reason_code=_syntax_reason_code()),
+            checked.select("line_no", "byte_offset", "text", "reason_code").filter(~is_valid),
+        ]
+    ).sort("line_no")
+    rejects = rejected.select(
+        "line_no",
+        "byte_offset",
+        reason=pl.col("reason_code").replace_strict(
+            list(range(len(_REASON_NAMES))), _REASON_NAMES, return_dtype=pl.String
+        ),
+        # A NUL byte (only in lines rejected as invalid JSON) shows as U+FFFD: no
+        # warehouse text type can hold it.
+        raw_line=pl.col("text")
+        .str.slice(0, MAX_RAW_LINE_CHARS)
+        .str.replace_all("\x00", "\ufffd", literal=True),
+        raw_chars=pl.col("text").str.len_chars(),
+        error_position=_json_error_positions(rejected),
     )
 
     events = valid.filter(pl.col("event_label").is_not_null()).select(
@@ -198,6 +223,9 @@ def split_km_lines(
         "line_no", "person", "ts", "name", "name_label", "value"
     ).with_columns(value_number=_value_numbers(property_pairs["value"], property_pairs["kind"]))
     sent_names = _sent_names(valid, property_pairs) if with_sent_names else None
+    octal_recoverable = 0
+    if with_sent_names and not repair_octal:
+        octal_recoverable = _octal_recoverable(rejected, now_epoch)
     return SplitLines(
         events=events.cast(EVENTS_SCHEMA),  # type: ignore[arg-type]
         properties=properties.cast(PROPERTIES_SCHEMA),  # type: ignore[arg-type]
@@ -206,7 +234,18 @@ def split_km_lines(
         lines_read=lines.height,
         blank_lines=lines.height - well_formed.height - malformed.height,
         sent_names=sent_names,
+        octal_repaired=octal_repaired,
+        octal_recoverable=octal_recoverable,
     )
+
+
+def _octal_recoverable(rejected: pl.DataFrame, now_epoch: int) -> int:
+    """How many of the lines rejected as ``octal_escape`` would load once repaired."""
+    texts = rejected.filter(pl.col("reason_code") == REASON_ORDER["octal_escape"])["text"]
+    if texts.is_empty():
+        return 0
+    repaired = split_km_lines("\n".join(texts.to_list()).encode(), 1, now_epoch, repair_octal=True)
+    return repaired.loaded_lines
 
 
 def _describe_keys(keys: pl.DataFrame) -> pl.DataFrame:
@@ -291,8 +330,34 @@ def _syntax_reason_code() -> pl.Expr:
         .then(_code("not_an_object"))
         .when(pl.col("text").str.replace_all(ANY_STRING_RE, '""').str.contains(_NESTED_RE))
         .then(_code("nested_value"))
+        .when(pl.col("text").str.contains(OCTAL_ESCAPE_RE))
+        .then(_code("octal_escape"))
         .otherwise(_code("invalid_json"))
     )
+
+
+def _json_error_positions(rejected: pl.DataFrame) -> pl.Series:
+    """For each rejected line (``reason_code``, ``text``) that is not JSON, the character
+    (from 1) where Python's JSON parser stops; null for the others. A Python call per
+    such line: they are rejects, so few."""
+    codes = pl.Series([REASON_ORDER[reason] for reason in _POSITIONED_REASONS], dtype=pl.Int32)
+    positioned = rejected.select(pl.col("reason_code").is_in(codes.implode()).arg_true())
+    rows = positioned.to_series()
+    positions = constant(None, rejected.height, pl.Int64)
+    if rows.is_empty():
+        return positions
+    found = [_json_error_position(text) for text in rejected["text"].gather(rows).to_list()]
+    return positions.scatter(rows, pl.Series(found, dtype=pl.Int64))
+
+
+def _json_error_position(text: str) -> int | None:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as error:
+        return error.pos + 1
+    except RecursionError:
+        return None
+    return None  # Python's parser takes it (NaN, say); the grammar here does not
 
 
 def _pair_reason_codes(pairs: pl.DataFrame) -> pl.DataFrame:

@@ -91,6 +91,7 @@ class PreviewAccumulator:
 
     def __init__(self) -> None:
         self.lines = self.blank = self.rejected = 0
+        self.octal_repaired = self.octal_recoverable = 0
         self._events = pl.DataFrame(
             schema={"name": pl.String, "label": pl.String, "count": pl.Int64}
             | {"first_seen": _TS, "last_seen": _TS}
@@ -123,6 +124,8 @@ class PreviewAccumulator:
         self.lines += split.lines_read
         self.blank += split.blank_lines
         self.rejected += split.rejected_lines
+        self.octal_repaired += split.octal_repaired
+        self.octal_recoverable += split.octal_recoverable
         self._add_events(split.events)
         self._add_properties(split.properties)
         self._add_aliases(split.aliases)
@@ -260,6 +263,18 @@ class PreviewAccumulator:
         for reason, advice in WARN_ON_REASONS.items():
             if counts.get(reason):
                 warnings.append(f"{counts[reason]} lines rejected ({reason}): {advice}")
+        if self.octal_recoverable:
+            warnings.append(
+                f"{self.octal_recoverable} lines rejected (octal_escape) would load with "
+                "repair_octal_escapes: true on the source (KISSmetrics' escapes such as \\231 "
+                "decoded as UTF-8)"
+            )
+        if self.octal_repaired:
+            warnings.append(
+                f"{self.octal_repaired} lines hold KISSmetrics' octal escapes (such as \\231), "
+                "decoded as UTF-8 (repair_octal_escapes); those that are not UTF-8 are rejected "
+                "as invalid_utf8"
+            )
         if known_names is not None:
             for kind, frame, seen in (
                 ("event", events, known_names.events),

@@ -1,8 +1,10 @@
 """The rejects file beside an archived copy: ``completed_imports/.../NAME.rejects.jsonl``.
 
-One JSON object per rejected line, in line order: ``line_no``, ``reason``, ``raw_line``
-(its first ``MAX_RAW_LINE_CHARS`` characters, as the warehouse keeps it) and
-``raw_chars`` (its full length), so the file's author can fix and resend those lines.
+One JSON object per rejected line, in line order: ``line_no``, ``byte_offset`` (where the
+line starts in the uncompressed file), ``reason``, ``error_position`` (for a line that is
+not JSON, the character where parsing stopped; else null), ``raw_line`` (its first
+``MAX_RAW_LINE_CHARS`` characters, as the warehouse keeps it) and ``raw_chars`` (its full
+length), so the file's author can find, fix and resend those lines.
 Written once with ``If-None-Match: *`` and the source ETag in its metadata: a retry after
 a crash finds its own file and moves on, and a different object at that name is never
 overwritten.
@@ -26,6 +28,14 @@ from kmdagster.s3.objects import (
 )
 
 REJECTS_SUFFIX = ".rejects.jsonl"
+REJECTS_FILE_COLUMNS = (
+    "line_no",
+    "byte_offset",
+    "reason",
+    "error_position",
+    "raw_line",
+    "raw_chars",
+)
 # The body is spooled to disk past this size, so memory stays bounded by one batch.
 SPOOL_BYTES = 16 * 1024 * 1024
 
@@ -36,12 +46,10 @@ def rejects_key_for(archived_key: str) -> str:
 
 
 def rejects_jsonl(rejects: pl.DataFrame) -> bytes:
-    """JSON lines for a batch of (line_no, reason, raw_line, raw_chars) rows."""
+    """JSON lines for a batch of ``REJECTS_FILE_COLUMNS`` rows."""
     if rejects.height == 0:
         return b""
-    lines = rejects.select(
-        pl.struct("line_no", "reason", "raw_line", "raw_chars").struct.json_encode()
-    ).to_series()
+    lines = rejects.select(pl.struct(*REJECTS_FILE_COLUMNS).struct.json_encode()).to_series()
     return ("\n".join(lines.to_list()) + "\n").encode()
 
 

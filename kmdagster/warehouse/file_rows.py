@@ -135,7 +135,7 @@ def reject_batches(
 ) -> Iterator[pl.DataFrame]:
     """The file version's rejects in line order, ``batch_rows`` at a time (bounded memory)."""
     return database.batches(
-        "SELECT line_no, reason, raw_line, raw_chars FROM km_rejects "
+        "SELECT line_no, byte_offset, reason, error_position, raw_line, raw_chars FROM km_rejects "
         f"WHERE {_OF_FILE} ORDER BY line_no",
         _file(row),
         batch_rows,

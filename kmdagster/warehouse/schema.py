@@ -31,7 +31,7 @@ from kmdagster.km_format.split import MAX_RAW_LINE_CHARS
 from kmdagster.warehouse.database import Database, WarehouseSchemaError, sql_list, transaction
 from kmdagster.warehouse.people import add_alias_pairs
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 UPGRADE_COMMAND = "kmdagster upgrade-warehouse"
 
 _SEQUENCES = """
@@ -43,6 +43,10 @@ _LAKE_SEQUENCES = """
 CREATE TABLE IF NOT EXISTS km_sequences (name VARCHAR NOT NULL, last_value BIGINT NOT NULL);
 INSERT INTO km_sequences VALUES ('km_file_ids', 0), ('km_name_ids', 0);
 """
+
+# Where a rejected line is (null for lines rejected before version 4 recorded it).
+_REJECT_LOCATION = {"byte_offset": "BIGINT", "error_position": "BIGINT"}
+_REJECT_LOCATION_COLUMNS = ", ".join(f"{name} {kind}" for name, kind in _REJECT_LOCATION.items())
 
 # table -> (its columns, its keys). A lake has no keys: the code never relies on one to
 # reject a row, only to skip a duplicate insert that a lake's transactions rule out.
@@ -90,7 +94,8 @@ _TABLES = {
     ),
     "km_reject_rows": (
         """file_id INTEGER NOT NULL, line_no BIGINT NOT NULL, reason VARCHAR NOT NULL,
-    raw_line VARCHAR NOT NULL, raw_chars BIGINT NOT NULL""",
+    raw_line VARCHAR NOT NULL, raw_chars BIGINT NOT NULL, """
+        + _REJECT_LOCATION_COLUMNS,
         "",
     ),
     "km_identity_groups": ("identity VARCHAR NOT NULL, person_id VARCHAR NOT NULL", ""),
@@ -160,7 +165,7 @@ _ROW_VIEWS = {
     "km_events": "n.name AS event, n.label AS event_label, r.ts",
     "km_properties": "r.ts, n.name, n.label AS name_label, r.value, r.value_number",
     "km_aliases": "r.alias, r.ts",
-    "km_rejects": "r.reason, r.raw_line, r.raw_chars",
+    "km_rejects": "r.reason, r.raw_line, r.raw_chars, r.byte_offset, r.error_position",
 }
 
 
@@ -302,7 +307,10 @@ def _create_or_upgrade(database: Database) -> int | None:
         if version == 1:
             _upgrade_from_v1(database)
         if version < 3:  # the run ledger; relations that leave replaced versions out
-            _run_script(database, _RUNS + _VIEWS)
+            _run_script(database, _RUNS)
+        if version in (2, 3):  # rejects located in their file (version 1's are new tables)
+            _add_reject_location(database)
+        _run_script(database, _VIEWS)
     crash_point("schema.in_transaction")
     database.execute("DELETE FROM km_schema")
     database.execute(
@@ -317,6 +325,14 @@ def _new_schema(backend: str) -> str:
         return _LAKE_SEQUENCES + tables + _LAKE_LEDGER_VIEWS + _VIEWS
     script = _SEQUENCES + _LEDGER + _RUNS + _STORAGE + _VIEWS
     return script + _POSTGRES_INDEXES if backend == "postgres" else script
+
+
+def _add_reject_location(database: Database) -> None:
+    # A view over the table must go first: DuckDB refuses to alter a table a view reads.
+    for relation in ("km_rejects", "km_rejects_replaced"):
+        database.execute(f"DROP VIEW IF EXISTS {relation}")
+    for name, kind in _REJECT_LOCATION.items():
+        database.execute(f"ALTER TABLE km_reject_rows ADD COLUMN IF NOT EXISTS {name} {kind}")
 
 
 def _upgrade_from_v1(con: Database) -> None:
@@ -362,7 +378,8 @@ def _upgrade_from_v1(con: Database) -> None:
     # Version 1 kept up to 16 KB of a rejected line and not its length: what it kept is
     # cut to today's length and that is the length recorded.
     con.execute(
-        "INSERT INTO km_reject_rows SELECT f.file_id, v.line_no, v.reason, "
+        "INSERT INTO km_reject_rows (file_id, line_no, reason, raw_line, raw_chars) "
+        "SELECT f.file_id, v.line_no, v.reason, "
         f"left(v.raw_line, {MAX_RAW_LINE_CHARS}), length(v.raw_line) "
         f"FROM km_rejects AS v {of_file} ORDER BY f.file_id, v.line_no"
     )

@@ -1,0 +1,103 @@
+"""KISSmetrics' octal escapes (the reason, the repair) and where a rejected line is: its
+byte offset in the file and, for a line that is not JSON, the character where parsing
+stopped. Pure functions, no server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kmdagster.km_format.octal_escapes import repaired_line
+from kmdagster.km_format.reasons import REJECT_REASONS
+from kmdagster.km_format.split import split_km_lines
+from kmdagster.km_format.summary import PreviewAccumulator
+
+NOW = 1_800_000_000
+POUND = r'{"_p":"1","_t":1328044149,"_n":"Paid","price":"\302\24315"}'  # £15
+NOT_UTF8 = r'{"_p":"1","_t":1328044149,"nickname":"Frigidman\231"}'  # 0x99 alone
+ESCAPED_BACKSLASH = r'{"_p":"1","_t":1328044149,"path":"C:\\231"}'  # JSON: a backslash, 231
+
+
+def split(*lines: str, repair: bool = False, first_byte_offset: int = 0):
+    data = "\n".join(lines).encode() + b"\n"
+    return split_km_lines(data, 1, NOW, first_byte_offset=first_byte_offset, repair_octal=repair)
+
+
+def test_octal_escapes_are_rejected_with_a_reason_that_says_how_to_fix_them() -> None:
+    result = split(POUND, NOT_UTF8, ESCAPED_BACKSLASH)
+    assert result.rejects.select("line_no", "reason").rows() == [
+        (1, "octal_escape"),
+        (2, "octal_escape"),
+    ]
+    assert result.loaded_lines == 1  # an escaped backslash before digits is plain JSON
+    assert "repair_octal_escapes" in REJECT_REASONS["octal_escape"]
+
+
+def test_the_repair_decodes_escaped_bytes_as_utf8_and_rejects_what_is_not() -> None:
+    result = split(POUND, NOT_UTF8, ESCAPED_BACKSLASH, repair=True)
+    assert result.rejects.select("line_no", "reason").rows() == [(2, "invalid_utf8")]
+    assert result.properties.filter(line_no=1)["value"].to_list() == ["£15"]
+    assert result.properties.filter(line_no=3)["value"].to_list() == ["C:\\231"]
+    assert result.octal_repaired == 2
+    assert (result.lines_read, result.loaded_lines, result.rejected_lines) == (3, 2, 1)
+
+
+@pytest.mark.parametrize(
+    ("escaped", "value"),
+    [
+        (r"\342\204\242", "™"),
+        (r"a\042b", 'a"b'),  # a quote spelled in octal stays inside the string
+        (r"\134", "\\"),  # so does a backslash
+        (r"\\\302\243", "\\£"),  # an escaped backslash, then an escape
+    ],
+)
+def test_repaired_text_is_json_for_what_the_bytes_spell(escaped: str, value: str) -> None:
+    line = '{"v":"' + escaped + '"}'
+    fixed = repaired_line(line)
+    assert fixed is not None
+    assert json.loads(fixed) == {"v": value}
+
+
+def test_the_preview_counts_the_lines_the_repair_would_recover() -> None:
+    for repair, expected in ((False, (2, 0)), (True, (0, 3))):
+        lines = (POUND, POUND, NOT_UTF8, ESCAPED_BACKSLASH)
+        data = ("\n".join(lines) + "\n").encode()
+        preview = PreviewAccumulator()
+        preview.add(split_km_lines(data, 1, NOW, with_sent_names=True, repair_octal=repair))
+        assert (preview.octal_recoverable, preview.octal_repaired) == expected
+        warnings = " ".join(preview.summary().warnings)
+        assert ("2 lines rejected (octal_escape) would load" in warnings) is not repair
+        assert ("3 lines hold KISSmetrics' octal escapes" in warnings) is repair
+
+
+def test_rejects_carry_the_byte_offset_of_their_line_in_the_file() -> None:
+    good = '{"_p":"1","_t":1328044149,"_n":"x"}'
+    lines = [good, "not json", "", good, '{"_p":"1"}', "\r", "[1]"]
+    result = split(*lines, first_byte_offset=1000)
+    starts = [1000 + sum(len(line) + 1 for line in lines[:i]) for i in range(len(lines))]
+    assert result.rejects.select("line_no", "byte_offset").rows() == [
+        (2, starts[1]),
+        (5, starts[4]),
+        (7, starts[6]),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "position"),
+    [
+        ('{"_p": oops}', 8),  # the o of oops
+        ('{"_p":"1","_t":1328044149,"_n":"x",}', 36),  # after the trailing comma
+        ('{"_p":"1","_t":1328044149 "_n":"x"}', 27),  # where the comma should be
+        (NOT_UTF8, 48),  # the backslash of the escape
+    ],
+)
+def test_lines_that_are_not_json_say_where_parsing_stopped(line: str, position: int) -> None:
+    [(reason, found)] = split(line).rejects.select("reason", "error_position").rows()
+    assert reason in ("invalid_json", "octal_escape")
+    assert found == position
+
+
+def test_rejects_of_json_lines_have_no_error_position() -> None:
+    result = split('{"_p":"1","_t":-5,"_n":"x"}', "[1, 2]")
+    assert result.rejects["error_position"].to_list() == [None, None]
