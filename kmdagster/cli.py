@@ -63,7 +63,7 @@ def run_preview(config: KmConfig, source: SourceConfig, key: str | None) -> File
 
 
 def run_check(config: KmConfig, source: SourceConfig) -> list[PermissionResult]:
-    pattern = FilePattern.from_base_filename(source.base_filename)
+    pattern = FilePattern.of_source(source)
     return check_permissions(s3_client(config), source.bucket, pattern)
 
 
@@ -175,7 +175,7 @@ def status(config: KmConfig, source: SourceConfig, as_json: bool, wait: float) -
             "bucket": source.bucket,
             "files": [state.to_dict() for state in states],
             "backlog": len(waiting),
-            "backlog_bytes": sum(state.size_bytes - state.next_offset for state in waiting),
+            "backlog_bytes": sum(state.bytes_left for state in waiting),
             "backlog_done_by": eta.isoformat() if eta else None,
             "ledger_note": found.ledger_note,
         }

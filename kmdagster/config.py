@@ -171,6 +171,10 @@ class SourceConfig(_Section):
     run_grace_seconds: PositiveInt = 900
     # Decode KISSmetrics' octal escapes (``\231``) as UTF-8 instead of rejecting the line.
     repair_octal_escapes: StrictBool = False
+    # ``accounts.json`` also matches ``accounts*.json.gz`` and ``accounts*.json.zst``.
+    compressed_files: StrictBool = True
+    # A compressed file expanding past this is taken for a decompression bomb and fails.
+    max_uncompressed_bytes: PositiveInt = 64 * 1024**3
 
     @field_validator("name")
     @classmethod

@@ -17,7 +17,7 @@ from kmdagster.config import SourceConfig
 from kmdagster.faults import crash_point
 from kmdagster.km_format.lines import count_lines
 from kmdagster.km_format.split import SplitLines, split_km_lines
-from kmdagster.s3.objects import S3AccessError, S3File, head_file
+from kmdagster.s3.objects import S3AccessError, S3File, compression_of, head_file
 from kmdagster.s3.piece_reader import (
     PIECE_BYTES,
     REQUEST_BYTES,
@@ -26,7 +26,7 @@ from kmdagster.s3.piece_reader import (
     PieceReader,
 )
 from kmdagster.warehouse.piece_rows import PieceRows
-from kmdagster.warehouse.warehouse import LedgerRow, Warehouse, WarehouseConflict
+from kmdagster.warehouse.warehouse import LedgerRow, PieceEnd, Warehouse, WarehouseConflict
 
 SPLIT_WORKERS = 2  # pieces split at once: one per core of the machine it was tuned on
 # Chunks a lake refused in one run (each read again) before the run gives up; the next
@@ -123,7 +123,15 @@ def import_file(
 
     def pieces_from(row: LedgerRow) -> _PieceSplitter:
         reader = PieceReader(
-            client, bucket, key, current.etag, current.size, piece_bytes, seams.request_bytes
+            client,
+            bucket,
+            key,
+            current.etag,
+            current.size,
+            piece_bytes,
+            seams.request_bytes,
+            compression_of(key),
+            source.max_uncompressed_bytes,
         )
         split = partial(split_km_lines, repair_octal=source.repair_octal_escapes)
         return _PieceSplitter(
@@ -235,8 +243,8 @@ class _PieceSplitter:
         # An empty file still gets its one (empty) piece, which completes it.
         self._next_read: Future[Piece] | None = readers.submit(reader.read_piece, row.next_offset)
         self._read_error: BaseException | None = None
-        # (lines counted, end offset, ends its chunk, the split)
-        self._splitting: deque[tuple[int, int, bool, Future[PieceRows]]] = deque()
+        # (lines counted, where it ends, ends its chunk, the split)
+        self._splitting: deque[tuple[int, PieceEnd, bool, Future[PieceRows]]] = deque()
 
     def close(self) -> None:
         """Drop the pieces in hand. The reader is the read thread's alone: it closes the
@@ -247,8 +255,8 @@ class _PieceSplitter:
         self._next_read = None
         self._readers.submit(self._reader.close)
 
-    def next_chunk(self) -> Iterator[tuple[PieceRows, int]]:
-        """The next chunk's pieces, in order: each one's rows and the offset after it.
+    def next_chunk(self) -> Iterator[tuple[PieceRows, PieceEnd]]:
+        """The next chunk's pieces, in order: each one's rows and where it ends.
 
         Iterate it fully before asking for the next chunk.
         """
@@ -280,13 +288,16 @@ class _PieceSplitter:
                 self._next_read, self._read_error = None, exc
                 return
             crash_point("import.chunk_read")
-            more = piece.end < self._reader.size
+            more = not piece.last
             self._next_read = (
                 self._readers.submit(self._reader.read_piece, piece.end) if more else None
             )
-            # A chunk is as many pieces as fit in ``chunk_bytes`` (at least one).
-            ends_chunk = not more or (
-                piece.end - self._chunk_start + self._reader.piece_bytes > self._chunk_bytes
+            # A chunk is as many pieces as fit in ``chunk_bytes`` (at least one); the lines
+            # before a compressed file's cut commit on their own, before its error.
+            ends_chunk = (
+                not more
+                or piece.cut_short
+                or piece.end - self._chunk_start + self._reader.piece_bytes > self._chunk_bytes
             )
             if ends_chunk:
                 self._chunk_start = piece.end
@@ -303,7 +314,8 @@ class _PieceSplitter:
                 data_offset,
                 now,
             )
-            self._splitting.append((lines, piece.end, ends_chunk, split))
+            end = PieceEnd(piece.end, piece.last, piece.read_offset)
+            self._splitting.append((lines, end, ends_chunk, split))
             self._line_no += lines
 
 

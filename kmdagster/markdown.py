@@ -16,6 +16,7 @@ from tabulate import tabulate
 
 from kmdagster.file_state import AT_A_GLANCE, DONE, RESUMABLE, RETIRED, WITH_ERROR, State
 from kmdagster.preview import FilePreview
+from kmdagster.s3.objects import compression_of
 from kmdagster.s3.permissions import PermissionResult
 from kmdagster.status import FileState
 
@@ -48,7 +49,8 @@ def preview_markdown(preview: FilePreview) -> str:
     file = preview.file
     parts = [
         f"## Preview of s3://{preview.bucket}/{file.key}",
-        f"{file.size:,} bytes, ETag {file.etag}. Nothing has been written anywhere.",
+        f"{file.size:,} bytes{_compressed(file.key)}, ETag {file.etag}. Nothing has been "
+        "written anywhere.",
         markdown_table(
             ["lines", "valid", "rejected", "blank", "people"],
             [[s.lines, s.valid_lines, s.rejected_lines, s.blank_lines, s.people]],
@@ -96,12 +98,18 @@ def check_markdown(bucket: str, results: list[PermissionResult]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _compressed(key: str) -> str:
+    compression = compression_of(key)
+    return f" ({compression}-compressed, read as its uncompressed lines)" if compression else ""
+
+
 def _progress(state: FileState) -> str:
     if state.state in RETIRED and state.next_offset:
         # Never resumes: its content is gone from S3; its rows are kept for audit only.
         return f"{state.percent_done:g}% when replaced, never resumed"
     if state.state in RESUMABLE and state.next_offset:
-        return f"{state.percent_done:g}% (resume at byte {state.next_offset:,})"
+        where = "uncompressed byte" if state.compression else "byte"
+        return f"{state.percent_done:g}% (resume at {where} {state.next_offset:,})"
     return "100%" if state.state in DONE else ""
 
 
@@ -125,7 +133,7 @@ def file_states_markdown(states: list[FileState], limit: int | None = None, unre
             state.queue_position or "",
             state.key,
             state.state,
-            state.size_bytes,
+            f"{state.size_bytes:,} {state.compression}" if state.compression else state.size_bytes,
             _progress(state),
             state.lines_loaded,
             state.lines_rejected,

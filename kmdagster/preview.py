@@ -16,6 +16,7 @@ from kmdagster.km_format.summary import KnownNames, PreviewAccumulator, PreviewS
 from kmdagster.s3.objects import (
     FilePattern,
     S3File,
+    compression_of,
     head_file,
     list_matching_files,
 )
@@ -43,6 +44,7 @@ class FilePreview:
             "file": self.file.key,
             "etag": self.file.etag,
             "size_bytes": self.file.size,
+            "compression": compression_of(self.file.key),
             **self.summary.to_dict(),
         }
 
@@ -55,14 +57,27 @@ def preview_file(
     known_names: KnownNames | None = None,
     stop_at_first_valid_line: bool = False,
     repair_octal: bool = False,
+    max_uncompressed_bytes: int | None = None,
 ) -> FilePreview:
     """Summarise the whole of one file version (or up to its first valid line)."""
     accumulator = PreviewAccumulator()
     offset = 0
     piece_bytes = min(chunk_bytes, PIECE_BYTES)  # the split's memory is ~20x its input
-    with PieceReader(client, bucket, file.key, file.etag, file.size, piece_bytes) as reader:
-        while offset < file.size:
+    compression = compression_of(file.key)
+    with PieceReader(
+        client,
+        bucket,
+        file.key,
+        file.etag,
+        file.size,
+        piece_bytes,
+        compression=compression,
+        max_uncompressed_bytes=max_uncompressed_bytes,
+    ) as reader:
+        last = False
+        while not last:
             piece = reader.read_piece(offset)
+            last = piece.last
             split = split_km_lines(
                 piece.data,
                 accumulator.lines + 1,
@@ -90,7 +105,7 @@ def setup_preview(
     none, the later files are scanned (each only up to its first valid line) so the
     message can say which file would be the first to load anything.
     """
-    pattern = FilePattern.from_base_filename(source.base_filename)
+    pattern = FilePattern.of_source(source)
     where = f"s3://{source.bucket}/{pattern.describe()}"
     if key is not None:
         if not pattern.matches(key):
@@ -110,16 +125,14 @@ def setup_preview(
             f"no file matches {where}: upload at least one file of KISSmetrics JSON lines "
             f"named like {source.base_filename} to the root of bucket {source.bucket!r}"
         )
-    repair_octal = source.repair_octal_escapes
+    options = (source.repair_octal_escapes, source.max_uncompressed_bytes)
     preview = preview_file(
-        client, source.bucket, files[0], source.chunk_bytes, known_names, False, repair_octal
+        client, source.bucket, files[0], source.chunk_bytes, known_names, False, *options
     )
     if preview.summary.valid_lines:
         return preview
     for later in files[1:]:
-        probe = preview_file(
-            client, source.bucket, later, source.chunk_bytes, None, True, repair_octal
-        )
+        probe = preview_file(client, source.bucket, later, source.chunk_bytes, None, True, *options)
         if probe.summary.valid_lines:
             note = (
                 f"{files[0].key} has no valid line (all {preview.summary.rejected_lines} "

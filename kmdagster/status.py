@@ -16,7 +16,7 @@ from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.dagster_internals import cron_ticks_after
 from kmdagster.file_state import BACKLOG, RETIRED, State
 from kmdagster.quarantine import Quarantine
-from kmdagster.s3.objects import FilePattern, S3File, list_matching_files
+from kmdagster.s3.objects import FilePattern, S3File, compression_of, list_matching_files
 from kmdagster.warehouse.warehouse import LedgerRow, Warehouse, WarehouseUnavailable
 
 # Every state shown to people, in the CLI, the backlog check and the docs (README "File
@@ -52,7 +52,11 @@ class FileState:
     state: State
     size_bytes: int
     at_bucket_root: bool
+    # ``gzip`` or ``zstd`` when the key says the object is compressed; offsets then count
+    # its uncompressed bytes, while sizes and percentages are of the object.
+    compression: str | None = None
     next_offset: int = 0
+    bytes_left: int = 0  # of the object, still to import
     percent_done: float = 0.0
     lines_read: int = 0
     lines_loaded: int = 0
@@ -140,7 +144,9 @@ def file_states(
                 state=state,
                 size_bytes=row.size_bytes,
                 at_bucket_root=here,
+                compression=compression_of(row.file_key),
                 next_offset=row.next_offset,
+                bytes_left=row.bytes_left,
                 percent_done=row.percent_done,
                 lines_read=row.lines_read,
                 lines_loaded=row.lines_loaded,
@@ -163,6 +169,8 @@ def file_states(
                 state=state,
                 size_bytes=file.size,
                 at_bucket_root=True,
+                compression=compression_of(file.key),
+                bytes_left=file.size,
                 error=error,
                 waiting_since=file.last_modified,
             )
@@ -209,7 +217,7 @@ def backlog_eta(cron: str, backlog_files: int, now: datetime) -> datetime | None
 
 def list_root_files(client: Any, source: SourceConfig) -> list[S3File]:
     """The source's matching files at its bucket root, by key."""
-    pattern = FilePattern.from_base_filename(source.base_filename)
+    pattern = FilePattern.of_source(source)
     return list(list_matching_files(client, source.bucket, pattern))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,23 @@ from pathlib import Path
 import orjson
 
 BASE_TS = 1_700_000_000
+# How senders compress files: the real tools, at their default levels (key suffix, command).
+COMPRESSION_TOOLS = {"gzip": (".gz", ["gzip", "-c", "-n"]), "zstd": (".zst", ["zstd", "-c", "-q"])}
+
+
+def compressed_bytes(data: bytes, compression: str) -> bytes:
+    """``data`` as the ``gzip`` or ``zstd`` tool writes it."""
+    tool = COMPRESSION_TOOLS[compression][1]
+    return subprocess.run(tool, input=data, capture_output=True, check=True).stdout
+
+
+def compress_file(path: Path, compression: str) -> Path:
+    """``path`` compressed beside it by the tool, named with the tool's suffix."""
+    suffix, tool = COMPRESSION_TOOLS[compression]
+    packed = path.with_name(path.name + suffix)
+    with path.open("rb") as source, packed.open("wb") as out:
+        subprocess.run(tool, stdin=source, stdout=out, check=True)
+    return packed
 
 
 @dataclass(frozen=True)

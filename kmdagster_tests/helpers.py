@@ -123,10 +123,16 @@ def run_import(
 
     ``options`` are the source's settings, and the import's seams, by field name.
     """
+    budget = options.pop("time_budget_seconds", 600.0)
+    settings = {f: options.pop(f) for f in SourceConfig.model_fields if f in options}
     source = SourceConfig(
-        name="accounts", bucket=bucket, base_filename="accounts.json", chunk_bytes=chunk_bytes
+        name="accounts",
+        bucket=bucket,
+        base_filename="accounts.json",
+        chunk_bytes=chunk_bytes,
+        **settings,
     ).model_copy(  # unvalidated: a budget of 0 (stop after the first chunk) is a test's
-        update={"time_budget_seconds": options.pop("time_budget_seconds", 600.0)}
+        update={"time_budget_seconds": budget}
     )
     seams = {f: options.pop(f) for f in ImportSeams.__dataclass_fields__ if f in options}
     return import_file(

@@ -30,7 +30,7 @@ from kmdagster.faults import CRASH_ENV, CRASH_POINTS
 from kmdagster.s3.objects import ARCHIVE_PREFIX
 from kmdagster.s3.rejects_file import rejects_key_for
 from kmdagster_dev.instance_yaml import write_instance_yaml
-from kmdagster_dev.km_files import KmFile, km_file
+from kmdagster_dev.km_files import COMPRESSION_TOOLS, KmFile, compressed_bytes, km_file
 from kmdagster_dev.seaweed import SeaweedS3
 from kmdagster_tests.helpers import (
     ACCOUNTS,
@@ -153,9 +153,9 @@ def finish_with_schedule(defs: Any, instance: DagsterInstance) -> int:
 
 
 def assert_exactly_once(
-    s3: Any, bucket: str, warehouse: WarehouseSettings, expected: KmFile
+    s3: Any, bucket: str, warehouse: WarehouseSettings, expected: KmFile, key: str, body: bytes
 ) -> None:
-    assert_file_loaded_once(warehouse, KEY, expected)
+    assert_file_loaded_once(warehouse, key, expected)
     ledger = warehouse_rows(warehouse, "SELECT status, archived_key FROM km_import_files")
     assert len(ledger) == 1
     status, archived_key = ledger[0]
@@ -163,8 +163,8 @@ def assert_exactly_once(
     keys = [item["Key"] for item in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
     archived = [key for key in keys if key.startswith(ARCHIVE_PREFIX)]
     assert archived == [archived_key, rejects_key_for(archived_key)]
-    assert KEY not in keys
-    assert s3.get_object(Bucket=bucket, Key=archived_key)["Body"].read() == expected.data
+    assert key not in keys
+    assert s3.get_object(Bucket=bucket, Key=archived_key)["Body"].read() == body
     rejects_file = s3.get_object(Bucket=bucket, Key=rejects_key_for(archived_key))["Body"].read()
     line_numbers = [json.loads(line)["line_no"] for line in rejects_file.splitlines()]
     assert len(line_numbers) == len(set(line_numbers)) == expected.rejects
@@ -181,9 +181,12 @@ def run_scenario(
     budget: float,
     crash_at: str | None = None,
     kill_after: float | None = None,
+    compression: str | None = None,
 ) -> int | None:
     """Kill one run, recover like the daemon, finish the file; returns the killed run's code."""
-    s3.put_object(Bucket=bucket, Key=KEY, Body=expected.data)
+    key = KEY + (COMPRESSION_TOOLS[compression][0] if compression else "")
+    body = compressed_bytes(expected.data, compression) if compression else expected.data
+    s3.put_object(Bucket=bucket, Key=key, Body=body)
     config = make_config(
         s3_server, bucket, warehouse, chunk_bytes=chunk_bytes, time_budget_seconds=budget
     )
@@ -197,8 +200,8 @@ def run_scenario(
         env[CRASH_ENV] = crash_at
     defs = build_definitions(config)
     with DagsterInstance.from_config(str(home)) as instance:
-        instance.add_dynamic_partitions(ACCOUNTS.partitions, [KEY])
-        job = start_job(env, tmp_path / "job.stderr")
+        instance.add_dynamic_partitions(ACCOUNTS.partitions, [key])
+        job = spawn_import_job(key, DEAD_RUN_MAX_RUNTIME, env, tmp_path / "job.stderr")
         if kill_after is not None:
             assert job.stdout is not None and job.stdout.readline().strip() == "READY"
             time.sleep(kill_after)
@@ -206,7 +209,7 @@ def run_scenario(
         code = job.wait(timeout=180)
         fail_dead_runs(instance)
         finish_with_schedule(defs, instance)
-    assert_exactly_once(s3, bucket, warehouse, expected)
+    assert_exactly_once(s3, bucket, warehouse, expected, key, body)
     return code
 
 
@@ -236,6 +239,18 @@ def test_kill_at_crash_point_loses_and_duplicates_nothing(
     kill_scenario: Callable[..., int | None], point: str, nth: int, chunk_bytes: int, budget: float
 ) -> None:
     code = kill_scenario(chunk_bytes, budget, f"{point}:{nth}")
+    assert code == -signal.SIGKILL, "the crash point was never reached"
+
+
+@pytest.mark.parametrize(
+    ("compression", "point"),
+    [("gzip", "commit_chunk.in_transaction:6"), ("zstd", "import.chunk_committed:4")],
+)
+@pytest.mark.parametrize("warehouse_settings", ["duckdb"], indirect=True)
+def test_kill_in_a_compressed_file_loses_and_duplicates_nothing(
+    kill_scenario: Callable[..., int | None], compression: str, point: str
+) -> None:
+    code = kill_scenario(1024, 600, point, compression=compression)
     assert code == -signal.SIGKILL, "the crash point was never reached"
 
 
@@ -275,9 +290,8 @@ def test_a_dead_run_blocks_the_schedule_until_run_monitoring_fails_it(
         (dead,) = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.FAILURE]))
         assert dead.tags["dagster/max_runtime"] == str(DEAD_RUN_MAX_RUNTIME)
         assert finish_with_schedule(defs, instance) == 1
-    assert_exactly_once(
-        s3, bucket, WarehouseSettings(duckdb_path=str(tmp_path / "warehouse.duckdb")), source_file
-    )
+    warehouse = WarehouseSettings(duckdb_path=str(tmp_path / "warehouse.duckdb"))
+    assert_exactly_once(s3, bucket, warehouse, source_file, KEY, source_file.data)
 
 
 def test_a_run_that_never_started_blocks_the_schedule_until_run_monitoring_fails_it(
@@ -304,7 +318,7 @@ def test_a_run_that_never_started_blocks_the_schedule_until_run_monitoring_fails
         (dead,) = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.FAILURE]))
         assert dead.run_id == never_started.run_id
         assert finish_with_schedule(defs, instance) == 1
-    assert_exactly_once(s3, bucket, warehouse, source_file)
+    assert_exactly_once(s3, bucket, warehouse, source_file, KEY, source_file.data)
 
 
 @pytest.mark.parametrize("warehouse_settings", BACKENDS, indirect=True)

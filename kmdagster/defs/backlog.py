@@ -57,7 +57,7 @@ def backlog_outcome(
             file_states_markdown(status.states, FILES_SHOWN, sum(status.left_out.values()))
         ),
         "backlog_files": len(waiting),
-        "backlog_bytes": sum(state.size_bytes - state.next_offset for state in waiting),
+        "backlog_bytes": sum(state.bytes_left for state in waiting),
         "oldest_waiting_hours": round(hours, 4),
         "oldest_waiting_key": oldest.key if oldest else "",
         "threshold_hours": source.backlog_warn_hours,
@@ -103,7 +103,7 @@ def outcome_fingerprint(passed: bool, metadata: dict[str, Any]) -> str:
 
 
 def build_backlog_check(source: SourceConfig, file_key: AssetKey) -> AssetChecksDefinition:
-    pattern = FilePattern.from_base_filename(source.base_filename)
+    pattern = FilePattern.of_source(source)
 
     @asset_check(
         asset=file_key,

@@ -36,7 +36,7 @@ def build_import_schedule(
     source: SourceConfig,
     job: "AssetJob",
 ) -> ScheduleDefinition:
-    pattern = FilePattern.from_base_filename(source.base_filename)
+    pattern = FilePattern.of_source(source)
     partitions_name = SourceNames.of(source).partitions
 
     @schedule(

@@ -163,7 +163,7 @@ def landed_materialization(file_key: AssetKey, bucket: str, file: S3File) -> Ass
 def build_file_sensor(
     source: SourceConfig, partitions: DynamicPartitionsDefinition, file_key: AssetKey
 ) -> SensorDefinition:
-    pattern = FilePattern.from_base_filename(source.base_filename)
+    pattern = FilePattern.of_source(source)
     partitions_name = SourceNames.of(source).partitions
 
     @sensor(

@@ -90,7 +90,7 @@ def build_preview_asset(source: SourceConfig) -> AssetsDefinition:
 
 
 def build_permission_check(source: SourceConfig) -> AssetChecksDefinition:
-    pattern = FilePattern.from_base_filename(source.base_filename)
+    pattern = FilePattern.of_source(source)
 
     @asset_check(
         asset=SourceNames.of(source).preview,

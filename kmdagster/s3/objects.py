@@ -13,6 +13,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from kmdagster.config import SourceConfig
+
 ARCHIVE_PREFIX = "completed_imports/"
 
 # What each S3 call needs, for error messages that name the missing permission.
@@ -34,6 +36,20 @@ class S3AccessError(RuntimeError):
     """A permanent S3 error, described with bucket, key and the fix."""
 
 
+class FileChangedError(RuntimeError):
+    """The object's ETag no longer matches the version being imported."""
+
+
+class UnreadableFileError(S3AccessError):
+    """The object's bytes cannot be read as lines: a compressed stream cut short or
+    corrupt, one expanding past its limit, or a line without end. ``cut_short_at`` is the
+    uncompressed offset where a compressed stream stopped early, if that is what it is."""
+
+    def __init__(self, message: str, cut_short_at: int | None = None) -> None:
+        super().__init__(message)
+        self.cut_short_at = cut_short_at
+
+
 class S3SetupError(S3AccessError):
     """Nothing of the bucket can be reached: it does not exist, or the credentials were
     refused. No permission can be judged until that is fixed."""
@@ -51,19 +67,46 @@ class S3File:
     last_modified: datetime | None = field(default=None, compare=False)
 
 
+# A key's last suffix -> how its object is compressed (Arrow's codec names).
+COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
+
+
+def compression_of(key: str) -> str | None:
+    """``gzip`` or ``zstd`` for a key ending ``.gz`` or ``.zst``; None for a plain file."""
+    for suffix, compression in COMPRESSIONS.items():
+        if key.endswith(suffix):
+            return compression
+    return None
+
+
 @dataclass(frozen=True)
 class FilePattern:
-    """``accounts.json`` matches root keys ``accounts*.json``: same stem, same extension."""
+    """``accounts.json`` matches root keys ``accounts*.json``: same stem, same extension;
+    with ``compressed``, also ``accounts*.json.gz`` and ``accounts*.json.zst``."""
 
     stem: str
     extension: str
+    compressed: bool = True
 
     @classmethod
-    def from_base_filename(cls, base_filename: str) -> FilePattern:
+    def from_base_filename(cls, base_filename: str, compressed: bool = True) -> FilePattern:
+        named = compression_of(base_filename) is not None and base_filename.count(".") > 1
+        if named:  # ``accounts.json.gz`` names the files ``accounts.json`` does, compressed
+            base_filename, compressed = base_filename.rpartition(".")[0], True
         stem, _, extension = base_filename.rpartition(".")
-        return cls(stem=stem, extension="." + extension)
+        return cls(stem=stem, extension="." + extension, compressed=compressed)
+
+    @classmethod
+    def of_source(cls, source: SourceConfig) -> FilePattern:
+        return cls.from_base_filename(source.base_filename, source.compressed_files)
 
     def matches(self, key: str) -> bool:
+        if self._matches_plain(key):
+            return True
+        compressed = self.compressed and compression_of(key) is not None
+        return compressed and self._matches_plain(key.rpartition(".")[0])
+
+    def _matches_plain(self, key: str) -> bool:
         return (
             "/" not in key
             and key.startswith(self.stem)
@@ -72,7 +115,8 @@ class FilePattern:
         )
 
     def describe(self) -> str:
-        return f"{self.stem}*{self.extension}"
+        plain = f"{self.stem}*{self.extension}"
+        return f"{plain}[{'|'.join(COMPRESSIONS)}]" if self.compressed else plain
 
 
 def describe_client_error(

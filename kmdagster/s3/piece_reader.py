@@ -6,7 +6,7 @@ The sizes of an import, largest first (the README uses the same words):
 - a **chunk** is what one warehouse transaction commits: the pieces up to the source's
   ``chunk_bytes`` (48 MB by default);
 - a **piece** is the whole lines split at once, about ``PIECE_BYTES`` (2 MB), cut from a
-  request as it streams;
+  request as it streams (from its uncompressed stream, for a compressed object);
 - a **stream read** is one ``read()`` of the response body, up to ``STREAM_READ_BYTES``.
 
 A piece always ends on a line boundary (or at the end of the object), so a committed
@@ -30,11 +30,16 @@ from botocore.exceptions import (
 from urllib3.exceptions import ProtocolError
 
 from kmdagster.km_format.lines import UTF8_BOM
+from kmdagster.s3.decompress import ByteSource, DecompressedStream
 from kmdagster.s3.objects import (
+    FileChangedError,
     S3AccessError,
+    UnreadableFileError,
     describe_client_error,
     is_precondition_failure,
 )
+
+__all__ = ["FileChangedError", "ObjectStream", "Piece", "PieceReader", "UnreadableFileError"]
 
 BODY_READ_ATTEMPTS = 6
 REQUEST_BYTES = 64 * 1024 * 1024
@@ -42,6 +47,9 @@ REQUEST_BYTES = 64 * 1024 * 1024
 # hand, not by the chunk.
 PIECE_BYTES = 2 * 1024 * 1024
 STREAM_READ_BYTES = 1024 * 1024
+# No KISSmetrics line comes near this (a value holds at most 8 KB): a longer one means the
+# file is not JSON lines, and reading on would hold all of it in memory.
+MAX_LINE_BYTES = 64 * 1024 * 1024
 # What a body broken off mid-transfer raises, depending on where the connection died.
 BODY_ERRORS = (
     ConnectionError,
@@ -53,25 +61,25 @@ BODY_ERRORS = (
 )
 
 
-class FileChangedError(RuntimeError):
-    """The object's ETag no longer matches the version being imported."""
-
-
 @dataclass(frozen=True)
 class Piece:
     start: int
     end: int  # exclusive: the next piece starts here
     data: bytes  # whole lines; a UTF-8 BOM at the start of the object is already removed
+    last: bool = False  # the file ends with it: nothing is left to read
+    cut_short: bool = False  # the object stops after it, before its compressed stream does
+    read_offset: int = 0  # bytes of the object read to reach ``end`` (compressed: about)
 
 
-class PieceReader:
-    """Line-aligned pieces of one object version, read in order from ranged GETs.
+class ObjectStream:
+    """The bytes of one object version, read forward from any offset.
 
-    Consecutive pieces come from one streaming GET of up to ``request_bytes``: a request
+    Consecutive reads come from one streaming GET of up to ``request_bytes``: a request
     costs the server a lookup and, on a chunked store, reading whole stored chunks, so
     one per piece would cost it several times the bytes served (measured on SeaweedFS:
-    15 ms of CPU per MB at 2 MB ranges, 4 ms streaming). Memory is one piece plus the
-    partial line after it. Not thread-safe: one thread reads, then calls ``close()``.
+    15 ms of CPU per MB at 2 MB ranges, 4 ms streaming). Every GET is pinned to the
+    ETag; a body that breaks off mid-transfer is resumed from the last byte received
+    (botocore retries failed requests; this retries broken bodies). Not thread-safe.
     """
 
     def __init__(
@@ -81,7 +89,6 @@ class PieceReader:
         key: str,
         etag: str,
         size: int,
-        piece_bytes: int,
         request_bytes: int = REQUEST_BYTES,
     ) -> None:
         self._client = client
@@ -89,59 +96,21 @@ class PieceReader:
         self.key = key
         self.etag = etag
         self.size = size
-        self.piece_bytes = piece_bytes
-        self.request_bytes = max(request_bytes, piece_bytes)
-        self._received = bytearray()  # bytes from ``_received_start`` not yet handed out
-        self._received_start = -1
+        self.request_bytes = request_bytes
         self._body: Any = None  # the open streaming body, if any
+        self._position = 0  # where its next byte is
         self._body_end = 0  # where its range ends (exclusive)
 
-    def __enter__(self) -> PieceReader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def read_piece(self, start: int) -> Piece:
-        """The whole lines from ``start``: about ``piece_bytes`` of them, at least one."""
-        if start >= self.size:
-            return Piece(start=start, end=start, data=b"")
-        if start != self._received_start:  # not where the last piece ended: a new stream
-            self.close()
-            self._received, self._received_start = bytearray(), start
-        end = min(start + self.piece_bytes, self.size)
-        self._receive_until(end)
-        received = self._received
-        cut = received.rfind(b"\n") if end < self.size else len(received) - 1
-        while cut < 0:  # one line longer than a piece: keep reading until it ends
-            searched = len(received)
-            end = min(end + self.piece_bytes, self.size)
-            self._receive_until(end)
-            cut = received.find(b"\n", searched)
-            if cut < 0 and end >= self.size:
-                cut = len(received) - 1
-        skip = len(UTF8_BOM) if start == 0 and received.startswith(UTF8_BOM) else 0
-        # One copy of the whole lines out of the receive buffer: a piece is megabytes.
-        data = bytes(memoryview(received)[skip : cut + 1])
-        del received[: cut + 1]  # the partial line after them stays for the next piece
-        self._received_start = start + cut + 1
-        return Piece(start=start, end=start + cut + 1, data=data)
-
-    def close(self) -> None:
-        """Drop the open request, if any (its connection is not reused)."""
-        if self._body is not None:
-            body, self._body = self._body, None
-            body.close()
-
-    def _receive_until(self, end: int) -> None:
-        """Append the object's bytes up to ``end`` to the buffer. A body that breaks off
-        mid-transfer is resumed from the last byte received (botocore retries failed
-        requests; this retries broken bodies)."""
+    def read(self, position: int, max_bytes: int) -> bytes:
+        """Up to ``max_bytes`` (at least one) from ``position``; empty at the end."""
         failures = 0
-        while (position := self._received_start + len(self._received)) < end:
+        while position < self.size:
             try:
-                body = self._body if self._body is not None else self._open(position)
-                block = body.read(min(end - position, STREAM_READ_BYTES))
+                body = self._body
+                if body is None or position != self._position:
+                    body = self._open(position)
+                remaining = self._body_end - position
+                block = body.read(min(max_bytes, STREAM_READ_BYTES, remaining))
             except BODY_ERRORS:
                 self.close()
                 failures += 1
@@ -150,20 +119,28 @@ class PieceReader:
                 time.sleep(0.1 * 2**failures)
                 continue
             if block:
-                self._received += block
-            elif position < self._body_end:  # the server ended the body early
-                self.close()
-                failures += 1
-                if failures >= BODY_READ_ATTEMPTS:
-                    raise S3AccessError(
-                        f"GetObject on s3://{self.bucket}/{self.key} kept returning short "
-                        f"bodies from byte {position}; retry the run"
-                    )
-            else:  # this request's range is done; the next one starts here
-                self.close()
+                self._position = position + len(block)
+                if self._position >= self._body_end:  # the next read opens the next range
+                    self.close()
+                return block
+            self.close()  # the server ended the body early
+            failures += 1
+            if failures >= BODY_READ_ATTEMPTS:
+                raise S3AccessError(
+                    f"GetObject on s3://{self.bucket}/{self.key} kept returning short "
+                    f"bodies from byte {position}; retry the run"
+                )
+        return b""
+
+    def close(self) -> None:
+        """Drop the open request, if any (its connection is not reused)."""
+        if self._body is not None:
+            body, self._body = self._body, None
+            body.close()
 
     def _open(self, start: int) -> Any:
         """Open (and return) a streaming body of this exact version from ``start``."""
+        self.close()
         end = min(start + self.request_bytes, self.size)
         try:
             response = self._client.get_object(
@@ -191,8 +168,117 @@ class PieceReader:
                 f"{start}-{end - 1} with {said}; the server ignored the Range header. Reach "
                 "the bucket directly, not through a proxy or gateway that drops it"
             )
-        self._body, self._body_end = response["Body"], end
+        self._body, self._position, self._body_end = response["Body"], start, end
         return self._body
+
+    @property
+    def read_offset(self) -> int:
+        """Where the next byte read from the object is."""
+        return self._position
+
+
+class PieceReader:
+    """Line-aligned pieces of one object version, read in order.
+
+    Offsets are in the file's lines as the import sees them: the object's bytes, or for
+    a compressed object (``compression``) its uncompressed stream, whose pieces come from
+    reading the object from its start (``s3.decompress``). Memory is one piece plus the
+    partial line after it; a line longer than ``MAX_LINE_BYTES`` stops the read. Not
+    thread-safe: one thread reads, then calls ``close()``.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        key: str,
+        etag: str,
+        size: int,
+        piece_bytes: int,
+        request_bytes: int = REQUEST_BYTES,
+        compression: str | None = None,
+        max_uncompressed_bytes: int | None = None,
+    ) -> None:
+        self.bucket = bucket
+        self.key = key
+        self.size = size  # the object's
+        self.piece_bytes = piece_bytes
+        objects = ObjectStream(client, bucket, key, etag, size, max(request_bytes, piece_bytes))
+        self._source: ByteSource = objects
+        if compression is not None:
+            self._source = DecompressedStream(
+                objects, f"s3://{bucket}/{key}", compression, max_uncompressed_bytes
+            )
+        self._received = bytearray()  # bytes from ``_received_start`` not yet handed out
+        self._received_start = -1
+        self._at_end = False  # the source has nothing after ``_received``
+        self._cut_error: UnreadableFileError | None = None  # raised by the next read
+
+    def __enter__(self) -> PieceReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read_piece(self, start: int) -> Piece:
+        """The whole lines from ``start``: about ``piece_bytes`` of them, at least one.
+
+        Where a compressed object stops before its stream ends, the whole lines before the
+        cut come as a piece ``cut_short``, and the next read raises the error.
+        """
+        if self._cut_error is not None:
+            raise self._cut_error
+        if start != self._received_start:  # not where the last piece ended
+            self._received, self._received_start, self._at_end = bytearray(), start, False
+        received = self._received
+        try:
+            self._receive(self.piece_bytes)
+            cut = received.rfind(b"\n") if not self._at_end else len(received) - 1
+            while cut < 0 and not self._at_end:  # a line longer than a piece: read on
+                searched = len(received)
+                if searched > MAX_LINE_BYTES:
+                    raise UnreadableFileError(
+                        f"s3://{self.bucket}/{self.key}: the line at byte {start} is longer "
+                        f"than {MAX_LINE_BYTES:,} bytes without a line end; no KISSmetrics "
+                        "line is (a value holds at most 8 KB). The file is not JSON lines: "
+                        "fix it and upload it again"
+                    )
+                self._receive(searched + self.piece_bytes)
+                cut = received.find(b"\n", searched)
+                if cut < 0 and self._at_end:
+                    cut = len(received) - 1
+        except UnreadableFileError as exc:
+            cut = received.rfind(b"\n")
+            if exc.cut_short_at is None or cut < 0:
+                raise
+            self._cut_error = exc  # the whole lines before the cut still load
+        skip = len(UTF8_BOM) if start == 0 and received.startswith(UTF8_BOM) else 0
+        # One copy of the whole lines out of the receive buffer: a piece is megabytes.
+        data = bytes(memoryview(received)[skip : cut + 1])
+        del received[: cut + 1]  # the partial line after them stays for the next piece
+        self._received_start = start + cut + 1
+        return Piece(
+            start=start,
+            end=self._received_start,
+            data=data,
+            last=self._at_end and not received,
+            cut_short=self._cut_error is not None,
+            read_offset=self._source.read_offset,
+        )
+
+    def close(self) -> None:
+        """Drop the open request, if any (its connection is not reused)."""
+        self._source.close()
+
+    def _receive(self, length: int) -> None:
+        """Read from the source until ``length`` bytes are in hand or it ends."""
+        while not self._at_end and len(self._received) < length:
+            position = self._received_start + len(self._received)
+            block = self._source.read(position, length - len(self._received))
+            if block:
+                self._received += block
+            else:
+                self._at_end = True
 
 
 def _served_range(response: dict[str, Any], size: int) -> tuple[int, int] | None:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 LEDGER_COLUMNS = (
     "source, file_key, file_etag, size_bytes, status, next_offset, lines_read, lines_loaded, "
     "lines_rejected, lines_blank, started_at, completed_at, archived_key, error, updated_at, "
-    "events_rows, properties_rows, aliases_rows, rejects_rows, import_runs, file_id"
+    "events_rows, properties_rows, aliases_rows, rejects_rows, import_runs, file_id, read_offset"
 )
 REVISIONS = "km_import_file_revisions"
 

@@ -47,6 +47,11 @@ INSERT INTO km_sequences VALUES ('km_file_ids', 0), ('km_name_ids', 0);
 # Where a rejected line is (null for lines rejected before version 4 recorded it).
 _REJECT_LOCATION = {"byte_offset": "BIGINT", "error_position": "BIGINT"}
 _REJECT_LOCATION_COLUMNS = ", ".join(f"{name} {kind}" for name, kind in _REJECT_LOCATION.items())
+# Version 4's columns of older tables: (table, or on a lake its table) -> columns.
+_V4_COLUMNS = {
+    ("km_reject_rows", "km_reject_rows"): _REJECT_LOCATION,
+    ("km_import_files", "km_import_file_revisions"): {"read_offset": "BIGINT"},
+}
 
 # table -> (its columns, its keys). A lake has no keys: the code never relies on one to
 # reject a row, only to skip a duplicate insert that a lake's transactions rule out.
@@ -60,7 +65,7 @@ _TABLES = {
     archived_key VARCHAR, error VARCHAR, updated_at TIMESTAMPTZ NOT NULL,
     events_rows BIGINT DEFAULT 0, properties_rows BIGINT DEFAULT 0,
     aliases_rows BIGINT DEFAULT 0, rejects_rows BIGINT DEFAULT 0, import_runs BIGINT DEFAULT 0,
-    file_id INTEGER""",
+    file_id INTEGER, read_offset BIGINT""",
         "PRIMARY KEY (source, file_key, file_etag)",
     ),
     # Which runs moved each file version's committed offset, written in the chunk's own
@@ -210,6 +215,14 @@ FROM seen AS s LEFT JOIN km_identity_groups AS g ON g.identity = s.identity;
 """
 )
 
+# Every view of _VIEWS, those reading another view first.
+_VIEW_NAMES = (
+    "km_events_dedup",
+    "km_properties_dedup",
+    "km_people",
+    *(f"{relation}{kind}" for relation in _ROW_VIEWS for kind in ("", "_replaced")),
+)
+
 # PostgreSQL reads one file's rows (the import's checks and metadata) through an index;
 # DuckDB skips other files' row groups by their min/max without one. BRIN: file ids grow
 # with the append order, so a block range index is small and costs the load next to
@@ -305,11 +318,11 @@ def _create_or_upgrade(database: Database) -> int | None:
         _run_script(database, _new_schema(database.backend))
     else:
         if version == 1:
-            _upgrade_from_v1(database)
+            _upgrade_from_v1(database)  # with version 4's columns
+        else:  # rejects located in their file; bytes read of each file
+            _add_v4_columns(database)
         if version < 3:  # the run ledger; relations that leave replaced versions out
             _run_script(database, _RUNS)
-        if version in (2, 3):  # rejects located in their file (version 1's are new tables)
-            _add_reject_location(database)
         _run_script(database, _VIEWS)
     crash_point("schema.in_transaction")
     database.execute("DELETE FROM km_schema")
@@ -327,12 +340,18 @@ def _new_schema(backend: str) -> str:
     return script + _POSTGRES_INDEXES if backend == "postgres" else script
 
 
-def _add_reject_location(database: Database) -> None:
-    # A view over the table must go first: DuckDB refuses to alter a table a view reads.
-    for relation in ("km_rejects", "km_rejects_replaced"):
-        database.execute(f"DROP VIEW IF EXISTS {relation}")
-    for name, kind in _REJECT_LOCATION.items():
-        database.execute(f"ALTER TABLE km_reject_rows ADD COLUMN IF NOT EXISTS {name} {kind}")
+def _add_v4_columns(database: Database) -> None:
+    # Views over a table must go first: DuckDB refuses to alter a table a view reads. The
+    # upgrade makes them all again.
+    for view in _VIEW_NAMES:
+        database.execute(f"DROP VIEW IF EXISTS {view}")
+    lake = database.backend == "ducklake"
+    for (table, lake_table), columns in _V4_COLUMNS.items():
+        altered = lake_table if lake else table
+        for name, kind in columns.items():
+            database.execute(f"ALTER TABLE {altered} ADD COLUMN IF NOT EXISTS {name} {kind}")
+    if lake:
+        _run_script(database, _LAKE_LEDGER_VIEWS)
 
 
 def _upgrade_from_v1(con: Database) -> None:
@@ -343,6 +362,7 @@ def _upgrade_from_v1(con: Database) -> None:
         con.execute(f"ALTER TABLE km_import_files ADD COLUMN {column} BIGINT DEFAULT 0")
     con.execute("ALTER TABLE km_import_files ADD COLUMN import_runs BIGINT DEFAULT 0")
     con.execute("ALTER TABLE km_import_files ADD COLUMN file_id INTEGER")
+    con.execute("ALTER TABLE km_import_files ADD COLUMN read_offset BIGINT")
     con.execute("UPDATE km_import_files SET file_id = nextval('km_file_ids')")
     _run_script(con, _STORAGE)
     for kind, name, label, table in (

@@ -65,9 +65,10 @@ _CHUNK_CHANGES = {
     "updated_at": "$9",
     **{column: f"{column} + ${n}" for n, column in enumerate(ROW_COUNT_COLUMNS.values(), 10)},
     "import_runs": f"import_runs + {placeholders(1, _AFTER_ROW_COUNTS)}",
+    "read_offset": placeholders(1, _AFTER_ROW_COUNTS + 1),
 }
 _CHUNK_ROW = (
-    f"(source, file_key, file_etag, next_offset) = ({placeholders(4, _AFTER_ROW_COUNTS + 1)})"
+    f"(source, file_key, file_etag, next_offset) = ({placeholders(4, _AFTER_ROW_COUNTS + 2)})"
 )
 _STATUS_CHANGES = {
     "status": "$1",
@@ -76,6 +77,24 @@ _STATUS_CHANGES = {
     "updated_at": "$4",
 }
 _KEYS_PER_QUERY = 1000  # keys named in one query: far below either database's limit
+
+
+@dataclass(frozen=True)
+class PieceEnd:
+    """Where a chunk's piece ends: the offset after it in the file's lines (for a
+    compressed file, its uncompressed stream), whether the file is whole there, and the
+    bytes of the S3 object read to reach it."""
+
+    offset: int
+    last: bool
+    read_offset: int
+
+    @classmethod
+    def of(cls, end: PieceEnd | int, size_bytes: int) -> PieceEnd:
+        """``end`` as given; an int is an offset in a plain file of ``size_bytes``."""
+        if isinstance(end, PieceEnd):
+            return end
+        return cls(offset=end, last=end >= size_bytes, read_offset=end)
 
 
 class LedgerConflict(RuntimeError):
@@ -109,6 +128,10 @@ class LedgerRow:
     rejects_rows: int = 0
     import_runs: int = 0
     file_id: int = 0  # what the file's rows point at in the storage tables
+    # Bytes of the S3 object read to reach ``next_offset``: the same for a plain file; for
+    # a compressed one, where ``next_offset`` counts uncompressed bytes, about the
+    # compressed bytes behind it (null in rows older than schema version 4).
+    read_offset: int | None = None
 
     @property
     def is_complete(self) -> bool:
@@ -120,9 +143,21 @@ class LedgerRow:
         return self.updated_at.timestamp() if self.updated_at else 0.0
 
     @property
+    def bytes_read(self) -> int:
+        """Bytes of the S3 object behind the committed offset."""
+        return self.next_offset if self.read_offset is None else self.read_offset
+
+    @property
+    def bytes_left(self) -> int:
+        """Bytes of the S3 object still to import (0 once complete)."""
+        return 0 if self.is_complete else max(self.size_bytes - self.bytes_read, 0)
+
+    @property
     def percent_done(self) -> float:
-        """Bytes committed as a share of the file, 100 for an empty file."""
-        return round(100.0 * self.next_offset / self.size_bytes, 2) if self.size_bytes else 100.0
+        """Bytes of the S3 object read as a share of it, 100 once complete (or empty)."""
+        if self.is_complete or not self.size_bytes:
+            return 100.0
+        return min(round(100.0 * self.bytes_read / self.size_bytes, 2), 99.99)
 
     def rows_in(self, table: str) -> int:
         """The rows this file version committed to ``table`` (one of ``ROW_TABLES``)."""
@@ -286,14 +321,14 @@ class Warehouse:
     def commit_chunk(
         self,
         row: LedgerRow,
-        pieces: Iterable[tuple[PieceRows, int]],
+        pieces: Iterable[tuple[PieceRows, PieceEnd | int]],
         first_of_run: bool = False,
         run_id: str | None = None,
     ) -> LedgerRow:
         """Insert a chunk's rows and advance the ledger in one transaction.
 
         ``pieces`` are the chunk's consecutive pieces in file order: each one's rows
-        (``piece_rows``) and the file offset just after it, inserted as they come (an
+        (``piece_rows``) and where it ends (``PieceEnd``), inserted as they come (an
         iterator may still be splitting the later ones); the ledger moves to the last
         offset and adds the rows of each table. ``first_of_run`` counts one more import
         run; ``run_id`` (the Dagster run's) is recorded in ``km_import_runs`` with the
@@ -305,7 +340,7 @@ class Warehouse:
         db = self.database
         if not row.file_id:
             raise ValueError(f"ledger row of {row.file_key!r} has no file_id; open it first")
-        next_offset = row.next_offset
+        last = PieceEnd(row.next_offset, False, row.bytes_read)
         lines_read = lines_loaded = lines_rejected = lines_blank = 0
         rows: dict[str, int] = dict.fromkeys(ROW_TABLES, 0)
         aliases = []
@@ -314,7 +349,7 @@ class Warehouse:
             for piece, end in pieces:
                 self._insert_rows(piece, row.file_id)
                 aliases.append(piece.alias_pairs)
-                next_offset = end
+                last = PieceEnd.of(end, row.size_bytes)
                 split = piece.split
                 lines_read += split.lines_read
                 lines_loaded += split.loaded_lines
@@ -324,7 +359,7 @@ class Warehouse:
                     rows[relation] += count
             if aliases:
                 add_alias_pairs(db, pl.concat(aliases))
-            complete = next_offset >= row.size_bytes
+            complete, next_offset = last.last, last.offset
             now = utc_now()
             crash_point("commit_chunk.in_transaction")
             updated = db.changed_rows(
@@ -341,6 +376,7 @@ class Warehouse:
                     now,
                     *rows.values(),
                     int(first_of_run),
+                    last.read_offset,
                     *file_columns,
                     row.next_offset,
                 ],
