@@ -44,6 +44,7 @@ soak: install
 bench: install .venv-dlt/bin/python
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.lake
+	$(BIN)/python -m benchmarks.compressed
 
 lint: install
 	$(BIN)/ruff check .
