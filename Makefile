@@ -45,6 +45,7 @@ bench: install .venv-dlt/bin/python
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.lake
 	$(BIN)/python -m benchmarks.compressed
+	$(BIN)/python -m benchmarks.partitions
 
 lint: install
 	$(BIN)/ruff check .

@@ -171,6 +171,10 @@ class SourceConfig(_Section):
     run_grace_seconds: PositiveInt = 900
     # Decode KISSmetrics' octal escapes (``\231``) as UTF-8 instead of rejecting the line.
     repair_octal_escapes: StrictBool = False
+    # The sensor removes the Dagster partitions of files archived longer ago than this
+    # (the ledger, the rows and the archive stay), so partitions stay well under Dagster's
+    # recommended 100,000 per asset: 30 days of a file a minute is 43,200.
+    retain_partitions_days: PositiveNumber = 30.0
     # ``accounts.json`` also matches ``accounts*.json.gz`` and ``accounts*.json.zst``.
     compressed_files: StrictBool = True
     # A compressed file expanding past this is taken for a decompression bomb and fails.

@@ -7,6 +7,7 @@ from typing import Any
 
 from dagster import (
     DagsterInstance,
+    DeleteDynamicPartitionsRequest,
     RunRequest,
     SensorResult,
     SkipReason,
@@ -32,7 +33,12 @@ def report_sensor_tick(defs: Any, instance: DagsterInstance, healthy: bool = Tru
             error = SensorCursor.parse(result.cursor).health_error
             assert not error, f"the sensor could not evaluate the source's health: {error}"
         for request in result.dynamic_partitions_requests or []:
-            instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+            name, keys = request.partitions_def_name, request.partition_keys
+            if isinstance(request, DeleteDynamicPartitionsRequest):
+                for key in keys:
+                    instance.delete_dynamic_partition(name, key)
+            else:
+                instance.add_dynamic_partitions(name, keys)
         for event in result.asset_events:
             instance.report_runless_asset_event(event)
 

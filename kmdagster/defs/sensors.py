@@ -1,22 +1,26 @@
 """The sensor of a source: registers each new matching S3 key as a dynamic partition.
 
-It also reports what it sees: a materialization of ``<source>/s3_file`` for each file it
-registers (the file landed in S3), the source's ``backlog`` check whenever the table of
-file states changed since its last report, and its ``quarantine`` check whenever the set
-of quarantined files changed.
+It removes the partitions of files archived longer ago than the source's
+``retain_partitions_days`` (``partition_pruning``), and reports what it sees: a
+materialization of ``<source>/s3_file`` for each file it registers (the file landed in
+S3), the source's ``backlog`` check whenever the table of file states changed since its
+last report, and its ``quarantine`` check whenever the set of quarantined files changed.
 """
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 from typing import Any
 
 from dagster import (
+    AddDynamicPartitionsRequest,
     AssetCheckEvaluation,
     AssetCheckSeverity,
     AssetKey,
     AssetMaterialization,
     DagsterInstance,
     DefaultSensorStatus,
+    DeleteDynamicPartitionsRequest,
     DynamicPartitionsDefinition,
     MetadataValue,
     SensorDefinition,
@@ -30,6 +34,7 @@ from dagster_aws.s3 import S3Resource
 from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.defs.backlog import backlog_evaluation, outcome_fingerprint, read_backlog_outcome
 from kmdagster.defs.naming import BACKLOG_CHECK, QUARANTINE_CHECK, SourceNames
+from kmdagster.defs.partition_pruning import partitions_to_prune
 from kmdagster.defs.partitions import is_valid_partition_key
 from kmdagster.defs.resources import WarehouseResource
 from kmdagster.defs.run_history import (
@@ -58,6 +63,8 @@ class SensorCursor:
     quarantine: str = ""
     health_error: str = ""
     is_new: bool = False  # no cursor yet: report the quarantine check once, green or red
+    # Partitions of files archived before this were removed (``partition_pruning``).
+    pruned_until: str | None = None
 
     @classmethod
     def parse(cls, cursor: str | None) -> "SensorCursor":
@@ -71,11 +78,13 @@ class SensorCursor:
             backlog=saved.get("backlog"),
             quarantine=saved.get("quarantine", ""),
             health_error=saved.get("health_error", ""),
+            pruned_until=saved.get("pruned_until"),
         )
 
     def serialize(self) -> str:
         saved = {"backlog": self.backlog, "quarantine": self.quarantine}
-        return json.dumps({**saved, "health_error": self.health_error})
+        pruned = {"pruned_until": self.pruned_until} if self.pruned_until else {}
+        return json.dumps({**saved, "health_error": self.health_error, **pruned})
 
 
 def health_events(
@@ -99,6 +108,7 @@ def health_events(
     cursor = SensorCursor(
         backlog=outcome_fingerprint(passed, metadata) if ledger_read else reported.backlog,
         quarantine=",".join(sorted(quarantined)),
+        pruned_until=reported.pruned_until,
     )
     events: list[AssetCheckEvaluation | AssetMaterialization] = []
     if cursor.backlog != reported.backlog or (recovered and ledger_read):
@@ -119,7 +129,7 @@ def health_error_events(
     source: SourceConfig, file_key: AssetKey, error: str, reported: SensorCursor
 ) -> tuple[list[AssetCheckEvaluation], SensorCursor]:
     """Both checks failed with ``error``, once per distinct error."""
-    cursor = SensorCursor(reported.backlog, reported.quarantine, health_error=error)
+    cursor = replace(reported, health_error=error, is_new=False)
     if error == reported.health_error:
         return [], cursor
     metadata = {
@@ -143,6 +153,31 @@ def health_error_events(
         )
     ]
     return events, cursor
+
+
+def prune(
+    context: SensorEvaluationContext,
+    source: SourceConfig,
+    settings: WarehouseSettings,
+    registered: set[str],
+    at_root: dict[str, S3File],
+) -> tuple[list[str], str | None] | None:
+    """The partitions to remove and the cursor's new ``pruned_until``; None when the
+    ledger could not be read (logged: the next tick tries again)."""
+    reported = SensorCursor.parse(context.cursor).pruned_until
+    try:
+        keys, until = partitions_to_prune(
+            source,
+            settings,
+            registered,
+            at_root,
+            datetime.fromisoformat(reported) if reported else None,
+            datetime.now(timezone.utc),
+        )
+    except Exception as exc:  # noqa: BLE001  # whatever it is, registration goes on
+        context.log.warning(f"old partitions of {source.name!r} not removed this tick: {exc}")
+        return None
+    return keys, until.isoformat() if until else None
 
 
 def landed_materialization(file_key: AssetKey, bucket: str, file: S3File) -> AssetMaterialization:
@@ -201,7 +236,11 @@ def build_file_sensor(
             context.log.exception(f"source health of {source.name!r} not evaluated: {error}")
             checks, cursor = health_error_events(source, file_key, error, reported)
         events.extend(checks)
-        if not events and cursor == reported:
+        pruned = prune(context, source, km_warehouse.settings, registered, by_key)
+        if pruned is not None:
+            cursor = replace(cursor, pruned_until=pruned[1])
+        to_remove = pruned[0] if pruned else []
+        if not events and not to_remove and cursor == reported:
             return SkipReason(
                 f"no new keys matching {pattern.describe()} in s3://{source.bucket} "
                 f"({len(listed)} listed, all registered); file states unchanged"
@@ -211,8 +250,18 @@ def build_file_sensor(
         did = [f"registered {len(to_add)} new files ({', '.join(to_add[:3])})"] if to_add else []
         if checks:
             did.append("reported the file states")
+        if to_remove:
+            did.append(
+                f"removed the partitions of {len(to_remove)} files archived over "
+                f"{source.retain_partitions_days:g} days ago"
+            )
+        requests: list[AddDynamicPartitionsRequest | DeleteDynamicPartitionsRequest] = []
+        if to_add:
+            requests.append(partitions.build_add_request(to_add))
+        if to_remove:
+            requests.append(partitions.build_delete_request(to_remove))
         return SensorResult(
-            dynamic_partitions_requests=[partitions.build_add_request(to_add)] if to_add else [],
+            dynamic_partitions_requests=requests,
             asset_events=events,
             cursor=cursor.serialize(),
             skip_reason=SkipReason("; ".join(did or ["nothing new"]) + "; the schedule imports"),

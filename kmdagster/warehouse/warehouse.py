@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from kmdagster.config import WarehouseSettings
 from kmdagster.faults import crash_point
-from kmdagster.file_state import COMPLETE, UNFINISHED, State
+from kmdagster.file_state import COMPLETE, RETIRED, UNFINISHED, State
 from kmdagster.km_format.split import SplitLines
 from kmdagster.km_format.summary import KnownNames
 from kmdagster.warehouse.database import (
@@ -275,6 +275,23 @@ class Warehouse:
         for row in read:
             left_out[row.status] -= 1
         return read, {status: n for status, n in left_out.items() if n}
+
+    def keys_archived_between(
+        self, source: str, since: datetime | None, until: datetime
+    ) -> list[str]:
+        """Keys of ``source`` whose every version is finished for good (archived, or
+        retired: superseded or deleted), at least one archived, the last change in
+        [``since``, ``until``). A key with a version pending, in progress or failed is
+        never among them."""
+        finished = sql_list((State.ARCHIVED, *RETIRED))
+        window = "AND max(updated_at) >= $3" if since is not None else ""
+        found = self.database.rows(
+            "SELECT file_key FROM km_import_files WHERE source = $1 GROUP BY file_key "
+            f"HAVING bool_and(status IN ({finished})) AND bool_or(status = '{State.ARCHIVED}') "
+            f"AND max(updated_at) < $2 {window} ORDER BY file_key",
+            [source, until, *([since] if since is not None else [])],
+        )
+        return [key for (key,) in found]
 
     def ledger_rows(self, source: str) -> list[LedgerRow]:
         rows = self.database.rows(
