@@ -35,8 +35,8 @@ CREATE TABLE IF NOT EXISTS wide_aliases (
 );
 CREATE TABLE IF NOT EXISTS wide_rejects (
     source VARCHAR NOT NULL, file_key VARCHAR NOT NULL, file_etag VARCHAR NOT NULL,
-    line_no BIGINT NOT NULL, reason VARCHAR NOT NULL, raw_line VARCHAR NOT NULL,
-    raw_chars BIGINT NOT NULL
+    line_no BIGINT NOT NULL, byte_offset BIGINT, reason VARCHAR NOT NULL,
+    raw_line VARCHAR NOT NULL, raw_chars BIGINT NOT NULL, error_position BIGINT
 );
 """
 

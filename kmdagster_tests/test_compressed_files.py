@@ -182,3 +182,31 @@ def test_a_stream_that_is_not_compressed_data_is_named(
     ):
         run_import(s3, warehouse, bucket, key, 1 << 20)
     assert f"s3://{bucket}/{key}" in str(raised.value)
+
+
+def test_a_compressed_file_replaced_mid_import_stops_with_its_rows_kept(
+    s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    file = km_file(seed=14, repeats=2000)
+    key = "accounts-changed.json.gz"
+    s3.put_object(Bucket=bucket, Key=key, Body=compressed_bytes(file.data, "gzip"))
+
+    def overwrite_after_first_chunk(row: Any) -> None:
+        s3.put_object(Bucket=bucket, Key=key, Body=compressed_bytes(b"{}\n", "gzip"))
+
+    with DuckDBWarehouse.connect(tmp_path / "w.duckdb") as warehouse:
+        with pytest.raises(Exception, match=rf"s3://{bucket}/{key} changed during its import"):
+            run_import(
+                s3,
+                warehouse,
+                bucket,
+                key,
+                16 * 1024,
+                piece_bytes=16 * 1024,
+                request_bytes=1024,  # small GETs: the next one meets the new ETag
+                after_commit=overwrite_after_first_chunk,
+            )
+        [row] = warehouse.ledger_rows("accounts")
+    assert row.status == "failed" and row.error and "changed during its import" in row.error
+    assert 0 < row.next_offset < len(file.data)
+    assert 0 < row.bytes_read < row.size_bytes and 0 < row.percent_done < 100

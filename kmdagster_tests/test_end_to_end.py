@@ -34,7 +34,7 @@ MATCHING = [
 ]
 DECOYS = [
     "Accounts.json",
-    "accounts.json.gz",
+    "accounts.json.bz2",
     "accounts.csv",
     "other-accounts.json",
     "nested/accounts.json",

@@ -205,6 +205,7 @@ class PieceReader:
         self.piece_bytes = piece_bytes
         objects = ObjectStream(client, bucket, key, etag, size, max(request_bytes, piece_bytes))
         self._source: ByteSource = objects
+        self._compressed = compression is not None
         if compression is not None:
             self._source = DecompressedStream(
                 objects, f"s3://{bucket}/{key}", compression, max_uncompressed_bytes
@@ -263,7 +264,8 @@ class PieceReader:
             data=data,
             last=self._at_end and not received,
             cut_short=self._cut_error is not None,
-            read_offset=self._source.read_offset,
+            # A plain file's offsets are the object's; a compressed one's, about.
+            read_offset=self._source.read_offset if self._compressed else self._received_start,
         )
 
     def close(self) -> None:
