@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import secrets
 import subprocess
 import sys
 import tempfile
@@ -26,10 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.lake import BUCKET, MB, result_of, spawn, write_config
+from benchmarks.lake import BUCKET, MB, result_of, spawn, start_bench_s3, write_config
 from kmdagster.config import WarehouseSettings
 from kmdagster_dev.km_files import COMPRESSION_TOOLS, compress_file, write_file
-from kmdagster_dev.seaweed import Identity, SeaweedS3
 
 ROOT = Path(__file__).resolve().parent.parent
 AVERAGE_LINE_BYTES = 190  # of the generator's mixed profile
@@ -72,19 +69,10 @@ def main() -> int:
     parser.add_argument("--resume-mb", type=int, default=1024)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kmdagster-compressed-bench-"))
-    admin = Identity(
-        "bench",
-        "KMBENCH" + secrets.token_hex(6).upper(),
-        secrets.token_hex(20),
-        ("Admin", "Read", "List", "Write"),
-    )
-    server = SeaweedS3(work / "seaweedfs", (admin,)).start()
-    os.environ.update(AWS_ACCESS_KEY_ID=admin.access_key, AWS_SECRET_ACCESS_KEY=admin.secret_key)
+    server, client = start_bench_s3(work)
     imports: dict[str, dict[str, Any]] = {}
     resumes: list[tuple[str, int, dict[str, Any]]] = []
     try:
-        client = server.client(admin)
-        client.create_bucket(Bucket=BUCKET)
         plain = work / "accounts.json"
         size = write_file(plain, args.lines)
         files = {"plain": plain, **{c: compress_file(plain, c) for c in COMPRESSION_TOOLS}}

@@ -120,6 +120,22 @@ def row(name: str, result: dict[str, Any]) -> str:
     )
 
 
+def start_bench_s3(work: Path) -> tuple[SeaweedS3, Any]:
+    """A SeaweedFS server in ``work`` with the bench bucket, its admin's credentials in
+    this process's environment (the measuring children inherit them), and a client."""
+    admin = Identity(
+        "bench",
+        "KMBENCH" + secrets.token_hex(6).upper(),
+        secrets.token_hex(20),
+        ("Admin", "Read", "List", "Write"),
+    )
+    server = SeaweedS3(work / "seaweedfs", (admin,)).start()
+    os.environ.update(AWS_ACCESS_KEY_ID=admin.access_key, AWS_SECRET_ACCESS_KEY=admin.secret_key)
+    client = server.client(admin)
+    client.create_bucket(Bucket=BUCKET)
+    return server, client
+
+
 def verdict(holds: bool) -> str:
     return "HOLDS" if holds else "MISSED"
 
@@ -129,22 +145,10 @@ def main() -> int:
     parser.add_argument("--lines", type=int, default=1_000_000)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kmdagster-lake-bench-"))
-    admin = Identity(
-        "bench",
-        "KMBENCH" + secrets.token_hex(6).upper(),
-        secrets.token_hex(20),
-        ("Admin", "Read", "List", "Write"),
-    )
-    server = SeaweedS3(work / "seaweedfs", (admin,)).start()
+    server, client = start_bench_s3(work)
     postgres = PostgresServer(work / "postgres", secrets.token_hex(16)).start()
-    os.environ.update(
-        AWS_ACCESS_KEY_ID=admin.access_key,
-        AWS_SECRET_ACCESS_KEY=admin.secret_key,
-        PGPASSWORD=postgres.password,
-    )
+    os.environ.update(PGPASSWORD=postgres.password)
     try:
-        client = server.client(admin)
-        client.create_bucket(Bucket=BUCKET)
         results: dict[tuple[str, str], dict[str, Any]] = {}
         for profile in PROFILES:
             path = work / f"{profile}.json"
