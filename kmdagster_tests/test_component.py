@@ -1,0 +1,124 @@
+"""kmdagster as a Component in a fresh ``dg`` project: ``dg check defs`` passes, the
+definitions it loads import a file, and a configuration error reads as in kmdagster.yaml."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from dagster import DagsterInstance, load_from_defs_folder
+
+from kmdagster.config import ConfigError, load_config
+from kmdagster_dev.km_files import km_file
+from kmdagster_dev.seaweed import SeaweedS3
+from kmdagster_tests.helpers import ACCOUNTS, assert_file_loaded_once, make_config, write_config
+
+KEY = "accounts.20261201.json"
+COMPONENT = "kmdagster.component.KmImports"
+BIN = Path(sys.executable).parent
+
+
+def dg_project(root: Path) -> Path:
+    """A fresh ``dg`` project as ``create-dagster project`` lays it out (that command
+    would install its own environment; this one is kmdagster's), kmdagster a dependency."""
+    package = root / "src" / "km_project"
+    (package / "defs").mkdir(parents=True)
+    (root / "pyproject.toml").write_text(
+        '[project]\nname = "km-project"\nversion = "0.1.0"\ndependencies = ["kmdagster"]\n\n'
+        '[tool.dg]\ndirectory_type = "project"\n\n[tool.dg.project]\nroot_module = "km_project"\n'
+    )
+    (package / "__init__.py").write_text("")
+    (package / "defs" / "__init__.py").write_text("")
+    (package / "definitions.py").write_text(
+        "from pathlib import Path\n\nimport dagster as dg\n\n\n@dg.definitions\ndef defs():\n"
+        "    return dg.load_from_defs_folder(path_within_project=Path(__file__).parent)\n"
+    )
+    return root
+
+
+def declare_sources(project: Path, attributes: dict[str, Any]) -> Path:
+    """``dg scaffold defs`` of the kmdagster component, then its settings in YAML."""
+    scaffolded = dg(project, "scaffold", "defs", COMPONENT, "km_imports")
+    assert scaffolded.returncode == 0, scaffolded.stdout + scaffolded.stderr
+    path = project / "src" / "km_project" / "defs" / "km_imports" / "defs.yaml"
+    declared = yaml.safe_load(path.read_text())
+    assert declared == {"type": COMPONENT, "attributes": {}}
+    path.write_text(yaml.safe_dump({**declared, "attributes": attributes}, sort_keys=False))
+    return path
+
+
+def dg(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``dg`` as a user runs it in the project, in this environment (kmdagster installed)."""
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "VIRTUAL_ENV": str(BIN.parent),
+        "PYTHONPATH": str(project / "src"),
+    }
+    return subprocess.run(
+        [str(BIN / "dg"), *args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_a_dg_project_declares_a_source_in_yaml_and_imports_from_it(
+    s3_server: SeaweedS3,
+    s3: Any,
+    bucket: str,
+    tmp_path: Path,
+    instance: DagsterInstance,
+) -> None:
+    config = make_config(s3_server, bucket, tmp_path / "warehouse.duckdb")
+    attributes = yaml.safe_load(write_config(tmp_path / "kmdagster.yaml", config).read_text())
+    project = dg_project(tmp_path / "km-project")
+    listed = dg(project, "list", "components")
+    assert COMPONENT in listed.stdout, listed.stdout + listed.stderr
+    declare_sources(project, attributes)
+
+    checked = dg(project, "check", "defs")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "All definitions loaded successfully" in checked.stdout
+
+    file = km_file(seed=31, repeats=20)
+    s3.put_object(Bucket=bucket, Key=KEY, Body=file.data)
+    sys.path.insert(0, str(project / "src"))
+    try:
+        defs = load_from_defs_folder(
+            path_within_project=project / "src" / "km_project" / "definitions.py"
+        )
+    finally:
+        sys.path.remove(str(project / "src"))
+    # The same names as the code location's.
+    assert defs.resolve_sensor_def(ACCOUNTS.sensor).name == ACCOUNTS.sensor
+    assert defs.resolve_schedule_def(ACCOUNTS.schedule).name == ACCOUNTS.schedule
+    instance.add_dynamic_partitions(ACCOUNTS.partitions, [KEY])
+    result = defs.resolve_job_def(ACCOUNTS.job).execute_in_process(
+        instance=instance, partition_key=KEY
+    )
+    assert result.success
+    assert_file_loaded_once(config.warehouse, KEY, file)
+
+
+def test_a_configuration_error_reads_as_in_kmdagster_yaml(tmp_path: Path) -> None:
+    attributes = {"sources": [{"name": "accounts", "bukcet": "b", "base_filename": "a.json"}]}
+    project = dg_project(tmp_path / "km-project")
+    declared = declare_sources(project, attributes)
+    standalone = tmp_path / "kmdagster.yaml"
+    standalone.write_text(yaml.safe_dump(attributes))
+    with pytest.raises(ConfigError) as raised:
+        load_config(standalone)
+    said = str(raised.value).split(": ", 1)[1]  # after the file's name
+    assert said.startswith("sources[0].bukcet: unknown key")
+
+    checked = dg(project, "check", "defs")
+    assert checked.returncode != 0
+    assert f"{declared}: {said}" in checked.stdout + checked.stderr
