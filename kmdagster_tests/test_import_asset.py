@@ -25,7 +25,7 @@ from kmdagster.s3.objects import S3AccessError, S3File
 from kmdagster.s3.piece_reader import PieceReader
 from kmdagster.s3.rejects_file import rejects_key_for
 from kmdagster.status import file_states
-from kmdagster.warehouse.warehouse import DuckDBWarehouse, Warehouse
+from kmdagster.warehouse.warehouse import DuckDBWarehouse, PieceEnd, Warehouse
 from kmdagster_dev.km_files import km_file
 from kmdagster_dev.seaweed import SeaweedS3
 from kmdagster_tests.helpers import READ_ONLY, make_config, run_import, warehouse_rows
@@ -231,7 +231,9 @@ def test_ledger_wins_over_a_stale_recorded_offset(
         with PieceReader(s3, bucket, KEY, row.file_etag, row.size_bytes, 2048) as reader:
             chunk = reader.read_piece(row.next_offset)
         split = split_km_lines(chunk.data, row.lines_read + 1, 2**31)
-        warehouse.commit_chunk(row, [(warehouse.lay_out(split), chunk.end)])
+        warehouse.commit_chunk(
+            row, [(warehouse.lay_out(split), PieceEnd(chunk.end, chunk.last, chunk.end))]
+        )
     result = materialize_partition(config, instance, KEY)
     observation = only_observation(result)
     assert observation.metadata["resume_offset_corrected_from"].value == first[0]

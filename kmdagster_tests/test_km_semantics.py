@@ -19,7 +19,7 @@ from kmdagster.cli import main
 from kmdagster.config import KmConfig, SourceConfig, WarehouseSettings
 from kmdagster.km_format.identities import identity_groups
 from kmdagster.km_format.split import split_km_lines
-from kmdagster.warehouse.warehouse import DuckDBWarehouse, Warehouse
+from kmdagster.warehouse.warehouse import DuckDBWarehouse, PieceEnd, Warehouse
 from kmdagster_tests.helpers import write_config
 
 T1, T2 = 1_700_000_000, 1_700_000_005
@@ -29,7 +29,7 @@ def load(warehouse: Warehouse, key: str, lines: list[dict[str, Any]]) -> None:
     data = ("\n".join(json.dumps(line) for line in lines) + "\n").encode()
     row = warehouse.open_file("accounts", key, f'"{key}"', len(data))
     piece = warehouse.lay_out(split_km_lines(data, 1, 1_764_000_000))
-    warehouse.commit_chunk(row, [(piece, len(data))])
+    warehouse.commit_chunk(row, [(piece, PieceEnd.plain(len(data), row.size_bytes))])
 
 
 def groups(pairs: list[tuple[str, str]]) -> dict[str, str]:

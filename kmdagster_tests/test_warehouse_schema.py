@@ -24,7 +24,12 @@ from kmdagster.s3.objects import S3File
 from kmdagster.status import read_source_status
 from kmdagster.warehouse.ledger_writes import ledger_update
 from kmdagster.warehouse.schema import SCHEMA_VERSION, UPGRADE_COMMAND, WarehouseSchemaError
-from kmdagster.warehouse.warehouse import DuckDBWarehouse, Warehouse, WarehouseUnreachable
+from kmdagster.warehouse.warehouse import (
+    DuckDBWarehouse,
+    PieceEnd,
+    Warehouse,
+    WarehouseUnreachable,
+)
 from kmdagster_dev.km_files import km_file
 from kmdagster_dev.seaweed import SeaweedS3, free_ports
 from kmdagster_tests.helpers import make_config, write_config
@@ -109,7 +114,9 @@ def test_an_upgraded_warehouse_resumes_its_partial_file_and_takes_new_rows(
         row = warehouse.open_file("accounts", "accounts.2.json", etag, len(data))
         assert (row.next_offset, row.lines_read, row.file_id > 0) == (offset, lines, True)
         split = split_km_lines(data[offset:], lines + 1, 1_764_000_000)
-        done = warehouse.commit_chunk(row, [(warehouse.lay_out(split), len(data))])
+        done = warehouse.commit_chunk(
+            row, [(warehouse.lay_out(split), PieceEnd.plain(len(data), row.size_bytes))]
+        )
     expected = km_file(seed=2, repeats=30)
     assert done.status == "imported" and done.lines_read == expected.lines
     assert rows(
@@ -144,7 +151,9 @@ def test_rejected_lines_are_kept_short_with_their_full_length(tmp_path: Path) ->
     split = split_km_lines(long_line.encode() + b"\n", 1, 1_764_000_000)
     with DuckDBWarehouse.connect(tmp_path / "w.duckdb") as warehouse:
         row = warehouse.open_file("accounts", "k.json", '"e"', len(long_line) + 1)
-        warehouse.commit_chunk(row, [(warehouse.lay_out(split), len(long_line) + 1)])
+        warehouse.commit_chunk(
+            row, [(warehouse.lay_out(split), PieceEnd.plain(len(long_line) + 1, row.size_bytes))]
+        )
         [(kept, full)] = warehouse.database.connection.execute(
             "SELECT length(raw_line), raw_chars FROM km_rejects"
         ).fetchall()
@@ -163,7 +172,7 @@ def test_names_are_stored_once_with_each_label_as_sent(tmp_path: Path) -> None:
         for n, key in enumerate(("a.json", "b.json")):  # the second file learns no new name
             row = warehouse.open_file("accounts", key, f'"{n}"', len(lines))
             piece = warehouse.lay_out(split_km_lines(lines, 1, 1_764_000_000))
-            warehouse.commit_chunk(row, [(piece, len(lines))])
+            warehouse.commit_chunk(row, [(piece, PieceEnd.plain(len(lines), row.size_bytes))])
         con = warehouse.database.connection
         names = con.execute("SELECT kind, name, label FROM km_names ORDER BY ALL").fetchall()
         events = con.execute("SELECT event, event_label FROM km_events ORDER BY ALL").fetchall()
@@ -217,7 +226,15 @@ def test_a_version_3_warehouse_gains_reject_locations_keeping_its_rejects(
     bad = b"not json\n"
     with Warehouse.open(warehouse_settings) as warehouse:
         row = warehouse.open_file("accounts", "old.json", '"e1"', len(bad))
-        warehouse.commit_chunk(row, [(warehouse.lay_out(split_km_lines(bad, 1, 0)), len(bad))])
+        warehouse.commit_chunk(
+            row,
+            [
+                (
+                    warehouse.lay_out(split_km_lines(bad, 1, 0)),
+                    PieceEnd.plain(len(bad), row.size_bytes),
+                )
+            ],
+        )
         db = warehouse.database  # as version 3 left it: rejects not located
         for view in ("km_rejects", "km_rejects_replaced"):
             db.execute(f"DROP VIEW {view}")
@@ -228,7 +245,9 @@ def test_a_version_3_warehouse_gains_reject_locations_keeping_its_rejects(
         assert warehouse.upgraded_from == 3
         row = warehouse.open_file("accounts", "new.json", '"e2"', len(bad) * 2)
         two = split_km_lines(bad * 2, 1, 0, first_byte_offset=0)
-        warehouse.commit_chunk(row, [(warehouse.lay_out(two), len(bad) * 2)])
+        warehouse.commit_chunk(
+            row, [(warehouse.lay_out(two), PieceEnd.plain(len(bad) * 2, row.size_bytes))]
+        )
         found = warehouse.database.rows(
             "SELECT file_key, line_no, reason, byte_offset FROM km_rejects ORDER BY 1, 2"
         )

@@ -161,17 +161,18 @@ def prune(
     settings: WarehouseSettings,
     registered: set[str],
     at_root: dict[str, S3File],
+    reported: SensorCursor,
 ) -> tuple[list[str], str | None] | None:
     """The partitions to remove and the cursor's new ``pruned_until``; None when the
     ledger could not be read (logged: the next tick tries again)."""
-    reported = SensorCursor.parse(context.cursor).pruned_until
+    since = reported.pruned_until
     try:
         keys, until = partitions_to_prune(
             source,
             settings,
             registered,
             at_root,
-            datetime.fromisoformat(reported) if reported else None,
+            datetime.fromisoformat(since) if since else None,
             datetime.now(timezone.utc),
         )
     except Exception as exc:  # noqa: BLE001  # whatever it is, registration goes on
@@ -236,7 +237,7 @@ def build_file_sensor(
             context.log.exception(f"source health of {source.name!r} not evaluated: {error}")
             checks, cursor = health_error_events(source, file_key, error, reported)
         events.extend(checks)
-        pruned = prune(context, source, km_warehouse.settings, registered, by_key)
+        pruned = prune(context, source, km_warehouse.settings, registered, by_key, reported)
         if pruned is not None:
             cursor = replace(cursor, pruned_until=pruned[1])
         to_remove = pruned[0] if pruned else []

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import pyarrow as pa
 
-from kmdagster.s3.objects import FileChangedError, S3AccessError, UnreadableFileError
+from kmdagster.s3.objects import UnreadableFileError
 
 # Past this, a compressed file is taken for a decompression bomb (a source may raise it).
 DEFAULT_MAX_UNCOMPRESSED_BYTES = 64 * 1024**3
@@ -119,10 +119,8 @@ class DecompressedStream:
         try:
             block = self._stream.read(max_bytes)
         except (OSError, pa.ArrowException) as exc:
-            if isinstance(self._file.error, (S3AccessError, FileChangedError)):
+            if self._file.error is not None:  # the S3 read's own error, not Arrow's report
                 raise self._file.error from None
-            if self._file.error is not None:  # a broken body past its retries
-                raise self._file.error from exc
             raise self._stream_error(str(exc)) from exc
         self._position += len(block)
         if self._position > self._max_bytes:

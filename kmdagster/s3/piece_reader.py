@@ -246,8 +246,8 @@ class PieceReader:
                     )
                 self._receive(searched + self.piece_bytes)
                 cut = received.find(b"\n", searched)
-                if cut < 0 and self._at_end:
-                    cut = len(received) - 1
+            if cut < 0:  # the file's last line, without a line end
+                cut = len(received) - 1
         except UnreadableFileError as exc:
             cut = received.rfind(b"\n")
             if exc.cut_short_at is None or cut < 0:

@@ -90,11 +90,9 @@ class PieceEnd:
     read_offset: int
 
     @classmethod
-    def of(cls, end: PieceEnd | int, size_bytes: int) -> PieceEnd:
-        """``end`` as given; an int is an offset in a plain file of ``size_bytes``."""
-        if isinstance(end, PieceEnd):
-            return end
-        return cls(offset=end, last=end >= size_bytes, read_offset=end)
+    def plain(cls, offset: int, size_bytes: int) -> PieceEnd:
+        """``offset`` in a plain (uncompressed) file of ``size_bytes``."""
+        return cls(offset=offset, last=offset >= size_bytes, read_offset=offset)
 
 
 class LedgerConflict(RuntimeError):
@@ -338,7 +336,7 @@ class Warehouse:
     def commit_chunk(
         self,
         row: LedgerRow,
-        pieces: Iterable[tuple[PieceRows, PieceEnd | int]],
+        pieces: Iterable[tuple[PieceRows, PieceEnd]],
         first_of_run: bool = False,
         run_id: str | None = None,
     ) -> LedgerRow:
@@ -366,7 +364,7 @@ class Warehouse:
             for piece, end in pieces:
                 self._insert_rows(piece, row.file_id)
                 aliases.append(piece.alias_pairs)
-                last = PieceEnd.of(end, row.size_bytes)
+                last = end
                 split = piece.split
                 lines_read += split.lines_read
                 lines_loaded += split.loaded_lines
