@@ -33,6 +33,8 @@ DEFAULT_CONFIG_FILE = "kmdagster.yaml"
 # instead of logging every row and compressing it again at a checkpoint.
 DEFAULT_CHUNK_BYTES = 48 * 1024 * 1024
 MIN_CHUNK_BYTES = 1024
+# A run logs some 20 Dagster events per file: a thousand keeps a run's event log readable.
+MAX_FILES_PER_RUN = 1000
 _SOURCE_NAME = re.compile(r"^[a-z0-9_]+$")
 
 # Whole numbers and numbers as YAML writes them: no strings, no booleans.
@@ -164,6 +166,9 @@ class SourceConfig(_Section):
     reject_rate_warn_percent: Annotated[float, Field(strict=True, gt=0, le=100)] = 5.0
     # The backlog check warns when the oldest file waiting at the bucket root is older.
     backlog_warn_hours: PositiveNumber = 24.0
+    # Files one run may import, in key order, within its one time budget: 1 is
+    # KISSmetrics' rule; more lets a source that fell behind catch up.
+    max_files_per_run: Annotated[int, Field(strict=True, ge=1, le=MAX_FILES_PER_RUN)] = 1
     # A file whose runs failed this many times in a row is set aside (quarantined).
     quarantine_after_failed_runs: PositiveInt = 3
     # Run monitoring fails a run still going this long past its budget: the last chunk, the

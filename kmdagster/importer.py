@@ -86,6 +86,7 @@ def import_file(
     resume_hint: tuple[int, str] | None = None,
     run_id: str | None = None,
     seams: ImportSeams = ImportSeams(),
+    budget_seconds: float | None = None,
 ) -> ImportReport:
     """Import ``s3://bucket/key`` from its committed offset until done or out of budget.
 
@@ -93,9 +94,12 @@ def import_file(
     metadata is only compared with it, and only for the same file version. ``run_id``
     (the Dagster run's) is recorded with each chunk it commits, which is how the quarantine
     rule tells a run that advanced the file from one that did not.
+    ``budget_seconds`` is what is left of the run's budget when the run imports more than
+    one file (the source's ``time_budget_seconds`` otherwise).
     Every call commits at least one chunk unless the file is done.
     """
     clock, bucket, chunk_bytes = seams.clock, source.bucket, source.chunk_bytes
+    budget = source.time_budget_seconds if budget_seconds is None else budget_seconds
     started = clock()
     current = head_file(client, bucket, key)
     if current is None:
@@ -141,7 +145,7 @@ def import_file(
     pieces = pieces_from(row)
     try:
         while not row.is_complete:
-            if chunks and clock() - started >= source.time_budget_seconds:
+            if chunks and clock() - started >= budget:
                 stopped_on_budget = True  # the pieces split ahead are dropped, not lost
                 break
             try:

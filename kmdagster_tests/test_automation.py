@@ -19,8 +19,8 @@ from dagster import (
 )
 
 from kmdagster.defs.factory import build_definitions
+from kmdagster.defs.pending import pending_keys
 from kmdagster.defs.runs import SOURCE_TAG
-from kmdagster.defs.schedules import pending_keys
 from kmdagster.defs.sensors import new_partition_keys
 from kmdagster_dev.seaweed import SeaweedS3
 from kmdagster_tests.helpers import ACCOUNTS, make_config

@@ -121,7 +121,7 @@ def deployment(
             sensor_interval_seconds=5,
             chunk_bytes=1024 * 1024,
             time_budget_seconds=20,
-            run_grace_seconds=5,
+            run_grace_seconds=30,
         )
         for name, bucket in buckets.items()
     )

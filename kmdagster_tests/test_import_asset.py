@@ -14,7 +14,8 @@ from dagster import AssetKey, DagsterInstance, materialize
 
 from kmdagster.archiver import NotImported, archive_imported_file
 from kmdagster.config import SourceConfig, WarehouseSettings
-from kmdagster.defs.assets import build_source_assets, recorded_resume_offset
+from kmdagster.defs.assets import build_source_assets
+from kmdagster.defs.file_events import recorded_resume_offset
 from kmdagster.defs.naming import SourceNames
 from kmdagster.defs.partitions import files_partitions
 from kmdagster.defs.resources import build_resources

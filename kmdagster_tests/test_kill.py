@@ -7,7 +7,6 @@ accounted for exactly once and the file archived exactly once.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import random
 import signal
@@ -21,7 +20,6 @@ from typing import Any
 
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunRequest, RunsFilter, SkipReason
-from dagster._daemon.monitoring.run_monitoring import check_run_timeout, monitor_starting_run
 
 from kmdagster.config import WarehouseSettings
 from kmdagster.defs.factory import build_definitions
@@ -29,9 +27,9 @@ from kmdagster.defs.run_history import quarantined_files, source_progress
 from kmdagster.faults import CRASH_ENV, CRASH_POINTS
 from kmdagster.s3.objects import ARCHIVE_PREFIX
 from kmdagster.s3.rejects_file import rejects_key_for
-from kmdagster_dev.instance_yaml import write_instance_yaml
 from kmdagster_dev.km_files import COMPRESSION_TOOLS, KmFile, compressed_bytes, km_file
 from kmdagster_dev.seaweed import SeaweedS3
+from kmdagster_tests.dead_runs import DEAD_RUN_MAX_RUNTIME, fail_dead_runs, make_dagster_home
 from kmdagster_tests.helpers import (
     ACCOUNTS,
     BACKENDS,
@@ -47,8 +45,6 @@ pytestmark = pytest.mark.slow  # subprocess imports killed at each crash point: 
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "accounts.20261126.json"
-DEAD_RUN_MAX_RUNTIME = 1  # seconds; production uses the budget plus a grace period
-DEAD_RUN_START_TIMEOUT = 1  # seconds; production waits 180 (deploy/dagster.yaml)
 
 # (crash point, nth pass, chunk_bytes, time budget): small chunks make many commits.
 DETERMINISTIC = [
@@ -105,38 +101,6 @@ def source_file() -> KmFile:
 
 def start_job(env: dict[str, str], stderr_path: Path) -> subprocess.Popen[str]:
     return spawn_import_job(KEY, DEAD_RUN_MAX_RUNTIME, env, stderr_path)
-
-
-def make_dagster_home(tmp_path: Path) -> Path:
-    """A DAGSTER_HOME with deploy/dagster.yaml's run monitoring, minus the PostgreSQL
-    storage, giving up on a run that never started within the test's patience."""
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    write_instance_yaml(home, start_timeout_seconds=DEAD_RUN_START_TIMEOUT)
-    return home
-
-
-def sleep_until(timestamp: float) -> None:
-    time.sleep(max(0.0, timestamp - time.time()))
-
-
-def fail_dead_runs(instance: DagsterInstance) -> int:
-    """What Dagster's run monitoring daemon does to a run whose worker died: one killed
-    before it started (still NOT_STARTED) fails after the start timeout, one killed while
-    going after its max runtime."""
-    logger = logging.getLogger("run_monitoring")
-    records = instance.get_run_records(
-        RunsFilter(statuses=[DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTED])
-    )
-    for record in records:
-        if record.dagster_run.status == DagsterRunStatus.NOT_STARTED:
-            sleep_until(record.create_timestamp.timestamp() + DEAD_RUN_START_TIMEOUT + 0.2)
-            monitor_starting_run(instance, record, logger)
-        else:
-            assert record.start_time is not None
-            sleep_until(record.start_time + DEAD_RUN_MAX_RUNTIME + 0.2)
-            check_run_timeout(instance, record, logger, 0)
-    return len(records)
 
 
 def finish_with_schedule(defs: Any, instance: DagsterInstance) -> int:

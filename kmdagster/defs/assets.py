@@ -11,16 +11,13 @@
 - ``<source>/archived_file``: the move to completed_imports/ with the rejects file beside it.
 """
 
+import time
 from dataclasses import dataclass
 
 from dagster import (
-    AssetCheckKey,
     AssetExecutionContext,
-    AssetObservation,
-    AssetRecordsFilter,
     AssetsDefinition,
     AssetSpec,
-    DagsterInstance,
     DynamicPartitionsDefinition,
     Failure,
     MaterializeResult,
@@ -31,18 +28,23 @@ from dagster_aws.s3 import S3Resource
 
 from kmdagster.archiver import NotImported, archive_imported_file
 from kmdagster.config import SourceConfig
-from kmdagster.defs.checks import data_check_results, data_check_specs
-from kmdagster.defs.metadata import archive_metadata, progress_metadata, table_metadata
+from kmdagster.defs.catch_up import archive_following_files, import_following_files
+from kmdagster.defs.checks import data_check_specs
+from kmdagster.defs.file_events import (
+    file_results,
+    import_partition_file,
+    is_selected,
+    record_budget_stop,
+    report_archive,
+    report_progress,
+)
 from kmdagster.defs.naming import SourceNames
 from kmdagster.defs.resources import WarehouseResource
-from kmdagster.defs.runs import OUTCOME_TAG
 from kmdagster.faults import crash_point
-from kmdagster.importer import ImportReport, import_file, retire_replaced_versions
+from kmdagster.importer import retire_replaced_versions
 from kmdagster.s3.objects import S3AccessError
-from kmdagster.s3.piece_reader import FileChangedError
 from kmdagster.status import list_root_files
 from kmdagster.warehouse.schema import ROW_TABLES
-from kmdagster.warehouse.warehouse import LedgerConflict, LedgerRow
 
 TABLE_DESCRIPTIONS = {
     "km_events": "Events (_n) of this source's files, one row per valid event line.",
@@ -77,29 +79,6 @@ def build_file_states_spec(source: SourceConfig) -> AssetSpec:
     )
 
 
-def recorded_resume_offset(
-    instance: DagsterInstance, source: SourceConfig, partition_key: str
-) -> tuple[int, str] | None:
-    """The (offset, etag) the latest run of this partition recorded, if any.
-
-    The design keeps the resume offset in Dagster run metadata, but the ledger's
-    ``next_offset`` is the truth: the import only compares the two and, when they differ
-    (a kill between the warehouse commit and Dagster's event), resumes from the ledger and
-    says so. The recorded offset never decides where a run starts.
-    """
-    records = instance.fetch_observations(
-        AssetRecordsFilter(asset_key=SourceNames.of(source).file, asset_partitions=[partition_key]),
-        limit=1,
-    ).records
-    if not records or records[0].asset_observation is None:
-        return None
-    metadata = records[0].asset_observation.metadata
-    offset, etag = metadata.get("next_offset"), metadata.get("etag")
-    if offset is None or etag is None:
-        return None
-    return int(offset.value), str(etag.value)  # type: ignore[arg-type]
-
-
 def build_file_spec(source: SourceConfig, partitions: DynamicPartitionsDefinition) -> AssetSpec:
     return AssetSpec(
         key=SourceNames.of(source).file,
@@ -112,46 +91,6 @@ def build_file_spec(source: SourceConfig, partitions: DynamicPartitionsDefinitio
         group_name=source.name,
         kinds={"s3"},
     )
-
-
-def _already_imported_message(source: SourceConfig, row: LedgerRow) -> str:
-    where = f" and archived to s3://{source.bucket}/{row.archived_key}" if row.archived_key else ""
-    return (
-        f"s3://{source.bucket}/{row.file_key} (ETag {row.file_etag}) was already imported "
-        f"at {row.completed_at:%Y-%m-%d %H:%M:%S} UTC{where}; this run loaded nothing"
-    )
-
-
-def _report_progress(
-    context: AssetExecutionContext, source: SourceConfig, report: ImportReport
-) -> None:
-    """Log the run's progress on the file asset, and say where the next run resumes."""
-    if report.already_imported:
-        context.log.info(_already_imported_message(source, report.ledger))
-        return
-    if report.hint_corrected:
-        context.log.warning(
-            f"recorded resume offset {report.resume_hint} disagreed with the ledger's "
-            f"{report.start_offset}; resumed from the ledger"
-        )
-    context.log_event(
-        AssetObservation(
-            asset_key=SourceNames.of(source).file,
-            partition=context.partition_key,
-            metadata=progress_metadata(report, source.bucket),
-        )
-    )
-    if not report.complete:
-        # Shown at the top of the run page, above Dagster's line about the archive step
-        # skipped for want of the (not yet materialized) tables.
-        stopped = f"stopped on budget at {report.ledger.percent_done:g}%"
-        context.instance.add_run_tags(context.run.run_id, {OUTCOME_TAG: stopped})
-        context.log.warning(
-            f"time budget of {source.time_budget_seconds}s used: stopped at byte "
-            f"{report.ledger.next_offset} of {report.ledger.size_bytes}; "
-            "the next scheduled run resumes there (the archive step is skipped until the "
-            "file is complete)"
-        )
 
 
 def build_import_asset(
@@ -185,42 +124,37 @@ def build_import_asset(
         context: AssetExecutionContext, km_s3: S3Resource, km_warehouse: WarehouseResource
     ):
         key, client = context.partition_key, km_s3.get_client()
+        started = time.monotonic()
         with km_warehouse.connect() as warehouse:
             try:
-                for retired in retire_replaced_versions(
-                    warehouse, source, list_root_files(client, source)
-                ):
+                root_files = list_root_files(client, source)
+                for retired in retire_replaced_versions(warehouse, source, root_files):
                     context.log.info(
                         f"s3://{source.bucket}/{retired.file_key} (ETag {retired.file_etag}) is "
                         f"{retired.status}: its {retired.lines_loaded:,} loaded lines leave the "
                         "km_* relations for the *_replaced ones; it never resumes"
                     )
-                report = import_file(
+            except S3AccessError as exc:
+                raise Failure(description=str(exc)) from exc
+            report = import_partition_file(context, client, warehouse, source, key)
+            crash_point("asset.before_progress_event")
+            report_progress(context, source, report)
+            if not report.complete:
+                record_budget_stop(context, source, report.ledger)
+            warehouse.checkpoint()  # the checks below read every row of the file
+            # Checked at every run, on what the file has committed so far.
+            for result in file_results(warehouse.database, source, report):
+                if is_selected(context, result):
+                    yield result
+            if report.complete and source.max_files_per_run > 1:
+                import_following_files(
+                    context,
                     client,
                     warehouse,
                     source,
-                    key,
-                    resume_hint=recorded_resume_offset(context.instance, source, key),
-                    run_id=context.run.run_id,
+                    root_files,
+                    seconds_left=lambda: started + source.time_budget_seconds - time.monotonic(),
                 )
-            except (S3AccessError, FileChangedError, LedgerConflict) as exc:
-                raise Failure(description=str(exc)) from exc
-            crash_point("asset.before_progress_event")
-            _report_progress(context, source, report)
-            warehouse.checkpoint()  # the checks below read every row of the file
-            row, database = report.ledger, warehouse.database
-            if report.complete:
-                for table in ROW_TABLES:
-                    if names.table(table) in context.selected_asset_keys:
-                        yield MaterializeResult(
-                            asset_key=names.table(table),
-                            metadata=table_metadata(database, table, row, report.already_imported),
-                        )
-            # Checked at every run, on what the file has committed so far.
-            selected_checks = context.selected_asset_check_keys
-            for result in data_check_results(database, source, row):
-                if AssetCheckKey(result.asset_key, result.check_name or "") in selected_checks:  # type: ignore[arg-type]
-                    yield result
 
     return import_tables
 
@@ -245,26 +179,15 @@ def build_archive_asset(
     def archived_file(
         context: AssetExecutionContext, km_s3: S3Resource, km_warehouse: WarehouseResource
     ) -> MaterializeResult:
-        key = context.partition_key
+        key, client = context.partition_key, km_s3.get_client()
         with km_warehouse.connect() as warehouse:
             try:
-                report = archive_imported_file(km_s3.get_client(), warehouse, source, key)
+                report = archive_imported_file(client, warehouse, source, key)
             except (NotImported, S3AccessError) as exc:
                 raise Failure(description=str(exc)) from exc
-        if report.already_archived:
-            context.log.info(
-                f"s3://{source.bucket}/{key} (ETag {report.ledger.file_etag}) was already "
-                f"archived to {report.archived_key}; nothing to move"
-            )
-        return MaterializeResult(
-            metadata=archive_metadata(
-                report.ledger,
-                source.bucket,
-                report.archived_key,
-                report.rejects_key,
-                report.already_archived,
-            )
-        )
+            if source.max_files_per_run > 1:
+                archive_following_files(context, client, warehouse, source)
+        return MaterializeResult(metadata=report_archive(context, source, report))
 
     return archived_file
 

@@ -61,12 +61,8 @@ def ledger_progress(
 ) -> RunProgress:
     """What the warehouse ledger says of runs' progress, read only when asked (a file
     reaches its failure threshold), against the versions ``root_files`` lists."""
-    root_etags = {file.key: file.etag for file in root_files}
 
-    def advanced(key: str, run_ids: list[str]) -> set[str] | None:
-        etag = root_etags.get(key)
-        if etag is None:
-            return set()  # gone from the root: no version of it there to have advanced
+    def advanced_in_ledger(key: str, etag: str, run_ids: list[str]) -> set[str] | None:
         try:
             with Warehouse.read_only(settings, TICK_LEDGER_WAIT_SECONDS) as warehouse:
                 if warehouse is None:
@@ -74,6 +70,30 @@ def ledger_progress(
                 return warehouse.runs_that_advanced(source.name, key, etag, run_ids)
         except (WarehouseUnavailable, WarehouseSchemaError):
             return None
+
+    return _progress_at_root(root_files, advanced_in_ledger)
+
+
+def open_ledger_progress(
+    warehouse: Warehouse, source: SourceConfig, root_files: list[S3File]
+) -> RunProgress:
+    """``ledger_progress`` read through a run's own open warehouse connection."""
+    return _progress_at_root(
+        root_files,
+        lambda key, etag, run_ids: warehouse.runs_that_advanced(source.name, key, etag, run_ids),
+    )
+
+
+def _progress_at_root(
+    root_files: list[S3File], advanced_in_ledger: Callable[[str, str, list[str]], set[str] | None]
+) -> RunProgress:
+    root_etags = {file.key: file.etag for file in root_files}
+
+    def advanced(key: str, run_ids: list[str]) -> set[str] | None:
+        etag = root_etags.get(key)
+        if etag is None:
+            return set()  # gone from the root: no version of it there to have advanced
+        return advanced_in_ledger(key, etag, run_ids)
 
     return advanced
 

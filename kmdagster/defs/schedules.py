@@ -14,22 +14,14 @@ from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import SourceConfig
 from kmdagster.defs.naming import SourceNames
+from kmdagster.defs.pending import next_files
 from kmdagster.defs.resources import WarehouseResource
-from kmdagster.defs.run_history import is_quarantined, ledger_progress
+from kmdagster.defs.run_history import ledger_progress
 from kmdagster.defs.runs import SOURCE_TAG, active_runs
 from kmdagster.s3.objects import FilePattern, list_matching_files
 
 if TYPE_CHECKING:
     from kmdagster.dagster_internals import AssetJob
-
-
-def pending_keys(keys_at_root: list[str], registered: set[str]) -> list[str]:
-    """Registered keys still at the bucket root, in alphanumeric (import) order.
-
-    A file leaves the root only when it is archived, so every registered key still there
-    is pending: new, partly imported, or re-uploaded with new content.
-    """
-    return sorted(key for key in keys_at_root if key in registered)
 
 
 def build_import_schedule(
@@ -61,12 +53,9 @@ def build_import_schedule(
         files = list(list_matching_files(km_s3.get_client(), source.bucket, pattern))
         registered = set(context.instance.get_dynamic_partitions(partitions_name))
         progress = ledger_progress(km_warehouse.settings, source, files)
-        set_aside = []
-        for key in pending_keys([f.key for f in files], registered):
-            if not is_quarantined(context.instance, source, key, progress):
-                break
-            set_aside.append(key)
-        else:
+        found = next_files(context.instance, source, files, registered, progress, limit=1)
+        set_aside = found.set_aside
+        if not found.keys:
             if set_aside:
                 return SkipReason(
                     f"nothing to import: the {len(set_aside)} pending files of "
@@ -77,6 +66,7 @@ def build_import_schedule(
                 f"nothing pending: no registered {pattern.describe()} file at the root of "
                 f"s3://{source.bucket} ({len(files)} matching keys listed)"
             )
+        [key] = found.keys
         if set_aside:
             context.log.warning(
                 f"skipped {len(set_aside)} quarantined files ({', '.join(set_aside[:5])}); "

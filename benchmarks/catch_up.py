@@ -1,0 +1,113 @@
+"""A backlog of small files: how fast a source catches up at one file per run (KISSmetrics'
+rule, the default) and at ``max_files_per_run: 50``.
+
+    python -m benchmarks.catch_up                  # 200 files of 40 lines
+    python -m benchmarks.catch_up --files 100 --profile catch_up.prof
+
+The files wait at the root of a SeaweedFS bucket, the warehouse is a DuckDB file and the
+Dagster instance a local SQLite storage, as under ``make dev``. Each tick is what the
+daemon does: the schedule's decision, then the import job run in this process. Reported
+per setting: files per run, seconds per run, and files per hour at the hourly default
+cron (one run an hour) and with runs back to back (the most a source could catch up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from dagster import DagsterInstance, RunRequest, build_schedule_context
+
+from benchmarks.lake import BUCKET, start_bench_s3
+from kmdagster.config import KmConfig, S3Settings, SourceConfig, WarehouseSettings
+from kmdagster.defs.factory import build_definitions
+from kmdagster.defs.naming import SourceNames
+from kmdagster_dev.km_files import km_file
+
+NAMES = SourceNames("accounts")
+SETTINGS = (1, 50)
+
+
+def catch_up(
+    work: Path, endpoint_url: str, client: object, files: int, per_run: int, runs: int
+) -> tuple[int, float]:
+    """(files imported, seconds) of ``runs`` ticks over a backlog of ``files``."""
+    prefix = f"accounts{per_run}."
+    body = km_file(seed=per_run, repeats=5).data  # 40 lines, 3 KB
+    keys = [f"{prefix}{i:05d}.json" for i in range(files)]
+    for key in keys:
+        client.put_object(Bucket=BUCKET, Key=key, Body=body)  # type: ignore[attr-defined]
+    source = SourceConfig(
+        name="accounts",
+        bucket=BUCKET,
+        base_filename=f"accounts{per_run}.json",
+        max_files_per_run=per_run,
+    )
+    config = KmConfig(
+        s3=S3Settings(endpoint_url=endpoint_url, region_name="us-east-1"),
+        warehouse=WarehouseSettings(duckdb_path=str(work / f"warehouse-{per_run}.duckdb")),
+        sources=(source,),
+    )
+    defs = build_definitions(config)
+    schedule = defs.resolve_schedule_def(NAMES.schedule)
+    job = defs.resolve_job_def(NAMES.job)
+    home = work / f"dagster-{per_run}"
+    home.mkdir()
+    with DagsterInstance.local_temp(str(home)) as instance:
+        instance.add_dynamic_partitions(NAMES.partitions, keys)
+        tick = datetime(2026, 12, 1, tzinfo=timezone.utc)
+        seconds = 0.0
+        for _ in range(runs):
+            started = time.perf_counter()
+            with build_schedule_context(
+                instance=instance, scheduled_execution_time=tick, resources=defs.resources
+            ) as context:
+                request = schedule(context)
+            assert isinstance(request, RunRequest), request
+            result = job.execute_in_process(
+                instance=instance, partition_key=request.partition_key, tags=request.tags
+            )
+            assert result.success
+            seconds += time.perf_counter() - started
+            tick += timedelta(hours=1)
+        done = len(instance.get_materialized_partitions(NAMES.archive))
+    return done, seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--files", type=int, default=200)
+    parser.add_argument("--profile", help="write a cProfile of the runs at 50 to this file")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="kmdagster-catch-up-bench-"))
+    server, client = start_bench_s3(work)
+    try:
+        print(f"A backlog of {args.files} files of 40 lines (3 KB), DuckDB warehouse:")
+        print("| max_files_per_run | runs | files | seconds per run | files per hour, hourly cron | files per hour, runs back to back |")  # fmt: skip
+        print("|---|---|---|---|---|---|")
+        for per_run in SETTINGS:
+            runs = max(1, min(10, args.files // per_run))
+            profile = cProfile.Profile() if args.profile and per_run > 1 else None
+            if profile:
+                profile.enable()
+            done, seconds = catch_up(work, server.endpoint_url, client, args.files, per_run, runs)
+            if profile:
+                profile.disable()
+                profile.dump_stats(args.profile)
+            per_run_seconds = seconds / runs
+            print(
+                f"| {per_run} | {runs} | {done} | {per_run_seconds:.2f} | {done / runs:.0f} | "
+                f"{done / seconds * 3600:,.0f} |",
+                flush=True,
+            )
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
