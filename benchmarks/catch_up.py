@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import os
+import secrets
 import tempfile
 import time
 from datetime import datetime, timedelta, timezone
@@ -26,14 +28,22 @@ from benchmarks.lake import BUCKET, start_bench_s3
 from kmdagster.config import KmConfig, S3Settings, SourceConfig, WarehouseSettings
 from kmdagster.defs.factory import build_definitions
 from kmdagster.defs.naming import SourceNames
+from kmdagster_dev.instance_yaml import write_instance_yaml
 from kmdagster_dev.km_files import km_file
+from kmdagster_dev.postgres import USER, PostgresServer
 
 NAMES = SourceNames("accounts")
 SETTINGS = (1, 50)
 
 
 def catch_up(
-    work: Path, endpoint_url: str, client: object, files: int, per_run: int, runs: int
+    work: Path,
+    endpoint_url: str,
+    client: object,
+    files: int,
+    per_run: int,
+    runs: int,
+    postgres: PostgresServer | None,
 ) -> tuple[int, float]:
     """(files imported, seconds) of ``runs`` ticks over a backlog of ``files``."""
     prefix = f"accounts{per_run}."
@@ -57,7 +67,16 @@ def catch_up(
     job = defs.resolve_job_def(NAMES.job)
     home = work / f"dagster-{per_run}"
     home.mkdir()
-    with DagsterInstance.local_temp(str(home)) as instance:
+    if postgres is not None:
+        write_instance_yaml(home, postgres_storage=True)
+        os.environ.update(
+            DAGSTER_PG_HOST="127.0.0.1",
+            DAGSTER_PG_PORT=str(postgres.port),
+            DAGSTER_PG_DB=postgres.create_database(f"dagster_{per_run}").rsplit("/", 1)[1],
+            DAGSTER_PG_USERNAME=USER,
+            DAGSTER_PG_PASSWORD=postgres.password,
+        )
+    with DagsterInstance.from_config(str(home)) as instance:
         instance.add_dynamic_partitions(NAMES.partitions, keys)
         tick = datetime(2026, 12, 1, tzinfo=timezone.utc)
         seconds = 0.0
@@ -82,19 +101,30 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--files", type=int, default=200)
     parser.add_argument("--profile", help="write a cProfile of the runs at 50 to this file")
+    parser.add_argument(
+        "--instance", choices=("sqlite", "postgres"), default="sqlite", help="Dagster's storage"
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kmdagster-catch-up-bench-"))
     server, client = start_bench_s3(work)
+    postgres = None
+    if args.instance == "postgres":
+        postgres = PostgresServer(work / "postgres", secrets.token_hex(12)).start()
     try:
         print(f"A backlog of {args.files} files of 40 lines (3 KB), DuckDB warehouse:")
-        print("| max_files_per_run | runs | files | seconds per run | files per hour, hourly cron | files per hour, runs back to back |")  # fmt: skip
+        print(
+            "| max_files_per_run | runs | files | seconds per run | files per hour, hourly cron "
+            "| files per hour, runs back to back |"
+        )
         print("|---|---|---|---|---|---|")
         for per_run in SETTINGS:
             runs = max(1, min(10, args.files // per_run))
             profile = cProfile.Profile() if args.profile and per_run > 1 else None
             if profile:
                 profile.enable()
-            done, seconds = catch_up(work, server.endpoint_url, client, args.files, per_run, runs)
+            done, seconds = catch_up(
+                work, server.endpoint_url, client, args.files, per_run, runs, postgres
+            )
             if profile:
                 profile.disable()
                 profile.dump_stats(args.profile)
@@ -106,6 +136,8 @@ def main() -> int:
             )
     finally:
         server.stop()
+        if postgres is not None:
+            postgres.stop()
     return 0
 
 

@@ -33,7 +33,7 @@ DEFAULT_CONFIG_FILE = "kmdagster.yaml"
 # instead of logging every row and compressing it again at a checkpoint.
 DEFAULT_CHUNK_BYTES = 48 * 1024 * 1024
 MIN_CHUNK_BYTES = 1024
-# A run logs some 20 Dagster events per file: a thousand keeps a run's event log readable.
+# A run logs some 16 Dagster events per file: a thousand keeps a run's event log readable.
 MAX_FILES_PER_RUN = 1000
 _SOURCE_NAME = re.compile(r"^[a-z0-9_]+$")
 

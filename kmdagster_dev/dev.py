@@ -1,4 +1,4 @@
-"""Run kmdagster locally: SeaweedFS on 127.0.0.1 with a demo bucket, then `dagster dev`.
+"""Run kmdagster locally: SeaweedFS on 127.0.0.1 with a demo bucket, then `dg dev`.
 
 Everything lives under .kmdagster/ (SeaweedFS data, the DuckDB warehouse, the Dagster
 home), all made anew at each start so every start gives the same demo. The demo source
@@ -97,7 +97,7 @@ def stop_on_signals() -> None:
 
 class Servers:
     """Server processes, each the leader of its own process group, stopped together: the
-    signal each stops cleanly on (dagster dev: SIGINT, like Ctrl-C; SeaweedFS: SIGTERM)
+    signal each stops cleanly on (dg dev: SIGINT, like Ctrl-C; SeaweedFS: SIGTERM)
     to every group at once, then SIGKILL to whatever is left after ``STOP_SECONDS``."""
 
     def __init__(self) -> None:
@@ -206,13 +206,15 @@ def run(started: ExitStack) -> int:
         if subprocess.run(confirm, cwd=ROOT, env=env).returncode != 0:
             return 1
     print(f"Dagster UI on http://127.0.0.1:{WEB_PORT} (Ctrl-C stops everything)", flush=True)
-    dagster = Path(sys.executable).with_name("dagster")
+    # `dg dev` given the workspace file starts what `dagster dev` does (webserver, daemon,
+    # code server), without the warning that `dagster dev` is superseded by it.
+    dg = Path(sys.executable).with_name("dg")
     # The terminal shows INFO and up; KMDAGSTER_DEV_DEBUG=1 shows every event, as the UI does.
     debug = os.environ.get("KMDAGSTER_DEV_DEBUG") == "1"
     env["KMDAGSTER_RUN_LOG_LEVEL"] = "DEBUG" if debug else "INFO"
     web = subprocess.Popen(
         [
-            *(str(dagster), "dev", "-h", "127.0.0.1", "-p", str(WEB_PORT), "-w", "workspace.yaml"),
+            *(str(dg), "dev", "-h", "127.0.0.1", "-p", str(WEB_PORT), "-w", "workspace.yaml"),
             *("--log-level", "debug" if debug else "info"),
         ],
         cwd=ROOT,

@@ -89,7 +89,9 @@ def imported_in_order(warehouse: WarehouseSettings) -> list[str]:
 def archived_keys(s3: Any, bucket: str) -> tuple[list[str], list[str]]:
     """(keys still at the bucket root, archived copies) of the bucket's files."""
     paginator = s3.get_paginator("list_objects_v2")
-    keys = [o["Key"] for page in paginator.paginate(Bucket=bucket) for o in page.get("Contents", [])]
+    keys = [
+        o["Key"] for page in paginator.paginate(Bucket=bucket) for o in page.get("Contents", [])
+    ]
     archived = [k for k in keys if k.startswith(ARCHIVE_PREFIX) and k.endswith(".json")]
     return [k for k in keys if not k.startswith(ARCHIVE_PREFIX)], archived
 
@@ -181,9 +183,7 @@ def test_a_file_the_budget_cuts_in_a_catch_up_run_resumes_first(
     ledger = dict(warehouse_rows(warehouse, "SELECT file_key, status FROM km_import_files"))
     assert ledger == {"accounts.1.json": "archived", "accounts.2.json": "in_progress"}
     assert instance.get_materialized_partitions(ACCOUNTS.archive) == {"accounts.1.json"}
-    assert instance.get_materialized_partitions(ACCOUNTS.table("km_events")) == {
-        "accounts.1.json"
-    }
+    assert instance.get_materialized_partitions(ACCOUNTS.table("km_events")) == {"accounts.1.json"}
 
     # The cut file is the next run's own, then the one after it follows in that run.
     more = _with_source(config, chunk_bytes=8 * 1024 * 1024, time_budget_seconds=600)

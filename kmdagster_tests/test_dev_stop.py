@@ -1,5 +1,6 @@
 """`make dev` stops within 10 s on SIGTERM (a service manager, CI) or SIGINT (Ctrl-C),
-leaving no process: SeaweedFS, dagster dev, its webserver, daemon and code server."""
+leaving no process: SeaweedFS, dg dev, its webserver, daemon and code server; and it
+starts without Dagster's warning that `dagster dev` is superseded."""
 
 from __future__ import annotations
 
@@ -93,4 +94,8 @@ def test_make_dev_stops_within_ten_seconds_leaving_no_process(
                     os.kill(pid, signal.SIGKILL)
             make.wait(timeout=30)
     assert not left, f"still running {took:.1f}s after {stop_signal.name}: {left}"
+    # `dg dev` runs what `dagster dev` ran, without Dagster's warning that it is superseded.
+    output = (tmp_path / "dev.log").read_text(errors="replace")
+    assert "Dagster UI on http://127.0.0.1" in output
+    assert "superseded" not in output.lower(), output
     print(f"{stop_signal.name}: every process gone in {took:.1f}s")

@@ -127,7 +127,7 @@ def test_every_server_we_start_binds_to_localhost() -> None:
     for path in [*files, ROOT / "README.md", *guides]:
         text = path.read_text()
         assert "0.0.0.0" not in text, path
-        for launch in re.findall(r"dagster dev -[^\n`]*", text):  # a command line, not prose
+        for launch in re.findall(r"(?:dagster|dg) dev -[^\n`]*", text):  # a command line, not prose
             assert "-h 127.0.0.1" in launch, (path, launch)
 
 

@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import botocore.loaders
+import botocore.session
 from boto3.session import Session
 from botocore.config import Config
 from dagster import ConfigurableResource
@@ -19,6 +21,16 @@ S3_RESOURCE_KEY = "km_s3"
 WAREHOUSE_RESOURCE_KEY = "km_warehouse"
 # A sensor or schedule tick waits this long at most for a DuckDB file an import holds.
 TICK_LEDGER_WAIT_SECONDS = 2.0
+# A new botocore session parses S3's service model and endpoint data (JSON, about 0.2 s)
+# again; each step and tick makes a client, so the sessions share one loader, which
+# keeps what it parsed. It only reads botocore's own data files.
+_SHARED_LOADER = botocore.loaders.create_loader()
+
+
+def _session(profile_name: str | None) -> Session:
+    core = botocore.session.get_session()
+    core.register_component("data_loader", _SHARED_LOADER)
+    return Session(botocore_session=core, profile_name=profile_name)
 
 
 class WarehouseResource(ConfigurableResource):
@@ -47,7 +59,7 @@ class KmS3Resource(S3Resource):
 
     def get_client(self) -> Any:
         settings = self.settings
-        session = Session(profile_name=self.profile_name)
+        session = _session(self.profile_name)
         return session.client(
             "s3",
             region_name=settings.region_name,

@@ -48,6 +48,9 @@ from kmdagster.warehouse.schema import (
 __all__ = ["WarehouseBusy", "WarehouseConflict", "WarehouseUnavailable", "WarehouseUnreachable"]
 
 LOCK_WAIT_SECONDS = 120.0
+# A checkpoint is worth its cost once this much of files is held in the WAL (DuckDB's own
+# automatic checkpoint waits for 256 MB, see duckdb_database.CHECKPOINT_THRESHOLD).
+CHECKPOINT_AFTER_BYTES = 16 * 1024 * 1024
 
 # What a chunk's commit sets on its ledger row: each table's row count is added too
 # (parameters $10 on), then the run count; the row is the one still at the chunk's start.
@@ -172,6 +175,7 @@ class Warehouse:
     def __init__(self, database: Database, writer: bool = True) -> None:
         self.database = database
         self._names = NameIds()
+        self._bytes_since_checkpoint = 0  # of the files this connection committed
         self.upgraded_from: int | None = None  # the schema version a writer found
         if writer:
             self.upgraded_from = prepare_for_writing(database)
@@ -409,6 +413,7 @@ class Warehouse:
             db.rollback()
             raise
         assert committed is not None
+        self._bytes_since_checkpoint += committed.next_offset - row.next_offset
         return committed
 
     def _record_run(self, file_id: int, run_id: str, start: int, end: int, now: datetime) -> None:
@@ -465,15 +470,20 @@ class Warehouse:
                 self.database.append(STORAGE_TABLES[relation], rows, file_column)
 
     def checkpoint(self) -> None:
-        """Write the committed rows still held in DuckDB's log into the file.
+        """Write the committed rows still held in DuckDB's log into the file, once this
+        connection has committed ``CHECKPOINT_AFTER_BYTES`` of files since the last time.
 
         Until a checkpoint those rows hold memory DuckDB cannot spill, so a query over a
         whole file's rows (the data checks) ran out of the 64 MB limit after a 2 GB import
         (32 million property rows); after it the same query needs 4 s and no more memory.
         Closing the warehouse would checkpoint anyway: this only moves the cost earlier.
+        Below the threshold (small files, one after another in a catch-up run) the cost
+        of a checkpoint each, about 15 ms, would outweigh the memory it frees.
         PostgreSQL needs nothing here.
         """
-        self.database.checkpoint()
+        if self._bytes_since_checkpoint >= CHECKPOINT_AFTER_BYTES:
+            self.database.checkpoint()
+            self._bytes_since_checkpoint = 0
 
     def retire_versions(self, source: str, root_etags: Mapping[str, str]) -> list[LedgerRow]:
         """Mark each unfinished version of ``source`` whose content is no longer at the
