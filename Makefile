@@ -46,6 +46,7 @@ bench: install .venv-dlt/bin/python
 	$(BIN)/python -m benchmarks.lake
 	$(BIN)/python -m benchmarks.compressed
 	$(BIN)/python -m benchmarks.partitions
+	$(BIN)/python -m benchmarks.catch_up
 
 lint: install
 	$(BIN)/ruff check .

@@ -38,6 +38,7 @@ from kmdagster.defs.file_events import (
 from kmdagster.defs.naming import SourceNames
 from kmdagster.defs.pending import next_files
 from kmdagster.defs.run_history import open_ledger_progress
+from kmdagster.defs.runs import OUTCOME_TAG
 from kmdagster.faults import crash_point
 from kmdagster.s3.objects import S3AccessError, S3File
 from kmdagster.warehouse.warehouse import Warehouse
@@ -93,8 +94,12 @@ def import_following_files(
                 context.log_event(as_partition_event(result, key))  # type: ignore[arg-type]
         if not report.complete:
             record_budget_stop(context, source, report.ledger, files_before=completed + 1)
-            break
+            return completed
         completed += 1
+    if completed:  # what the runs list shows of the run, as for a budget stop
+        context.instance.add_run_tags(
+            context.run.run_id, {OUTCOME_TAG: f"{completed + 1} files imported"}
+        )
     return completed
 
 

@@ -8,6 +8,7 @@ appended file by file, so DuckDB's zone maps skip the other files' row groups.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from weakref import WeakKeyDictionary
 
 import polars as pl
 
@@ -39,11 +40,13 @@ def _count(database: Database, sql: str, params: list[object]) -> int:
 
 
 def rows_by_table(database: Database, row: LedgerRow) -> dict[str, int]:
-    """The rows each table holds for this file version, counted in the warehouse."""
-    return {
-        table: _count(database, f"SELECT count(*) FROM {table} WHERE {_OF_FILE}", _file(row))
-        for table in ROW_TABLES
-    }
+    """The rows each table holds for this file version, counted in the warehouse (one
+    query: a catch-up run asks this of every small file it imports)."""
+    counts = " UNION ALL ".join(
+        f"SELECT '{table}', count(*) FROM {table} WHERE {_OF_FILE}" for table in ROW_TABLES
+    )
+    counted = {table: int(found or 0) for table, found in database.rows(counts, _file(row))}
+    return {table: counted[table] for table in ROW_TABLES}
 
 
 def duplicate_rows(database: Database, row: LedgerRow, table: str) -> int:
@@ -119,15 +122,22 @@ def reject_reasons(
 
 
 def table_columns(database: Database, table: str) -> list[tuple[str, str]]:
-    """(name, type) of each column of ``table``, in order."""
-    return [
-        (name, data_type)
-        for name, data_type in database.rows(
-            "SELECT column_name, data_type FROM information_schema.columns "
-            "WHERE table_name = $1 AND table_schema = current_schema() ORDER BY ordinal_position",
-            [table],
-        )
-    ]
+    """(name, type) of each column of ``table``, in order; read once per connection (a
+    writer's schema is current from the moment it opens)."""
+    known = _COLUMNS.setdefault(database, {})
+    if table not in known:
+        known[table] = [
+            (name, data_type)
+            for name, data_type in database.rows(
+                "SELECT column_name, data_type FROM information_schema.columns WHERE "
+                "table_name = $1 AND table_schema = current_schema() ORDER BY ordinal_position",
+                [table],
+            )
+        ]
+    return known[table]
+
+
+_COLUMNS: WeakKeyDictionary[Database, dict[str, list[tuple[str, str]]]] = WeakKeyDictionary()
 
 
 def reject_batches(
