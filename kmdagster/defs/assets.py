@@ -9,6 +9,9 @@
   checks are evaluated at every run, on what the file has committed so far. A re-run of
   a complete file loads nothing and says so.
 - ``<source>/archived_file``: the move to completed_imports/ with the rejects file beside it.
+
+With ``max_files_per_run`` over 1 both steps go on to the next pending files after the
+run's own (``catch_up``), each reported on its own partition.
 """
 
 import time
