@@ -13,7 +13,9 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -274,3 +276,31 @@ def test_an_unreachable_catalog_is_named_without_any_secret(
     assert "no_such_database" in message and "ducklake_catalog" in message
     for secret in (ADMIN.secret_key, postgres_server.password):
         assert secret not in message
+
+
+def open_at_once(settings: WarehouseSettings, start: threading.Barrier) -> int | None:
+    """Open the lake as a run does, once every thread is ready to."""
+    start.wait()
+    with Warehouse.open(settings) as warehouse:
+        return warehouse.upgraded_from
+
+
+def test_first_runs_of_sources_on_a_new_lake_at_once_all_open_it(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """Three sources' first runs open a lake that does not exist yet at the same instant:
+    one creates the catalog and the tables, the others wait for it and open the same lake
+    (PostgreSQL refuses the loser's CREATE TABLE of a catalog table)."""
+    for round_ in range(3):
+        catalog = postgres_server.create_database(f"km_lake_new_{next(_lakes)}")
+        settings = WarehouseSettings(
+            backend="ducklake",
+            ducklake_catalog=catalog,
+            ducklake_data_path=str(tmp_path / f"lake-{round_}"),
+        )
+        start = threading.Barrier(3)
+        with ThreadPoolExecutor(3) as pool:
+            opened = [pool.submit(open_at_once, settings, start) for _ in range(3)]
+            for future in opened:
+                future.result(timeout=120)
+        assert warehouse_rows(settings, "SELECT count(*) FROM km_import_files") == [(0,)]

@@ -273,6 +273,16 @@ def attach_lake(
     return con
 
 
+def _lost_the_race_to_create(error: str, settings: WarehouseSettings) -> bool:
+    """Whether ATTACH failed because another process created the same PostgreSQL catalog
+    tables in the same instant (PostgreSQL refuses the second CREATE TABLE of a name)."""
+    return (
+        catalog_is_postgres(settings.ducklake_catalog)
+        and "Failed to initialize DuckLake" in error
+        and ("duplicate key value" in error or "already exists" in error)
+    )
+
+
 def _attach_waiting(
     con: duckdb.DuckDBPyConnection,
     target: str,
@@ -300,6 +310,11 @@ def _attach_waiting(
                     "process at a time: query with `kmdagster sql` (held only while its query "
                     "runs), or put the catalog on PostgreSQL for many writers and readers"
                 ) from exc
+            if _lost_the_race_to_create(text, settings) and time.monotonic() < deadline:
+                # Another process is creating this lake's catalog at this very moment (two
+                # sources' first runs at once): once it commits, attaching finds the lake.
+                time.sleep(0.2)
+                continue
             if "creating a new DuckLake is explicitly disabled" in text:
                 raise LakeNotCreated(f"the lake {where} has not been created yet") from exc
             if "not a valid DuckDB database file" in text:
