@@ -30,6 +30,7 @@ from benchmarks.lake import BUCKET, start_bench_s3
 from kmdagster.config import KmConfig, S3Settings, SourceConfig, WarehouseSettings
 from kmdagster.defs.factory import build_definitions
 from kmdagster.defs.naming import SourceNames
+from kmdagster.warehouse.file_rows import ROW_IDENTITY
 from kmdagster.warehouse.warehouse import Warehouse
 from kmdagster_dev.instance_yaml import write_instance_yaml
 from kmdagster_dev.km_files import KmFile, km_file
@@ -111,14 +112,9 @@ def assert_every_line_once(settings: WarehouseSettings, file: KmFile, files: int
             "SELECT count(*), sum(lines_read) FROM km_import_files WHERE status = 'archived'"
         )
         assert ledger == (files, files * file.lines), ledger
-        for table, identity, expected in (
-            ("km_events", "line_no", file.events),
-            ("km_properties", "line_no, name", file.properties),
-            ("km_aliases", "line_no", file.aliases),
-            ("km_rejects", "line_no", file.rejects),
-        ):
+        for table, expected in file.rows.items():
             [(total, distinct)] = rows(
-                f"SELECT count(*), count(DISTINCT (file_id, {identity})) FROM {table}"
+                f"SELECT count(*), count(DISTINCT (file_id, {ROW_IDENTITY[table]})) FROM {table}"
             )
             assert total == distinct == files * expected, (table, total, distinct)
 

@@ -50,6 +50,16 @@ class KmFile:
     def valid_lines(self) -> int:
         return self.lines - self.rejects - self.blanks
 
+    @property
+    def rows(self) -> dict[str, int]:
+        """The rows the file puts in each documented table."""
+        return {
+            "km_events": self.events,
+            "km_properties": self.properties,
+            "km_aliases": self.aliases,
+            "km_rejects": self.rejects,
+        }
+
 
 def km_file(seed: int, repeats: int = 10) -> KmFile:
     """``repeats`` blocks of 8 lines: 3 events (one with 2 properties), a property set,

@@ -16,6 +16,7 @@ from kmdagster.config import (
 )
 from kmdagster.defs.naming import SourceNames
 from kmdagster.importer import ImportReport, ImportSeams, import_file
+from kmdagster.warehouse.file_rows import ROW_IDENTITY
 from kmdagster.warehouse.warehouse import Warehouse
 from kmdagster_dev.km_files import KmFile
 from kmdagster_dev.seaweed import Identity, SeaweedS3
@@ -69,15 +70,11 @@ def warehouse_rows(settings: WarehouseSettings, sql: str) -> list[tuple[Any, ...
 def assert_file_loaded_once(warehouse: WarehouseSettings, key: str, file: KmFile) -> None:
     """Every line of ``file`` (at ``key``) is in the warehouse once: each table holds its
     expected rows, none twice, and the ledger accounts for every line."""
-    for table, identity, expected in (
-        ("km_events", "line_no", file.events),
-        ("km_properties", "(line_no, name)", file.properties),
-        ("km_aliases", "line_no", file.aliases),
-        ("km_rejects", "line_no", file.rejects),
-    ):
+    for table, expected in file.rows.items():
         [(total, distinct)] = warehouse_rows(
             warehouse,
-            f"SELECT count(*), count(DISTINCT {identity}) FROM {table} WHERE file_key = '{key}'",
+            f"SELECT count(*), count(DISTINCT ({ROW_IDENTITY[table]})) FROM {table} "
+            f"WHERE file_key = '{key}'",
         )
         assert total == distinct == expected, (key, table)
     [counts] = warehouse_rows(

@@ -29,6 +29,7 @@ from kmdagster.defs.factory import build_definitions
 from kmdagster.defs.runs import OUTCOME_TAG
 from kmdagster.faults import CRASH_ENV
 from kmdagster.s3.objects import ARCHIVE_PREFIX
+from kmdagster.warehouse.file_rows import ROW_IDENTITY
 from kmdagster.warehouse.schema import ROW_TABLES
 from kmdagster_dev.km_files import KmFile, km_file
 from kmdagster_dev.seaweed import SeaweedS3
@@ -65,23 +66,16 @@ def tick_until_nothing_pending(defs: Any, instance: DagsterInstance, most: int) 
 
 def assert_every_line_once(warehouse: WarehouseSettings, files: dict[str, KmFile]) -> None:
     """Each table holds each file's expected rows, none twice, in a query per table."""
-    for table, identity, expected in (
-        ("km_events", "line_no", "events"),
-        ("km_properties", "line_no || '/' || name", "properties"),
-        ("km_aliases", "line_no", "aliases"),
-        ("km_rejects", "line_no", "rejects"),
-    ):
+    for table, identity in ROW_IDENTITY.items():
         counted = {
             key: (total, distinct)
             for key, total, distinct in warehouse_rows(
                 warehouse,
-                f"SELECT file_key, count(*), count(DISTINCT {identity}) FROM {table} "
+                f"SELECT file_key, count(*), count(DISTINCT ({identity})) FROM {table} "
                 "GROUP BY file_key",
             )
         }
-        wanted = {
-            key: (getattr(file, expected), getattr(file, expected)) for key, file in files.items()
-        }
+        wanted = {key: (file.rows[table],) * 2 for key, file in files.items()}
         assert counted == {k: v for k, v in wanted.items() if v[0]}, table
 
 

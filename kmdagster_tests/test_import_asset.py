@@ -172,12 +172,7 @@ def test_a_version_replaced_partway_stays_superseded_and_out_of_the_relations(
     )
     assert [status for status, _ in ledger] == ["superseded", "archived"]
     # An analyst's count sees the current version's lines alone ...
-    for table, expected in (
-        ("km_events", second.events),
-        ("km_properties", second.properties),
-        ("km_aliases", second.aliases),
-        ("km_rejects", second.rejects),
-    ):
+    for table, expected in second.rows.items():
         assert query(warehouse_settings, f"SELECT count(*) FROM {table}") == [(expected,)]
     assert query(warehouse_settings, "SELECT count(*) FROM km_events_dedup") == query(
         warehouse_settings,

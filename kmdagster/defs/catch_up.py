@@ -51,9 +51,9 @@ def import_following_files(
     source: SourceConfig,
     root_files: list[S3File],
     seconds_left: Callable[[], float],
-) -> int:
+) -> None:
     """Import the pending files after the run's own (complete) one, up to the source's
-    ``max_files_per_run`` in all; returns how many it completed."""
+    ``max_files_per_run`` in all, and tag the run with what it did."""
     following = next_files(
         context.instance,
         source,
@@ -94,13 +94,12 @@ def import_following_files(
                 context.log_event(as_partition_event(result, key))  # type: ignore[arg-type]
         if not report.complete:
             record_budget_stop(context, source, report.ledger, files_before=completed + 1)
-            return completed
+            return
         completed += 1
     if completed:  # what the runs list shows of the run, as for a budget stop
         context.instance.add_run_tags(
             context.run.run_id, {OUTCOME_TAG: f"{completed + 1} files imported"}
         )
-    return completed
 
 
 def files_materialized_by_run(
