@@ -34,16 +34,13 @@ from kmdagster.config import SourceConfig
 from kmdagster.defs.catch_up import archive_following_files, import_following_files
 from kmdagster.defs.checks import data_check_specs
 from kmdagster.defs.file_events import (
-    file_results,
     import_partition_file,
-    is_selected,
     record_budget_stop,
     report_archive,
-    report_progress,
+    reported_file,
 )
 from kmdagster.defs.naming import SourceNames
 from kmdagster.defs.resources import WarehouseResource
-from kmdagster.faults import crash_point
 from kmdagster.importer import retire_replaced_versions
 from kmdagster.s3.objects import S3AccessError
 from kmdagster.status import list_root_files
@@ -140,15 +137,10 @@ def build_import_asset(
             except S3AccessError as exc:
                 raise Failure(description=str(exc)) from exc
             report = import_partition_file(context, client, warehouse, source, key)
-            crash_point("asset.before_progress_event")
-            report_progress(context, source, report)
+            results = reported_file(context, warehouse, source, report)
             if not report.complete:
                 record_budget_stop(context, source, report.ledger)
-            warehouse.checkpoint()  # the checks below read every row of the file
-            # Checked at every run, on what the file has committed so far.
-            for result in file_results(warehouse.database, source, report):
-                if is_selected(context, result):
-                    yield result
+            yield from results
             if report.complete and source.max_files_per_run > 1:
                 import_following_files(
                     context,

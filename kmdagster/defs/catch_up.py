@@ -28,18 +28,15 @@ from kmdagster.config import SourceConfig
 from kmdagster.defs.checks import FILE_CHECKS_TABLE
 from kmdagster.defs.file_events import (
     as_partition_event,
-    file_results,
     import_partition_file,
-    is_selected,
     record_budget_stop,
     report_archive,
-    report_progress,
+    reported_file,
 )
 from kmdagster.defs.naming import SourceNames
 from kmdagster.defs.pending import next_files
 from kmdagster.defs.run_history import open_ledger_progress
 from kmdagster.defs.runs import OUTCOME_TAG
-from kmdagster.faults import crash_point
 from kmdagster.s3.objects import S3AccessError, S3File
 from kmdagster.warehouse.warehouse import Warehouse
 
@@ -85,13 +82,9 @@ def import_following_files(
                 "The next tick imports it in a run of its own."
             )
             break
-        crash_point("asset.before_progress_event")
-        report_progress(context, source, report)
-        warehouse.checkpoint()  # the checks read every row of the file
-        for result in file_results(warehouse.database, source, report):
-            if is_selected(context, result):
-                # log_event takes check evaluations too, though its annotation says not.
-                context.log_event(as_partition_event(result, key))  # type: ignore[arg-type]
+        for result in reported_file(context, warehouse, source, report):
+            # log_event takes check evaluations too, though its annotation says not.
+            context.log_event(as_partition_event(result, key))  # type: ignore[arg-type]
         if not report.complete:
             record_budget_stop(context, source, report.ledger, files_before=completed + 1)
             return

@@ -29,6 +29,7 @@ from kmdagster.defs.checks import data_check_results
 from kmdagster.defs.metadata import archive_metadata, progress_metadata, table_metadata
 from kmdagster.defs.naming import SourceNames
 from kmdagster.defs.runs import OUTCOME_TAG
+from kmdagster.faults import crash_point
 from kmdagster.importer import ImportReport, import_file
 from kmdagster.s3.objects import S3AccessError
 from kmdagster.s3.piece_reader import FileChangedError
@@ -134,6 +135,18 @@ def report_progress(
             metadata=progress_metadata(report, source.bucket),
         )
     )
+
+
+def reported_file(
+    context: AssetExecutionContext, warehouse: Warehouse, source: SourceConfig, report: ImportReport
+) -> list[FileResult]:
+    """Log the file's progress; return what the run selected of its results: the tables'
+    materializations (when complete) and its data checks, on what it has committed so far."""
+    crash_point("asset.before_progress_event")
+    report_progress(context, source, report)
+    warehouse.checkpoint()  # the checks read every row of the file
+    results = file_results(warehouse.database, source, report)
+    return [result for result in results if is_selected(context, result)]
 
 
 def file_results(
