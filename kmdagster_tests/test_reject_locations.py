@@ -1,10 +1,12 @@
 """KISSmetrics' octal escapes (the reason, the repair) and where a rejected line is: its
 byte offset in the file and, for a line that is not JSON, the character where parsing
-stopped. Pure functions, no server."""
+stopped. Pure functions, and one import through the source's setting."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,6 +14,10 @@ from kmdagster.km_format.octal_escapes import repaired_line
 from kmdagster.km_format.reasons import REJECT_REASONS
 from kmdagster.km_format.split import split_km_lines
 from kmdagster.km_format.summary import PreviewAccumulator
+from kmdagster.warehouse.warehouse import DuckDBWarehouse
+from kmdagster_dev.km_files import compressed_bytes
+from kmdagster_tests.helpers import run_import
+from kmdagster_tests.test_import_asset import query
 
 NOW = 1_800_000_000
 POUND = r'{"_p":"1","_t":1328044149,"_n":"Paid","price":"\302\24315"}'  # £15
@@ -101,3 +107,27 @@ def test_lines_that_are_not_json_say_where_parsing_stopped(line: str, position: 
 def test_rejects_of_json_lines_have_no_error_position() -> None:
     result = split('{"_p":"1","_t":-5,"_n":"x"}', "[1, 2]")
     assert result.rejects["error_position"].to_list() == [None, None]
+
+
+@pytest.mark.parametrize("repair", [False, True])
+def test_a_source_imports_octal_lines_as_its_repair_setting_says(
+    s3: Any, bucket: str, tmp_path: Path, repair: bool
+) -> None:
+    key = "accounts-octal.json.gz"  # compressed: offsets count the uncompressed bytes
+    lines = (POUND, NOT_UTF8, ESCAPED_BACKSLASH)
+    data = ("\n".join(lines) + "\n").encode()
+    s3.put_object(Bucket=bucket, Key=key, Body=compressed_bytes(data, "gzip"))
+    with DuckDBWarehouse.connect(tmp_path / "w.duckdb") as warehouse:
+        report = run_import(s3, warehouse, bucket, key, 1 << 20, repair_octal_escapes=repair)
+    assert (report.lines_loaded, report.lines_rejected) == ((2, 1) if repair else (1, 2))
+    rejects = query(
+        tmp_path / "w.duckdb",
+        "SELECT line_no, byte_offset, reason FROM km_rejects ORDER BY line_no",
+    )
+    second_line = len(POUND) + 1
+    expected = [(2, second_line, "invalid_utf8")]
+    if not repair:
+        expected = [(1, 0, "octal_escape"), (2, second_line, "octal_escape")]
+    assert rejects == expected
+    prices = query(tmp_path / "w.duckdb", "SELECT value FROM km_properties WHERE name = 'price'")
+    assert prices == ([("£15",)] if repair else [])
