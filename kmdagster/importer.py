@@ -14,7 +14,7 @@ from functools import partial
 from typing import Any
 
 from kmdagster.config import SourceConfig
-from kmdagster.faults import crash_point
+from kmdagster.faults import crash_point, hold_point
 from kmdagster.km_format.lines import count_lines
 from kmdagster.km_format.split import SplitLines, split_km_lines
 from kmdagster.s3.objects import S3AccessError, S3File, compression_of, head_file
@@ -163,6 +163,7 @@ def import_file(
                 pieces = pieces_from(row)
                 continue
             crash_point("import.chunk_committed")
+            hold_point("import.chunk_committed", source.name)
             chunks += 1
             if seams.after_commit is not None:
                 seams.after_commit(row)

@@ -6,6 +6,9 @@ runs carry the postgres warehouse tag, which the run queue does not hold back.
 Mid-import, the machine running an import is lost: its code server and run worker get
 SIGKILL. Run monitoring fails the dead run once it is past its budget plus
 run_grace_seconds, and a later tick resumes the file with every line loaded once.
+On the lake, the orders run is held after its first commit (a hold point) until the
+accounts run that resumes has started: their run records show the two sources' runs
+overlapping, which is what the lake is for.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from dagster import (
 
 from kmdagster.config import KmConfig, S3Settings, SourceConfig, WarehouseSettings
 from kmdagster.defs.runs import SOURCE_TAG, WAREHOUSE_TAG
+from kmdagster.faults import HOLD_ENV
 from kmdagster.s3.objects import ARCHIVE_PREFIX
 from kmdagster_dev.instance_yaml import deploy_instance_settings, write_instance_yaml
 from kmdagster_dev.km_files import km_file
@@ -44,6 +48,11 @@ T = TypeVar("T")
 BIG_KEY = "accounts.20261130.json"
 ORDER_KEY = "orders.1.json"
 FINISH_SECONDS = 420
+RELEASE = "release-orders"  # created once an orders run and an accounts run both run
+# run_grace_seconds by source, held or not. When orders is held until accounts resumes,
+# accounts' killed run is failed only after orders' first run has surely begun (whatever
+# the code server's restart took), and the held run outlives no limit.
+GRACE = {False: {"accounts": 30, "orders": 30}, True: {"accounts": 75, "orders": 600}}
 
 
 def wait_for(what: str, found: Callable[[], T | None], timeout: float, every: float = 0.2) -> T:
@@ -107,6 +116,7 @@ def deployment(
     dagster_db = f"dagster_{suffix}"
     postgres_server.create_database(dagster_db)
     warehouse_url = postgres_server.create_database(f"km_{suffix}")
+    on_lake = request.param == "ducklake"
     buckets = {
         name: f"km-deploy-{name}-{suffix.replace('_', '-')}" for name in ("accounts", "orders")
     }
@@ -121,11 +131,11 @@ def deployment(
             sensor_interval_seconds=5,
             chunk_bytes=1024 * 1024,
             time_budget_seconds=20,
-            run_grace_seconds=30,
+            run_grace_seconds=GRACE[on_lake][name],
         )
         for name, bucket in buckets.items()
     )
-    if request.param == "postgres":
+    if not on_lake:
         warehouse = WarehouseSettings(backend="postgres", postgres_url=warehouse_url)
     else:
         s3.create_bucket(Bucket=f"km-lake-{suffix.replace('_', '-')}")
@@ -156,6 +166,8 @@ def deployment(
         "KMDAGSTER_CONFIG": str(write_config(tmp_path / "kmdagster.yaml", config)),
         "DAGSTER_HOME": str(home),
     }
+    if on_lake:
+        env[HOLD_ENV] = f"import.chunk_committed:orders:{tmp_path / RELEASE}"
     yield config, env
 
 
@@ -208,6 +220,9 @@ def test_daemon_on_postgres_imports_two_sources_and_recovers_a_killed_run(
             code_server = start_code_server(port, env, tmp_path / "code-server-2.log")
             # The second source starts while the first resumes: neither waits for the other.
             confirm(orders, workspace, env)
+            if HOLD_ENV in env:  # both sources' runs at once, then orders is released
+                wait_for_runs_side_by_side(instance, killed.run_id)
+                (tmp_path / RELEASE).touch()
 
             wait_for(
                 "every file archived",
@@ -246,6 +261,13 @@ def test_daemon_on_postgres_imports_two_sources_and_recovers_a_killed_run(
     assert tags == {warehouse.backend}
     limits = deploy_instance_settings()["run_queue"]["tag_concurrency_limits"]
     assert [limit["value"] for limit in limits if limit["key"] == WAREHOUSE_TAG] == ["duckdb"]
+    # Their run records show an accounts run and an orders run in progress at once.
+    resumed = [r for r in records if r.dagster_run.status == DagsterRunStatus.SUCCESS]
+    assert HOLD_ENV not in env or any(
+        a.start_time < o.end_time and o.start_time < a.end_time  # type: ignore[operator]
+        for a in resumed
+        for o in order_runs
+    ), [(r.dagster_run.tags[SOURCE_TAG], r.start_time, r.end_time) for r in [*records, *order_runs]]
     assert ledger(warehouse)[BIG_KEY][2] >= 2  # the killed run and the one that resumed
     assert_file_loaded_once(warehouse, BIG_KEY, big)
     assert_file_loaded_once(warehouse, ORDER_KEY, order_file)
@@ -253,6 +275,22 @@ def test_daemon_on_postgres_imports_two_sources_and_recovers_a_killed_run(
         listed = [item["Key"] for item in s3.list_objects_v2(Bucket=source.bucket)["Contents"]]
         assert [k for k in listed if not k.startswith(ARCHIVE_PREFIX)] == []
         assert any(k.endswith(f"/{key}") for k in listed)
+
+
+def wait_for_runs_side_by_side(instance: DagsterInstance, killed_run_id: str) -> None:
+    """Until an orders run (held) and an accounts run other than the killed one both run."""
+
+    def in_progress(source: str) -> list[str]:
+        started = RunsFilter(tags={SOURCE_TAG: source}, statuses=[DagsterRunStatus.STARTED])
+        return [r.run_id for r in instance.get_runs(started) if r.run_id != killed_run_id]
+
+    wait_for("an orders run", lambda: in_progress("orders"), timeout=300)
+    wait_for(
+        "an accounts run beside the orders run",
+        lambda: in_progress("accounts") and in_progress("orders"),
+        timeout=300,
+        every=0.1,
+    )
 
 
 def confirm(source: SourceConfig, workspace: Path, env: dict[str, str]) -> None:
