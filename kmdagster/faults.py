@@ -26,6 +26,7 @@ CRASH_POINTS = (
     "schema.in_transaction",  # a new warehouse's tables created, not yet committed
     "import.chunk_read",  # a piece read, nothing of its chunk committed
     "commit_chunk.in_transaction",  # rows inserted, ledger not yet updated or committed
+    "commit_chunk.aliases_committed",  # a lake's chunk committed, its alias groups not merged
     "import.chunk_committed",  # committed to the warehouse, Dagster not yet told
     "asset.before_progress_event",  # the run's last commit done, no observation logged
     "archive.copied",  # the archive copy exists, the ledger does not know it

@@ -395,3 +395,27 @@ def test_a_newer_duckdb_export_imports_into_a_warehouse_that_takes_new_rows(
         assert row.file_id == 2
     assert main(["import-warehouse", str(tmp_path / "km_export")]) == 1  # never over a file
     assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("warehouse_settings", ["ducklake"], indirect=True)
+def test_a_version_4_lake_gains_its_alias_merges_marked_as_done(
+    warehouse_settings: WarehouseSettings,
+) -> None:
+    file = km_file(seed=3, repeats=5)
+    with Warehouse.open(warehouse_settings) as warehouse:
+        row = warehouse.open_file("accounts", "old.json", '"e1"', len(file.data))
+        split = split_km_lines(file.data, 1, 1_800_000_000)
+        end = PieceEnd.plain(len(file.data), row.size_bytes)
+        warehouse.commit_chunk(row, [(warehouse.lay_out(split), end)])
+        db = warehouse.database  # as version 4 left it: groups merged with each chunk
+        db.execute("DROP TABLE km_alias_merges")
+        db.execute("UPDATE km_schema SET version = 4")
+        [(groups,)] = db.rows("SELECT count(DISTINCT person_id) FROM km_identity_groups")
+    assert groups == file.aliases > 0
+    with Warehouse.open(warehouse_settings) as warehouse:
+        assert warehouse.upgraded_from == 4
+        db = warehouse.database
+        assert db.rows("SELECT through_line FROM km_alias_merges") == [(file.lines,)]
+        assert db.rows("SELECT max(version) FROM km_schema") == [(SCHEMA_VERSION,)]
+        [(after,)] = db.rows("SELECT count(DISTINCT person_id) FROM km_identity_groups")
+    assert after == groups

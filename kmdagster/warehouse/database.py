@@ -57,6 +57,7 @@ class Database(Protocol):
     location: str  # what to name in messages: a file path, or a URL without its password
     reads_string_views: bool  # whether ``append`` takes Arrow string views as they are
     appends_ledger: bool  # the ledger appended to as revisions (a lake): ledger_writes.py
+    merges_aliases_apart: bool  # alias groups merged after the chunk commits: people.py
 
     def execute(self, sql: str, params: Params = ()) -> None: ...
 

@@ -129,6 +129,7 @@ class DuckDBDatabase:
     reads_string_views = True
     sql_skip_duplicates = "ON CONFLICT DO NOTHING"
     appends_ledger = False
+    merges_aliases_apart = False
 
     def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, writer: bool) -> None:
         self.connection = con

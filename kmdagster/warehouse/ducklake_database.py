@@ -120,6 +120,7 @@ class DuckLakeDatabase(DuckDBDatabase):
     backend = "ducklake"
     sql_skip_duplicates = ""  # no keys in a lake: see ``next_ids``
     appends_ledger = True  # revisions appended, never updated (ledger_writes.py)
+    merges_aliases_apart = True  # after the chunk's commit (people.py)
 
     def __init__(self, con: duckdb.DuckDBPyConnection, location: str, writer: bool) -> None:
         super().__init__(con, Path(location), writer=False)

@@ -1,8 +1,17 @@
 """Who is who: ``km_identity_groups`` maps each aliased identity to its group's person id.
 
-Kept in the chunk's own transaction: a chunk's alias pairs are joined with the groups its
-identities already belong to, and those groups are written again as one. Identities
-never aliased have no row; ``km_people`` gives them their own id.
+A chunk's alias pairs are joined with the groups its identities already belong to, and
+those groups are written again as one. Identities never aliased have no row;
+``km_people`` gives them their own id.
+
+In the DuckDB file and PostgreSQL the merge is part of the chunk's own transaction. On a
+lake, rewriting groups deletes from the table, and a commit that deletes conflicts with
+every other writer's insert into it: two sources' chunks would refuse each other and be
+read again whole. There a chunk commits its pairs (in ``km_aliases``) and then merges them
+in a small transaction of its own, tried again on conflict, with a row in
+``km_alias_merges`` saying how far into the file version the groups go; a merge that
+never ran (the process was killed between the two commits) is caught up by the next
+writer that opens the lake, from the committed pairs.
 """
 
 from __future__ import annotations
@@ -10,7 +19,7 @@ from __future__ import annotations
 import polars as pl
 
 from kmdagster.km_format.identities import identity_groups
-from kmdagster.warehouse.database import Database
+from kmdagster.warehouse.database import Database, transaction
 
 
 def add_alias_pairs(database: Database, aliases: pl.DataFrame) -> None:
@@ -35,3 +44,36 @@ def add_alias_pairs(database: Database, aliases: pl.DataFrame) -> None:
         database.execute(
             "INSERT INTO km_identity_groups SELECT identity, person_id FROM km_regrouped"
         )
+
+
+def merge_aliases_apart(
+    database: Database, file_id: int, pairs: pl.DataFrame, through_line: int
+) -> None:
+    """On a lake: ``pairs``, committed for ``file_id`` up to ``through_line``, merged into
+    the groups in a transaction of their own (tried again while another writer's merge
+    commits first), recorded in ``km_alias_merges``."""
+
+    def merge() -> None:
+        add_alias_pairs(database, pairs)
+        database.execute("INSERT INTO km_alias_merges VALUES ($1, $2)", [file_id, through_line])
+
+    transaction(database, merge)
+
+
+def merge_pending_aliases(database: Database) -> int:
+    """On a lake: merge the committed pairs of every file version whose merges stop short
+    of its committed lines; returns how many file versions were caught up."""
+    pending = database.rows(
+        "SELECT f.file_id, coalesce(max(m.through_line), 0), f.lines_read "
+        "FROM km_import_files AS f LEFT JOIN km_alias_merges AS m ON m.file_id = f.file_id "
+        "WHERE f.aliases_rows > 0 GROUP BY f.file_id, f.lines_read "
+        "HAVING coalesce(max(m.through_line), 0) < f.lines_read"
+    )
+    for file_id, merged_through, lines_read in pending:
+        pairs = database.frame(
+            "SELECT person, alias FROM km_alias_rows WHERE file_id = $1 AND line_no > $2 "
+            "AND line_no <= $3",
+            [file_id, merged_through, lines_read],
+        )
+        merge_aliases_apart(database, file_id, pairs, lines_read)
+    return len(pending)

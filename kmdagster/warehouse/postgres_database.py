@@ -46,6 +46,7 @@ class PostgresDatabase:
     reads_string_views = False  # the driver's COPY writer reads plain strings only
     sql_skip_duplicates = "ON CONFLICT DO NOTHING"
     appends_ledger = False
+    merges_aliases_apart = False
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -31,7 +31,7 @@ from kmdagster.km_format.split import MAX_RAW_LINE_CHARS
 from kmdagster.warehouse.database import Database, WarehouseSchemaError, sql_list, transaction
 from kmdagster.warehouse.people import add_alias_pairs
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 UPGRADE_COMMAND = "kmdagster upgrade-warehouse"
 
 _SEQUENCES = """
@@ -116,6 +116,10 @@ _TABLES["km_import_file_revisions"] = (
     "",
 )
 _TABLES["km_import_run_chunks"] = (_TABLES["km_import_runs"][0], "")
+# On a lake, alias groups are merged after the chunk commits, in a transaction of their
+# own (``people.merge_aliases_apart``): a row per merge says how far into the file
+# version its pairs are in the groups.
+_TABLES["km_alias_merges"] = ("file_id INTEGER NOT NULL, through_line BIGINT NOT NULL", "")
 _LAKE_LEDGER_VIEWS = """
 CREATE OR REPLACE VIEW km_import_files AS
 SELECT * EXCLUDE (revision, k) FROM (
@@ -128,7 +132,7 @@ SELECT file_id, run_id, min(start_offset) AS start_offset, max(next_offset) AS n
     count(*) AS chunks, max(updated_at) AS updated_at
 FROM km_import_run_chunks GROUP BY file_id, run_id;
 """
-_LAKE_TABLES = ("km_import_file_revisions", "km_import_run_chunks")
+_LAKE_TABLES = ("km_import_file_revisions", "km_import_run_chunks", "km_alias_merges")
 _LEDGER_TABLES = ("km_import_files",)
 _RUN_TABLES = ("km_import_runs",)
 _STORAGE_TABLES = tuple(
@@ -319,11 +323,14 @@ def _create_or_upgrade(database: Database) -> int | None:
     else:
         if version == 1:
             _upgrade_from_v1(database)  # with version 4's columns
-        else:  # rejects located in their file; bytes read of each file
+        elif version < 4:  # rejects located in their file; bytes read of each file
             _add_v4_columns(database)
         if version < 3:  # the run ledger; relations that leave replaced versions out
             _run_script(database, _RUNS)
-        _run_script(database, _VIEWS)
+        if version < 4:
+            _run_script(database, _VIEWS)
+        if database.backend == "ducklake":  # (a lake was never older than version 4)
+            _add_alias_merges(database)
     crash_point("schema.in_transaction")
     database.execute("DELETE FROM km_schema")
     database.execute(
@@ -352,6 +359,16 @@ def _add_v4_columns(database: Database) -> None:
             database.execute(f"ALTER TABLE {altered} ADD COLUMN IF NOT EXISTS {name} {kind}")
     if lake:
         _run_script(database, _LAKE_LEDGER_VIEWS)
+
+
+def _add_alias_merges(database: Database) -> None:
+    """Version 5 on a lake: its groups were merged in each chunk's own transaction, so
+    every committed line's pairs are in them."""
+    _run_script(database, _create_tables(("km_alias_merges",), keyed=False))
+    database.execute(
+        "INSERT INTO km_alias_merges SELECT file_id, lines_read FROM km_import_files "
+        "WHERE file_id IS NOT NULL AND aliases_rows > 0"
+    )
 
 
 def _upgrade_from_v1(con: Database) -> None:

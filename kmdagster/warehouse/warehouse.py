@@ -33,7 +33,11 @@ from kmdagster.warehouse.duckdb_database import DuckDBDatabase, WarehouseBusy, i
 from kmdagster.warehouse.ducklake_database import DuckLakeDatabase
 from kmdagster.warehouse.ledger_writes import LEDGER_COLUMNS, ledger_table, ledger_update
 from kmdagster.warehouse.name_ids import NameIds
-from kmdagster.warehouse.people import add_alias_pairs
+from kmdagster.warehouse.people import (
+    add_alias_pairs,
+    merge_aliases_apart,
+    merge_pending_aliases,
+)
 from kmdagster.warehouse.piece_rows import PieceRows, piece_rows
 from kmdagster.warehouse.postgres_database import PostgresDatabase, WarehouseUnreachable
 from kmdagster.warehouse.schema import (
@@ -169,6 +173,15 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _or_no_pairs(pairs: pl.DataFrame | None) -> pl.DataFrame:
+    """A chunk's alias pairs, or none (columns ``person``, ``alias``)."""
+    return (
+        pairs
+        if pairs is not None
+        else pl.DataFrame(schema={"person": pl.String, "alias": pl.String})
+    )
+
+
 class Warehouse:
     """The km_* relations and the ledger, on one open database connection."""
 
@@ -179,6 +192,8 @@ class Warehouse:
         self.upgraded_from: int | None = None  # the schema version a writer found
         if writer:
             self.upgraded_from = prepare_for_writing(database)
+            if database.merges_aliases_apart:
+                merge_pending_aliases(database)
         else:
             check_readable(database)
 
@@ -376,8 +391,9 @@ class Warehouse:
                 lines_blank += split.blank_lines
                 for relation, count in piece.row_counts.items():
                     rows[relation] += count
-            if aliases:
-                add_alias_pairs(db, pl.concat(aliases))
+            pairs = pl.concat(aliases) if aliases else None
+            if pairs is not None and not db.merges_aliases_apart:
+                add_alias_pairs(db, pairs)
             complete, next_offset = last.last, last.offset
             now = utc_now()
             crash_point("commit_chunk.in_transaction")
@@ -414,6 +430,9 @@ class Warehouse:
             raise
         assert committed is not None
         self._bytes_since_checkpoint += committed.next_offset - row.next_offset
+        if db.merges_aliases_apart and committed.aliases_rows:
+            crash_point("commit_chunk.aliases_committed")
+            merge_aliases_apart(db, row.file_id, _or_no_pairs(pairs), committed.lines_read)
         return committed
 
     def _record_run(self, file_id: int, run_id: str, start: int, end: int, now: datetime) -> None:
