@@ -28,7 +28,6 @@ from kmdagster.defs.naming import LAKE_FILES_ASSET, LAKE_MAINTENANCE_SCHEDULE
 from kmdagster.defs.resources import build_resources
 from kmdagster.warehouse import ducklake_database
 from kmdagster.warehouse.ducklake_database import DuckLakeDatabase, WarehouseLakeError
-from kmdagster.warehouse.piece_rows import PieceRows
 from kmdagster.warehouse.warehouse import Warehouse
 from kmdagster_dev.km_files import km_file
 from kmdagster_dev.postgres import PostgresServer
@@ -159,16 +158,16 @@ class ChunkMeetsAnotherWriter(Warehouse):
     """A warehouse whose first chunk meets another writer's commit mid-transaction: a
     writer of its own (as another process would be) merges an alias group and deletes a
     row of the events table (as the maintenance job's rewrites do) while the chunk's rows
-    go in. The chunk's insert into the events table conflicts at commit; the group merge
-    does not touch the chunk's transaction."""
+    go in (after its first append). The chunk's insert into the events table conflicts at
+    commit; the group merge does not touch the chunk's transaction."""
 
     def __init__(self, database: DuckLakeDatabase, settings: WarehouseSettings) -> None:
         super().__init__(database)
         self.settings = settings
         self.met = False
 
-    def _insert_rows(self, piece: PieceRows, file_id: int) -> None:
-        super()._insert_rows(piece, file_id)
+    def _append_gathered(self, relation: str, file_id: int) -> None:
+        super()._append_gathered(relation, file_id)
         if not self.met:
             self.met = True
             with DuckLakeDatabase.attach(self.settings, False, 5) as other:

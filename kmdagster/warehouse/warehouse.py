@@ -55,6 +55,7 @@ LOCK_WAIT_SECONDS = 120.0
 # A checkpoint is worth its cost once this much of files is held in the WAL (DuckDB's own
 # automatic checkpoint waits for 256 MB, see duckdb_database.CHECKPOINT_THRESHOLD).
 CHECKPOINT_AFTER_BYTES = 16 * 1024 * 1024
+APPEND_BYTES = 4 * 1024 * 1024  # a table's rows gathered from a chunk's pieces per append
 
 # What a chunk's commit sets on its ledger row: each table's row count is added too
 # (parameters $10 on), then the run count; the row is the one still at the chunk's start.
@@ -189,6 +190,7 @@ class Warehouse:
         self.database = database
         self._names = NameIds()
         self._bytes_since_checkpoint = 0  # of the files this connection committed
+        self._gathered: dict[str, list[pa.Table]] = {}  # the open chunk's rows not appended
         self.upgraded_from: int | None = None  # the schema version a writer found
         if writer:
             self.upgraded_from = prepare_for_writing(database)
@@ -378,6 +380,7 @@ class Warehouse:
         lines_read = lines_loaded = lines_rejected = lines_blank = 0
         rows: dict[str, int] = dict.fromkeys(ROW_TABLES, 0)
         aliases = []
+        self._gathered.clear()
         db.begin()
         try:
             for piece, end in pieces:
@@ -391,6 +394,8 @@ class Warehouse:
                 lines_blank += split.blank_lines
                 for relation, count in piece.row_counts.items():
                     rows[relation] += count
+            for relation in list(self._gathered):
+                self._append_gathered(relation, row.file_id)
             pairs = pl.concat(aliases) if aliases else None
             if pairs is not None and not db.merges_aliases_apart:
                 add_alias_pairs(db, pairs)
@@ -426,6 +431,7 @@ class Warehouse:
             committed = self.ledger_row(*file_columns)
             db.commit()
         except BaseException:
+            self._gathered.clear()
             db.rollback()
             raise
         assert committed is not None
@@ -479,14 +485,28 @@ class Warehouse:
         return piece_rows(split, string_views=self.database.reads_string_views)
 
     def _insert_rows(self, piece: PieceRows, file_id: int) -> None:
-        """Append one piece's rows to the storage tables, names replaced by their ids."""
-        file_column = {"file_id": pa.scalar(file_id, type=pa.int32())}
+        """Gather one piece's rows for the storage tables, names replaced by their ids; a
+        table's rows are appended once they pass ``APPEND_BYTES``, and at the chunk's end.
+
+        One append per table every few pieces, not every piece: each costs DuckDB a plan
+        and a lake a Parquet file, whatever its rows (most pieces hold a few hundred
+        aliases or rejects)."""
         for relation, rows in piece.rows.items():
             if rows.num_rows:
                 names = piece.names.get(relation)
                 if names is not None:
                     rows = rows.append_column("name_id", self._names.name_ids(self.database, names))
-                self.database.append(STORAGE_TABLES[relation], rows, file_column)
+                gathered = self._gathered.setdefault(relation, [])
+                gathered.append(rows)
+                if sum(table.nbytes for table in gathered) >= APPEND_BYTES:
+                    self._append_gathered(relation, file_id)
+
+    def _append_gathered(self, relation: str, file_id: int) -> None:
+        tables = self._gathered.pop(relation, [])
+        if tables:
+            file_column = {"file_id": pa.scalar(file_id, type=pa.int32())}
+            rows = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+            self.database.append(STORAGE_TABLES[relation], rows, file_column)
 
     def checkpoint(self) -> None:
         """Write the committed rows still held in DuckDB's log into the file, once this
