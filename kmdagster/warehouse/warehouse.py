@@ -174,15 +174,6 @@ def utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _or_no_pairs(pairs: pl.DataFrame | None) -> pl.DataFrame:
-    """A chunk's alias pairs, or none (columns ``person``, ``alias``)."""
-    return (
-        pairs
-        if pairs is not None
-        else pl.DataFrame(schema={"person": pl.String, "alias": pl.String})
-    )
-
-
 class Warehouse:
     """The km_* relations and the ledger, on one open database connection."""
 
@@ -436,9 +427,9 @@ class Warehouse:
             raise
         assert committed is not None
         self._bytes_since_checkpoint += committed.next_offset - row.next_offset
-        if db.merges_aliases_apart and committed.aliases_rows:
+        if db.merges_aliases_apart and committed.aliases_rows and pairs is not None:
             crash_point("commit_chunk.aliases_committed")
-            merge_aliases_apart(db, row.file_id, _or_no_pairs(pairs), committed.lines_read)
+            merge_aliases_apart(db, row.file_id, pairs, committed.lines_read)
         return committed
 
     def _record_run(self, file_id: int, run_id: str, start: int, end: int, now: datetime) -> None:
