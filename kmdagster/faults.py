@@ -67,8 +67,8 @@ def armed_hold_point(spec: str) -> Callable[[str, str], None]:
         raise ValueError(f"{HOLD_ENV}={spec!r}: no such point (known: {CRASH_POINTS})")
 
     def hold_point(name: str, source: str) -> None:
-        deadline = time.monotonic() + HOLD_LIMIT_SECONDS
         if name == point and source == source_name:
+            deadline = time.monotonic() + HOLD_LIMIT_SECONDS
             while not Path(release).exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
 

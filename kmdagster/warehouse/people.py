@@ -60,9 +60,9 @@ def merge_aliases_apart(
     transaction(database, merge)
 
 
-def merge_pending_aliases(database: Database) -> int:
+def merge_pending_aliases(database: Database) -> None:
     """On a lake: merge the committed pairs of every file version whose merges stop short
-    of its committed lines; returns how many file versions were caught up."""
+    of its committed lines."""
     pending = database.rows(
         "SELECT f.file_id, coalesce(max(m.through_line), 0), f.lines_read "
         "FROM km_import_files AS f LEFT JOIN km_alias_merges AS m ON m.file_id = f.file_id "
@@ -76,4 +76,3 @@ def merge_pending_aliases(database: Database) -> int:
             [file_id, merged_through, lines_read],
         )
         merge_aliases_apart(database, file_id, pairs, lines_read)
-    return len(pending)
