@@ -61,9 +61,12 @@ class KmFile:
         }
 
 
-def km_file(seed: int, repeats: int = 10) -> KmFile:
+def km_file(seed: int, repeats: int = 10, property_names: int = 0) -> KmFile:
     """``repeats`` blocks of 8 lines: 3 events (one with 2 properties), a property set,
-    an alias, a blank line and two bad lines (invalid JSON, milliseconds)."""
+    an alias, a blank line and two bad lines (invalid JSON, milliseconds).
+
+    ``property_names``: the property set of each block also sets one of that many more
+    property names, in turn (a file that brings the warehouse many new names at once)."""
     out: list[str] = []
     for i in range(repeats):
         person = f"user{seed}-{i}@example.com"
@@ -72,7 +75,7 @@ def km_file(seed: int, repeats: int = 10) -> KmFile:
             json.dumps({"_p": person, "_t": ts, "_n": "Signed Up"}),
             json.dumps({"_p": person, "_t": ts, "_n": "Viewed, Page", "URL": f"/p/{i}", "N": i}),
             json.dumps({"_p": person, "_t": str(ts), "_n": "Purchased"}),
-            json.dumps({"_p": person, "_t": ts, "Plan": "Gold"}),
+            json.dumps({"_p": person, "_t": ts, "Plan": "Gold", **_more_names(i, property_names)}),
             json.dumps({"_p": person, "_t": ts, "_p2": f"alias-{seed}-{i}"}),
             "",
             '{"_p": "broken", "_t": ',
@@ -83,11 +86,15 @@ def km_file(seed: int, repeats: int = 10) -> KmFile:
         data=data,
         lines=8 * repeats,
         events=3 * repeats,
-        properties=3 * repeats,
+        properties=(3 + bool(property_names)) * repeats,
         aliases=repeats,
         rejects=2 * repeats,
         blanks=repeats,
     )
+
+
+def _more_names(block: int, names: int) -> dict[str, int]:
+    return {f"Attribute {block % names}": block} if names else {}
 
 
 # The demo: one file per hour, a few hundred lines each with a small share of bad lines;

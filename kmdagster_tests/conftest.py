@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from dagster import DagsterInstance, instance_for_test
 
-from kmdagster.config import WarehouseSettings
+from kmdagster.config import S3Settings, WarehouseSettings
 from kmdagster_dev.postgres import INSTALL_HINT, PostgresServer, postgres_bin_dir
 from kmdagster_dev.seaweed import SeaweedS3, use_worker_ports
 from kmdagster_tests import s3_calls
@@ -103,7 +103,9 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
 @pytest.fixture(params=BACKENDS)
 def warehouse_settings(request: pytest.FixtureRequest, tmp_path: Path) -> WarehouseSettings:
     """A fresh, empty warehouse on each backend: a DuckDB file, a PostgreSQL database, a
-    lake (a DuckDB-file catalog and a folder of Parquet files)."""
+    lake (a DuckDB-file catalog and a folder of Parquet files); ``ducklake_s3`` when asked
+    for by name: a lake as deployed beyond one machine (a PostgreSQL catalog, its Parquet
+    files under s3://BUCKET/lake/ in the test's bucket)."""
     if request.param == "duckdb":
         return WarehouseSettings(duckdb_path=str(tmp_path / "warehouse.duckdb"))
     if request.param == "ducklake":
@@ -114,6 +116,14 @@ def warehouse_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Wareho
         )
     server: PostgresServer = request.getfixturevalue("postgres_server")
     url = server.create_database(f"km_test_{next(_database_numbers)}")
+    if request.param == "ducklake_s3":
+        s3_server: SeaweedS3 = request.getfixturevalue("s3_server")
+        return WarehouseSettings(
+            backend="ducklake",
+            ducklake_catalog=url,
+            ducklake_data_path=f"s3://{request.getfixturevalue('bucket')}/lake/",
+            s3=S3Settings(endpoint_url=s3_server.endpoint_url, region_name="us-east-1"),
+        )
     return WarehouseSettings(backend="postgres", postgres_url=url)
 
 

@@ -243,6 +243,54 @@ def test_kill_at_a_random_instant_loses_and_duplicates_nothing(
     kill_scenario(1024, 600, kill_after=delay)
 
 
+# The lake as deployed beyond one machine: chunks of 8 KB hold more rows than DuckLake
+# inlines in its catalog, and 60 property names new to the lake, so every commit writes
+# Parquet to S3, from the chunk's connection and from the one that adds names.
+LAKE_ON_S3 = [
+    ("commit_chunk.in_transaction:3", None, None),
+    ("import.chunk_committed:2", None, "gzip"),
+    (None, 0, None),
+    (None, 1, "gzip"),
+]
+
+
+@pytest.mark.parametrize(("crash_at", "seed", "compression"), LAKE_ON_S3)
+@pytest.mark.parametrize("warehouse_settings", ["ducklake_s3"], indirect=True)
+def test_kill_on_a_lake_on_s3_loses_and_duplicates_nothing(
+    tmp_path: Path,
+    s3_server: SeaweedS3,
+    s3: Any,
+    bucket: str,
+    warehouse_settings: WarehouseSettings,
+    crash_at: str | None,
+    seed: int | None,
+    compression: str | None,
+) -> None:
+    file = km_file(seed=7, repeats=160, property_names=60)  # about 100 KB, 13 chunks
+    kill_after = None if seed is None else random.Random(seed).uniform(0.0, 2.5)
+    code = run_scenario(
+        tmp_path,
+        s3_server,
+        s3,
+        bucket,
+        file,
+        warehouse_settings,
+        8192,
+        600,
+        crash_at=crash_at,
+        kill_after=kill_after,
+        compression=compression,
+    )
+    if crash_at:
+        assert code == -signal.SIGKILL, "the crash point was never reached"
+    assert any(key.endswith(".parquet") for key in lake_keys(s3, bucket))
+
+
+def lake_keys(s3: Any, bucket: str) -> list[str]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="lake/")
+    return [item["Key"] for page in pages for item in page.get("Contents", [])]
+
+
 def test_a_dead_run_blocks_the_schedule_until_run_monitoring_fails_it(
     tmp_path: Path, s3_server: SeaweedS3, s3: Any, bucket: str, source_file: KmFile
 ) -> None:

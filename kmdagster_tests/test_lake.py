@@ -7,6 +7,7 @@ imports commit, and two sources importing at once from separate processes.
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import os
@@ -310,3 +311,31 @@ def test_first_runs_of_sources_on_a_new_lake_at_once_all_open_it(
             for future in opened:
                 future.result(timeout=120)
         assert warehouse_rows(settings, "SELECT count(*) FROM km_import_files") == [(0,)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("compression", ["plain", "gzip"])
+def test_a_12_mb_file_on_a_lake_on_s3_resumes_across_budget_stopped_runs_every_line_once(
+    lake_on_s3: KmConfig, s3: Any, bucket: str, compression: str
+) -> None:
+    """A file far bigger than DuckLake inlines in its catalog, so every chunk writes Parquet
+    to S3, imported in 256 KB chunks across runs each stopped by its budget. Its 300
+    property names are new to the lake: they are added apart from the chunk (``name_ids``),
+    through a connection of their own that must write to S3 as the chunk's does."""
+    file = km_file(seed=1, repeats=27_000, property_names=300)
+    assert len(file.data) > 12_000_000
+    key = "accounts.1.json" + (".gz" if compression == "gzip" else "")
+    body = gzip.compress(file.data, compresslevel=1) if compression == "gzip" else file.data
+    s3.put_object(Bucket=bucket, Key=key, Body=body)
+    runs = 0
+    with Warehouse.open(lake_on_s3.warehouse) as warehouse:
+        while True:
+            runs += 1
+            report = run_import(
+                s3, warehouse, bucket, key, chunk_bytes=262_144, time_budget_seconds=0.05
+            )
+            if report.ledger.is_complete:
+                break
+    assert runs > 1
+    assert_file_loaded_once(lake_on_s3.warehouse, key, file)
+    assert sum(k.endswith(".parquet") for k in keys_under(s3, bucket, "lake/")) > 10

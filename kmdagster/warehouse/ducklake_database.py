@@ -258,7 +258,9 @@ def attach_lake(
             con.execute(_s3_secret(settings.s3))
             # Upload buffers are the largest file's size over S3's 10,000 parts: 800 GB by
             # default gives 80 MB buffers, over the memory limit. A data file is one piece.
-            con.execute("SET s3_uploader_max_filesize = '50GB'")
+            # GLOBAL: a plain SET holds for this cursor only, and the cursors that add new
+            # names or merge aliases apart from the chunk write Parquet to S3 too.
+            con.execute("SET GLOBAL s3_uploader_max_filesize = '50GB'")
         else:
             Path(data_path).mkdir(parents=True, exist_ok=True)
         if not catalog_is_postgres(settings.ducklake_catalog):
