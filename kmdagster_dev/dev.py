@@ -24,7 +24,7 @@ from pathlib import Path
 from kmdagster import IMPORT_ENVIRONMENT
 from kmdagster_dev.demo_feed import start_feeder
 from kmdagster_dev.instance_yaml import write_instance_yaml
-from kmdagster_dev.km_files import DEMO_DECOYS, demo_files
+from kmdagster_dev.km_files import DEMO_DECOYS, LARGE_SEED, demo_files, demo_key
 from kmdagster_dev.seaweed import PORT_FLAGS, Identity, SeaweedS3, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -166,8 +166,10 @@ def run(started: ExitStack) -> int:
     client = server.client(identity)
     client.create_bucket(Bucket=BUCKET)
     files = demo_files()
-    for key, body in files.items():
-        client.put_object(Bucket=BUCKET, Key=key, Body=body)
+    etags = {
+        key: client.put_object(Bucket=BUCKET, Key=key, Body=body)["ETag"]
+        for key, body in files.items()
+    }
     for key, body in DEMO_DECOYS.items():
         client.put_object(Bucket=BUCKET, Key=key, Body=body)
 
@@ -224,7 +226,11 @@ def run(started: ExitStack) -> int:
     servers.add(web, signal.SIGINT)
     # Live traffic for the demo: a re-sent file and new hours (KMDAGSTER_DEV_FEED=0: none).
     if os.environ.get("KMDAGSTER_DEV_FEED", "1") == "1":
-        started.callback(start_feeder(client, BUCKET, STATE / "warehouse.duckdb").set)
+        started.callback(
+            start_feeder(
+                client, BUCKET, STATE / "warehouse.duckdb", etags[demo_key(LARGE_SEED)]
+            ).set
+        )
     return web.wait()
 
 
