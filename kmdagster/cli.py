@@ -27,6 +27,7 @@ from kmdagster.defs.resources import WarehouseResource, build_s3_resource
 from kmdagster.defs.run_history import (
     lift_quarantine,
     quarantine_for_key,
+    quarantined_files,
     run_outcomes,
     source_progress,
 )
@@ -35,7 +36,13 @@ from kmdagster.markdown import check_markdown, preview_markdown, status_markdown
 from kmdagster.preview import FilePreview, SetupRuleError, setup_preview
 from kmdagster.s3.objects import FilePattern, S3AccessError
 from kmdagster.s3.permissions import PermissionResult, check_permissions, iam_policy
-from kmdagster.status import backlog, backlog_eta, list_root_files, read_source_status
+from kmdagster.status import (
+    backlog,
+    backlog_eta,
+    list_root_files,
+    read_source_status,
+    set_aside,
+)
 from kmdagster.warehouse.duckdb_database import import_export
 from kmdagster.warehouse.ducklake_database import attach_statements
 from kmdagster.warehouse.schema import SCHEMA_VERSION, WarehouseSchemaError
@@ -59,7 +66,18 @@ def run_preview(config: KmConfig, source: SourceConfig, key: str | None) -> File
     except WarehouseUnavailable as exc:
         click.echo(f"note: names are not compared with the warehouse: {exc}", err=True)
         names = None
-    return setup_preview(s3_client(config), source, names, key=key)
+    client = s3_client(config)
+    return setup_preview(client, source, names, key=key, set_aside=quarantined_keys(config, source))
+
+
+def quarantined_keys(config: KmConfig, source: SourceConfig) -> set[str]:
+    """The source's quarantined files, as the instance at DAGSTER_HOME knows them (none
+    when it is not set: the preview then says nothing of quarantine)."""
+    if not os.environ.get("DAGSTER_HOME"):
+        return set()
+    progress = source_progress(s3_client(config), source, config.warehouse)
+    with DagsterInstance.get() as instance:
+        return set(quarantined_files(instance, source, progress))
 
 
 def run_check(config: KmConfig, source: SourceConfig) -> list[PermissionResult]:
@@ -175,6 +193,7 @@ def status(config: KmConfig, source: SourceConfig, as_json: bool, wait: float) -
             "bucket": source.bucket,
             "files": [state.to_dict() for state in states],
             "backlog": len(waiting),
+            "set_aside": [state.key for state in set_aside(states)],
             "backlog_bytes": sum(state.bytes_left for state in waiting),
             "backlog_done_by": eta.isoformat() if eta else None,
             "ledger_note": found.ledger_note,

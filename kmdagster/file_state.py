@@ -7,10 +7,10 @@ The ledger (``km_import_files.status``) holds the first seven; ``quarantined`` a
 
 from __future__ import annotations
 
-from enum import StrEnum
+from enum import Enum
 
 
-class State(StrEnum):
+class State(str, Enum):  # what enum.StrEnum (Python 3.11+) is, on 3.10 too
     PENDING = "pending"
     IN_PROGRESS = "in_progress"
     FAILED = "failed"
@@ -20,6 +20,12 @@ class State(StrEnum):
     DELETED = "deleted"
     QUARANTINED = "quarantined"
     REIMPORTED_IDENTICAL = "reimported_identical"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
 
 
 # Every line of the version is in the warehouse.

@@ -18,7 +18,8 @@ from kmdagster.file_state import AT_A_GLANCE, DONE, RESUMABLE, RETIRED, WITH_ERR
 from kmdagster.preview import FilePreview
 from kmdagster.s3.objects import compression_of
 from kmdagster.s3.permissions import PermissionResult
-from kmdagster.status import FileState
+from kmdagster.status import FileState, is_set_aside
+from kmdagster.wording import counted
 
 
 def _cell(value: Any) -> str:
@@ -130,7 +131,7 @@ def file_states_markdown(states: list[FileState], limit: int | None = None, unre
         shown = queued[:limit] + sorted(recent[:limit], key=lambda s: s.key)
     rows = [
         [
-            state.queue_position or "",
+            state.queue_position or ("set aside" if is_set_aside(state) else ""),
             state.key,
             state.state,
             f"{state.size_bytes:,} {state.compression}" if state.compression else state.size_bytes,
@@ -157,16 +158,25 @@ def file_states_markdown(states: list[FileState], limit: int | None = None, unre
 def status_markdown(
     source: str, bucket: str, states: list[FileState], backlog: int, eta: datetime | None
 ) -> str:
-    when = (
-        f"at one file per tick, the backlog is done by the tick at {eta:%Y-%m-%d %H:%M} UTC"
-        if eta is not None
-        else "nothing is waiting"
-    )
-    return (
-        f"## Files of source {source} (s3://{bucket}), in import order\n\n"
-        + file_states_markdown(states)
-        + f"\n\nBacklog: {backlog} files; {when}.\n"
-    )
+    aside = [s for s in states if is_set_aside(s)]
+    if eta is not None:
+        when = f"at one file per tick, the backlog is done by the tick at {eta:%Y-%m-%d %H:%M} UTC"
+    else:
+        when = "nothing else is waiting" if aside else "nothing is waiting"
+    parts = [
+        f"## Files of source {source} (s3://{bucket}), in import order",
+        file_states_markdown(states),
+        f"Backlog: {counted(backlog, 'file')}; {when}.",
+    ]
+    if aside:
+        parts.append(
+            f"Set aside: {counted(len(aside), 'file')} quarantined, not imported until "
+            f"`kmdagster retry {source} KEY` lifts it ({', '.join(s.key for s in aside)})."
+        )
+    errors = [s for s in states if s.error and s.state in WITH_ERROR]
+    if errors:  # whole: the table's cells are cut to stay readable
+        parts.append("Errors:\n" + "\n".join(f"- {s.key}: {s.error}" for s in errors))
+    return "\n\n".join(parts) + "\n"
 
 
 def top_events_markdown(events: pl.DataFrame) -> str:

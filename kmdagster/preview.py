@@ -7,6 +7,7 @@ bounded and the numbers are exactly what the import would load.
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,7 +21,8 @@ from kmdagster.s3.objects import (
     head_file,
     list_matching_files,
 )
-from kmdagster.s3.piece_reader import PIECE_BYTES, PieceReader
+from kmdagster.s3.piece_reader import PIECE_BYTES, PieceReader, UnreadableFileError
+from kmdagster.wording import counted, names_and_more
 
 
 class SetupRuleError(RuntimeError):
@@ -98,15 +100,19 @@ def setup_preview(
     source: SourceConfig,
     known_names: KnownNames | None = None,
     key: str | None = None,
+    set_aside: Collection[str] = (),
 ) -> FilePreview:
     """The preview of the first pending file (or ``key``), enforcing KISSmetrics' rule.
 
-    Setup needs at least one matching file with a valid line. When the first file has
-    none, the later files are scanned (each only up to its first valid line) so the
-    message can say which file would be the first to load anything.
+    The first pending file is the first matching key at the root that is not quarantined
+    (``set_aside``) and can be read; a quarantined or unreadable file passed over is named
+    in the preview's warnings. Setup needs at least one matching file with a valid line.
+    When the first file has none, the later files are scanned (each only up to its first
+    valid line) so the message can say which file would be the first to load anything.
     """
     pattern = FilePattern.of_source(source)
     where = f"s3://{source.bucket}/{pattern.describe()}"
+    notes: list[str] = []
     if key is not None:
         if not pattern.matches(key):
             raise SetupRuleError(
@@ -117,22 +123,51 @@ def setup_preview(
             raise SetupRuleError(f"s3://{source.bucket}/{key} does not exist")
         files = [file]
     else:
-        files = sorted(
+        listed = sorted(
             list_matching_files(client, source.bucket, pattern), key=lambda found: found.key
         )
+        files = [file for file in listed if file.key not in set_aside]
+        passed_over = [file.key for file in listed if file.key in set_aside]
+        if passed_over:
+            notes.append(
+                f"passed over {counted(len(passed_over), 'quarantined file')} "
+                f"({names_and_more(passed_over, 5)}): `kmdagster status {source.name}` "
+                "says why"
+            )
     if not files:
         raise SetupRuleError(
             f"no file matches {where}: upload at least one file of KISSmetrics JSON lines "
             f"named like {source.base_filename} to the root of bucket {source.bucket!r}"
+            if not notes
+            else f"no file of {where} but quarantined ones: {notes[0]}"
         )
     options = (source.repair_octal_escapes, source.max_uncompressed_bytes)
-    preview = preview_file(
-        client, source.bucket, files[0], source.chunk_bytes, known_names, False, *options
-    )
+    preview = None
+    while files:
+        try:
+            preview = preview_file(
+                client, source.bucket, files[0], source.chunk_bytes, known_names, False, *options
+            )
+            break
+        except UnreadableFileError as exc:
+            if key is not None:
+                raise SetupRuleError(str(exc)) from exc
+            notes.append(f"passed over {files[0].key}, which cannot be read: {exc}")
+            files = files[1:]
+    if preview is None:
+        raise SetupRuleError(f"no file of {where} can be read: " + "; ".join(notes))
+    if notes:
+        warnings = [*notes, *preview.summary.warnings]
+        preview = replace(preview, summary=replace(preview.summary, warnings=warnings))
     if preview.summary.valid_lines:
         return preview
     for later in files[1:]:
-        probe = preview_file(client, source.bucket, later, source.chunk_bytes, None, True, *options)
+        try:
+            probe = preview_file(
+                client, source.bucket, later, source.chunk_bytes, None, True, *options
+            )
+        except UnreadableFileError:
+            continue
         if probe.summary.valid_lines:
             note = (
                 f"{files[0].key} has no valid line (all {preview.summary.rejected_lines} "
@@ -143,7 +178,7 @@ def setup_preview(
     if key is not None:
         scope, reasons = f"s3://{source.bucket}/{key}", "its reject reasons are in the preview"
     else:
-        scope = f"any of the {len(files)} files matching {where}"
+        scope = f"any of the {counted(len(files), 'file')} matching {where}"
         reasons = (
             f"the preview shows why each line of {files[0].key} is rejected "
             f"(`kmdagster preview {source.name} --key KEY` shows another file's)"

@@ -6,8 +6,10 @@ advanced the file's committed offset (it proved the file importable: a run kille
 its node after committing chunks is infrastructure, not poison), at the moment an
 operator lifted the quarantine (``kmdagster retry``), or after a run launched with the
 retry tag (that run still counts if it failed). ``threshold`` failures in a streak
-quarantine the file. Nothing of the file is touched: what it committed and its resume
-offset stay, and it stays at the bucket root.
+quarantine the file, and so does one run that found the version itself unreadable (not
+the compression its name says, cut short, expanding past its limit): no retry of the
+same bytes can change that, so the file is set aside at once. Nothing of the file is
+touched: what it committed and its resume offset stay, and it stays at the bucket root.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class FinishedRun:
     # Committed at least one chunk of the file version still at the bucket root (the
     # ledger's ``km_import_runs``); progress on a version since replaced does not count.
     advanced: bool = False
+    # Failed because the version's own bytes cannot be read as lines (the run's tag).
+    unreadable: bool = False
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class Quarantine:
     failed_runs: int
     last_run_id: str
     last_error: str = ""  # what the last run said, read only where it is shown
+    unreadable: bool = False  # set aside at once: its last run found it unreadable
 
 
 def failure_streak(
@@ -53,6 +58,7 @@ def quarantine_of(
     key: str, runs_newest_first: Iterable[FinishedRun], lifted_at: float | None, threshold: int
 ) -> Quarantine | None:
     streak = failure_streak(runs_newest_first, lifted_at)
-    if len(streak) < threshold:
+    unreadable = bool(streak) and streak[0].unreadable
+    if len(streak) < threshold and not unreadable:
         return None
-    return Quarantine(key, len(streak), streak[0].run_id)
+    return Quarantine(key, len(streak), streak[0].run_id, unreadable=unreadable)

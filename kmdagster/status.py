@@ -29,7 +29,9 @@ STATE_MEANINGS: dict[State, str] = {
     State.QUARANTINED: "its runs failed `quarantine_after_failed_runs` times in a row (3 by "
     "default) without advancing its committed offset (a run that committed a chunk of the "
     "version at the root never counts, however it ended: SIGKILL, run monitoring, a lost "
-    "code server): set aside at the bucket root, keeping what it committed and its resume "
+    "code server), or one run found its bytes unreadable (not the compression its name "
+    "says, cut short, expanding past `max_uncompressed_bytes`), which no retry changes: set "
+    "aside at the bucket root, keeping what it committed and its resume "
     "offset; later files go first until `kmdagster retry SOURCE KEY` (or a launch tagged "
     "`kmdagster/retry=true`) lifts it, and the `quarantine` check is red meanwhile",
     State.IMPORTED: "every line is in the warehouse; the archive step moves it next",
@@ -182,20 +184,33 @@ def _is_queued(state: FileState) -> bool:
     return state.at_bucket_root and state.state in BACKLOG
 
 
+def is_set_aside(state: FileState) -> bool:
+    """Quarantined at the bucket root: waiting apart from the backlog until lifted."""
+    return state.at_bucket_root and state.state is State.QUARANTINED
+
+
 def in_import_order(states: list[FileState]) -> list[FileState]:
-    """The backlog in the schedule's order (by key), numbered, then the rest by key."""
+    """The backlog in the schedule's order (by key), numbered; then the files set aside,
+    which wait unnumbered until their quarantine is lifted; then the rest by key."""
     queued = sorted((s for s in states if _is_queued(s)), key=lambda s: s.key)
+    set_aside = sorted((s for s in states if is_set_aside(s)), key=lambda s: s.key)
     done = sorted(
-        (s for s in states if not _is_queued(s)),
+        (s for s in states if not _is_queued(s) and not is_set_aside(s)),
         key=lambda s: (s.key, s.updated_at is None, s.updated_at or 0),
     )
     numbered = [replace(state, queue_position=n) for n, state in enumerate(queued, start=1)]
-    return numbered + done
+    return numbered + set_aside + done
 
 
 def backlog(states: list[FileState]) -> list[FileState]:
-    """Files the schedule still has to import or archive: everything still at the root."""
+    """Files the schedule still has to import or archive: everything still at the root
+    but the files set aside (``set_aside``)."""
     return [s for s in states if _is_queued(s)]
+
+
+def set_aside(states: list[FileState]) -> list[FileState]:
+    """Quarantined files at the root: not in the backlog until their quarantine is lifted."""
+    return [s for s in states if is_set_aside(s)]
 
 
 def oldest_waiting(states: list[FileState]) -> FileState | None:

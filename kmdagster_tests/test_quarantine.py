@@ -242,3 +242,63 @@ def test_a_launch_tagged_retry_gives_the_file_a_new_start(
         ).success
         # one failure since the retry
         assert quarantine_for_key(instance, source, FIRST, progress) is None
+
+
+def test_a_file_no_retry_can_read_is_set_aside_at_once_and_shown_apart(
+    s3_server: SeaweedS3, s3: Any, bucket: str, tmp_path: Path, monkeypatch: Any, capsys: Any
+) -> None:
+    """A ``.json.gz`` that is not gzip fails its first run, which quarantines it at once;
+    status lists it apart from the backlog with its whole error, and the preview passes
+    over it to the first file the schedule will import."""
+    bad, good = "accounts.1.json.gz", "accounts.2.json"
+    s3.put_object(Bucket=bucket, Key=bad, Body=km_file(seed=1).data)  # plain text, .gz name
+    s3.put_object(Bucket=bucket, Key=good, Body=km_file(seed=2, repeats=3).data)
+    s3.put_object(Bucket=bucket, Key="accounts.3.json", Body=km_file(seed=3, repeats=3).data)
+    config = make_config(s3_server, bucket, tmp_path / "warehouse.duckdb")
+    source = config.sources[0]
+    defs = build_definitions(config)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("KMDAGSTER_CONFIG", str(write_config(tmp_path / "km.yaml", config)))
+    with DagsterInstance.get() as instance:
+        first = run_tick(defs, instance, TICK, must_succeed=False)
+        assert getattr(first, "partition_key", None) == bad
+        progress = source_progress(s3, source, config.warehouse)
+        quarantine = quarantine_for_key(instance, source, bad, progress)
+        assert quarantine is not None and quarantine.unreadable
+        assert quarantine.failed_runs == 1
+        assert "not a valid gzip stream" in quarantine.last_error
+        assert "quarantined at once" in quarantine.last_error
+
+    capsys.readouterr()
+    assert main(["status", "accounts"]) == 0
+    said = capsys.readouterr().out
+    rows = [line for line in said.splitlines() if line.startswith("|")]
+    assert [row.split("|")[1].strip() for row in rows[2:]] == ["1", "2", "set aside"]
+    assert [row.split("|")[2].strip() for row in rows[2:]] == [good, "accounts.3.json", bad]
+    assert "Backlog: 2 files;" in said
+    assert (
+        f"Set aside: 1 file quarantined, not imported until `kmdagster retry accounts KEY` lifts it ({bad})"
+        in said
+    )  # noqa: E501
+    assert f"- {bad}: {quarantine.last_error}" in said  # whole, not cut
+
+    assert main(["preview", "accounts"]) == 0
+    said = capsys.readouterr().out
+    assert f"## Preview of s3://{bucket}/{good}" in said
+    assert f"passed over 1 quarantined file ({bad})" in said
+
+    with DagsterInstance.get() as instance:
+        second = run_tick(defs, instance, TICK + timedelta(hours=1))
+        assert getattr(second, "partition_key", None) == good
+        run_tick(defs, instance, TICK + timedelta(hours=2))
+        nothing_left = run_tick(defs, instance, TICK + timedelta(hours=3))
+    assert isinstance(nothing_left, SkipReason)
+    assert nothing_left.skip_message == (
+        f"nothing to import: 1 pending file of s3://{bucket} is quarantined ({bad}); "
+        "lift one with `kmdagster retry accounts KEY`"
+    )
+    assert main(["status", "accounts"]) == 0
+    said = capsys.readouterr().out
+    assert "Backlog: 0 files; nothing else is waiting." in said

@@ -39,6 +39,7 @@ from kmdagster.defs.run_history import open_ledger_progress
 from kmdagster.defs.runs import OUTCOME_TAG
 from kmdagster.s3.objects import S3AccessError, S3File
 from kmdagster.warehouse.warehouse import Warehouse
+from kmdagster.wording import counted, names_and_more
 
 
 def import_following_files(
@@ -62,15 +63,16 @@ def import_following_files(
     )
     if following.set_aside:
         context.log.warning(
-            f"passed over {len(following.set_aside)} quarantined files "
-            f"({', '.join(following.set_aside[:5])})"
+            f"passed over {counted(len(following.set_aside), 'quarantined file')} "
+            f"({names_and_more(following.set_aside, 5)})"
         )
     completed = 0
     for key in following.keys:
         left = seconds_left()
         if left <= 0:
             context.log.info(
-                f"time budget used after {completed + 1} files; s3://{source.bucket}/{key} "
+                f"time budget used after {counted(completed + 1, 'file')}; "
+                f"s3://{source.bucket}/{key} "
                 "and the files after it wait for the next tick"
             )
             break
@@ -91,7 +93,7 @@ def import_following_files(
         completed += 1
     if completed:  # what the runs list shows of the run, as for a budget stop
         context.instance.add_run_tags(
-            context.run.run_id, {OUTCOME_TAG: f"{completed + 1} files imported"}
+            context.run.run_id, {OUTCOME_TAG: f"{counted(completed + 1, 'file')} imported"}
         )
 
 

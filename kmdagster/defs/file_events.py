@@ -28,14 +28,15 @@ from kmdagster.config import SourceConfig
 from kmdagster.defs.checks import data_check_results
 from kmdagster.defs.metadata import archive_metadata, progress_metadata, table_metadata
 from kmdagster.defs.naming import SourceNames
-from kmdagster.defs.runs import OUTCOME_TAG
+from kmdagster.defs.runs import OUTCOME_TAG, UNREADABLE_TAG
 from kmdagster.faults import crash_point
 from kmdagster.importer import ImportReport, import_file
 from kmdagster.s3.objects import S3AccessError
-from kmdagster.s3.piece_reader import FileChangedError
+from kmdagster.s3.piece_reader import FileChangedError, UnreadableFileError
 from kmdagster.warehouse.database import Database
 from kmdagster.warehouse.schema import ROW_TABLES
 from kmdagster.warehouse.warehouse import LedgerConflict, LedgerRow, Warehouse
+from kmdagster.wording import counted
 
 FileResult = MaterializeResult | AssetCheckResult
 
@@ -83,6 +84,20 @@ def import_partition_file(
             run_id=context.run.run_id,
             budget_seconds=budget_seconds,
         )
+    except UnreadableFileError as exc:
+        # The same bytes fail the same way at every retry: set aside at once (the tag is
+        # what the quarantine rule reads), so later files go first from the next tick. A
+        # catch-up's follow-on file is tagged by its own run, at the next tick.
+        if key == context.partition_key:
+            context.instance.add_run_tags(
+                context.run.run_id,
+                {UNREADABLE_TAG: "true", OUTCOME_TAG: "failed: file unreadable, set aside"},
+            )
+        raise Failure(
+            description=f"{exc}. The file is quarantined at once (no retry of these bytes "
+            "can read it) and later files go first; an upload under the same key imports "
+            f"as a new version, or `kmdagster retry {source.name} {key}` tries it again"
+        ) from exc
     except (S3AccessError, FileChangedError, LedgerConflict) as exc:
         raise Failure(description=str(exc)) from exc
 
@@ -102,7 +117,7 @@ def record_budget_stop(
     ``files_before``: the files the run completed before it."""
     stopped = f"stopped on budget at {row.percent_done:g}%"
     if files_before:
-        files = "1 file" if files_before == 1 else f"{files_before} files"
+        files = counted(files_before, "file")
         stopped = f"{files} imported, then {stopped} of {row.file_key}"
     # Shown above Dagster's line about the archive step skipped for want of the (not yet
     # materialized) tables.

@@ -31,7 +31,7 @@ from dagster_aws.s3 import S3Resource
 from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.defs.naming import QUARANTINE_CHECK, SourceNames
 from kmdagster.defs.resources import TICK_LEDGER_WAIT_SECONDS, WarehouseResource
-from kmdagster.defs.runs import SOURCE_TAG
+from kmdagster.defs.runs import SOURCE_TAG, UNREADABLE_TAG
 from kmdagster.markdown import markdown_table
 from kmdagster.quarantine import FinishedRun, Quarantine, quarantine_of
 from kmdagster.s3.objects import S3File
@@ -114,6 +114,7 @@ def _finished_runs(
             succeeded=record.dagster_run.status == DagsterRunStatus.SUCCESS,
             retry=record.dagster_run.tags.get(RETRY_TAG, "").lower() == "true",
             created=record.create_timestamp.timestamp(),
+            unreadable=UNREADABLE_TAG in record.dagster_run.tags,
         )
         for record in records
     ]
@@ -153,7 +154,8 @@ def _quarantine_without_error(
 ) -> Quarantine | None:
     threshold = source.quarantine_after_failed_runs
     runs = _finished_runs(instance, source, key, threshold)
-    if len(runs) < threshold or any(run.succeeded for run in runs):
+    at_once = bool(runs) and runs[0].unreadable
+    if not at_once and (len(runs) < threshold or any(run.succeeded for run in runs)):
         return None  # the usual case, in one query
     lifted_at = _lifted_at(instance, source, key, threshold + 1)
     if quarantine_of(key, runs, lifted_at, threshold) is None:
@@ -261,7 +263,11 @@ def quarantine_evaluation(
     source: SourceConfig, quarantined: dict[str, Quarantine]
 ) -> AssetCheckEvaluation:
     """The source's ``quarantine`` check: red while any of its files is set aside."""
-    rows = [[q.key, q.failed_runs, q.last_run_id, q.last_error] for q in quarantined.values()]
+    rows = [
+        [q.key, "unreadable: set aside at once" if q.unreadable else q.failed_runs]
+        + [q.last_run_id, q.last_error]
+        for q in quarantined.values()
+    ]
     return AssetCheckEvaluation(
         asset_key=SourceNames.of(source).file,
         check_name=QUARANTINE_CHECK,
@@ -285,7 +291,9 @@ def build_quarantine_check(source: SourceConfig) -> AssetChecksDefinition:
         description=(
             "Fails while a file of this source is quarantined: its import runs failed "
             f"{source.quarantine_after_failed_runs} times in a row without advancing its "
-            "committed offset (quarantine_after_failed_runs), so later files went first. "
+            "committed offset (quarantine_after_failed_runs), or one run found its bytes "
+            "unreadable (not the compression its name says, cut short, too large), so "
+            "later files went first. "
             "Lift it with "
             f"`kmdagster retry {source.name} KEY` or a launch tagged {RETRY_TAG}=true."
         ),

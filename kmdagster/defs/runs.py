@@ -19,6 +19,8 @@ WAREHOUSE_TAG = "kmdagster/warehouse"
 MAX_RUNTIME_TAG = "dagster/max_runtime"
 # Set by an import run that stopped on its time budget: what its run page says first.
 OUTCOME_TAG = "kmdagster/outcome"
+# Set by a run that found its file version unreadable: the file is quarantined at once.
+UNREADABLE_TAG = "kmdagster/unreadable"
 
 ACTIVE_RUN_STATUSES = [
     DagsterRunStatus.QUEUED,

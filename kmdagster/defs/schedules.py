@@ -19,6 +19,7 @@ from kmdagster.defs.resources import WarehouseResource
 from kmdagster.defs.run_history import ledger_progress
 from kmdagster.defs.runs import SOURCE_TAG, active_runs
 from kmdagster.s3.objects import FilePattern, list_matching_files
+from kmdagster.wording import counted, names_and_more
 
 if TYPE_CHECKING:
     from kmdagster.dagster_internals import AssetJob
@@ -58,8 +59,9 @@ def build_import_schedule(
         if not found.keys:
             if set_aside:
                 return SkipReason(
-                    f"nothing to import: the {len(set_aside)} pending files of "
-                    f"s3://{source.bucket} are quarantined ({', '.join(set_aside[:5])}); "
+                    f"nothing to import: {counted(len(set_aside), 'pending file')} of "
+                    f"s3://{source.bucket} {'is' if len(set_aside) == 1 else 'are'} "
+                    f"quarantined ({names_and_more(set_aside, 5)}); "
                     f"lift one with `kmdagster retry {source.name} KEY`"
                 )
             return SkipReason(
@@ -69,8 +71,8 @@ def build_import_schedule(
         [key] = found.keys
         if set_aside:
             context.log.warning(
-                f"skipped {len(set_aside)} quarantined files ({', '.join(set_aside[:5])}); "
-                f"importing {key}"
+                f"skipped {counted(len(set_aside), 'quarantined file')} "
+                f"({names_and_more(set_aside, 5)}); importing {key}"
             )
         etag = next(f.etag for f in files if f.key == key)
         tick = context.scheduled_execution_time

@@ -43,6 +43,7 @@ from kmdagster.defs.run_history import (
 )
 from kmdagster.markdown import file_states_at_a_glance
 from kmdagster.s3.objects import FilePattern, S3File, list_matching_files
+from kmdagster.wording import counted, names_and_more
 
 
 def new_partition_keys(listed_keys: list[str], registered: set[str]) -> tuple[list[str], list[str]]:
@@ -248,12 +249,16 @@ def build_file_sensor(
             )
         # A sensor that requests no run is a skipped tick to Dagster: say what it did instead
         # of Dagster's "returned an empty result".
-        did = [f"registered {len(to_add)} new files ({', '.join(to_add[:3])})"] if to_add else []
+        did = (
+            [f"registered {counted(len(to_add), 'new file')} ({names_and_more(to_add, 3)})"]
+            if to_add
+            else []
+        )
         if checks:
             did.append("reported the file states")
         if to_remove:
             did.append(
-                f"removed the partitions of {len(to_remove)} files archived over "
+                f"removed the partitions of {counted(len(to_remove), 'file')} archived over "
                 f"{source.retain_partitions_days:g} days ago"
             )
         requests: list[AddDynamicPartitionsRequest | DeleteDynamicPartitionsRequest] = []

@@ -28,6 +28,7 @@ from dagster_aws.s3 import S3Resource
 from kmdagster.config import SourceConfig
 from kmdagster.defs.naming import PERMISSION_CHECK, SourceNames
 from kmdagster.defs.resources import WarehouseResource
+from kmdagster.defs.run_history import quarantined_files, source_progress
 from kmdagster.markdown import check_markdown, preview_markdown
 from kmdagster.preview import FilePreview, SetupRuleError, setup_preview
 from kmdagster.s3.objects import FilePattern, S3AccessError, S3SetupError
@@ -81,7 +82,10 @@ def build_preview_asset(source: SourceConfig) -> AssetsDefinition:
             context.log.warning(f"names are not compared with the warehouse: {exc}")
             known = None
         try:
-            preview = setup_preview(km_s3.get_client(), source, known)
+            client = km_s3.get_client()
+            progress = source_progress(client, source, km_warehouse.settings)
+            set_aside = quarantined_files(context.instance, source, progress)
+            preview = setup_preview(client, source, known, set_aside=set(set_aside))
         except (SetupRuleError, S3AccessError) as exc:
             raise Failure(description=str(exc)) from exc
         return MaterializeResult(metadata=preview_metadata(preview))
