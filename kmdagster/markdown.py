@@ -235,4 +235,12 @@ def file_states_at_a_glance(
             summary[name.value] = listed + (f"; and {more:,} more" if more > 0 else "")
     archived = sum(1 for s in states if s.state is State.ARCHIVED)
     summary["archived_files"] = archived + (unread or {}).get(State.ARCHIVED, 0)
+    for name in RETIRED:  # versions replaced or deleted before they finished
+        files = [s for s in states if s.state == name]
+        count = len(files) + (unread or {}).get(name, 0)
+        if count:
+            summary[f"{name}_files"] = count
+            summary[name.value] = "; ".join(
+                f"{s.key} (ETag {s.etag}) {_progress(s)}" for s in files[:GLANCE_FILES]
+            ) + (f"; and {count - GLANCE_FILES:,} more" if count > GLANCE_FILES else "")
     return summary

@@ -16,6 +16,7 @@ from dagster import (
     AssetCheckEvaluation,
     AssetCheckSeverity,
     AssetMaterialization,
+    AssetRecordsFilter,
     DagsterInstance,
     SensorResult,
     build_sensor_context,
@@ -36,6 +37,7 @@ from kmdagster_dev.km_files import km_file
 from kmdagster_dev.seaweed import SeaweedS3
 from kmdagster_tests.helpers import ACCOUNTS, make_config
 from kmdagster_tests.test_import_asset import KEY, materialize_partition, only_observation, query
+from kmdagster_tests.ticks import run_tick
 
 TABLE_COUNTS = ("events", "properties", "aliases", "rejects")
 
@@ -361,3 +363,54 @@ def test_file_states_list_the_backlog_in_the_schedules_order_then_the_rest() -> 
     table = file_states_markdown(states, limit=1)
     assert "accounts-zz.json" in table and "accounts.176.json" not in table
     assert "1 more files not shown" in table
+
+
+def latest_file_event(instance: DagsterInstance, key: str, observed: bool) -> Any:
+    """The newest materialization (or observation) of the file asset's partition ``key``."""
+    records_filter = AssetRecordsFilter(asset_key=ACCOUNTS.file, asset_partitions=[key])
+    if observed:
+        [record] = instance.fetch_observations(records_filter, limit=1).records
+        return record.asset_observation
+    [record] = instance.fetch_materializations(records_filter, limit=1).records
+    return record.asset_materialization
+
+
+def test_the_file_asset_follows_the_ledger_through_a_re_send_and_the_archive(
+    s3_server: SeaweedS3, s3: Any, bucket: str, warehouse_path: Path, instance: DagsterInstance
+) -> None:
+    """A version sent again while partly imported is materialized anew (its ETag, with the
+    version it replaces); the superseded version is counted at a glance; once archived, the
+    partition's latest observation says so."""
+    first = s3.put_object(Bucket=bucket, Key=KEY, Body=km_file(seed=1, repeats=60).data)
+    config = make_config(
+        s3_server, bucket, warehouse_path, chunk_bytes=1024, time_budget_seconds=0.001
+    )
+    defs = build_definitions(config)
+    tick = datetime(2026, 11, 26, 12, tzinfo=timezone.utc)
+    run_tick(defs, instance, tick)  # registers it and imports one chunk
+    assert latest_file_event(instance, KEY, observed=True).metadata["status"].value == (
+        "in_progress"
+    )
+    second = s3.put_object(Bucket=bucket, Key=KEY, Body=km_file(seed=2, repeats=2).data)
+
+    with build_sensor_context(instance=instance, resources=defs.resources) as context:
+        result = defs.resolve_sensor_def(ACCOUNTS.sensor)(context)
+    assert isinstance(result, SensorResult)
+    materialized = [e for e in result.asset_events if isinstance(e, AssetMaterialization)]
+    [landed] = [e for e in materialized if e.asset_key == ACCOUNTS.file]
+    assert landed.metadata["etag"].value == second["ETag"]
+    assert f"replaces {first['ETag']} (superseded)" in (landed.description or "")
+    [glance] = [e for e in materialized if e.asset_key.path[-1] == "file_states"]
+    assert glance.metadata["superseded_files"].value == 1
+    assert first["ETag"] in str(glance.metadata["superseded"].value)
+
+    for hour in range(1, 20):
+        run_tick(defs, instance, tick + timedelta(hours=hour))
+        if not s3.list_objects_v2(Bucket=bucket, Prefix=KEY).get("KeyCount"):
+            break
+    archived = latest_file_event(instance, KEY, observed=True)
+    assert archived.metadata["status"].value == "archived"
+    assert archived.metadata["etag"].value == second["ETag"]
+    assert (
+        latest_file_event(instance, KEY, observed=False).metadata["etag"].value == (second["ETag"])
+    )

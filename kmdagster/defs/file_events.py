@@ -21,6 +21,7 @@ from dagster import (
     DagsterInstance,
     Failure,
     MaterializeResult,
+    MetadataValue,
 )
 
 from kmdagster.archiver import ArchiveReport
@@ -30,6 +31,7 @@ from kmdagster.defs.metadata import archive_metadata, progress_metadata, table_m
 from kmdagster.defs.naming import SourceNames
 from kmdagster.defs.runs import OUTCOME_TAG, UNREADABLE_TAG
 from kmdagster.faults import crash_point
+from kmdagster.file_state import State
 from kmdagster.importer import ImportReport, import_file
 from kmdagster.s3.objects import S3AccessError
 from kmdagster.s3.piece_reader import FileChangedError, UnreadableFileError
@@ -211,7 +213,24 @@ def as_partition_event(
 def report_archive(
     context: AssetExecutionContext, source: SourceConfig, report: ArchiveReport
 ) -> dict[str, Any]:
-    """The archive asset's metadata for one file, saying if an earlier run had moved it."""
+    """The archive asset's metadata for one file, saying if an earlier run had moved it;
+    the file's own partition is observed ``archived`` (what the ledger now says of it)."""
+    row = report.ledger
+    context.log_event(
+        AssetObservation(
+            asset_key=SourceNames.of(source).file,
+            partition=row.file_key,
+            description=f"archived to s3://{source.bucket}/{report.archived_key}",
+            metadata={
+                "s3_uri": MetadataValue.url(f"s3://{source.bucket}/{row.file_key}"),
+                "etag": row.file_etag,
+                "status": State.ARCHIVED.value,
+                "archived_key": report.archived_key,
+                "file_lines_loaded": row.lines_loaded,
+                "file_lines_rejected": row.lines_rejected,
+            },
+        )
+    )
     if report.already_archived:
         context.log.info(
             f"s3://{source.bucket}/{report.ledger.file_key} (ETag {report.ledger.file_etag}) "

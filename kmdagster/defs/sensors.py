@@ -18,6 +18,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetKey,
     AssetMaterialization,
+    AssetRecordsFilter,
     DagsterInstance,
     DefaultSensorStatus,
     DeleteDynamicPartitionsRequest,
@@ -43,6 +44,7 @@ from kmdagster.defs.run_history import (
 )
 from kmdagster.markdown import file_states_at_a_glance
 from kmdagster.s3.objects import FilePattern, S3File, list_matching_files
+from kmdagster.status import FileState
 from kmdagster.wording import counted, names_and_more
 
 
@@ -123,7 +125,35 @@ def health_events(
         )
     if cursor.quarantine != reported.quarantine or reported.is_new or recovered:
         events.append(quarantine_evaluation(source, quarantined))
+    events.extend(resent_materializations(instance, source, listed, status.states))
     return events, cursor
+
+
+def resent_materializations(
+    instance: DagsterInstance, source: SourceConfig, listed: list[S3File], states: list[FileState]
+) -> list[AssetMaterialization]:
+    """The file asset materialized again for each key sent again: its version at the root
+    replaced one the ledger knows, and the partition's latest materialization is still an
+    older version's. (A version replaced before any run started leaves no ledger row, so
+    its partition shows the new version only once the new one imports.)"""
+    root = {file.key: file for file in listed}
+    older = {s.key: s for s in states if s.key in root and s.etag != root[s.key].etag}
+    file_key = SourceNames.of(source).file
+    events = []
+    for key, replaced in older.items():
+        found = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=file_key, asset_partitions=[key]), limit=1
+        ).records
+        latest = found[0].asset_materialization if found else None
+        shown = latest.metadata.get("etag") if latest is not None else None
+        if getattr(shown, "value", None) == root[key].etag:
+            continue
+        description = (
+            f"s3://{source.bucket}/{key} sent again: ETag {root[key].etag} replaces "
+            f"{replaced.etag} ({replaced.state})"
+        )
+        events.append(landed_materialization(file_key, source.bucket, root[key], description))
+    return events
 
 
 def health_error_events(
@@ -182,12 +212,14 @@ def prune(
     return keys, until.isoformat() if until else None
 
 
-def landed_materialization(file_key: AssetKey, bucket: str, file: S3File) -> AssetMaterialization:
+def landed_materialization(
+    file_key: AssetKey, bucket: str, file: S3File, description: str | None = None
+) -> AssetMaterialization:
     """The S3 file as an asset partition: it exists, with this version."""
     return AssetMaterialization(
         asset_key=file_key,
         partition=file.key,
-        description=f"s3://{bucket}/{file.key} registered for import",
+        description=description or f"s3://{bucket}/{file.key} registered for import",
         metadata={
             "etag": file.etag,
             "size_bytes": file.size,
