@@ -206,4 +206,12 @@ def test_an_analyst_sees_file_states_row_counts_and_checks(
         expect(dialog).to_contain_text("pending")
         page.wait_for_timeout(1_000)  # the dialog fades in
         page.screenshot(path=str(shots / "file-states.png"))
+
+        # The Runs list: Dagster reads Success for a run stopped on its budget as for one
+        # that finished its file; the outcome tag under each run's ID tells them apart.
+        page.goto(f"{url}/runs")
+        dismiss_welcome(page)
+        expect(page.get_by_text("kmdagster/outcome: stopped on budget at").first).to_be_visible()
+        expect(page.get_by_text("kmdagster/outcome: imported in full").first).to_be_visible()
+        page.screenshot(path=str(shots / "runs-list.png"))
         browser.close()

@@ -35,7 +35,7 @@ from kmdagster.defs.catch_up import archive_following_files, import_following_fi
 from kmdagster.defs.checks import data_check_specs
 from kmdagster.defs.file_events import (
     import_partition_file,
-    record_budget_stop,
+    record_outcome,
     report_archive,
     reported_file,
 )
@@ -138,8 +138,7 @@ def build_import_asset(
                 raise Failure(description=str(exc)) from exc
             report = import_partition_file(context, client, warehouse, source, key)
             results = reported_file(context, warehouse, source, report)
-            if not report.complete:
-                record_budget_stop(context, source, report.ledger)
+            record_outcome(context, source, report)
             yield from results
             if report.complete and source.max_files_per_run > 1:
                 import_following_files(

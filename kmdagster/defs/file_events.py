@@ -112,17 +112,34 @@ def already_imported_message(source: SourceConfig, row: LedgerRow) -> str:
     )
 
 
+def record_outcome(
+    context: AssetExecutionContext, source: SourceConfig, report: ImportReport
+) -> None:
+    """Tag the run with what it did to its file, so the Runs list tells a run that stopped
+    on its budget from one that finished the file (Dagster shows both as Success)."""
+    row = report.ledger
+    if not report.complete:
+        record_budget_stop(context, source, row)
+        return
+    if report.already_imported:
+        done = "already imported: loaded nothing"
+    else:
+        done = (
+            f"imported in full: {counted(row.lines_loaded, 'line')} loaded, "
+            f"{row.lines_rejected:,} rejected"
+        )
+    context.instance.add_run_tags(context.run.run_id, {OUTCOME_TAG: done})
+
+
 def record_budget_stop(
     context: AssetExecutionContext, source: SourceConfig, row: LedgerRow, files_before: int = 0
 ) -> None:
-    """Say at the top of the run page, and in its log, that the budget cut ``row``'s file;
+    """Tag the run, and say in its log, that the budget cut ``row``'s file;
     ``files_before``: the files the run completed before it."""
     stopped = f"stopped on budget at {row.percent_done:g}%"
     if files_before:
         files = counted(files_before, "file")
         stopped = f"{files} imported, then {stopped} of {row.file_key}"
-    # Shown above Dagster's line about the archive step skipped for want of the (not yet
-    # materialized) tables.
     context.instance.add_run_tags(context.run.run_id, {OUTCOME_TAG: stopped})
     context.log.warning(
         f"time budget of {source.time_budget_seconds}s used: stopped at byte "
