@@ -18,9 +18,21 @@ install: $(BIN)/.installed
 dev: install
 	$(BIN)/python -m kmdagster_dev.dev
 
+# A clean environment holding kmdagster as a user installs it (no dev extras, not
+# editable) and dg: the test of the Component in a dg project runs in it (tests never
+# reach PyPI, so it is made here).
+COMPONENT_VENV := .venv-component
+$(COMPONENT_VENV)/.installed: pyproject.toml setup.py $(shell find kmdagster -name '*.py')
+	rm -rf $(COMPONENT_VENV)
+	$(PYTHON) -m venv $(COMPONENT_VENV)
+	$(COMPONENT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(COMPONENT_VENV)/bin/python -m pip install --quiet . 'dagster-dg-cli>=1.13,<1.14'
+	rm -rf build
+	touch $@
+
 # One pytest worker per core: most tests wait on servers and subprocesses, so two
 # workers on two cores halve the suite's time; each worker starts its own servers.
-test: install
+test: install $(COMPONENT_VENV)/.installed
 	$(BIN)/pytest -q -p no:cacheprovider -n auto
 
 # The tests without the slow, end-to-end and browser ones (markers in pyproject.toml):

@@ -12,12 +12,16 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import click
 import polars as pl
+import yaml
 from botocore.exceptions import BotoCoreError, NoCredentialsError
 from dagster import DagsterInstance
 
@@ -32,6 +36,8 @@ from kmdagster.defs.run_history import (
     source_progress,
 )
 from kmdagster.defs.setup_assets import record_confirmed_setup
+from kmdagster.dg_project import find_dg_project
+from kmdagster.instance_settings import instance_settings_yaml
 from kmdagster.markdown import check_markdown, preview_markdown, status_markdown
 from kmdagster.preview import FilePreview, SetupRuleError, setup_preview
 from kmdagster.s3.objects import FilePattern, S3AccessError
@@ -231,7 +237,11 @@ def _require_dagster_home(why: str) -> None:
 
 
 @source_command("check, preview, then switch the sensor and schedule on")
-@click.option("--workspace", help=f"workspace.yaml to load (default: -m {DEFINITIONS_MODULE})")
+@click.option(
+    "--workspace",
+    help="workspace.yaml to load (default: the dg project around the working directory, as "
+    f"dg dev loads it, else -m {DEFINITIONS_MODULE})",
+)
 def confirm(config: KmConfig, source: SourceConfig, workspace: str | None) -> None:
     _require_dagster_home("confirm switches the sensor and schedule on in the instance")
     results = run_check(config, source)
@@ -249,24 +259,46 @@ def confirm(config: KmConfig, source: SourceConfig, workspace: str | None) -> No
         raise CommandFailed("not confirmed: " + "; ".join(problems))
     with DagsterInstance.get() as instance:  # the UI shows what was confirmed
         record_confirmed_setup(instance, source, results, found)
-    target = ["-w", workspace] if workspace else ["-m", DEFINITIONS_MODULE]
     given = given_config_path()
-    for kind, name in (
-        ("sensor", SourceNames.of(source).sensor),
-        ("schedule", SourceNames.of(source).schedule),
-    ):
-        done = subprocess.run(
-            [sys.executable, "-m", "dagster", kind, "start", name, *target],
-            capture_output=True,
-            text=True,
-            env={**os.environ, **({CONFIG_ENV_VAR: given} if given else {})},
-        )
-        if done.returncode != 0:
-            raise CommandFailed(f"could not start {kind} {name}: {done.stderr.strip()[-2000:]}")
-        click.echo(f"{kind} {name} is now running")
+    with dagster_target(workspace) as target:
+        for kind, name in (
+            ("sensor", SourceNames.of(source).sensor),
+            ("schedule", SourceNames.of(source).schedule),
+        ):
+            done = subprocess.run(
+                [sys.executable, "-m", "dagster", kind, "start", name, *target],
+                capture_output=True,
+                text=True,
+                env={**os.environ, **({CONFIG_ENV_VAR: given} if given else {})},
+            )
+            if done.returncode != 0:
+                raise CommandFailed(f"could not start {kind} {name}: {done.stderr.strip()[-2000:]}")
+            click.echo(f"{kind} {name} is now running")
     click.echo(
         f"confirmed: {source.name} registers new files and imports one per tick ({source.cron})"
     )
+
+
+@contextmanager
+def dagster_target(workspace: str | None) -> Iterator[list[str]]:
+    """The code location to start sensors and schedules in, as ``dagster`` options: the
+    workspace given, else the dg project around the working directory as ``dg dev`` loads
+    it (same location name, so its daemon sees them running), else kmdagster's module."""
+    project = None if workspace else find_dg_project(Path.cwd())
+    if workspace:
+        yield ["-w", workspace]
+    elif project is not None:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "workspace.yaml"
+            path.write_text(yaml.safe_dump(project.workspace()))
+            yield ["-w", str(path)]
+    else:
+        yield ["-m", DEFINITIONS_MODULE]
+
+
+@cli.command(help="print the Dagster instance settings kmdagster relies on (for dagster.yaml)")
+def instance_settings() -> None:
+    click.echo(instance_settings_yaml(), nl=False)
 
 
 @source_command("print the least-privilege IAM policy for the source's bucket")

@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from kmdagster.dagster_internals import is_valid_cron
+from kmdagster.dg_project import COMPONENT_TYPE, find_dg_project
 
 CONFIG_ENV_VAR = "KMDAGSTER_CONFIG"
 DEFAULT_CONFIG_FILE = "kmdagster.yaml"
@@ -244,9 +245,13 @@ def config_path_from_env() -> Path:
 
 def load_config(path: Path | None = None, given_by: str | None = None) -> KmConfig:
     """Read and validate the configuration file: ``path`` (which ``given_by`` names, such
-    as ``--config``), else ``KMDAGSTER_CONFIG``, else ./kmdagster.yaml."""
+    as ``--config``), else ``KMDAGSTER_CONFIG``, else ./kmdagster.yaml, else, inside a
+    ``dg`` project, the one ``defs.yaml`` that declares the kmdagster component. A
+    component's ``defs.yaml`` given as the path is read for its attributes."""
     if path is None and os.environ.get(CONFIG_ENV_VAR):
         given_by = CONFIG_ENV_VAR
+    if path is None and given_by is None and not Path(DEFAULT_CONFIG_FILE).exists():
+        path = _component_file_of_project()
     path = path or config_path_from_env()
     try:
         text = path.read_text(encoding="utf-8")
@@ -256,14 +261,33 @@ def load_config(path: Path | None = None, given_by: str | None = None) -> KmConf
         else:
             fix = (
                 f"create {DEFAULT_CONFIG_FILE} in the working directory, or give its path "
-                f"with --config or {CONFIG_ENV_VAR}"
+                f"with --config or {CONFIG_ENV_VAR} (in a dg project: run from the project, "
+                f"or give the defs.yaml of its {COMPONENT_TYPE} component)"
             )
         raise ConfigError(f"{path}: configuration file not found; {fix}") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if isinstance(raw, dict) and raw.get("type") == COMPONENT_TYPE:
+        raw = raw.get("attributes")  # a dg component's defs.yaml: its sections
     return parse_config(raw, origin=str(path))
+
+
+def _component_file_of_project() -> Path | None:
+    """The defs.yaml of the kmdagster component of the dg project around the working
+    directory, when there is exactly one."""
+    project = find_dg_project(Path.cwd())
+    if project is None:
+        return None
+    found = project.component_files()
+    if len(found) > 1:
+        listed = ", ".join(str(path) for path in found)
+        raise ConfigError(
+            f"the dg project {project.root} declares {len(found)} {COMPONENT_TYPE} "
+            f"components ({listed}): give one with --config or {CONFIG_ENV_VAR}"
+        )
+    return found[0] if found else None
 
 
 def parse_config(raw: Any, origin: str = "configuration") -> KmConfig:

@@ -4,23 +4,28 @@ definitions it loads import a file, and a configuration error reads as in kmdags
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from dagster import DagsterInstance, load_from_defs_folder
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, load_from_defs_folder
 
-from kmdagster.config import ConfigError, load_config
+from kmdagster.config import CONFIG_ENV_VAR, ConfigError, load_config
+from kmdagster.defs.runs import MAX_RUNTIME_TAG, OUTCOME_TAG
+from kmdagster.s3.objects import ARCHIVE_PREFIX
 from kmdagster_dev.km_files import km_file
-from kmdagster_dev.seaweed import SeaweedS3
+from kmdagster_dev.seaweed import SeaweedS3, free_ports
 from kmdagster_tests.helpers import ACCOUNTS, assert_file_loaded_once, make_config, write_config
 
 KEY = "accounts.20261201.json"
 COMPONENT = "kmdagster.component.KmImports"
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def dg_project(root: Path) -> Path:
@@ -122,3 +127,98 @@ def test_a_configuration_error_reads_as_in_kmdagster_yaml(tmp_path: Path) -> Non
     checked = dg(project, "check", "defs")
     assert checked.returncode != 0
     assert f"{declared}: {said}" in checked.stdout + checked.stderr
+
+
+COMPONENT_VENV = ROOT / ".venv-component"
+
+
+@pytest.mark.e2e
+def test_the_component_from_a_clean_venv_is_confirmed_and_imports_under_dg_dev(
+    s3_server: SeaweedS3, s3: Any, bucket: str, tmp_path: Path
+) -> None:
+    """As a team adds kmdagster to its dg project: installed as a user installs it (not
+    editable, no dev extras: ``make`` builds that environment), the instance given
+    ``kmdagster instance-settings``, the source confirmed with ``kmdagster confirm`` from
+    the project (no kmdagster.yaml: the component's defs.yaml is the configuration), then
+    ``dg dev``'s daemon registers the file, launches the schedule's run and archives it."""
+    if not (COMPONENT_VENV / "bin" / "dg").exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{COMPONENT_VENV} is missing: `make test` builds it")
+        pytest.skip(f"{COMPONENT_VENV} is missing: `make test` builds it")
+    venv_bin = COMPONENT_VENV / "bin"
+    config = make_config(
+        s3_server,
+        bucket,
+        tmp_path / "warehouse.duckdb",
+        cron="* * * * *",
+        sensor_interval_seconds=5,
+    )
+    attributes = yaml.safe_load(write_config(tmp_path / "unused.yaml", config).read_text())
+    project = dg_project(tmp_path / "km-project")
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    env = {
+        **os.environ,
+        "PATH": f"{venv_bin}{os.pathsep}{os.environ['PATH']}",
+        "VIRTUAL_ENV": str(COMPONENT_VENV),
+        "PYTHONPATH": str(project / "src"),
+        "DAGSTER_HOME": str(home),
+    }
+    env.pop(CONFIG_ENV_VAR, None)
+
+    def run(*command: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            command, cwd=project, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, f"{command}: {done.stdout}{done.stderr}"
+        return done
+
+    settings = run(str(venv_bin / "kmdagster"), "instance-settings").stdout
+    (home / "dagster.yaml").write_text(settings + "telemetry:\n  enabled: false\n")
+    run(str(venv_bin / "dg"), "scaffold", "defs", COMPONENT, "km_imports")
+    declared = project / "src" / "km_project" / "defs" / "km_imports" / "defs.yaml"
+    declared.write_text(yaml.safe_dump({"type": COMPONENT, "attributes": attributes}))
+    file = km_file(seed=41, repeats=20)
+    s3.put_object(Bucket=bucket, Key=KEY, Body=file.data)
+
+    confirmed = run(str(venv_bin / "kmdagster"), "confirm", "accounts").stdout
+    assert f"sensor {ACCOUNTS.sensor} is now running" in confirmed
+    assert f"schedule {ACCOUNTS.schedule} is now running" in confirmed
+
+    [port] = free_ports(1)
+    with (tmp_path / "dg-dev.log").open("w") as log:
+        dev = subprocess.Popen(
+            [str(venv_bin / "dg"), "dev", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=project,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    scheduled = RunsFilter(tags={"dagster/schedule_name": ACCOUNTS.schedule})
+    succeeded = RunsFilter(tags=scheduled.tags, statuses=[DagsterRunStatus.SUCCESS])
+    try:
+        deadline = time.monotonic() + 300
+        with DagsterInstance.from_config(str(home)) as instance:
+            # Until a run the schedule launched has finished its file, archive included.
+            while not instance.get_runs(succeeded):
+                assert dev.poll() is None, (tmp_path / "dg-dev.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, (tmp_path / "dg-dev.log").read_text()[-3000:]
+                time.sleep(1)
+    finally:
+        os.killpg(dev.pid, signal.SIGINT)
+        try:
+            dev.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(dev.pid, signal.SIGKILL)
+            dev.wait()
+
+    assert_file_loaded_once(config.warehouse, KEY, file)
+    archived = s3.list_objects_v2(Bucket=bucket, Prefix=ARCHIVE_PREFIX).get("Contents", [])
+    assert any(item["Key"].endswith(f"/{KEY}") for item in archived)
+    with DagsterInstance.from_config(str(home)) as instance:
+        assert instance.run_monitoring_enabled
+        [run] = instance.get_runs(scheduled)
+        assert run.status == DagsterRunStatus.SUCCESS
+        assert MAX_RUNTIME_TAG in run.tags
+        assert run.tags[OUTCOME_TAG].startswith("imported in full")

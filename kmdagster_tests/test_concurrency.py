@@ -10,10 +10,12 @@ from typing import Any
 
 import duckdb
 import pytest
+import yaml
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, instance_for_test
 
 from kmdagster.defs.runs import SOURCE_TAG, WAREHOUSE_TAG
 from kmdagster.faults import CRASH_ENV
+from kmdagster.instance_settings import INSTANCE_SETTINGS, instance_settings_yaml
 from kmdagster.km_format.split import split_km_lines
 from kmdagster.warehouse.warehouse import DuckDBWarehouse, LedgerConflict, PieceEnd, Warehouse
 from kmdagster_dev.instance_yaml import deploy_instance_settings
@@ -37,6 +39,15 @@ def test_deploy_dagster_yaml_limits_one_run_per_source_and_per_warehouse() -> No
     assert by_key[SOURCE_TAG]["limit"] == 1
     assert by_key[SOURCE_TAG]["value"] == {"applyLimitPerUniqueValue": True}
     assert by_key[WAREHOUSE_TAG] == {"key": WAREHOUSE_TAG, "value": "duckdb", "limit": 1}
+
+
+def test_instance_settings_printed_for_any_project_are_deploy_dagster_yamls() -> None:
+    """`kmdagster instance-settings` (what a dg project puts in its instance) carries the
+    queue limits and run monitoring of deploy/dagster.yaml, the same values."""
+    deployed = deploy_instance_settings()
+    assert {key: deployed[key] for key in INSTANCE_SETTINGS} == INSTANCE_SETTINGS
+    printed = yaml.safe_load(instance_settings_yaml())
+    assert printed == INSTANCE_SETTINGS
 
 
 def test_a_run_launched_beside_a_dead_one_resumes_and_loads_every_line_once(

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from pydantic_core import PydanticUndefined
 
 from kmdagster import IMPORT_ENVIRONMENT
@@ -20,6 +21,7 @@ from kmdagster.config import (
     load_config,
     parse_config,
 )
+from kmdagster.dg_project import COMPONENT_TYPE, find_dg_project
 
 
 def source(**overrides: Any) -> dict[str, Any]:
@@ -149,3 +151,37 @@ def test_a_password_in_the_postgres_url_is_refused_without_being_repeated() -> N
         parse_config(document, origin="kmdagster.yaml")
     assert "set PGPASSWORD" in str(error.value)
     assert "s3cret-pw" not in str(error.value)
+
+
+def test_inside_a_dg_project_the_components_defs_yaml_is_the_configuration(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "km-project"\n\n[tool.dg]\ndirectory_type = "project"\n\n'
+        '[tool.dg.project]\nroot_module = "km_project"\n'
+    )
+    defs = tmp_path / "src" / "km_project" / "defs"
+    attributes = {"sources": [{"name": "accounts", "bucket": "b1", "base_filename": "a.json"}]}
+    for name in ("km_imports", "other"):
+        (defs / name).mkdir(parents=True)
+    (defs / "km_imports" / "defs.yaml").write_text(
+        yaml.safe_dump({"type": COMPONENT_TYPE, "attributes": attributes})
+    )
+    (defs / "other" / "defs.yaml").write_text("type: somebody.else.Component\n")
+    monkeypatch.delenv("KMDAGSTER_CONFIG", raising=False)
+    monkeypatch.chdir(defs / "other")  # anywhere in the project
+
+    project = find_dg_project(Path.cwd())
+    assert project is not None
+    assert (project.location_name, project.module) == ("km-project", "km_project.definitions")
+    assert project.working_directory == tmp_path / "src"
+    assert load_config().source("accounts").bucket == "b1"
+
+    (defs / "second").mkdir()
+    (defs / "second" / "defs.yaml").write_text(
+        yaml.safe_dump({"type": COMPONENT_TYPE, "attributes": attributes})
+    )
+    with pytest.raises(ConfigError, match="declares 2 kmdagster.component.KmImports"):
+        load_config()
+    given = load_config(defs / "second" / "defs.yaml", "--config")
+    assert given.source("accounts").base_filename == "a.json"

@@ -83,7 +83,7 @@ def test_the_sensor_removes_partitions_of_files_archived_long_ago_only(
             break
         assert isinstance(result, SensorResult) and result.skip_reason is not None
         said = result.skip_reason.skip_message or ""
-        assert f"removed the partitions of {len(batch)} files" in said
+        assert f"removed the partitions of {len(batch):,} files" in said
         for removed_key in batch:  # as the daemon applies the request
             instance.delete_dynamic_partition(ACCOUNTS.partitions, removed_key)
         removed += batch

@@ -1,0 +1,48 @@
+"""The Dagster instance settings kmdagster relies on, for any DAGSTER_HOME.
+
+Dagster reads them from the instance's ``dagster.yaml``, never from a code location, so a
+project that adds kmdagster (a ``dg`` project, an existing deployment) must carry them
+itself: ``kmdagster instance-settings`` prints them. ``deploy/dagster.yaml`` holds the same
+with PostgreSQL storage; docs/deploy.md explains each part.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+INSTANCE_SETTINGS: dict[str, Any] = {
+    # One import run per source at a time, and one writer of an embedded DuckDB file.
+    "run_queue": {
+        "max_concurrent_runs": 10,
+        "tag_concurrency_limits": [
+            {
+                "key": "kmdagster/source",
+                "value": {"applyLimitPerUniqueValue": True},
+                "limit": 1,
+            },
+            {"key": "kmdagster/warehouse", "value": "duckdb", "limit": 1},
+        ],
+    },
+    # A run whose process died is failed after its dagster/max_runtime tag (the source's
+    # budget plus run_grace_seconds), so the next tick can go on with the file.
+    "run_monitoring": {
+        "enabled": True,
+        "start_timeout_seconds": 180,
+        "max_resume_run_attempts": 0,
+        "poll_interval_seconds": 30,
+    },
+}
+
+HEADER = """\
+# Dagster instance settings kmdagster relies on: put them in $DAGSTER_HOME/dagster.yaml
+# before the daemon (dg dev, dagster dev, dagster-daemon) starts. Without them run
+# monitoring is off (a killed run blocks its source until failed by hand, and
+# run_grace_seconds does nothing) and runs into one DuckDB file are not serialised.
+"""
+
+
+def instance_settings_yaml() -> str:
+    """The settings as a dagster.yaml a user copies into DAGSTER_HOME."""
+    return HEADER + yaml.safe_dump(INSTANCE_SETTINGS, sort_keys=False)
