@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install dev test test-fast lint check bench soak screenshots
+.PHONY: install dev test test-fast test-pythons lint check bench soak screenshots
 
 $(BIN)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ test: install $(COMPONENT_VENV)/.installed
 # a few minutes on two cores, for the edit-test loop.
 test-fast: install
 	$(BIN)/pytest -q -p no:cacheprovider -n auto -m "not slow and not e2e and not browser"
+
+# The fast lane on the lowest and highest Python the package claims (3.10, 3.13).
+test-pythons: install
+	bash .ci/pythons
 
 screenshots: install  # docs/screenshots/ from the browser test (needs the system chromium)
 	KMDAGSTER_SCREENSHOTS=docs/screenshots $(BIN)/pytest -q -p no:cacheprovider \

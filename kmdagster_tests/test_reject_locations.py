@@ -5,6 +5,7 @@ stopped. Pure functions, and one import through the source's setting."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +94,8 @@ def test_rejects_carry_the_byte_offset_of_their_line_in_the_file() -> None:
     ("line", "position"),
     [
         ('{"_p": oops}', 8),  # the o of oops
-        ('{"_p":"1","_t":1328044149,"_n":"x",}', 36),  # after the trailing comma
+        # After the trailing comma; Python 3.13's parser names the comma itself.
+        ('{"_p":"1","_t":1328044149,"_n":"x",}', 35 if sys.version_info >= (3, 13) else 36),
         ('{"_p":"1","_t":1328044149 "_n":"x"}', 27),  # where the comma should be
         (NOT_UTF8, 48),  # the backslash of the escape
     ],
