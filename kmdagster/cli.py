@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -91,6 +92,7 @@ def run_check(config: KmConfig, source: SourceConfig) -> list[PermissionResult]:
     return check_permissions(s3_client(config), source.bucket, pattern)
 
 
+UNLIMITED_WIDTH = 65_535  # characters (polars' most): a table printed where no terminal is
 WAIT_HELP = "seconds to wait for a running import to release the warehouse"
 JSON_HELP = "print one JSON object"
 
@@ -375,8 +377,10 @@ def sql(query: str | None, as_csv: bool, max_rows: int, wait: float, attach: boo
     if as_csv:
         click.echo(frame.write_csv(), nl=False)
         return
+    # As wide as the terminal (COLUMNS when set); piped to a file or a program, unlimited.
+    width = min(shutil.get_terminal_size(fallback=(UNLIMITED_WIDTH, 24)).columns, UNLIMITED_WIDTH)
     shape = {"tbl_rows": max_rows, "tbl_cols": -1, "fmt_str_lengths": 80}
-    with pl.Config(**shape, tbl_hide_dataframe_shape=True):  # type: ignore[arg-type]
+    with pl.Config(**shape, tbl_width_chars=width, tbl_hide_dataframe_shape=True):  # type: ignore[arg-type]
         click.echo(frame)
     click.echo(f"{frame.height:,} rows")
 

@@ -208,7 +208,7 @@ def test_partial_run_metadata_shows_resume_offset(
     assert metadata["run_lines_read"] == metadata["file_lines_read"] > 0
     # The run page says first why the archive step did not run.
     tag = instance.get_run_by_id(result.run_id).tags["kmdagster/outcome"]  # type: ignore[union-attr]
-    assert tag == f"stopped on budget at {metadata['percent_done']:g}%"
+    assert tag == f"{metadata['percent_done']:g}% imported, stopped on budget"
 
 
 def test_ledger_wins_over_a_stale_recorded_offset(

@@ -19,6 +19,8 @@ from kmdagster.cli import main
 from kmdagster.config import KmConfig, SourceConfig, WarehouseSettings
 from kmdagster.km_format.identities import identity_groups
 from kmdagster.km_format.split import split_km_lines
+from kmdagster.km_format.summary import PreviewAccumulator
+from kmdagster.warehouse.file_rows import top_events, top_properties
 from kmdagster.warehouse.warehouse import DuckDBWarehouse, PieceEnd, Warehouse
 from kmdagster_tests.helpers import write_config
 
@@ -170,3 +172,35 @@ def test_the_lake_attaches_in_another_duckdb_with_the_statements_kmdagster_print
         analyst.execute(statements)
         assert analyst.execute("SELECT count(*) FROM km_events").fetchall() == [(4,)]
         assert analyst.execute(readme_queries()[2]).fetchall() != []
+
+
+SPELLINGS = [
+    {"_p": "a", "_t": T1, "_n": "Signed Up", "Plan": "Gold"},
+    {"_p": "b", "_t": T1, "_n": "signed up", "plan": "Free"},
+    {"_p": "c", "_t": T2, "_n": "Signed Up"},
+]
+
+
+def test_the_preview_shows_every_spelling_a_name_was_sent_under() -> None:
+    preview = PreviewAccumulator()
+    for n, line in enumerate(SPELLINGS, start=1):  # each line a chunk of its own
+        data = (json.dumps(line) + "\n").encode()
+        preview.add(split_km_lines(data, n, 1_764_000_000, with_sent_names=True))
+    summary = preview.summary()
+    assert summary.events.select("name", "label", "count").rows() == [
+        ("signed up", "Signed Up, signed up", 3)
+    ]
+    assert summary.properties.select("name", "label").rows() == [("plan", "Plan, plan")]
+
+
+def test_a_files_top_names_show_every_spelling_sent(tmp_path: Path) -> None:
+    with DuckDBWarehouse.connect(tmp_path / "w.duckdb") as warehouse:
+        load(warehouse, "accounts.1.json", SPELLINGS)
+        row = warehouse.latest_ledger_row("accounts", "accounts.1.json")
+        assert row is not None
+        events = top_events(warehouse.database, row)
+        properties = top_properties(warehouse.database, row)
+    assert events.select("event", "label", "rows").rows() == [
+        ("signed up", "Signed Up, signed up", 3)
+    ]
+    assert properties.select("name", "label").rows() == [("plan", "Plan, plan")]

@@ -278,10 +278,8 @@ def test_a_file_no_retry_can_read_is_set_aside_at_once_and_shown_apart(
     assert [row.split("|")[1].strip() for row in rows[2:]] == ["1", "2", "set aside"]
     assert [row.split("|")[2].strip() for row in rows[2:]] == [good, "accounts.3.json", bad]
     assert "Backlog: 2 files;" in said
-    assert (
-        f"Set aside: 1 file quarantined, not imported until `kmdagster retry accounts KEY` lifts it ({bad})"
-        in said
-    )  # noqa: E501
+    lift = "not imported until `kmdagster retry accounts KEY` lifts it"
+    assert f"Set aside: 1 file quarantined, {lift} ({bad})" in said
     assert f"- {bad}: {quarantine.last_error}" in said  # whole, not cut
 
     assert main(["preview", "accounts"]) == 0

@@ -22,12 +22,19 @@ from kmdagster_tests.test_import_asset import KEY, materialize_partition
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def kmdagster(config_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The CLI in a process of its own, as an analyst's terminal runs it."""
+def kmdagster(
+    config_path: Path, *args: str, columns: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The CLI in a process of its own, as an analyst's terminal runs it (``columns``
+    wide, as a terminal sets COLUMNS; else piped, as to a file)."""
+    env = {**os.environ, "KMDAGSTER_CONFIG": str(config_path)}
+    env.pop("COLUMNS", None)
+    if columns is not None:
+        env["COLUMNS"] = str(columns)
     return subprocess.run(
         [sys.executable, "-m", "kmdagster.cli", *args],
         cwd=ROOT,
-        env={**os.environ, "KMDAGSTER_CONFIG": str(config_path)},
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,
@@ -88,6 +95,15 @@ def test_the_readme_query_prints_a_table_and_bad_sql_says_why(
     assert sum(int(row["n"]) for row in rows) == file.events
     assert all(row["event"] in table.stdout for row in rows)
     assert table.stdout.rstrip().endswith(f"{len(rows):,} rows")
+
+    # A wide row: as wide as the terminal says, never cut when piped.
+    wide = "SELECT " + ", ".join(f"'{n:02d}-{'x' * 20}' AS c{n}" for n in range(12))
+    piped = kmdagster(config_path, "sql", wide)
+    assert all(f"{n:02d}-{'x' * 20}" in piped.stdout for n in range(12)), piped.stdout
+    for columns in (250, 120):
+        framed = kmdagster(config_path, "sql", wide, columns=columns)
+        widths = [len(line) for line in framed.stdout.splitlines()[:-1]]
+        assert max(widths) <= columns and max(widths) > min(columns, 100), framed.stdout
 
     wrong = kmdagster(config_path, "sql", "SELECT nope FROM km_events")
     assert wrong.returncode == 1 and "the query failed" in wrong.stderr and "nope" in wrong.stderr

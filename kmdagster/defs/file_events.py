@@ -121,11 +121,12 @@ def record_outcome(
     if not report.complete:
         record_budget_stop(context, source, row)
         return
+    # The share first: the Runs list shows the first few words of a tag.
     if report.already_imported:
-        done = "already imported: loaded nothing"
+        done = "100%, already imported: loaded nothing"
     else:
         done = (
-            f"imported in full: {counted(row.lines_loaded, 'line')} loaded, "
+            f"100% imported: {counted(row.lines_loaded, 'line')} loaded, "
             f"{row.lines_rejected:,} rejected"
         )
     context.instance.add_run_tags(context.run.run_id, {OUTCOME_TAG: done})
@@ -136,10 +137,13 @@ def record_budget_stop(
 ) -> None:
     """Tag the run, and say in its log, that the budget cut ``row``'s file;
     ``files_before``: the files the run completed before it."""
-    stopped = f"stopped on budget at {row.percent_done:g}%"
     if files_before:
         files = counted(files_before, "file")
-        stopped = f"{files} imported, then {stopped} of {row.file_key}"
+        stopped = (
+            f"{files} imported, then stopped on budget at {row.percent_done:g}% of {row.file_key}"
+        )
+    else:
+        stopped = f"{row.percent_done:g}% imported, stopped on budget"
     context.instance.add_run_tags(context.run.run_id, {OUTCOME_TAG: stopped})
     context.log.warning(
         f"time budget of {source.time_budget_seconds}s used: stopped at byte "

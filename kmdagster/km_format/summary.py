@@ -86,6 +86,16 @@ def _records(frame: pl.DataFrame) -> list[dict[str, Any]]:
     ]
 
 
+def _all_labels() -> pl.Expr:
+    """Every spelling a name was sent under, across chunks (few: names differ by case)."""
+    return pl.col("labels").list.explode().unique().sort().implode()
+
+
+def _as_sent() -> pl.Expr:
+    """The spellings of a name, as one text (``Signed Up, signed up``)."""
+    return pl.col("labels").list.sort().list.join(", ").alias("label")
+
+
 class PreviewAccumulator:
     """Folds chunks of ``SplitLines`` (made with ``with_sent_names=True``) into a summary."""
 
@@ -93,12 +103,12 @@ class PreviewAccumulator:
         self.lines = self.blank = self.rejected = 0
         self.octal_repaired = self.octal_recoverable = 0
         self._events = pl.DataFrame(
-            schema={"name": pl.String, "label": pl.String, "count": pl.Int64}
+            schema={"name": pl.String, "labels": pl.List(pl.String), "count": pl.Int64}
             | {"first_seen": _TS, "last_seen": _TS}
         )
         self._event_people = pl.DataFrame(schema={"name": pl.String, "person": pl.String})
         self._properties = pl.DataFrame(
-            schema={"name": pl.String, "label": pl.String, "count": pl.Int64}
+            schema={"name": pl.String, "labels": pl.List(pl.String), "count": pl.Int64}
             | {"numbers": pl.Int64, "examples": pl.List(pl.String)}
         )
         self._people = pl.DataFrame(schema={"person": pl.String})
@@ -138,7 +148,7 @@ class PreviewAccumulator:
 
     def _add_events(self, events: pl.DataFrame) -> None:
         chunk = events.group_by("event").agg(
-            label=pl.col("event_label").first(),
+            labels=pl.col("event_label").unique(),
             count=pl.len().cast(pl.Int64),
             first_seen=pl.col("ts").min(),
             last_seen=pl.col("ts").max(),
@@ -147,7 +157,7 @@ class PreviewAccumulator:
             pl.concat([self._events, chunk.rename({"event": "name"})])
             .group_by("name", maintain_order=True)
             .agg(
-                pl.col("label").first(),
+                _all_labels(),
                 pl.col("count").sum(),
                 pl.col("first_seen").min(),
                 pl.col("last_seen").max(),
@@ -158,7 +168,7 @@ class PreviewAccumulator:
 
     def _add_properties(self, properties: pl.DataFrame) -> None:
         chunk = properties.group_by("name", maintain_order=True).agg(
-            label=pl.col("name_label").first(),
+            labels=pl.col("name_label").unique(),
             count=pl.len().cast(pl.Int64),
             numbers=pl.col("value_number").is_not_null().sum().cast(pl.Int64),
             examples=pl.col("value").unique(maintain_order=True).head(EXAMPLE_VALUES),
@@ -167,7 +177,7 @@ class PreviewAccumulator:
             pl.concat([self._properties, chunk])
             .group_by("name", maintain_order=True)
             .agg(
-                pl.col("label").first(),
+                _all_labels(),
                 pl.col("count").sum(),
                 pl.col("numbers").sum(),
                 pl.col("examples")
@@ -208,12 +218,12 @@ class PreviewAccumulator:
         people_per_event = self._event_people.group_by("name").agg(people=pl.len().cast(pl.Int64))
         events = (
             self._events.join(people_per_event, on="name", how="left")
-            .select("name", "label", "count", "people", "first_seen", "last_seen")
+            .select("name", _as_sent(), "count", "people", "first_seen", "last_seen")
             .sort(["count", "name"], descending=[True, False])
         )
         properties = self._properties.select(
             "name",
-            "label",
+            _as_sent(),
             "count",
             value_type=pl.when(pl.col("numbers") == pl.col("count"))
             .then(pl.lit("number"))

@@ -116,8 +116,6 @@ class Database(Protocol):
     # transactions that draw ids, which conflict with each other (``next_ids``).
     sql_skip_duplicates: str
 
-    def sql_most_common(self, column: str) -> str: ...
-
     def sql_distinct_estimate(self, column: str) -> str: ...
 
 

@@ -228,9 +228,6 @@ class DuckDBDatabase:
     def close(self) -> None:
         self.connection.close()
 
-    def sql_most_common(self, column: str) -> str:
-        return f"mode({column})"
-
     def sql_distinct_estimate(self, column: str) -> str:
         # HyperLogLog, within a few percent: memory stays constant whatever the file's size.
         return f"approx_count_distinct({column})"

@@ -64,11 +64,17 @@ def duplicate_rows(database: Database, row: LedgerRow, table: str) -> int:
     )
 
 
+def _spellings(column: str) -> str:
+    """Every label of a name in one text (``Signed Up, signed up``): the same SQL on
+    DuckDB and PostgreSQL."""
+    return f"string_agg(DISTINCT {column}, ', ' ORDER BY {column})"
+
+
 def top_events(database: Database, row: LedgerRow, limit: int = 10) -> pl.DataFrame:
-    """The file's most frequent events: name, the label sent most, rows, people (estimated
-    on DuckDB, where memory then stays constant whatever the file's size)."""
+    """The file's most frequent events: name, every spelling it was sent under, rows, people
+    (estimated on DuckDB, where memory then stays constant whatever the file's size)."""
     return database.frame(
-        f"SELECT event, {database.sql_most_common('event_label')} AS label, count(*) AS rows, "
+        f"SELECT event, {_spellings('event_label')} AS label, count(*) AS rows, "
         f"{database.sql_distinct_estimate('person')} AS people FROM km_events "
         f"WHERE {_OF_FILE} GROUP BY event ORDER BY rows DESC, event LIMIT $2",
         [*_file(row), limit],
@@ -76,10 +82,10 @@ def top_events(database: Database, row: LedgerRow, limit: int = 10) -> pl.DataFr
 
 
 def top_properties(database: Database, row: LedgerRow, limit: int = 10) -> pl.DataFrame:
-    """The file's most frequent property names: name, label, rows, people (estimated),
-    numeric rows."""
+    """The file's most frequent property names: name, every spelling it was sent under,
+    rows, people (estimated), numeric rows."""
     return database.frame(
-        f"SELECT name, {database.sql_most_common('name_label')} AS label, count(*) AS rows, "
+        f"SELECT name, {_spellings('name_label')} AS label, count(*) AS rows, "
         f"{database.sql_distinct_estimate('person')} AS people, "
         f"count(value_number) AS numeric_rows FROM km_properties WHERE {_OF_FILE} "
         "GROUP BY name ORDER BY rows DESC, name LIMIT $2",

@@ -152,8 +152,5 @@ class PostgresDatabase:
     def close(self) -> None:
         self.connection.close()
 
-    def sql_most_common(self, column: str) -> str:
-        return f"mode() WITHIN GROUP (ORDER BY {column})"
-
     def sql_distinct_estimate(self, column: str) -> str:
         return f"count(DISTINCT {column})"  # exact: PostgreSQL has no built-in estimate
