@@ -10,7 +10,6 @@ import fcntl
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -22,6 +21,8 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
+
+from kmdagster_dev.processes import stop_process_group
 
 PORT_FLAGS = (
     "s3.port",
@@ -119,12 +120,7 @@ class SeaweedS3:
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=15)
+        stop_process_group(self.process, grace_seconds=15)
         # The gRPC sockets have no flag: weed names them by port under /tmp. The ports were
         # this server's, so the sockets named for them are too.
         for port in self.ports.values():

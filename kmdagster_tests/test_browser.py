@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from kmdagster_dev.processes import stop_process_group
 from kmdagster_dev.seaweed import SeaweedS3, free_ports
 from kmdagster_tests.helpers import ADMIN, make_config, write_config
 from kmdagster_tests.ui_demo import (
@@ -107,12 +107,7 @@ def served_demo(
         wait_for_http(f"{url}/server_info", process)
         yield url, demo
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_process_group(process, grace_seconds=20)
 
 
 def screenshot_dir(tmp_path: Path) -> Path:

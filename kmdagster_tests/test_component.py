@@ -19,6 +19,7 @@ from kmdagster.config import CONFIG_ENV_VAR, ConfigError, load_config
 from kmdagster.defs.runs import MAX_RUNTIME_TAG, OUTCOME_TAG
 from kmdagster.s3.objects import ARCHIVE_PREFIX
 from kmdagster_dev.km_files import km_file
+from kmdagster_dev.processes import stop_process_group
 from kmdagster_dev.seaweed import SeaweedS3, free_ports
 from kmdagster_tests.helpers import ACCOUNTS, assert_file_loaded_once, make_config, write_config
 
@@ -206,12 +207,7 @@ def test_the_component_from_a_clean_venv_is_confirmed_and_imports_under_dg_dev(
                 assert time.monotonic() < deadline, (tmp_path / "dg-dev.log").read_text()[-3000:]
                 time.sleep(1)
     finally:
-        os.killpg(dev.pid, signal.SIGINT)
-        try:
-            dev.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(dev.pid, signal.SIGKILL)
-            dev.wait()
+        stop_process_group(dev, signal.SIGINT, grace_seconds=60)
 
     assert_file_loaded_once(config.warehouse, KEY, file)
     archived = s3.list_objects_v2(Bucket=bucket, Prefix=ARCHIVE_PREFIX).get("Contents", [])

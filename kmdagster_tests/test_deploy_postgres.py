@@ -37,6 +37,7 @@ from kmdagster.s3.objects import ARCHIVE_PREFIX
 from kmdagster_dev.instance_yaml import deploy_instance_settings, write_instance_yaml
 from kmdagster_dev.km_files import km_file
 from kmdagster_dev.postgres import USER, PostgresServer
+from kmdagster_dev.processes import stop_process_group
 from kmdagster_dev.seaweed import SeaweedS3, free_ports
 from kmdagster_tests.helpers import assert_file_loaded_once, warehouse_rows, write_config
 
@@ -70,16 +71,6 @@ def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Pope
         return subprocess.Popen(
             command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
 
 
 def run_pid(instance: DagsterInstance, run_id: str) -> int | None:
@@ -252,8 +243,8 @@ def test_daemon_on_postgres_imports_two_sources_and_recovers_a_killed_run(
             order_runs = instance.get_run_records(RunsFilter(tags={SOURCE_TAG: "orders"}))
     finally:
         if daemon is not None:
-            stop(daemon)
-        stop(code_server)
+            stop_process_group(daemon)
+        stop_process_group(code_server)
 
     # Nothing holds one source's runs behind the other's: every run is tagged with the
     # warehouse's backend, which the shipped run queue does not limit (only duckdb).

@@ -248,8 +248,6 @@ def test_kill_at_a_random_instant_loses_and_duplicates_nothing(
 # Parquet to S3, from the chunk's connection and from the one that adds names.
 LAKE_ON_S3 = [
     ("commit_chunk.in_transaction:3", None, None),
-    ("import.chunk_committed:2", None, "gzip"),
-    (None, 0, None),
     (None, 1, "gzip"),
 ]
 

@@ -314,16 +314,17 @@ def test_first_runs_of_sources_on_a_new_lake_at_once_all_open_it(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("compression", ["plain", "gzip"])
-def test_a_12_mb_file_on_a_lake_on_s3_resumes_across_budget_stopped_runs_every_line_once(
-    lake_on_s3: KmConfig, s3: Any, bucket: str, compression: str
+@pytest.mark.parametrize(("compression", "repeats"), [("plain", 27_000), ("gzip", 6_000)])
+def test_a_file_on_a_lake_on_s3_resumes_across_budget_stopped_runs_every_line_once(
+    lake_on_s3: KmConfig, s3: Any, bucket: str, compression: str, repeats: int
 ) -> None:
     """A file far bigger than DuckLake inlines in its catalog, so every chunk writes Parquet
-    to S3, imported in 256 KB chunks across runs each stopped by its budget. Its 300
-    property names are new to the lake: they are added apart from the chunk (``name_ids``),
-    through a connection of their own that must write to S3 as the chunk's does."""
-    file = km_file(seed=1, repeats=27_000, property_names=300)
-    assert len(file.data) > 12_000_000
+    to S3 (12 MB plain, 2.7 MB of lines gzipped), imported in 256 KB chunks across runs
+    each stopped by its budget. Its 300 property names are new to the lake: they are added
+    apart from the chunk (``name_ids``), through a connection of their own that must write
+    to S3 as the chunk's does."""
+    file = km_file(seed=1, repeats=repeats, property_names=300)
+    assert len(file.data) > 12_000_000 or compression == "gzip"
     key = "accounts.1.json" + (".gz" if compression == "gzip" else "")
     body = gzip.compress(file.data, compresslevel=1) if compression == "gzip" else file.data
     s3.put_object(Bucket=bucket, Key=key, Body=body)

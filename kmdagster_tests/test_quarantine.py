@@ -41,6 +41,14 @@ FIRST, SECOND = "accounts.1.json", "accounts.2.json"
 TICK = datetime(2026, 11, 26, 12, tzinfo=timezone.utc)
 
 
+def as_the_cli_runs(config: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    """A Dagster instance and ``config``'s file where the CLI (``main``) finds them."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("KMDAGSTER_CONFIG", str(write_config(tmp_path / "km.yaml", config)))
+
+
 def runs(*outcomes: str) -> list[FinishedRun]:
     """Newest first: 'f' failed, 's' succeeded, 'r' failed after a retry-tagged launch,
     'a' failed after advancing the file (committed chunks, then was killed)."""
@@ -104,10 +112,7 @@ def test_an_unreadable_file_is_quarantined_the_next_goes_first_and_retry_resumes
     )
     source = config.sources[0]
     defs = build_definitions(config)
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    monkeypatch.setenv("KMDAGSTER_CONFIG", str(write_config(tmp_path / "km.yaml", config)))
+    as_the_cli_runs(config, tmp_path, monkeypatch)
 
     def as_identity(identity: Identity) -> None:
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", identity.access_key)
@@ -257,10 +262,7 @@ def test_a_file_no_retry_can_read_is_set_aside_at_once_and_shown_apart(
     config = make_config(s3_server, bucket, tmp_path / "warehouse.duckdb")
     source = config.sources[0]
     defs = build_definitions(config)
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    monkeypatch.setenv("DAGSTER_HOME", str(home))
-    monkeypatch.setenv("KMDAGSTER_CONFIG", str(write_config(tmp_path / "km.yaml", config)))
+    as_the_cli_runs(config, tmp_path, monkeypatch)
     with DagsterInstance.get() as instance:
         first = run_tick(defs, instance, TICK, must_succeed=False)
         assert getattr(first, "partition_key", None) == bad

@@ -246,6 +246,8 @@ def report_archive(
                 "s3_uri": MetadataValue.url(f"s3://{source.bucket}/{row.file_key}"),
                 "etag": row.file_etag,
                 "status": State.ARCHIVED.value,
+                "next_offset": row.next_offset,  # the end: what a resume hint reads
+                "size_bytes": row.size_bytes,
                 "archived_key": report.archived_key,
                 "file_lines_loaded": row.lines_loaded,
                 "file_lines_rejected": row.lines_rejected,

@@ -5,7 +5,7 @@ code runs per line. A valid line is a flat JSON object, so a strict regular expr
 that grammar decides validity exactly; the pairs of the lines it admits are then cut out
 (``pairs.py``) and checked column-wise, and each line's special keys, duplicate names and
 worst pair are gathered per line by row index rather than by a group-by over all pairs.
-The rules are in the README ("Format rules") and the reasons in ``reasons.py``.
+The rules are in docs/architecture.md ("Format rules") and the reasons in ``reasons.py``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Read an S3 object as line-aligned pieces with ranged GETs pinned to its ETag.
 
-The sizes of an import, largest first (the README uses the same words):
+The sizes of an import, largest first (docs/architecture.md uses the same words):
 
 - a **request** is one streaming ranged GET, up to ``REQUEST_BYTES`` (64 MB);
 - a **chunk** is what one warehouse transaction commits: the pieces up to the source's

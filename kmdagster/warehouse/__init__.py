@@ -1,1 +1,1 @@
-"""The warehouse side: the ledger and the km_* rows, on DuckDB or PostgreSQL."""
+"""The warehouse side: the ledger and the km_* rows, in a DuckDB file, PostgreSQL or a DuckLake lake."""

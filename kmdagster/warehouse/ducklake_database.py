@@ -198,7 +198,7 @@ class DuckLakeDatabase(DuckDBDatabase):
 
     def checkpoint(self) -> None:
         """Nothing to fold: each commit wrote its Parquet files. Merging small files is
-        the maintenance job's work (``maintenance.py``)."""
+        the maintenance job's work (``lake_maintenance.py``)."""
 
 
 def lake_exists(settings: WarehouseSettings) -> bool:

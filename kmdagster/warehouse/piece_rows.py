@@ -5,7 +5,7 @@ every polars call made there waits for polars' thread pool, which the splits kee
 So everything the inserts need that does not touch the warehouse is done here, beside
 the split: each table's rows as Arrow, and each event or property label coded against the
 piece's own list of labels. The insert then maps a few hundred labels to their warehouse
-ids (``names.py``) and gathers them with Arrow. Nothing here touches the warehouse.
+ids (``name_ids.py``) and gathers them with Arrow. Nothing here touches the warehouse.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The warehouse: KM rows plus the import ledger, one transaction per chunk.
 
 ``Warehouse`` holds what the importer, the archiver and the reports ask of it; the SQL it
-sends is the same for every backend, run by a ``Database`` (DuckDB or PostgreSQL, chosen
-by the configuration's ``warehouse.backend``). Schema and upgrades: ``schema.py``.
+sends is the same for every backend, run by a ``Database`` (a DuckDB file, PostgreSQL or a
+DuckLake lake, chosen by the configuration's ``warehouse.backend``). Schema and upgrades: ``schema.py``.
 """
 
 from __future__ import annotations
