@@ -1,1 +1,2 @@
-"""The warehouse side: the ledger and the km_* rows, in a DuckDB file, PostgreSQL or a DuckLake lake."""
+"""The warehouse side: the ledger and the km_* rows, in a DuckDB file, PostgreSQL or a
+DuckLake lake."""

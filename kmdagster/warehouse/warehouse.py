@@ -2,7 +2,8 @@
 
 ``Warehouse`` holds what the importer, the archiver and the reports ask of it; the SQL it
 sends is the same for every backend, run by a ``Database`` (a DuckDB file, PostgreSQL or a
-DuckLake lake, chosen by the configuration's ``warehouse.backend``). Schema and upgrades: ``schema.py``.
+DuckLake lake, chosen by the configuration's ``warehouse.backend``). Schema and upgrades:
+``schema.py``.
 """
 
 from __future__ import annotations
