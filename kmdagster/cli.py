@@ -41,12 +41,11 @@ from kmdagster.dg_project import find_dg_project
 from kmdagster.instance_settings import instance_settings_yaml
 from kmdagster.markdown import check_markdown, preview_markdown, status_markdown
 from kmdagster.preview import FilePreview, SetupRuleError, setup_preview
-from kmdagster.s3.objects import FilePattern, S3AccessError
+from kmdagster.s3.objects import FilePattern, S3AccessError, list_root_files
 from kmdagster.s3.permissions import PermissionResult, check_permissions, iam_policy
 from kmdagster.status import (
     backlog,
     backlog_eta,
-    list_root_files,
     read_source_status,
     set_aside,
 )

@@ -19,7 +19,7 @@ from kmdagster.s3.objects import (
     S3File,
     compression_of,
     head_file,
-    list_matching_files,
+    list_root_files,
 )
 from kmdagster.s3.piece_reader import PIECE_BYTES, PieceReader, UnreadableFileError
 from kmdagster.wording import counted, names_and_more
@@ -123,9 +123,7 @@ def setup_preview(
             raise SetupRuleError(f"s3://{source.bucket}/{key} does not exist")
         files = [file]
     else:
-        listed = sorted(
-            list_matching_files(client, source.bucket, pattern), key=lambda found: found.key
-        )
+        listed = list_root_files(client, source)
         files = [file for file in listed if file.key not in set_aside]
         passed_over = [file.key for file in listed if file.key in set_aside]
         if passed_over:

@@ -16,7 +16,7 @@ from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.dagster_internals import cron_ticks_after
 from kmdagster.file_state import BACKLOG, RETIRED, State
 from kmdagster.quarantine import Quarantine
-from kmdagster.s3.objects import FilePattern, S3File, compression_of, list_matching_files
+from kmdagster.s3.objects import S3File, compression_of, list_root_files
 from kmdagster.warehouse.warehouse import LedgerRow, Warehouse, WarehouseUnavailable
 
 # Every state shown to people, in the CLI, the backlog check and the docs (README "File
@@ -228,12 +228,6 @@ def backlog_eta(cron: str, backlog_files: int, now: datetime) -> datetime | None
     for _ in range(backlog_files):
         tick = next(ticks)
     return tick
-
-
-def list_root_files(client: Any, source: SourceConfig) -> list[S3File]:
-    """The source's matching files at its bucket root, by key."""
-    pattern = FilePattern.of_source(source)
-    return list(list_matching_files(client, source.bucket, pattern))
 
 
 @dataclass(frozen=True)

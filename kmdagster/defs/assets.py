@@ -42,8 +42,7 @@ from kmdagster.defs.file_events import (
 from kmdagster.defs.naming import SourceNames
 from kmdagster.defs.resources import WarehouseResource
 from kmdagster.importer import retire_replaced_versions
-from kmdagster.s3.objects import S3AccessError
-from kmdagster.status import list_root_files
+from kmdagster.s3.objects import S3AccessError, list_root_files
 from kmdagster.warehouse.schema import ROW_TABLES
 
 TABLE_DESCRIPTIONS = {

@@ -28,12 +28,11 @@ from kmdagster.defs.naming import BACKLOG_CHECK
 from kmdagster.defs.resources import TICK_LEDGER_WAIT_SECONDS, WarehouseResource
 from kmdagster.defs.run_history import run_outcomes
 from kmdagster.markdown import file_states_markdown
-from kmdagster.s3.objects import FilePattern, S3File
+from kmdagster.s3.objects import FilePattern, S3File, list_root_files
 from kmdagster.status import (
     RunOutcomes,
     SourceStatus,
     backlog,
-    list_root_files,
     oldest_waiting,
     read_source_status,
 )

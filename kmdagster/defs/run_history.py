@@ -34,8 +34,8 @@ from kmdagster.defs.resources import TICK_LEDGER_WAIT_SECONDS, WarehouseResource
 from kmdagster.defs.runs import SOURCE_TAG, UNREADABLE_TAG
 from kmdagster.markdown import markdown_table
 from kmdagster.quarantine import FinishedRun, Quarantine, quarantine_of
-from kmdagster.s3.objects import S3File
-from kmdagster.status import RunFailure, RunOutcomes, list_root_files
+from kmdagster.s3.objects import S3File, list_root_files
+from kmdagster.status import RunFailure, RunOutcomes
 from kmdagster.warehouse.database import WarehouseSchemaError, WarehouseUnavailable
 from kmdagster.warehouse.warehouse import Warehouse
 

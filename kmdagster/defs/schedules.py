@@ -18,7 +18,7 @@ from kmdagster.defs.pending import next_files
 from kmdagster.defs.resources import WarehouseResource
 from kmdagster.defs.run_history import ledger_progress
 from kmdagster.defs.runs import SOURCE_TAG, active_runs
-from kmdagster.s3.objects import FilePattern, list_matching_files
+from kmdagster.s3.objects import FilePattern, list_root_files
 from kmdagster.wording import counted, names_and_more
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ def build_import_schedule(
                 f"run {run.run_id} of source {source.name!r} is {run.status.value}; "
                 "files are imported one at a time"
             )
-        files = list(list_matching_files(km_s3.get_client(), source.bucket, pattern))
+        files = list_root_files(km_s3.get_client(), source)
         registered = set(context.instance.get_dynamic_partitions(partitions_name))
         progress = ledger_progress(km_warehouse.settings, source, files)
         found = next_files(context.instance, source, files, registered, progress, limit=1)

@@ -43,7 +43,7 @@ from kmdagster.defs.run_history import (
     run_outcomes,
 )
 from kmdagster.markdown import file_states_at_a_glance
-from kmdagster.s3.objects import FilePattern, S3File, list_matching_files
+from kmdagster.s3.objects import FilePattern, S3File, list_root_files
 from kmdagster.status import FileState
 from kmdagster.wording import counted, names_and_more
 
@@ -250,7 +250,7 @@ def build_file_sensor(
         context: SensorEvaluationContext, km_s3: S3Resource, km_warehouse: WarehouseResource
     ):
         client = km_s3.get_client()
-        listed = list(list_matching_files(client, source.bucket, pattern))
+        listed = list_root_files(client, source)
         registered = set(context.instance.get_dynamic_partitions(partitions_name))
         to_add, unusable = new_partition_keys([f.key for f in listed], registered)
         for key in unusable:

@@ -172,6 +172,13 @@ def list_matching_files(client: Any, bucket: str, pattern: FilePattern) -> Itera
         raise error(describe_client_error(exc, "ListObjectsV2", bucket)) from exc
 
 
+def list_root_files(client: Any, source: SourceConfig) -> list[S3File]:
+    """The source's files at its bucket root, by key: what the sensor registers, the
+    schedule picks from, status and health report, the preview previews and an import
+    run checks for versions replaced. Every part lists the root here."""
+    return list(list_matching_files(client, source.bucket, FilePattern.of_source(source)))
+
+
 def _require_bucket(client: Any, bucket: str) -> None:
     """Raise S3AccessError when ``bucket`` does not exist (a denied check proves nothing)."""
     try:
