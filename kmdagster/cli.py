@@ -73,15 +73,16 @@ def run_preview(config: KmConfig, source: SourceConfig, key: str | None) -> File
         click.echo(f"note: names are not compared with the warehouse: {exc}", err=True)
         names = None
     client = s3_client(config)
-    return setup_preview(client, source, names, key=key, set_aside=quarantined_keys(config, source))
+    quarantined = quarantined_keys(client, config, source)
+    return setup_preview(client, source, names, key=key, set_aside=quarantined)
 
 
-def quarantined_keys(config: KmConfig, source: SourceConfig) -> set[str]:
+def quarantined_keys(client: Any, config: KmConfig, source: SourceConfig) -> set[str]:
     """The source's quarantined files, as the instance at DAGSTER_HOME knows them (none
     when it is not set: the preview then says nothing of quarantine)."""
     if not os.environ.get("DAGSTER_HOME"):
         return set()
-    progress = source_progress(s3_client(config), source, config.warehouse)
+    progress = source_progress(client, source, config.warehouse)
     with DagsterInstance.get() as instance:
         return set(quarantined_files(instance, source, progress))
 

@@ -18,7 +18,7 @@ from kmdagster.file_state import AT_A_GLANCE, DONE, RESUMABLE, RETIRED, WITH_ERR
 from kmdagster.preview import FilePreview
 from kmdagster.s3.objects import compression_of
 from kmdagster.s3.permissions import PermissionResult
-from kmdagster.status import FileState, is_set_aside
+from kmdagster.status import FileState, is_set_aside, set_aside
 from kmdagster.wording import counted
 
 
@@ -158,7 +158,7 @@ def file_states_markdown(states: list[FileState], limit: int | None = None, unre
 def status_markdown(
     source: str, bucket: str, states: list[FileState], backlog: int, eta: datetime | None
 ) -> str:
-    aside = [s for s in states if is_set_aside(s)]
+    aside = set_aside(states)
     if eta is not None:
         when = f"at one file per tick, the backlog is done by the tick at {eta:%Y-%m-%d %H:%M} UTC"
     else:
@@ -216,6 +216,12 @@ def _at_a_glance(state: FileState) -> str:
     )
 
 
+def _glance_names(named: list[str], count: int) -> str:
+    """The first ``GLANCE_FILES`` of ``named``, and how many of ``count`` files are not."""
+    more = count - GLANCE_FILES
+    return "; ".join(named[:GLANCE_FILES]) + (f"; and {more:,} more" if more > 0 else "")
+
+
 def file_states_at_a_glance(
     states: list[FileState], unread: Mapping[str, int] | None = None
 ) -> dict[str, int | str]:
@@ -230,9 +236,7 @@ def file_states_at_a_glance(
         files = [s for s in waiting if s.state == name]
         summary[f"{name}_files"] = len(files)
         if files:
-            listed = "; ".join(_at_a_glance(s) for s in files[:GLANCE_FILES])
-            more = len(files) - GLANCE_FILES
-            summary[name.value] = listed + (f"; and {more:,} more" if more > 0 else "")
+            summary[name.value] = _glance_names([_at_a_glance(s) for s in files], len(files))
     archived = sum(1 for s in states if s.state is State.ARCHIVED)
     summary["archived_files"] = archived + (unread or {}).get(State.ARCHIVED, 0)
     for name in RETIRED:  # versions replaced or deleted before they finished
@@ -240,7 +244,6 @@ def file_states_at_a_glance(
         count = len(files) + (unread or {}).get(name, 0)
         if count:
             summary[f"{name}_files"] = count
-            summary[name.value] = "; ".join(
-                f"{s.key} (ETag {s.etag}) {_progress(s)}" for s in files[:GLANCE_FILES]
-            ) + (f"; and {count - GLANCE_FILES:,} more" if count > GLANCE_FILES else "")
+            named = [f"{s.key} (ETag {s.etag}) {_progress(s)}" for s in files]
+            summary[name.value] = _glance_names(named, count)
     return summary

@@ -193,13 +193,13 @@ def in_import_order(states: list[FileState]) -> list[FileState]:
     """The backlog in the schedule's order (by key), numbered; then the files set aside,
     which wait unnumbered until their quarantine is lifted; then the rest by key."""
     queued = sorted((s for s in states if _is_queued(s)), key=lambda s: s.key)
-    set_aside = sorted((s for s in states if is_set_aside(s)), key=lambda s: s.key)
+    aside = sorted((s for s in states if is_set_aside(s)), key=lambda s: s.key)
     done = sorted(
         (s for s in states if not _is_queued(s) and not is_set_aside(s)),
         key=lambda s: (s.key, s.updated_at is None, s.updated_at or 0),
     )
     numbered = [replace(state, queue_position=n) for n, state in enumerate(queued, start=1)]
-    return numbered + set_aside + done
+    return numbered + aside + done
 
 
 def backlog(states: list[FileState]) -> list[FileState]:

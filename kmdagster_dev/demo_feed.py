@@ -19,6 +19,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from kmdagster.file_state import State
+from kmdagster.s3.objects import is_precondition_failure
 from kmdagster.warehouse.warehouse import DuckDBWarehouse, WarehouseBusy
 from kmdagster_dev.km_files import LARGE_SEED, demo_file, demo_key
 
@@ -48,7 +49,7 @@ def put_unless_taken(client: Any, bucket: str, key: str, body: bytes, **conditio
     try:
         client.put_object(Bucket=bucket, Key=key, Body=body, **condition)
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "PreconditionFailed":
+        if is_precondition_failure(exc):
             return False
         raise
     return True
