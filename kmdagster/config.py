@@ -26,6 +26,7 @@ from pydantic import (
 
 from kmdagster.dagster_internals import is_valid_cron
 from kmdagster.dg_project import COMPONENT_TYPE, find_dg_project
+from kmdagster.urls import has_password, is_postgres_url
 
 CONFIG_ENV_VAR = "KMDAGSTER_CONFIG"
 DEFAULT_CONFIG_FILE = "kmdagster.yaml"
@@ -74,9 +75,9 @@ class S3Settings(_ResourceSection):
 
 
 def _no_password(url: str) -> str:
-    if not url.startswith(("postgresql://", "postgres://")):
+    if not is_postgres_url(url):
         raise ValueError("give a URL starting with postgresql://")
-    if re.match(r"^[a-z]+://[^/@]*:[^/@]*@", url):
+    if has_password(url):
         raise ValueError(
             "holds a password; remove it and set PGPASSWORD (or ~/.pgpass) instead: "
             "passwords never live in the configuration file"
@@ -143,7 +144,7 @@ class WarehouseSettings(_ResourceSection):
         """Whether one process at a time may write (a DuckDB file, or a lake whose catalog
         is one): the import runs of every source then take turns."""
         if self.backend == "ducklake":
-            return "://" not in self.ducklake_catalog
+            return not is_postgres_url(self.ducklake_catalog)
         return self.backend == "duckdb"
 
     @property

@@ -22,7 +22,6 @@ from kmdagster.km_format.split import MAX_RAW_LINE_CHARS, split_km_lines
 from kmdagster.markdown import file_states_at_a_glance
 from kmdagster.s3.objects import S3File
 from kmdagster.status import read_source_status
-from kmdagster.warehouse.ledger_writes import ledger_update
 from kmdagster.warehouse.schema import SCHEMA_VERSION, UPGRADE_COMMAND, WarehouseSchemaError
 from kmdagster.warehouse.warehouse import (
     DuckDBWarehouse,
@@ -329,9 +328,8 @@ def test_a_tick_reads_the_current_versions_and_the_latest_not_the_whole_history(
         resent = warehouse.ledger_row("accounts", "accounts.003.json", "e3")
         partial = warehouse.open_file("accounts", "accounts.100.json", "p", 10)
         halfway = {"status": "'in_progress'", "next_offset": "4"}
-        appends = warehouse.database.appends_ledger
         warehouse.database.execute(
-            ledger_update(appends, halfway, "file_key = $1"), [partial.file_key]
+            warehouse.database.ledger_writes.update(halfway, "file_key = $1"), [partial.file_key]
         )
     assert resent is not None
     root = [

@@ -15,7 +15,7 @@ from dagster import (
     build_sensor_context,
 )
 
-from kmdagster.defs.sensors import SensorCursor
+from kmdagster.defs.source_health import HealthCursor
 from kmdagster_tests.helpers import ACCOUNTS
 
 
@@ -30,7 +30,7 @@ def report_sensor_tick(defs: Any, instance: DagsterInstance, healthy: bool = Tru
         result = sensor(context)
     if isinstance(result, SensorResult):
         if healthy:
-            error = SensorCursor.parse(result.cursor).health_error
+            error = HealthCursor.parse(result.cursor).health_error
             assert not error, f"the sensor could not evaluate the source's health: {error}"
         for request in result.dynamic_partitions_requests or []:
             name, keys = request.partitions_def_name, request.partition_keys

@@ -16,6 +16,7 @@ from kmdagster.defs.run_history import build_quarantine_check
 from kmdagster.defs.schedules import build_import_schedule
 from kmdagster.defs.sensors import build_file_sensor
 from kmdagster.defs.setup_assets import build_permission_check, build_preview_asset
+from kmdagster.defs.source_health import report_health
 
 
 def build_source_definitions(source: SourceConfig, warehouse: WarehouseSettings) -> Definitions:
@@ -37,7 +38,7 @@ def build_source_definitions(source: SourceConfig, warehouse: WarehouseSettings)
             build_quarantine_check(source),
         ],
         jobs=[job],
-        sensors=[build_file_sensor(source, partitions, SourceNames.of(source).file)],
+        sensors=[build_file_sensor(source, partitions, report_health)],
         schedules=[build_import_schedule(source, job)],
     )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dagster import MetadataValue, TableColumn, TableSchema
+from dagster import AssetKey, AssetMaterialization, MetadataValue, TableColumn, TableSchema
 
 from kmdagster.defs.checks import reject_rate_percent
 from kmdagster.importer import ImportReport
@@ -17,6 +17,7 @@ from kmdagster.markdown import (
     top_events_markdown,
     top_properties_markdown,
 )
+from kmdagster.s3.objects import S3File
 from kmdagster.warehouse.database import Database
 from kmdagster.warehouse.file_rows import (
     reject_reasons,
@@ -111,3 +112,20 @@ def archive_metadata(
     if rejects_key:
         metadata["rejects_uri"] = MetadataValue.url(f"s3://{bucket}/{rejects_key}")
     return metadata
+
+
+def landed_materialization(
+    file_key: AssetKey, bucket: str, file: S3File, description: str | None = None
+) -> AssetMaterialization:
+    """The S3 file as an asset partition: it exists, with this version."""
+    return AssetMaterialization(
+        asset_key=file_key,
+        partition=file.key,
+        description=description or f"s3://{bucket}/{file.key} registered for import",
+        metadata={
+            "etag": file.etag,
+            "size_bytes": file.size,
+            "last_modified": file.last_modified.isoformat() if file.last_modified else "",
+            "s3_uri": MetadataValue.url(f"s3://{bucket}/{file.key}"),
+        },
+    )

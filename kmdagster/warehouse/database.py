@@ -10,18 +10,21 @@ name (``sql_*`` methods, ``next_ids``).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import polars as pl
 import pyarrow as pa
 
+from kmdagster.warehouse.waits import retried_on_conflict
+
+if TYPE_CHECKING:
+    from kmdagster.warehouse.ledger_writes import LedgerWrites
+    from kmdagster.warehouse.people import AliasMerge
+
 Params = Sequence[object]
 T = TypeVar("T")
-# A conflicting commit is tried again this many times, after DuckLake's own retries.
-CONFLICT_ATTEMPTS = 8
 
 
 def placeholders(count: int, first: int = 1) -> str:
@@ -40,6 +43,10 @@ class WarehouseUnavailable(RuntimeError):
     (PostgreSQL). Readers show what S3 alone tells; writers fail and retry next tick."""
 
 
+class WarehouseBusy(WarehouseUnavailable):
+    """Another process holds a DuckDB file's lock (the warehouse's, or a lake catalog's)."""
+
+
 class WarehouseConflict(RuntimeError):
     """Another writer committed a change to the same rows first (a DuckLake commit); this
     transaction left nothing behind and may be tried again from its start."""
@@ -56,8 +63,16 @@ class Database(Protocol):
     backend: str  # "duckdb", "postgres" or "ducklake"
     location: str  # what to name in messages: a file path, or a URL without its password
     reads_string_views: bool  # whether ``append`` takes Arrow string views as they are
-    appends_ledger: bool  # the ledger appended to as revisions (a lake): ledger_writes.py
-    merges_aliases_apart: bool  # alias groups merged after the chunk commits: people.py
+
+    @property
+    def ledger_writes(self) -> LedgerWrites:
+        """The ledger updated in place, or appended to as revisions (a lake)."""
+        ...
+
+    @property
+    def alias_merge(self) -> AliasMerge:
+        """Alias groups merged in the chunk's transaction, or after it (a lake)."""
+        ...
 
     def execute(self, sql: str, params: Params = ()) -> None: ...
 
@@ -128,18 +143,15 @@ def sequence_ids(database: Database, sequence: str, count: int) -> list[int]:
 def transaction(database: Database, work: Callable[[], T]) -> T:
     """``work()`` in a transaction of its own, committed; tried again from the start when
     the commit conflicts with another writer's (only a lake's commits do)."""
-    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+
+    def attempt() -> T:
         database.begin()
         try:
             result = work()
             database.commit()
             return result
-        except WarehouseConflict:
-            database.rollback()
-            if attempt == CONFLICT_ATTEMPTS:
-                raise
-            time.sleep(0.05 * 2**attempt)
         except BaseException:
             database.rollback()
             raise
-    raise AssertionError("unreachable")
+
+    return retried_on_conflict(attempt, WarehouseConflict)

@@ -3,68 +3,53 @@
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import duckdb
-import polars as pl
-import pyarrow as pa
 
-from kmdagster.warehouse.database import (
-    Params,
-    WarehouseSchemaError,
-    WarehouseUnavailable,
-    placeholders,
-    sequence_ids,
-)
+from kmdagster.warehouse.database import WarehouseBusy, WarehouseSchemaError, sequence_ids
+from kmdagster.warehouse.duckdb_connection import DuckDBConnection, memory_limit
+from kmdagster.warehouse.ledger_writes import UPDATED_IN_PLACE
+from kmdagster.warehouse.people import MERGED_IN_CHUNK
+from kmdagster.warehouse.waits import waiting_while_held
 
-DUCKDB_MEMORY_LIMIT = "64MB"
-READER_MEMORY_LIMIT = "1GB"
 CHECKPOINT_THRESHOLD = "256MB"
-
-
-class WarehouseBusy(WarehouseUnavailable):
-    """Another process (an import run) holds the DuckDB file's lock."""
-
-
-def memory_limit(read_only: bool) -> str:
-    """DuckDB caches up to 80% of RAM by default; an import needs little of it. A reader
-    (an analyst's query) gets more: km_people over a million identities needs more than
-    64 MB in DuckDB 1.5. The limit is the whole connection's, its cursors' too."""
-    return READER_MEMORY_LIMIT if read_only else DUCKDB_MEMORY_LIMIT
 
 
 def connect_waiting(
     path: Path, read_only: bool, lock_wait_seconds: float
 ) -> duckdb.DuckDBPyConnection:
     """Connect, waiting while another process holds the file (DuckDB admits one writer)."""
-    deadline = time.monotonic() + lock_wait_seconds
-    while True:
-        try:
-            return duckdb.connect(str(path), read_only=read_only)
-        except duckdb.IOException as exc:
-            if "not a valid DuckDB database file" in str(exc):
-                raise WarehouseSchemaError(
-                    f"the warehouse file {path} is not a DuckDB database; point "
-                    "warehouse.duckdb_path at a new path (kmdagster creates the file) or move "
-                    "that file away"
-                ) from exc
-            if "database file with version number" in str(exc):
-                raise newer_storage_error(path) from exc
-            if "lock" not in str(exc).lower():
-                raise
-            if time.monotonic() > deadline:
-                raise WarehouseBusy(
-                    f"the warehouse {path} was held by {lock_holder(str(exc))} for over "
-                    f"{lock_wait_seconds:.0f}s. A DuckDB file admits one process at a time, "
-                    "and any open connection holds it, read-only ones too (a notebook, the "
-                    "DuckDB CLI): close it, or query with `kmdagster sql`, which holds the "
-                    "file only while its query runs"
-                ) from exc
-            time.sleep(0.5)
+    try:
+        return waiting_while_held(
+            lambda: duckdb.connect(str(path), read_only=read_only),
+            _is_lock_error,
+            lock_wait_seconds,
+        )
+    except duckdb.IOException as exc:
+        if "not a valid DuckDB database file" in str(exc):
+            raise WarehouseSchemaError(
+                f"the warehouse file {path} is not a DuckDB database; point "
+                "warehouse.duckdb_path at a new path (kmdagster creates the file) or move "
+                "that file away"
+            ) from exc
+        if "database file with version number" in str(exc):
+            raise newer_storage_error(path) from exc
+        if not _is_lock_error(exc):
+            raise
+        raise WarehouseBusy(
+            f"the warehouse {path} was held by {lock_holder(str(exc))} for over "
+            f"{lock_wait_seconds:.0f}s. A DuckDB file admits one process at a time, "
+            "and any open connection holds it, read-only ones too (a notebook, the "
+            "DuckDB CLI): close it, or query with `kmdagster sql`, which holds the "
+            "file only while its query runs"
+        ) from exc
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    return isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower()
 
 
 def newer_storage_error(path: Path) -> WarehouseSchemaError:
@@ -119,29 +104,19 @@ def is_empty_file(path: Path) -> bool:
         return False
 
 
-def _arrow(frame: pl.DataFrame) -> Any:
-    # String views as polars holds them: no conversion on the way to DuckDB.
-    return frame.to_arrow(compat_level=pl.CompatLevel.newest())
+class DuckDBDatabase(DuckDBConnection):
+    """The warehouse in one DuckDB file, which one process at a time opens to write."""
 
-
-class DuckDBDatabase:
     backend = "duckdb"
-    reads_string_views = True
-    sql_skip_duplicates = "ON CONFLICT DO NOTHING"
-    appends_ledger = False
-    merges_aliases_apart = False
+    ledger_writes = UPDATED_IN_PLACE
+    alias_merge = MERGED_IN_CHUNK
 
     def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, writer: bool) -> None:
-        self.connection = con
-        self.location = str(path)
-        con.execute("SET TimeZone = 'UTC'")
+        super().__init__(con, str(path), writer)
         if writer:
             # Checkpoint (compress and rewrite) once per ~256 MB of WAL, not at every
             # chunk's commit: it halves the cost of loading, and the WAL is as durable.
             con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
-            # The import's own threads split on the other cores; DuckDB's workers would only
-            # contend with them (measured: about 20% less CPU per commit with one).
-            con.execute("SET threads = 1")
 
     @classmethod
     @contextmanager
@@ -160,59 +135,6 @@ class DuckDBDatabase:
         finally:
             con.close()
 
-    def execute(self, sql: str, params: Params = ()) -> None:
-        self.connection.execute(sql, list(params))
-
-    def rows(self, sql: str, params: Params = ()) -> list[tuple[Any, ...]]:
-        return self.connection.execute(sql, list(params)).fetchall()
-
-    def changed_rows(self, sql: str, params: Params = ()) -> int:
-        [(count,)] = self.rows(sql, params)
-        return int(count)
-
-    def frame(self, sql: str, params: Params = ()) -> pl.DataFrame:
-        return self.connection.sql(sql, params=list(params)).pl()
-
-    def batches(self, sql: str, params: Params, batch_rows: int) -> Iterator[pl.DataFrame]:
-        with self.cursor() as cursor:
-            # A relation streams its result; a DB-API result would be copied whole first.
-            reader = cursor.sql(sql, params=list(params)).to_arrow_reader(batch_rows)
-            for batch in reader:
-                yield pl.DataFrame(pl.from_arrow(batch))
-
-    def append(self, table: str, rows: pa.Table, constants: Mapping[str, pa.Scalar]) -> None:
-        # Read by DuckDB's replacement scan of this function's locals. A registered view of
-        # the same data (``temporary``) kept the import's peak RSS about 100 MB higher.
-        km_appended_rows = rows  # noqa: F841
-        columns = ", ".join([*rows.column_names, *constants])
-        # Constants as parameters: DuckDB stores a constant vector without looking at it.
-        values = ", ".join([*rows.column_names, placeholders(len(constants))])
-        self.connection.execute(
-            f"INSERT INTO {table} ({columns}) SELECT {values} FROM km_appended_rows",
-            [value.as_py() for value in constants.values()],
-        )
-
-    @contextmanager
-    def temporary(self, name: str, frame: pl.DataFrame) -> Iterator[None]:
-        self.connection.register(name, _arrow(frame))
-        try:
-            yield
-        finally:
-            self.connection.unregister(name)
-
-    def begin(self) -> None:
-        self.connection.begin()
-
-    def commit(self) -> None:
-        self.connection.commit()
-
-    def rollback(self) -> None:
-        self.connection.rollback()
-
-    def cursor(self) -> duckdb.DuckDBPyConnection:
-        """A second connection to the same database, with transactions of its own."""
-        return self.connection.cursor()
-
     def autonomous(self) -> DuckDBDatabase:
         return DuckDBDatabase(self.cursor(), Path(self.location), writer=False)
 
@@ -224,10 +146,3 @@ class DuckDBDatabase:
 
     def checkpoint(self) -> None:
         self.connection.execute("CHECKPOINT")
-
-    def close(self) -> None:
-        self.connection.close()
-
-    def sql_distinct_estimate(self, column: str) -> str:
-        # HyperLogLog, within a few percent: memory stays constant whatever the file's size.
-        return f"approx_count_distinct({column})"

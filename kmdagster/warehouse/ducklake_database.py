@@ -4,9 +4,11 @@ A DuckDB connection in memory attaches the lake: its catalog (a DuckDB file for 
 machine, or a PostgreSQL database for many writers on many machines) and its data path
 (a local folder, or ``s3://bucket/prefix/`` with kmdagster's S3 settings and the standard
 AWS credential chain). Statements, Arrow in and out, and transactions are DuckDB's own
-(``DuckDBDatabase``); what differs is how the lake is opened, that DuckLake has no
-sequences or keys (ids come from ``km_sequences``), and that two writers' commits that
-touch the same data may conflict, which DuckLake reports and ``transaction`` retries.
+(``DuckDBConnection``); what differs is how the lake is opened, that DuckLake has no
+sequences or keys (ids come from ``km_sequences``), that two writers' commits that
+touch the same data may conflict, which DuckLake reports and ``transaction`` retries, and
+so that the ledger is appended to as revisions and alias groups are merged after each
+chunk's commit (never a delete in a chunk's transaction).
 
 The extensions are loaded from the files their PyPI packages ship; nothing is downloaded.
 """
@@ -14,8 +16,6 @@ The extensions are loaded from the files their PyPI packages ship; nothing is do
 from __future__ import annotations
 
 import importlib
-import re
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -25,12 +25,17 @@ import duckdb
 from boto3.session import Session
 
 from kmdagster.config import S3Settings, WarehouseSettings
+from kmdagster.urls import is_postgres_url, without_password
 from kmdagster.warehouse.database import (
+    WarehouseBusy,
     WarehouseConflict,
     WarehouseSchemaError,
     WarehouseUnavailable,
 )
-from kmdagster.warehouse.duckdb_database import DuckDBDatabase, WarehouseBusy, memory_limit
+from kmdagster.warehouse.duckdb_connection import DuckDBConnection, memory_limit
+from kmdagster.warehouse.ledger_writes import APPENDED_REVISIONS
+from kmdagster.warehouse.people import MERGED_APART
+from kmdagster.warehouse.waits import waiting_while_held
 
 LAKE = "km_lake"  # the lake's name in the connection; `kmdagster sql` makes it the default
 # extension -> the PyPI package that ships its file (pinned with DuckDB in pyproject.toml)
@@ -39,7 +44,6 @@ EXTENSION_PACKAGES = {
     "postgres_scanner": "duckdb-extension-postgres-scanner",
     "httpfs": "duckdb-extension-httpfs",
 }
-_CREDENTIALS_IN_URL = re.compile(r"(://[^/@:]*):[^/@]*@")
 
 
 class WarehouseLakeError(WarehouseUnavailable):
@@ -69,15 +73,6 @@ def extension_file(extension: str) -> Path:
             f"(looked for {path}): install {package}=={duckdb.__version__}"
         )
     return path
-
-
-def catalog_is_postgres(catalog: str) -> bool:
-    return catalog.startswith(("postgresql://", "postgres://"))
-
-
-def catalog_location(catalog: str) -> str:
-    """The catalog as messages name it: a URL without any password."""
-    return _CREDENTIALS_IN_URL.sub(r"\1:***@", catalog)
 
 
 def _quoted(text: str) -> str:
@@ -116,19 +111,11 @@ def _s3_secret(s3: S3Settings | None) -> str:
     return f"CREATE OR REPLACE TEMPORARY SECRET km_lake_data ({', '.join(options)})"
 
 
-class DuckLakeDatabase(DuckDBDatabase):
+class DuckLakeDatabase(DuckDBConnection):
     backend = "ducklake"
     sql_skip_duplicates = ""  # no keys in a lake: see ``next_ids``
-    appends_ledger = True  # revisions appended, never updated (ledger_writes.py)
-    merges_aliases_apart = True  # after the chunk's commit (people.py)
-
-    def __init__(self, con: duckdb.DuckDBPyConnection, location: str, writer: bool) -> None:
-        super().__init__(con, Path(location), writer=False)
-        self.location = location
-        if writer:
-            # Parquet files are written as the rows arrive; DuckDB's own workers would only
-            # contend with the import's split threads (as for the DuckDB file).
-            con.execute("SET threads = 1")
+    ledger_writes = APPENDED_REVISIONS
+    alias_merge = MERGED_APART
 
     @classmethod
     @contextmanager
@@ -164,6 +151,10 @@ class DuckLakeDatabase(DuckDBDatabase):
         cursor = self.connection.cursor()
         cursor.execute(f"USE {LAKE}")  # a cursor starts in the in-memory database
         return cursor
+
+    def serialize(self, name: str) -> None:
+        """Nothing to wait for: of two writers' commits, the second conflicts and is
+        tried again (``transaction``)."""
 
     def autonomous(self) -> DuckLakeDatabase:
         return DuckLakeDatabase(self.cursor(), self.location, writer=False)
@@ -205,17 +196,17 @@ def lake_exists(settings: WarehouseSettings) -> bool:
     """Whether the lake may hold tables: its catalog file is there, or it is on PostgreSQL
     (which tells only once attached)."""
     catalog = settings.ducklake_catalog
-    return catalog_is_postgres(catalog) or Path(catalog).is_file()
+    return is_postgres_url(catalog) or Path(catalog).is_file()
 
 
 def lake_location(settings: WarehouseSettings) -> str:
-    catalog = catalog_location(settings.ducklake_catalog)
+    catalog = without_password(settings.ducklake_catalog)
     return f"ducklake:{catalog} (data {settings.ducklake_data_path})"
 
 
 def _extensions(settings: WarehouseSettings) -> list[str]:
     needed = ["ducklake"]
-    if catalog_is_postgres(settings.ducklake_catalog):
+    if is_postgres_url(settings.ducklake_catalog):
         needed.append("postgres_scanner")
     if settings.ducklake_data_path.startswith("s3://"):
         needed.append("httpfs")
@@ -224,7 +215,7 @@ def _extensions(settings: WarehouseSettings) -> list[str]:
 
 def _attach_target(settings: WarehouseSettings) -> str:
     catalog = settings.ducklake_catalog
-    return f"ducklake:postgres:{catalog}" if catalog_is_postgres(catalog) else f"ducklake:{catalog}"
+    return f"ducklake:postgres:{catalog}" if is_postgres_url(catalog) else f"ducklake:{catalog}"
 
 
 def attach_statements(settings: WarehouseSettings) -> str:
@@ -238,7 +229,7 @@ def attach_statements(settings: WarehouseSettings) -> str:
             "REGION '...'[, ENDPOINT 'host:port', URL_STYLE 'path', USE_SSL false]);"
         )
     data_path = _quoted(settings.ducklake_data_path)
-    target = _quoted(catalog_location(_attach_target(settings)))
+    target = _quoted(without_password(_attach_target(settings)))
     lines += [f"ATTACH {target} AS {LAKE} (DATA_PATH {data_path}, READ_ONLY);", f"USE {LAKE};"]
     return "\n".join(lines)
 
@@ -263,7 +254,7 @@ def attach_lake(
             con.execute("SET GLOBAL s3_uploader_max_filesize = '50GB'")
         else:
             Path(data_path).mkdir(parents=True, exist_ok=True)
-        if not catalog_is_postgres(settings.ducklake_catalog):
+        if not is_postgres_url(settings.ducklake_catalog):
             Path(settings.ducklake_catalog).parent.mkdir(parents=True, exist_ok=True)
         options = [f"DATA_PATH {_quoted(data_path)}"]
         if read_only:
@@ -280,7 +271,7 @@ def _lost_the_race_to_create(error: str, settings: WarehouseSettings) -> bool:
     """Whether ATTACH failed because another process created the same PostgreSQL catalog
     tables in the same instant (PostgreSQL refuses the second CREATE TABLE of a name)."""
     return (
-        catalog_is_postgres(settings.ducklake_catalog)
+        is_postgres_url(settings.ducklake_catalog)
         and "Failed to initialize DuckLake" in error
         and ("duplicate key value" in error or "already exists" in error)
     )
@@ -294,40 +285,40 @@ def _attach_waiting(
     lock_wait_seconds: float,
 ) -> None:
     """ATTACH, waiting while another process holds a DuckDB-file catalog (one process at a
-    time, as for the DuckDB warehouse)."""
-    deadline = time.monotonic() + lock_wait_seconds
+    time, as for the DuckDB warehouse) or creates the same PostgreSQL catalog."""
     where = lake_location(settings)
-    while True:
-        try:
-            con.execute(f"ATTACH {_quoted(target)} AS {LAKE} ({', '.join(options)})")
-            return
-        except duckdb.Error as exc:
-            text = str(exc)
-            if "lock" in text.lower() and not catalog_is_postgres(settings.ducklake_catalog):
-                if time.monotonic() < deadline:
-                    time.sleep(0.5)
-                    continue
-                raise WarehouseBusy(
-                    f"the lake catalog {settings.ducklake_catalog} was held by another process "
-                    f"for over {lock_wait_seconds:.0f}s. A DuckDB-file catalog admits one "
-                    "process at a time: query with `kmdagster sql` (held only while its query "
-                    "runs), or put the catalog on PostgreSQL for many writers and readers"
-                ) from exc
-            if _lost_the_race_to_create(text, settings) and time.monotonic() < deadline:
-                # Another process is creating this lake's catalog at this very moment (two
-                # sources' first runs at once): once it commits, attaching finds the lake.
-                time.sleep(0.2)
-                continue
-            if "creating a new DuckLake is explicitly disabled" in text:
-                raise LakeNotCreated(f"the lake {where} has not been created yet") from exc
-            if "not a valid DuckDB database file" in text:
-                raise WarehouseSchemaError(
-                    f"the lake catalog {settings.ducklake_catalog} is not a DuckDB file; point "
-                    "warehouse.ducklake_catalog at a new path or move that file away"
-                ) from exc
-            raise WarehouseLakeError(
-                f"cannot attach the lake {where}: "
-                f"{catalog_location(text.strip().splitlines()[0])[:400]}; check "
-                "warehouse.ducklake_catalog and ducklake_data_path (and PGPASSWORD for a "
-                "PostgreSQL catalog)"
+    on_postgres = is_postgres_url(settings.ducklake_catalog)
+
+    def is_held(exc: Exception) -> bool:
+        text = str(exc)
+        held = "lock" in text.lower() and not on_postgres
+        return isinstance(exc, duckdb.Error) and (held or _lost_the_race_to_create(text, settings))
+
+    try:
+        waiting_while_held(
+            lambda: con.execute(f"ATTACH {_quoted(target)} AS {LAKE} ({', '.join(options)})"),
+            is_held,
+            lock_wait_seconds,
+        )
+    except duckdb.Error as exc:
+        text = str(exc)
+        if "lock" in text.lower() and not on_postgres:
+            raise WarehouseBusy(
+                f"the lake catalog {settings.ducklake_catalog} was held by another process "
+                f"for over {lock_wait_seconds:.0f}s. A DuckDB-file catalog admits one "
+                "process at a time: query with `kmdagster sql` (held only while its query "
+                "runs), or put the catalog on PostgreSQL for many writers and readers"
             ) from exc
+        if "creating a new DuckLake is explicitly disabled" in text:
+            raise LakeNotCreated(f"the lake {where} has not been created yet") from exc
+        if "not a valid DuckDB database file" in text:
+            raise WarehouseSchemaError(
+                f"the lake catalog {settings.ducklake_catalog} is not a DuckDB file; point "
+                "warehouse.ducklake_catalog at a new path or move that file away"
+            ) from exc
+        raise WarehouseLakeError(
+            f"cannot attach the lake {where}: "
+            f"{without_password(text.strip().splitlines()[0])[:400]}; check "
+            "warehouse.ducklake_catalog and ducklake_data_path (and PGPASSWORD for a "
+            "PostgreSQL catalog)"
+        ) from exc

@@ -12,13 +12,13 @@ it; a step that conflicts with an import's commit is tried again.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import duckdb
 
-from kmdagster.warehouse.database import CONFLICT_ATTEMPTS, Database
+from kmdagster.warehouse.database import Database
 from kmdagster.warehouse.ducklake_database import LAKE
+from kmdagster.warehouse.waits import retried_on_conflict
 
 # A file no commit names is deleted once it is older than any transaction lives: an
 # import's chunk is committed within its run's budget and grace (minutes), so a day
@@ -77,11 +77,4 @@ def maintain_lake(database: Database, retention_days: float) -> MaintenanceRepor
 def _step(database: Database, call: str) -> int:
     """Run one maintenance call in a transaction of its own; the rows it returns (for the
     cleanups, one per file deleted). A conflict with an import's commit is tried again."""
-    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
-        try:
-            return len(database.rows(call))
-        except duckdb.TransactionException:
-            if attempt == CONFLICT_ATTEMPTS:
-                raise
-            time.sleep(0.1 * 2**attempt)
-    raise AssertionError("unreachable")
+    return retried_on_conflict(lambda: len(database.rows(call)), duckdb.TransactionException)

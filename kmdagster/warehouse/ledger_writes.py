@@ -11,6 +11,11 @@ description: the columns it sets (SQL expressions over the row as it was) and wh
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from kmdagster.warehouse.database import Database
 
 LEDGER_COLUMNS = (
     "source, file_key, file_etag, size_bytes, status, next_offset, lines_read, lines_loaded, "
@@ -20,21 +25,74 @@ LEDGER_COLUMNS = (
 REVISIONS = "km_import_file_revisions"
 
 
-def ledger_table(appends: bool) -> str:
-    """Where a new file version's first row goes (revision 1 by the column's default)."""
-    return REVISIONS if appends else "km_import_files"
+class LedgerWrites(Protocol):
+    """How a backend writes the ledger: ``UPDATED_IN_PLACE`` or ``APPENDED_REVISIONS``."""
+
+    @property
+    def first_rows_table(self) -> str:
+        """Where a new file version's first row goes."""
+        ...
+
+    def update(self, changes: Mapping[str, str], where: str) -> str:
+        """The statement that sets ``changes`` (column -> SQL expression over the row as
+        it was) on the ledger rows ``where`` selects, reporting the rows it changed."""
+        ...
+
+    def record_run(
+        self, database: Database, file_id: int, run_id: str, start: int, end: int, now: datetime
+    ) -> None:
+        """A run's chunk moved the file from ``start`` to ``end``: in ``km_import_runs``,
+        one row per run and file version."""
+        ...
 
 
-def ledger_update(appends: bool, changes: Mapping[str, str], where: str) -> str:
-    """The statement that sets ``changes`` (column -> expression) on the ledger rows
-    ``where`` selects; either way it reports the rows it changed."""
-    if not appends:
+class UpdatedInPlace:
+    first_rows_table = "km_import_files"
+
+    def update(self, changes: Mapping[str, str], where: str) -> str:
         assignments = ", ".join(f"{column} = {value}" for column, value in changes.items())
         return f"UPDATE km_import_files SET {assignments} WHERE {where}"
-    values = ", ".join(changes.get(column, column) for column in LEDGER_COLUMNS.split(", "))
-    return (
-        f"INSERT INTO {REVISIONS} ({LEDGER_COLUMNS}, revision) SELECT {values}, revision + 1 "
-        f"FROM {REVISIONS} AS r WHERE ({where}) AND revision = (SELECT max(revision) "
-        f"FROM {REVISIONS} WHERE source = r.source AND file_key = r.file_key "
-        "AND file_etag = r.file_etag)"
-    )
+
+    def record_run(
+        self, database: Database, file_id: int, run_id: str, start: int, end: int, now: datetime
+    ) -> None:
+        """The run's row moved on by each chunk it commits (the run's own transactions:
+        nothing else writes its row)."""
+        moved = database.changed_rows(
+            "UPDATE km_import_runs SET next_offset = $1, chunks = chunks + 1, updated_at = $2 "
+            "WHERE file_id = $3 AND run_id = $4",
+            [end, now, file_id, run_id],
+        )
+        if not moved:
+            database.execute(
+                "INSERT INTO km_import_runs (file_id, run_id, start_offset, next_offset, chunks, "
+                "updated_at) VALUES ($1, $2, $3, $4, 1, $5)",
+                [file_id, run_id, start, end, now],
+            )
+
+
+class AppendedRevisions:
+    first_rows_table = REVISIONS  # revision 1 by the column's default
+
+    def update(self, changes: Mapping[str, str], where: str) -> str:
+        values = ", ".join(changes.get(column, column) for column in LEDGER_COLUMNS.split(", "))
+        return (
+            f"INSERT INTO {REVISIONS} ({LEDGER_COLUMNS}, revision) SELECT {values}, "
+            f"revision + 1 FROM {REVISIONS} AS r WHERE ({where}) AND revision = (SELECT "
+            f"max(revision) FROM {REVISIONS} WHERE source = r.source AND file_key = r.file_key "
+            "AND file_etag = r.file_etag)"
+        )
+
+    def record_run(
+        self, database: Database, file_id: int, run_id: str, start: int, end: int, now: datetime
+    ) -> None:
+        """A row per chunk, which the ``km_import_runs`` view sums up per run."""
+        database.execute(
+            "INSERT INTO km_import_run_chunks (file_id, run_id, start_offset, next_offset, "
+            "chunks, updated_at) VALUES ($1, $2, $3, $4, 1, $5)",
+            [file_id, run_id, start, end, now],
+        )
+
+
+UPDATED_IN_PLACE = UpdatedInPlace()
+APPENDED_REVISIONS = AppendedRevisions()

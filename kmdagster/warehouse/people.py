@@ -16,10 +16,16 @@ writer that opens the lake, from the committed pairs.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Protocol
+
 import polars as pl
 
+from kmdagster.faults import crash_point
 from kmdagster.km_format.identities import identity_groups
-from kmdagster.warehouse.database import Database, transaction
+from kmdagster.warehouse.database import transaction
+
+if TYPE_CHECKING:
+    from kmdagster.warehouse.database import Database
 
 
 def add_alias_pairs(database: Database, aliases: pl.DataFrame) -> None:
@@ -76,3 +82,53 @@ def merge_pending_aliases(database: Database) -> None:
             [file_id, merged_through, lines_read],
         )
         merge_aliases_apart(database, file_id, pairs, lines_read)
+
+
+class AliasMerge(Protocol):
+    """When a backend merges a chunk's alias pairs into the groups: ``MERGED_IN_CHUNK`` or
+    ``MERGED_APART`` (a lake)."""
+
+    def in_chunk(self, database: Database, pairs: pl.DataFrame) -> None:
+        """In the chunk's open transaction."""
+        ...
+
+    def after_chunk(
+        self, database: Database, file_id: int, pairs: pl.DataFrame, through_line: int
+    ) -> None:
+        """Once the chunk, whose pairs go ``through_line`` of the file, committed."""
+        ...
+
+    def catch_up(self, database: Database) -> None:
+        """When a writer opens the warehouse: merges a killed writer left undone."""
+        ...
+
+
+class MergedInChunk:
+    def in_chunk(self, database: Database, pairs: pl.DataFrame) -> None:
+        add_alias_pairs(database, pairs)
+
+    def after_chunk(
+        self, database: Database, file_id: int, pairs: pl.DataFrame, through_line: int
+    ) -> None:
+        """Merged already."""
+
+    def catch_up(self, database: Database) -> None:
+        """Nothing is ever left undone: the merge commits with its chunk."""
+
+
+class MergedApart:
+    def in_chunk(self, database: Database, pairs: pl.DataFrame) -> None:
+        """Merged after the commit: the pairs are in ``km_aliases`` now."""
+
+    def after_chunk(
+        self, database: Database, file_id: int, pairs: pl.DataFrame, through_line: int
+    ) -> None:
+        crash_point("commit_chunk.aliases_committed")
+        merge_aliases_apart(database, file_id, pairs, through_line)
+
+    def catch_up(self, database: Database) -> None:
+        merge_pending_aliases(database)
+
+
+MERGED_IN_CHUNK = MergedInChunk()
+MERGED_APART = MergedApart()

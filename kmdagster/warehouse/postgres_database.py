@@ -8,7 +8,6 @@ from ``PGPASSWORD`` or ``~/.pgpass``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -19,9 +18,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from kmdagster.urls import without_password
 from kmdagster.warehouse.database import Params, WarehouseUnavailable, sequence_ids
-
-_CREDENTIALS_IN_URL = re.compile(r"(://[^/@:]*):[^/@]*@")
+from kmdagster.warehouse.ledger_writes import UPDATED_IN_PLACE
+from kmdagster.warehouse.people import MERGED_IN_CHUNK
 
 
 class WarehouseUnreachable(WarehouseUnavailable):
@@ -30,10 +30,6 @@ class WarehouseUnreachable(WarehouseUnavailable):
 
 def _execute(cursor: Any, sql: str, params: Params) -> None:
     cursor.execute(sql, list(params) or None)
-
-
-def _without_password(text: str) -> str:
-    return _CREDENTIALS_IN_URL.sub(r"\1:***@", text)
 
 
 def _arrow(frame: pl.DataFrame) -> Any:
@@ -45,18 +41,18 @@ class PostgresDatabase:
     backend = "postgres"
     reads_string_views = False  # the driver's COPY writer reads plain strings only
     sql_skip_duplicates = "ON CONFLICT DO NOTHING"
-    appends_ledger = False
-    merges_aliases_apart = False
+    ledger_writes = UPDATED_IN_PLACE
+    alias_merge = MERGED_IN_CHUNK
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.location = _without_password(url)
+        self.location = without_password(url)
         try:
             self.connection = adbc.connect(url, autocommit=True)
         except adbc_driver_manager.Error as exc:
             raise WarehouseUnreachable(
                 f"cannot connect to the PostgreSQL warehouse {self.location}: "
-                f"{_without_password(str(exc)).strip()}; check postgres_url, that the server "
+                f"{without_password(str(exc)).strip()}; check postgres_url, that the server "
                 "is up, and PGPASSWORD (or ~/.pgpass) for the password"
             ) from None
         self.execute("SET TimeZone = 'UTC'")

@@ -24,21 +24,17 @@ from kmdagster.km_format.split import SplitLines
 from kmdagster.km_format.summary import KnownNames
 from kmdagster.warehouse.database import (
     Database,
+    WarehouseBusy,
     WarehouseConflict,
     WarehouseUnavailable,
     placeholders,
     sql_list,
     transaction,
 )
-from kmdagster.warehouse.duckdb_database import DuckDBDatabase, WarehouseBusy, is_empty_file
+from kmdagster.warehouse.duckdb_database import DuckDBDatabase, is_empty_file
 from kmdagster.warehouse.ducklake_database import DuckLakeDatabase
-from kmdagster.warehouse.ledger_writes import LEDGER_COLUMNS, ledger_table, ledger_update
+from kmdagster.warehouse.ledger_writes import LEDGER_COLUMNS
 from kmdagster.warehouse.name_ids import NameIds
-from kmdagster.warehouse.people import (
-    add_alias_pairs,
-    merge_aliases_apart,
-    merge_pending_aliases,
-)
 from kmdagster.warehouse.piece_rows import PieceRows, piece_rows
 from kmdagster.warehouse.postgres_database import PostgresDatabase, WarehouseUnreachable
 from kmdagster.warehouse.schema import (
@@ -186,8 +182,7 @@ class Warehouse:
         self.upgraded_from: int | None = None  # the schema version a writer found
         if writer:
             self.upgraded_from = prepare_for_writing(database)
-            if database.merges_aliases_apart:
-                merge_pending_aliases(database)
+            database.alias_merge.catch_up(database)
         else:
             check_readable(database)
 
@@ -332,7 +327,7 @@ class Warehouse:
         def add_row() -> None:
             [file_id] = db.next_ids("km_file_ids", 1)
             db.execute(
-                f"INSERT INTO {ledger_table(db.appends_ledger)} (source, file_key, file_etag, "
+                f"INSERT INTO {db.ledger_writes.first_rows_table} (source, file_key, file_etag, "
                 "size_bytes, status, "
                 "next_offset, lines_read, lines_loaded, lines_rejected, lines_blank, updated_at, "
                 "file_id) SELECT $1, $2, $3, $4, 'pending', 0, 0, 0, 0, 0, $5, $6 "
@@ -389,13 +384,13 @@ class Warehouse:
             for relation in list(self._gathered):
                 self._append_gathered(relation, row.file_id)
             pairs = pl.concat(aliases) if aliases else None
-            if pairs is not None and not db.merges_aliases_apart:
-                add_alias_pairs(db, pairs)
+            if pairs is not None:
+                db.alias_merge.in_chunk(db, pairs)
             complete, next_offset = last.last, last.offset
             now = utc_now()
             crash_point("commit_chunk.in_transaction")
             updated = db.changed_rows(
-                ledger_update(db.appends_ledger, _CHUNK_CHANGES, _CHUNK_ROW),
+                db.ledger_writes.update(_CHUNK_CHANGES, _CHUNK_ROW),
                 [
                     next_offset,
                     State.IMPORTED if complete else State.IN_PROGRESS,
@@ -419,7 +414,9 @@ class Warehouse:
                     f"{row.next_offset} in another import; this run stops without loading"
                 )
             if run_id is not None:
-                self._record_run(row.file_id, run_id, row.next_offset, next_offset, now)
+                db.ledger_writes.record_run(
+                    db, row.file_id, run_id, row.next_offset, next_offset, now
+                )
             committed = self.ledger_row(*file_columns)
             db.commit()
         except BaseException:
@@ -428,33 +425,9 @@ class Warehouse:
             raise
         assert committed is not None
         self._bytes_since_checkpoint += committed.next_offset - row.next_offset
-        if db.merges_aliases_apart and committed.aliases_rows and pairs is not None:
-            crash_point("commit_chunk.aliases_committed")
-            merge_aliases_apart(db, row.file_id, pairs, committed.lines_read)
+        if pairs is not None and committed.aliases_rows:
+            db.alias_merge.after_chunk(db, row.file_id, pairs, committed.lines_read)
         return committed
-
-    def _record_run(self, file_id: int, run_id: str, start: int, end: int, now: datetime) -> None:
-        """One row per run and file version, moved on by each chunk the run commits (the
-        run's own transactions: nothing else writes its row); on a lake a row per chunk,
-        which the ``km_import_runs`` view sums up."""
-        if self.database.appends_ledger:
-            self.database.execute(
-                "INSERT INTO km_import_run_chunks (file_id, run_id, start_offset, next_offset, "
-                "chunks, updated_at) VALUES ($1, $2, $3, $4, 1, $5)",
-                [file_id, run_id, start, end, now],
-            )
-            return
-        moved = self.database.changed_rows(
-            "UPDATE km_import_runs SET next_offset = $1, chunks = chunks + 1, updated_at = $2 "
-            "WHERE file_id = $3 AND run_id = $4",
-            [end, now, file_id, run_id],
-        )
-        if not moved:
-            self.database.execute(
-                "INSERT INTO km_import_runs (file_id, run_id, start_offset, next_offset, chunks, "
-                "updated_at) VALUES ($1, $2, $3, $4, 1, $5)",
-                [file_id, run_id, start, end, now],
-            )
 
     def runs_that_advanced(
         self, source: str, key: str, etag: str, run_ids: Sequence[str]
@@ -552,10 +525,8 @@ class Warehouse:
         error: str | None = None,
     ) -> LedgerRow:
         self.database.execute(
-            ledger_update(
-                self.database.appends_ledger,
-                _STATUS_CHANGES,
-                "source = $5 AND file_key = $6 AND file_etag = $7",
+            self.database.ledger_writes.update(
+                _STATUS_CHANGES, "source = $5 AND file_key = $6 AND file_etag = $7"
             ),
             [status, archived_key, error, utc_now(), row.source, row.file_key, row.file_etag],
         )
