@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from kmdagster.config import SourceConfig
-from kmdagster.faults import crash_point
 from kmdagster.s3.archive import archive_file
 from kmdagster.s3.objects import S3File, head_file
 from kmdagster.s3.rejects_file import rejects_key_for, write_rejects_file
+from kmdagster.seams import crash_point
 from kmdagster.warehouse.file_rows import reject_batches
 from kmdagster.warehouse.warehouse import LedgerRow, Warehouse
 

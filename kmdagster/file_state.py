@@ -2,7 +2,7 @@
 
 The ledger (``km_import_files.status``) holds the first seven; ``quarantined`` and
 ``reimported_identical`` are derived from Dagster's run records and the bucket root
-(``status.file_states``). ``status.STATE_MEANINGS`` says what each means to a user.
+(``status.file_states``). docs/ui.md says what each means to a user.
 """
 
 from __future__ import annotations

@@ -5,7 +5,6 @@ No Dagster here: the import asset calls ``import_file`` and reports what it retu
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -14,7 +13,6 @@ from functools import partial
 from typing import Any
 
 from kmdagster.config import SourceConfig
-from kmdagster.faults import crash_point, hold_point
 from kmdagster.km_format.lines import count_lines
 from kmdagster.km_format.split import SplitLines, split_km_lines
 from kmdagster.s3.objects import S3AccessError, S3File, compression_of, head_file
@@ -25,6 +23,8 @@ from kmdagster.s3.piece_reader import (
     Piece,
     PieceReader,
 )
+from kmdagster.seams import crash_point, hold_point
+from kmdagster.seams import current as current_seams
 from kmdagster.warehouse.piece_rows import PieceRows
 from kmdagster.warehouse.warehouse import LedgerRow, PieceEnd, Warehouse, WarehouseConflict
 
@@ -66,18 +66,6 @@ class ImportReport:
         return self.resume_hint is not None and self.resume_hint != self.start_offset
 
 
-@dataclass(frozen=True)
-class ImportSeams:
-    """The one test entry point of ``import_file``: smaller reads than production's, a
-    clock to control, and a call between commits. The defaults are what a run uses."""
-
-    piece_bytes: int = PIECE_BYTES  # see ``s3.piece_reader``
-    request_bytes: int = REQUEST_BYTES
-    now_epoch: Callable[[], float] = time.time  # bounds timestamps in the future
-    clock: Callable[[], float] = time.monotonic  # measures the time budget
-    after_commit: Callable[[LedgerRow], None] | None = None
-
-
 def import_file(
     client: Any,
     warehouse: Warehouse,
@@ -85,7 +73,6 @@ def import_file(
     key: str,
     resume_hint: tuple[int, str] | None = None,
     run_id: str | None = None,
-    seams: ImportSeams = ImportSeams(),
     budget_seconds: float | None = None,
 ) -> ImportReport:
     """Import ``s3://bucket/key`` from its committed offset until done or out of budget.
@@ -96,8 +83,10 @@ def import_file(
     rule tells a run that advanced the file from one that did not.
     ``budget_seconds`` is what is left of the run's budget when the run imports more than
     one file (the source's ``time_budget_seconds`` otherwise).
-    Every call commits at least one chunk unless the file is done.
+    Every call commits at least one chunk unless the file is done. Its clock, read sizes
+    and a call after each commit are ``kmdagster.seams``' to change.
     """
+    seams = current_seams()
     clock, bucket, chunk_bytes = seams.clock, source.bucket, source.chunk_bytes
     budget = source.time_budget_seconds if budget_seconds is None else budget_seconds
     started = clock()
@@ -115,7 +104,7 @@ def import_file(
         return _nothing_to_do(opened, clock() - started)
     start_offset = row.next_offset
     # Pieces are read in order from streaming GETs; a chunk is the pieces up to ``chunk_bytes``.
-    piece_bytes = min(chunk_bytes, seams.piece_bytes)
+    piece_bytes = min(chunk_bytes, seams.piece_bytes or PIECE_BYTES)
     chunks = conflicts = 0
     stopped_on_budget = False
     # The stages overlap on two cores: the next S3 read (I/O), two pieces split at once
@@ -133,7 +122,7 @@ def import_file(
             current.etag,
             current.size,
             piece_bytes,
-            seams.request_bytes,
+            seams.request_bytes or REQUEST_BYTES,
             compression_of(key),
             source.max_uncompressed_bytes,
         )

@@ -19,33 +19,6 @@ from kmdagster.quarantine import Quarantine
 from kmdagster.s3.objects import S3File, compression_of, list_root_files
 from kmdagster.warehouse.warehouse import LedgerRow, Warehouse, WarehouseUnavailable
 
-# Every state shown to people, in the CLI, the backlog check and the docs (README "File
-# states" lists the same words and meanings; a test compares them).
-STATE_MEANINGS: dict[State, str] = {
-    State.PENDING: "at the bucket root, not started; `#` is its place in the queue",
-    State.IN_PROGRESS: "partly imported; the next run resumes at `next_offset`",
-    State.FAILED: "its last run failed; the error is shown and the next tick tries it again "
-    "from its committed offset",
-    State.QUARANTINED: "its runs failed `quarantine_after_failed_runs` times in a row (3 by "
-    "default) without advancing its committed offset (a run that committed a chunk of the "
-    "version at the root never counts, however it ended: SIGKILL, run monitoring, a lost "
-    "code server), or one run found its bytes unreadable (not the compression its name "
-    "says, cut short, expanding past `max_uncompressed_bytes`), which no retry changes: set "
-    "aside at the bucket root, keeping what it committed and its resume "
-    "offset; later files go first until `kmdagster retry SOURCE KEY` (or a launch tagged "
-    "`kmdagster/retry=true`) lifts it, and the `quarantine` check is red meanwhile",
-    State.IMPORTED: "every line is in the warehouse; the archive step moves it next",
-    State.REIMPORTED_IDENTICAL: "back at the bucket root with content already imported (the "
-    "same ETag); the next run archives it again without loading a line",
-    State.ARCHIVED: "imported and moved to `completed_imports/` (with its rejects file)",
-    State.SUPERSEDED: "the key was overwritten before this version finished; the new content "
-    "is imported as a new file and this version never resumes. The lines it loaded stay "
-    "attributed to its ETag but leave `km_events`, `km_properties`, `km_aliases` and "
-    "`km_rejects` (and the views on them) for the `*_replaced` relations",
-    State.DELETED: "the key vanished before this version finished; like `superseded`, its "
-    "loaded lines move to the `*_replaced` relations",
-}
-
 
 @dataclass(frozen=True)
 class FileState:

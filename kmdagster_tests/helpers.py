@@ -7,6 +7,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from kmdagster import seams
 from kmdagster.config import (
     KmConfig,
     S3Settings,
@@ -15,9 +16,9 @@ from kmdagster.config import (
     config_yaml,
 )
 from kmdagster.defs.naming import SourceNames
-from kmdagster.importer import ImportReport, ImportSeams, import_file
+from kmdagster.importer import ImportReport, import_file
 from kmdagster.warehouse.file_rows import ROW_IDENTITY
-from kmdagster.warehouse.warehouse import Warehouse
+from kmdagster.warehouse.warehouse import PieceEnd, Warehouse
 from kmdagster_dev.km_files import KmFile
 from kmdagster_dev.seaweed import Identity, SeaweedS3
 
@@ -131,12 +132,11 @@ def run_import(
     ).model_copy(  # unvalidated: a budget of 0 (stop after the first chunk) is a test's
         update={"time_budget_seconds": budget}
     )
-    seams = {f: options.pop(f) for f in ImportSeams.__dataclass_fields__ if f in options}
-    return import_file(
-        client,
-        warehouse,
-        source,
-        key,
-        seams=ImportSeams(**seams),
-        **options,
-    )
+    injected = {f: options.pop(f) for f in seams.Seams.__dataclass_fields__ if f in options}
+    with seams.injected(**injected):
+        return import_file(client, warehouse, source, key, **options)
+
+
+def plain_piece_end(offset: int, size_bytes: int) -> PieceEnd:
+    """Where a piece ends at ``offset`` in a plain (uncompressed) file of ``size_bytes``."""
+    return PieceEnd(offset=offset, last=offset >= size_bytes, read_offset=offset)

@@ -13,9 +13,10 @@ import json
 import sys
 import time
 
+from kmdagster import seams
 from kmdagster.config import load_config
 from kmdagster.defs.resources import build_s3_resource
-from kmdagster.importer import ImportSeams, import_file
+from kmdagster.importer import import_file
 from kmdagster.warehouse.warehouse import LedgerRow, Warehouse
 
 WAIT_SECONDS = 300.0
@@ -47,10 +48,8 @@ def main() -> int:
         waited = True
 
     client = build_s3_resource(config).get_client()
-    with Warehouse.open(config.warehouse) as warehouse:
-        report = import_file(
-            client, warehouse, source, key, seams=ImportSeams(after_commit=after_commit)
-        )
+    with Warehouse.open(config.warehouse) as warehouse, seams.injected(after_commit=after_commit):
+        report = import_file(client, warehouse, source, key)
     print(json.dumps({"chunks": report.chunks, "read_again": report.chunks_read_again}))
     return 0
 

@@ -17,11 +17,11 @@ from kmdagster.defs.runs import SOURCE_TAG, WAREHOUSE_TAG
 from kmdagster.faults import CRASH_ENV
 from kmdagster.instance_settings import INSTANCE_SETTINGS, instance_settings_yaml
 from kmdagster.km_format.split import split_km_lines
-from kmdagster.warehouse.warehouse import DuckDBWarehouse, LedgerConflict, PieceEnd, Warehouse
+from kmdagster.warehouse.warehouse import DuckDBWarehouse, LedgerConflict, Warehouse
 from kmdagster_dev.instance_yaml import deploy_instance_settings
 from kmdagster_dev.km_files import km_file
 from kmdagster_dev.seaweed import SeaweedS3
-from kmdagster_tests.helpers import ACCOUNTS, make_config, write_config
+from kmdagster_tests.helpers import ACCOUNTS, make_config, plain_piece_end, write_config
 from kmdagster_tests.run_import_job import spawn_import_job
 from kmdagster_tests.ticks import run_partition
 
@@ -97,9 +97,9 @@ def test_two_importers_of_one_file_never_commit_the_same_chunk_twice(tmp_path: P
         row = warehouse.open_file("accounts", KEY, '"etag"', 10_000)
         stale = warehouse.ledger_row("accounts", KEY, '"etag"')
         assert stale is not None
-        warehouse.commit_chunk(row, [(chunk, PieceEnd.plain(5_000, row.size_bytes))])
+        warehouse.commit_chunk(row, [(chunk, plain_piece_end(5_000, row.size_bytes))])
         with pytest.raises(LedgerConflict, match="moved past offset 0 in another import"):
-            warehouse.commit_chunk(stale, [(chunk, PieceEnd.plain(5_000, row.size_bytes))])
+            warehouse.commit_chunk(stale, [(chunk, plain_piece_end(5_000, row.size_bytes))])
         events = warehouse.database.connection.execute("SELECT count(*) FROM km_events").fetchone()
     assert events == (split.events.height,)
 
@@ -116,11 +116,11 @@ def test_a_stale_importer_is_refused_and_its_rolled_back_rows_never_show(
         stale = warehouse.ledger_row("accounts", KEY, '"etag"')
         assert stale is not None
         warehouse.commit_chunk(
-            row, [(chunk, PieceEnd.plain(5_000, row.size_bytes))], run_id="run-1"
+            row, [(chunk, plain_piece_end(5_000, row.size_bytes))], run_id="run-1"
         )
         with pytest.raises(LedgerConflict, match="moved past offset 0 in another import"):
             warehouse.commit_chunk(
-                stale, [(chunk, PieceEnd.plain(5_000, row.size_bytes))], run_id="run-2"
+                stale, [(chunk, plain_piece_end(5_000, row.size_bytes))], run_id="run-2"
             )
         assert warehouse.runs_that_advanced("accounts", KEY, '"etag"', ["run-1", "run-2"]) == {
             "run-1"

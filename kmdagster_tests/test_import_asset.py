@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import duckdb
 import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
+from kmdagster import seams
 from kmdagster.archiver import NotImported, archive_imported_file
 from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.defs.assets import build_source_assets
@@ -286,8 +287,12 @@ def test_a_file_over_the_single_copy_limit_is_archived_in_parts(s3: Any, bucket:
     data = line * (11 * 2**20 // len(line) + 1)
     etag = s3.put_object(Bucket=bucket, Key=KEY, Body=data)["ETag"]
     source = S3File(key=KEY, etag=etag, size=len(data))
-    in_parts = partial(archive_file, single_copy_max_bytes=2**20, copy_part_bytes=5 * 2**20)
-    archived = in_parts(s3, bucket, source, datetime.now(timezone.utc))
+
+    def in_parts() -> AbstractContextManager[seams.Seams]:
+        return seams.injected(single_copy_max_bytes=2**20, copy_part_bytes=5 * 2**20)
+
+    with in_parts():
+        archived = archive_file(s3, bucket, source, datetime.now(timezone.utc))
     copy = s3.get_object(Bucket=bucket, Key=archived)
     assert copy["Body"].read() == data
     assert copy["Metadata"] == {"kmdagster-source-etag": etag.strip('"')}
@@ -295,7 +300,8 @@ def test_a_file_over_the_single_copy_limit_is_archived_in_parts(s3: Any, bucket:
     assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == [archived]
     # Archiving again (a retried step) finds its own copy and does not copy twice.
     s3.put_object(Bucket=bucket, Key=KEY, Body=data)
-    assert in_parts(s3, bucket, source, datetime.now(timezone.utc)) == archived
+    with in_parts():
+        assert archive_file(s3, bucket, source, datetime.now(timezone.utc)) == archived
 
 
 def test_a_parts_copy_of_a_replaced_version_fails_clearly_and_leaves_no_parts(
@@ -305,15 +311,11 @@ def test_a_parts_copy_of_a_replaced_version_fails_clearly_and_leaves_no_parts(
     old_etag = s3.put_object(Bucket=bucket, Key=KEY, Body=data)["ETag"]
     s3.put_object(Bucket=bucket, Key=KEY, Body=data + b"\n")
     imported = S3File(key=KEY, etag=old_etag, size=len(data))
-    with pytest.raises(S3AccessError, match=rf"s3://{bucket}/{KEY} no longer holds the imported"):
-        archive_file(
-            s3,
-            bucket,
-            imported,
-            datetime.now(timezone.utc),
-            single_copy_max_bytes=1000,
-            copy_part_bytes=len(data) // 3,
-        )
+    with (
+        pytest.raises(S3AccessError, match=rf"s3://{bucket}/{KEY} no longer holds the imported"),
+        seams.injected(single_copy_max_bytes=1000, copy_part_bytes=len(data) // 3),
+    ):
+        archive_file(s3, bucket, imported, datetime.now(timezone.utc))
     assert "Uploads" not in s3.list_multipart_uploads(Bucket=bucket)
     assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == [KEY]
 
@@ -324,13 +326,12 @@ def test_a_parts_copy_without_write_rights_names_the_permission(
     data = km_file(seed=18, repeats=5).data
     etag = s3.put_object(Bucket=bucket, Key=KEY, Body=data)["ETag"]
     read_only = s3_server.client(READ_ONLY)
-    with pytest.raises(S3AccessError) as denied:
+    with pytest.raises(S3AccessError) as denied, seams.injected(single_copy_max_bytes=1000):
         archive_file(
             read_only,
             bucket,
             S3File(key=KEY, etag=etag, size=len(data)),
             datetime.now(timezone.utc),
-            single_copy_max_bytes=1000,
         )
     assert str(denied.value).startswith(f"CreateMultipartUpload on s3://{bucket}/completed_")
     assert "grant s3:PutObject on completed_imports/*" in str(denied.value)

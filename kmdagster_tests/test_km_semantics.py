@@ -21,8 +21,8 @@ from kmdagster.km_format.identities import identity_groups
 from kmdagster.km_format.split import split_km_lines
 from kmdagster.km_format.summary import PreviewAccumulator
 from kmdagster.warehouse.file_rows import top_events, top_properties
-from kmdagster.warehouse.warehouse import DuckDBWarehouse, PieceEnd, Warehouse
-from kmdagster_tests.helpers import write_config
+from kmdagster.warehouse.warehouse import DuckDBWarehouse, Warehouse
+from kmdagster_tests.helpers import plain_piece_end, write_config
 
 T1, T2 = 1_700_000_000, 1_700_000_005
 
@@ -31,7 +31,7 @@ def load(warehouse: Warehouse, key: str, lines: list[dict[str, Any]]) -> None:
     data = ("\n".join(json.dumps(line) for line in lines) + "\n").encode()
     row = warehouse.open_file("accounts", key, f'"{key}"', len(data))
     piece = warehouse.lay_out(split_km_lines(data, 1, 1_764_000_000))
-    warehouse.commit_chunk(row, [(piece, PieceEnd.plain(len(data), row.size_bytes))])
+    warehouse.commit_chunk(row, [(piece, plain_piece_end(len(data), row.size_bytes))])
 
 
 def groups(pairs: list[tuple[str, str]]) -> dict[str, str]:

@@ -12,6 +12,7 @@ import pytest
 from dagster import DagsterInstance
 from dagster_shared.serdes import serialize_value
 
+from kmdagster import seams
 from kmdagster.cli import main
 from kmdagster.defs.factory import build_definitions
 from kmdagster.s3.archive import archive_file, archive_key_for
@@ -169,14 +170,15 @@ def test_the_policy_grants_every_s3_call_of_check_import_archive_and_a_failed_pa
         for command in (["check", "accounts"], ["preview", "accounts"], ["status", "accounts"]):
             assert main(command) == 0
         assert job.execute_in_process(instance=instance, partition_key="accounts.1.json").success
-        with pytest.raises(S3AccessError, match="no longer holds the imported"):
+        with (
+            pytest.raises(S3AccessError, match="no longer holds the imported"),
+            seams.injected(single_copy_max_bytes=1000, copy_part_bytes=len(data) // 3),
+        ):
             archive_file(
                 s3,
                 bucket,
                 S3File(key="accounts.2.json", etag=old_etag, size=len(data)),
                 datetime.now(timezone.utc),
-                single_copy_max_bytes=1000,
-                copy_part_bytes=len(data) // 3,
             )
 
     assert recorder.operations() >= {

@@ -25,13 +25,12 @@ from kmdagster.status import read_source_status
 from kmdagster.warehouse.schema import SCHEMA_VERSION, UPGRADE_COMMAND, WarehouseSchemaError
 from kmdagster.warehouse.warehouse import (
     DuckDBWarehouse,
-    PieceEnd,
     Warehouse,
     WarehouseUnreachable,
 )
 from kmdagster_dev.km_files import km_file
 from kmdagster_dev.seaweed import SeaweedS3, free_ports
-from kmdagster_tests.helpers import make_config, write_config
+from kmdagster_tests.helpers import make_config, plain_piece_end, write_config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "warehouse_v1.duckdb.gz"
 RELATIONS = ("km_events", "km_properties", "km_aliases", "km_rejects")
@@ -114,7 +113,7 @@ def test_an_upgraded_warehouse_resumes_its_partial_file_and_takes_new_rows(
         assert (row.next_offset, row.lines_read, row.file_id > 0) == (offset, lines, True)
         split = split_km_lines(data[offset:], lines + 1, 1_764_000_000)
         done = warehouse.commit_chunk(
-            row, [(warehouse.lay_out(split), PieceEnd.plain(len(data), row.size_bytes))]
+            row, [(warehouse.lay_out(split), plain_piece_end(len(data), row.size_bytes))]
         )
     expected = km_file(seed=2, repeats=30)
     assert done.status == "imported" and done.lines_read == expected.lines
@@ -151,7 +150,7 @@ def test_rejected_lines_are_kept_short_with_their_full_length(tmp_path: Path) ->
     with DuckDBWarehouse.connect(tmp_path / "w.duckdb") as warehouse:
         row = warehouse.open_file("accounts", "k.json", '"e"', len(long_line) + 1)
         warehouse.commit_chunk(
-            row, [(warehouse.lay_out(split), PieceEnd.plain(len(long_line) + 1, row.size_bytes))]
+            row, [(warehouse.lay_out(split), plain_piece_end(len(long_line) + 1, row.size_bytes))]
         )
         [(kept, full)] = warehouse.database.connection.execute(
             "SELECT length(raw_line), raw_chars FROM km_rejects"
@@ -171,7 +170,7 @@ def test_names_are_stored_once_with_each_label_as_sent(tmp_path: Path) -> None:
         for n, key in enumerate(("a.json", "b.json")):  # the second file learns no new name
             row = warehouse.open_file("accounts", key, f'"{n}"', len(lines))
             piece = warehouse.lay_out(split_km_lines(lines, 1, 1_764_000_000))
-            warehouse.commit_chunk(row, [(piece, PieceEnd.plain(len(lines), row.size_bytes))])
+            warehouse.commit_chunk(row, [(piece, plain_piece_end(len(lines), row.size_bytes))])
         con = warehouse.database.connection
         names = con.execute("SELECT kind, name, label FROM km_names ORDER BY ALL").fetchall()
         events = con.execute("SELECT event, event_label FROM km_events ORDER BY ALL").fetchall()
@@ -230,7 +229,7 @@ def test_a_version_3_warehouse_gains_reject_locations_keeping_its_rejects(
             [
                 (
                     warehouse.lay_out(split_km_lines(bad, 1, 0)),
-                    PieceEnd.plain(len(bad), row.size_bytes),
+                    plain_piece_end(len(bad), row.size_bytes),
                 )
             ],
         )
@@ -245,7 +244,7 @@ def test_a_version_3_warehouse_gains_reject_locations_keeping_its_rejects(
         row = warehouse.open_file("accounts", "new.json", '"e2"', len(bad) * 2)
         two = split_km_lines(bad * 2, 1, 0, first_byte_offset=0)
         warehouse.commit_chunk(
-            row, [(warehouse.lay_out(two), PieceEnd.plain(len(bad) * 2, row.size_bytes))]
+            row, [(warehouse.lay_out(two), plain_piece_end(len(bad) * 2, row.size_bytes))]
         )
         found = warehouse.database.rows(
             "SELECT file_key, line_no, reason, byte_offset FROM km_rejects ORDER BY 1, 2"
@@ -403,7 +402,7 @@ def test_a_version_4_lake_gains_its_alias_merges_marked_as_done(
     with Warehouse.open(warehouse_settings) as warehouse:
         row = warehouse.open_file("accounts", "old.json", '"e1"', len(file.data))
         split = split_km_lines(file.data, 1, 1_800_000_000)
-        end = PieceEnd.plain(len(file.data), row.size_bytes)
+        end = plain_piece_end(len(file.data), row.size_bytes)
         warehouse.commit_chunk(row, [(warehouse.lay_out(split), end)])
         db = warehouse.database  # as version 4 left it: groups merged with each chunk
         db.execute("DROP TABLE km_alias_merges")

@@ -30,11 +30,11 @@ from kmdagster.defs.checks import data_check_results
 from kmdagster.defs.metadata import archive_metadata, progress_metadata, table_metadata
 from kmdagster.defs.naming import SourceNames
 from kmdagster.defs.runs import OUTCOME_TAG, UNREADABLE_TAG
-from kmdagster.faults import crash_point
 from kmdagster.file_state import State
 from kmdagster.importer import ImportReport, import_file
 from kmdagster.s3.objects import S3AccessError
 from kmdagster.s3.piece_reader import FileChangedError, UnreadableFileError
+from kmdagster.seams import crash_point
 from kmdagster.warehouse.database import Database
 from kmdagster.warehouse.schema import ROW_TABLES
 from kmdagster.warehouse.warehouse import LedgerConflict, LedgerRow, Warehouse

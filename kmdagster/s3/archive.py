@@ -16,7 +16,6 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from kmdagster.faults import crash_point
 from kmdagster.s3.objects import (
     ARCHIVE_PREFIX,
     S3AccessError,
@@ -26,6 +25,8 @@ from kmdagster.s3.objects import (
     head_object,
     is_precondition_failure,
 )
+from kmdagster.seams import crash_point
+from kmdagster.seams import current as current_seams
 
 MAX_NAME_SUFFIX = 1000
 SOURCE_ETAG_METADATA = "kmdagster-source-etag"
@@ -48,19 +49,20 @@ def archive_file(
     source: S3File,
     completed_at: datetime,
     record: Callable[[str], object] | None = None,
-    single_copy_max_bytes: int = SINGLE_COPY_MAX_BYTES,
-    copy_part_bytes: int = COPY_PART_BYTES,
 ) -> str:
     """Copy ``source`` under completed_imports/, check it, ``record`` its key, delete the original.
 
-    A source over ``single_copy_max_bytes`` is copied server-side in parts of
-    ``copy_part_bytes``. Returns the archive key. Raises S3AccessError on a permission or
-    bucket problem.
+    A source over ``SINGLE_COPY_MAX_BYTES`` is copied server-side in parts of
+    ``COPY_PART_BYTES`` (sizes ``kmdagster.seams`` may change). Returns the archive key.
+    Raises S3AccessError on a permission or bucket problem.
     """
     if "/" in source.key or source.key.startswith("."):
         raise S3AccessError(
             f"refusing to archive {source.key!r}: only root-level keys are imported"
         )
+    seams = current_seams()
+    single_copy_max_bytes = seams.single_copy_max_bytes or SINGLE_COPY_MAX_BYTES
+    copy_part_bytes = seams.copy_part_bytes or COPY_PART_BYTES
     for attempt in range(MAX_NAME_SUFFIX):
         destination = archive_key_for(source.key, completed_at, attempt)
         state = _destination_state(client, bucket, destination, source)

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Protocol
 
 import polars as pl
 
-from kmdagster.faults import crash_point
 from kmdagster.km_format.identities import identity_groups
+from kmdagster.seams import crash_point
 from kmdagster.warehouse.database import transaction
 
 if TYPE_CHECKING:

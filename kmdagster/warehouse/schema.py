@@ -25,9 +25,9 @@ from datetime import datetime, timezone
 
 import duckdb
 
-from kmdagster.faults import crash_point
 from kmdagster.file_state import RETIRED
 from kmdagster.km_format.split import MAX_RAW_LINE_CHARS
+from kmdagster.seams import crash_point
 from kmdagster.warehouse.database import Database, WarehouseSchemaError, sql_list, transaction
 from kmdagster.warehouse.people import add_alias_pairs
 

@@ -18,10 +18,10 @@ import polars as pl
 import pyarrow as pa
 
 from kmdagster.config import WarehouseSettings
-from kmdagster.faults import crash_point
 from kmdagster.file_state import COMPLETE, RETIRED, UNFINISHED, State
 from kmdagster.km_format.split import SplitLines
 from kmdagster.km_format.summary import KnownNames
+from kmdagster.seams import crash_point
 from kmdagster.warehouse.database import (
     Database,
     WarehouseBusy,
@@ -93,11 +93,6 @@ class PieceEnd:
     offset: int
     last: bool
     read_offset: int
-
-    @classmethod
-    def plain(cls, offset: int, size_bytes: int) -> PieceEnd:
-        """``offset`` in a plain (uncompressed) file of ``size_bytes``."""
-        return cls(offset=offset, last=offset >= size_bytes, read_offset=offset)
 
 
 class LedgerConflict(RuntimeError):
