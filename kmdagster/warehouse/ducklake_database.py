@@ -6,9 +6,9 @@ machine, or a PostgreSQL database for many writers on many machines) and its dat
 AWS credential chain). Statements, Arrow in and out, and transactions are DuckDB's own
 (``DuckDBConnection``); what differs is how the lake is opened, that DuckLake has no
 sequences or keys (ids come from ``km_sequences``), that two writers' commits that
-touch the same data may conflict, which DuckLake reports and ``transaction`` retries, and
-so that the ledger is appended to as revisions and alias groups are merged after each
-chunk's commit (never a delete in a chunk's transaction).
+touch the same data may conflict, which DuckLake reports and ``transaction`` retries. So
+the ledger is appended to as revisions and alias groups are merged after each chunk's
+commit (never a delete in a chunk's transaction).
 
 The extensions are loaded from the files their PyPI packages ship; nothing is downloaded.
 """
@@ -35,7 +35,7 @@ from kmdagster.warehouse.database import (
 from kmdagster.warehouse.duckdb_connection import DuckDBConnection, memory_limit
 from kmdagster.warehouse.ledger_writes import APPENDED_REVISIONS
 from kmdagster.warehouse.people import MERGED_APART
-from kmdagster.warehouse.waits import waiting_while_held
+from kmdagster.warehouse.waits import LOCK_PAUSE_SECONDS, waiting_while_held
 
 LAKE = "km_lake"  # the lake's name in the connection; `kmdagster sql` makes it the default
 # extension -> the PyPI package that ships its file (pinned with DuckDB in pyproject.toml)
@@ -44,6 +44,7 @@ EXTENSION_PACKAGES = {
     "postgres_scanner": "duckdb-extension-postgres-scanner",
     "httpfs": "duckdb-extension-httpfs",
 }
+_CATALOG_RACE_PAUSE_SECONDS = 0.2
 
 
 class WarehouseLakeError(WarehouseUnavailable):
@@ -289,20 +290,25 @@ def _attach_waiting(
     where = lake_location(settings)
     on_postgres = is_postgres_url(settings.ducklake_catalog)
 
+    def catalog_file_held(exc: Exception) -> bool:
+        return not on_postgres and "lock" in str(exc).lower()
+
     def is_held(exc: Exception) -> bool:
-        text = str(exc)
-        held = "lock" in text.lower() and not on_postgres
-        return isinstance(exc, duckdb.Error) and (held or _lost_the_race_to_create(text, settings))
+        return isinstance(exc, duckdb.Error) and (
+            catalog_file_held(exc) or _lost_the_race_to_create(str(exc), settings)
+        )
 
     try:
         waiting_while_held(
             lambda: con.execute(f"ATTACH {_quoted(target)} AS {LAKE} ({', '.join(options)})"),
             is_held,
             lock_wait_seconds,
+            # A PostgreSQL catalog another process is creating is ready within moments.
+            pause=_CATALOG_RACE_PAUSE_SECONDS if on_postgres else LOCK_PAUSE_SECONDS,
         )
     except duckdb.Error as exc:
         text = str(exc)
-        if "lock" in text.lower() and not on_postgres:
+        if catalog_file_held(exc):
             raise WarehouseBusy(
                 f"the lake catalog {settings.ducklake_catalog} was held by another process "
                 f"for over {lock_wait_seconds:.0f}s. A DuckDB-file catalog admits one "
