@@ -49,7 +49,11 @@ class ConfigError(ValueError):
     """The configuration file is invalid; the message names the file and the field."""
 
 
-_SECTION_RULES = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+# Each field's docstring is its description in the schemas Dagster shows (the resources'
+# configuration, the Component's attributes).
+_SECTION_RULES = ConfigDict(
+    extra="forbid", frozen=True, str_strip_whitespace=True, use_attribute_docstrings=True
+)
 
 
 class _Section(BaseModel):
@@ -67,11 +71,17 @@ class S3Settings(_ResourceSection):
     """How the S3 client connects; the S3 resource holds these settings as they are."""
 
     endpoint_url: Text | None = None
+    """S3-compatible endpoint, e.g. http://127.0.0.1:8333; AWS when unset."""
     region_name: Text | None = None
+    """AWS region; boto3's when unset."""
     max_attempts: PositiveInt = 8
-    retry_mode: Literal["standard", "adaptive"] = "standard"  # adaptive: client-side rate limit
+    """Attempts per request, with botocore's backoff."""
+    retry_mode: Literal["standard", "adaptive"] = "standard"
+    """botocore's retry mode; adaptive also rate-limits the client."""
     connect_timeout_seconds: PositiveInt = 10
+    """Connect timeout per attempt."""
     read_timeout_seconds: PositiveInt = 60
+    """Read timeout per attempt; a ranged read cut off resumes where it broke."""
 
 
 def _no_password(url: str) -> str:
@@ -90,22 +100,21 @@ class WarehouseSettings(_ResourceSection):
     or a DuckLake lakehouse (Parquet files in a folder or on S3, and a catalog)."""
 
     backend: Literal["duckdb", "postgres", "ducklake"] = "duckdb"
+    """duckdb (an embedded file, one writing process), postgres or ducklake (a lakehouse)."""
     duckdb_path: Text = ".kmdagster/warehouse.duckdb"
-    # A libpq URL without the password (libpq reads PGPASSWORD or ~/.pgpass; PGHOST and
-    # the other PG* variables fill in what the URL leaves out).
+    """The DuckDB file."""
     postgres_url: Text | None = None
-    # The lake's catalog: a DuckDB file (one process at a time, as the DuckDB warehouse),
-    # or a PostgreSQL URL without password (many writers and readers, many machines).
+    """With backend postgres: a libpq URL without password (PGPASSWORD or ~/.pgpass)."""
     ducklake_catalog: Text = ".kmdagster/lake/catalog.ducklake"
-    # Where its Parquet files go: a folder, or s3://bucket/prefix/ (read and written with
-    # the s3 section's endpoint and region and the standard AWS credential chain).
+    """With backend ducklake: the catalog, a DuckDB file or a PostgreSQL URL without password."""
     ducklake_data_path: Text = ".kmdagster/lake/data/"
-    # The lake's maintenance job runs on this cron (UTC) and keeps snapshots this long (the
-    # time an analyst can travel back; files only old snapshots read are deleted after).
+    """With backend ducklake: where its Parquet files go, a folder or s3://bucket/prefix/."""
     ducklake_maintenance_cron: Text = "17 3 * * *"
+    """With backend ducklake: when the lake_maintenance schedule runs (UTC)."""
     ducklake_snapshot_retention_days: PositiveNumber = 7.0
-    # Copied from the configuration's s3 section when the file is read; never set here.
+    """With backend ducklake: how long snapshots are kept (how far back a query can travel)."""
     s3: S3Settings | None = None
+    """Never set: a copy of the s3 section, which the lake's data path on S3 is reached with."""
 
     @field_validator("postgres_url")
     @classmethod
@@ -158,34 +167,37 @@ class SourceConfig(_Section):
     """One recurring import: the files ``base_filename`` matches at the root of ``bucket``."""
 
     name: Text
+    """[a-z0-9_]+, unique; prefixes every Dagster name of the source."""
     bucket: Text
+    """The bucket whose root holds the files."""
     base_filename: Text
+    """accounts.json matches accounts*.json at the bucket root."""
     cron: Text = "0 * * * *"
+    """When the schedule ticks (UTC)."""
     time_budget_seconds: PositiveNumber = 300.0
+    """Per run: a file past it stops at a committed offset and resumes at the next tick."""
     chunk_bytes: Annotated[int, Field(strict=True, ge=MIN_CHUNK_BYTES)] = DEFAULT_CHUNK_BYTES
+    """Bytes per warehouse transaction; the budget is checked between them."""
     sensor_interval_seconds: PositiveInt = 180
-    # The reject_rate check warns above this share of a file's non-blank lines.
+    """How often the sensor lists the bucket."""
     reject_rate_warn_percent: Annotated[float, Field(strict=True, gt=0, le=100)] = 5.0
-    # The backlog check warns when the oldest file waiting at the bucket root is older.
+    """The reject_rate check warns above this share of a file's non-blank lines."""
     backlog_warn_hours: PositiveNumber = 24.0
-    # Files one run may import, in key order, within its one time budget: 1 is
-    # KISSmetrics' rule; more lets a source that fell behind catch up.
+    """The backlog check warns when the oldest file waiting at the root is older."""
     max_files_per_run: Annotated[int, Field(strict=True, ge=1, le=MAX_FILES_PER_RUN)] = 1
-    # A file whose runs failed this many times in a row is set aside (quarantined).
+    """Files one run imports in key order within its budget; over 1 lets a source catch up."""
     quarantine_after_failed_runs: PositiveInt = 3
-    # Run monitoring fails a run still going this long past its budget: the last chunk, the
-    # archive copy and start-up fit well inside; a dead run worker blocks no longer.
+    """A file whose runs failed this many times in a row is set aside (quarantined)."""
     run_grace_seconds: PositiveInt = 900
-    # Decode KISSmetrics' octal escapes (``\231``) as UTF-8 instead of rejecting the line.
+    """Run monitoring fails a run still going this long past its budget."""
     repair_octal_escapes: StrictBool = False
-    # The sensor removes the Dagster partitions of files archived longer ago than this
-    # (the ledger, the rows and the archive stay), so partitions stay well under Dagster's
-    # recommended 100,000 per asset: 30 days of a file a minute is 43,200.
+    """Decode KISSmetrics' octal escapes as UTF-8 instead of rejecting the line."""
     retain_partitions_days: PositiveNumber = 30.0
-    # ``accounts.json`` also matches ``accounts*.json.gz`` and ``accounts*.json.zst``.
+    """The sensor removes the partitions of files archived longer ago than this."""
     compressed_files: StrictBool = True
-    # A compressed file expanding past this is taken for a decompression bomb and fails.
+    """accounts.json also matches accounts*.json.gz and accounts*.json.zst."""
     max_uncompressed_bytes: PositiveInt = 64 * 1024**3
+    """A compressed file expanding past this is taken for a decompression bomb."""
 
     @field_validator("name")
     @classmethod
@@ -235,7 +247,6 @@ class KmConfig(_Section):
 
 
 def config_yaml(config: KmConfig) -> str:
-    """``config`` as the YAML file ``load_config`` reads (defaults left out)."""
     written = config.model_dump(mode="json", exclude_defaults=True, exclude={"warehouse": {"s3"}})
     return yaml.safe_dump(written, sort_keys=False)
 
@@ -245,10 +256,6 @@ def config_path_from_env() -> Path:
 
 
 def load_config(path: Path | None = None, given_by: str | None = None) -> KmConfig:
-    """Read and validate the configuration file: ``path`` (which ``given_by`` names, such
-    as ``--config``), else ``KMDAGSTER_CONFIG``, else ./kmdagster.yaml, else, inside a
-    ``dg`` project, the one ``defs.yaml`` that declares the kmdagster component. A
-    component's ``defs.yaml`` given as the path is read for its attributes."""
     if path is None and os.environ.get(CONFIG_ENV_VAR):
         given_by = CONFIG_ENV_VAR
     if path is None and given_by is None and not Path(DEFAULT_CONFIG_FILE).exists():
@@ -276,8 +283,6 @@ def load_config(path: Path | None = None, given_by: str | None = None) -> KmConf
 
 
 def _component_file_of_project() -> Path | None:
-    """The defs.yaml of the kmdagster component of the dg project around the working
-    directory, when there is exactly one."""
     project = find_dg_project(Path.cwd())
     if project is None:
         return None
@@ -292,7 +297,6 @@ def _component_file_of_project() -> Path | None:
 
 
 def parse_config(raw: Any, origin: str = "configuration") -> KmConfig:
-    """Validate an already-parsed YAML document; every error names the offending field."""
     try:
         config = KmConfig.model_validate({} if raw is None else raw)
     except ValidationError as exc:
@@ -306,8 +310,6 @@ def parse_config(raw: Any, origin: str = "configuration") -> KmConfig:
 
 
 def _first_error(exc: ValidationError) -> str:
-    """pydantic's first error as ``field.path: what to give``; a misspelt key comes first,
-    since it is often why a required key is missing."""
     errors = exc.errors()
     error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     location = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
@@ -329,7 +331,6 @@ def _first_error(exc: ValidationError) -> str:
 
 
 def _model_at(location: tuple[int | str, ...]) -> type[BaseModel]:
-    """The section whose key is unknown at ``location``, for its list of known keys."""
     if not location:
         return KmConfig
     return {"s3": S3Settings, "warehouse": WarehouseSettings, "sources": SourceConfig}[

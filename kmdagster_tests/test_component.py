@@ -15,7 +15,7 @@ import pytest
 import yaml
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, load_from_defs_folder
 
-from kmdagster.config import CONFIG_ENV_VAR, ConfigError, load_config
+from kmdagster.config import CONFIG_ENV_VAR, ConfigError, SourceConfig, load_config
 from kmdagster.defs.runs import MAX_RUNTIME_TAG, OUTCOME_TAG
 from kmdagster.s3.objects import ARCHIVE_PREFIX
 from kmdagster_dev.km_files import km_file
@@ -114,17 +114,35 @@ def test_a_dg_project_declares_a_source_in_yaml_and_imports_from_it(
     assert_file_loaded_once(config.warehouse, KEY, file)
 
 
-def test_a_configuration_error_reads_as_in_kmdagster_yaml(tmp_path: Path) -> None:
-    attributes = {"sources": [{"name": "accounts", "bukcet": "b", "base_filename": "a.json"}]}
+def test_dg_checks_the_attributes_by_their_schema_and_kmdagster_by_its_rules(
+    tmp_path: Path,
+) -> None:
+    """A misspelt key fails ``dg check defs`` at its line, by the schema ``dg`` shows; a
+    rule no schema can state (two sources of one name) fails it in kmdagster.yaml's words."""
     project = dg_project(tmp_path / "km-project")
-    declared = declare_sources(project, attributes)
+    shown = dg(project, "utils", "inspect-component", COMPONENT, "--defs-yaml-schema")
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    for key, field in SourceConfig.model_fields.items():  # each with its description
+        assert f"      {key}: <" in shown.stdout, key
+        assert f"{field.description}\n" in shown.stdout, key
+    assert "base_filename: <string>  # Required" in shown.stdout
+
+    source = {"name": "accounts", "bucket": "b", "base_filename": "a.json"}
+    declared = declare_sources(project, {"sources": [{**source, "bukcet": "b"}]})
+    checked = dg(project, "check", "defs")
+    assert checked.returncode != 0
+    line = declared.read_text().splitlines().index("    bukcet: b") + 1
+    assert f"{declared}:{line}" in checked.stdout + checked.stderr
+    assert "'bukcet' was unexpected" in checked.stdout + checked.stderr
+
+    twice = {"sources": [source, source]}
+    declared.write_text(yaml.safe_dump({"type": COMPONENT, "attributes": twice}))
     standalone = tmp_path / "kmdagster.yaml"
-    standalone.write_text(yaml.safe_dump(attributes))
+    standalone.write_text(yaml.safe_dump(twice))
     with pytest.raises(ConfigError) as raised:
         load_config(standalone)
     said = str(raised.value).split(": ", 1)[1]  # after the file's name
-    assert said.startswith("sources[0].bukcet: unknown key")
-
+    assert said.startswith("sources[1].name: duplicate source name")
     checked = dg(project, "check", "defs")
     assert checked.returncode != 0
     assert f"{declared}: {said}" in checked.stdout + checked.stderr

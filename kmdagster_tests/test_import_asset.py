@@ -18,8 +18,8 @@ from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.defs.assets import build_source_assets
 from kmdagster.defs.file_events import recorded_resume_offset
 from kmdagster.defs.naming import SourceNames
-from kmdagster.defs.partitions import files_partitions
 from kmdagster.defs.resources import build_resources
+from kmdagster.defs.specs import SourceSpecs
 from kmdagster.km_format.split import split_km_lines
 from kmdagster.markdown import file_states_markdown
 from kmdagster.s3.archive import archive_file, archive_key_for
@@ -37,9 +37,8 @@ KEY = "accounts-0001.json"
 
 def materialize_partition(config: Any, instance: DagsterInstance, key: str):
     source = config.sources[0]
-    partitions = files_partitions(source)
     instance.add_dynamic_partitions(SourceNames.of(source).partitions, [key])
-    assets = build_source_assets(source, partitions)
+    assets = build_source_assets(SourceSpecs(source))
     return materialize(
         [assets.file, assets.tables, assets.archive],
         partition_key=key,
@@ -345,9 +344,8 @@ def test_crash_between_copy_and_delete_is_finished_without_reimport(
     etag = s3.put_object(Bucket=bucket, Key=KEY, Body=file.data)["ETag"]
     config = make_config(s3_server, bucket, warehouse_path)
     source = config.sources[0]
-    partitions = files_partitions(source)
     instance.add_dynamic_partitions(SourceNames.of(source).partitions, [KEY])
-    assets = build_source_assets(source, partitions)
+    assets = build_source_assets(SourceSpecs(source))
     imported = materialize(
         [assets.file, assets.tables, assets.archive],
         partition_key=KEY,

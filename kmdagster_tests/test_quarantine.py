@@ -18,12 +18,12 @@ from dagster import DagsterInstance, RunRequest, SkipReason
 from kmdagster.cli import main
 from kmdagster.defs.factory import build_definitions
 from kmdagster.defs.run_history import (
-    RETRY_TAG,
     quarantine_evaluation,
     quarantine_for_key,
     quarantined_files,
     source_progress,
 )
+from kmdagster.defs.runs import RETRY_TAG
 from kmdagster.quarantine import FinishedRun, failure_streak, quarantine_of
 from kmdagster_dev.km_files import km_file
 from kmdagster_dev.seaweed import Identity, SeaweedS3

@@ -18,6 +18,7 @@ from dagster import AssetCheckKey, AssetKey, DagsterInstance, materialize
 from kmdagster.cli import main
 from kmdagster.defs.resources import build_resources
 from kmdagster.defs.setup_assets import build_permission_check, build_preview_asset
+from kmdagster.defs.specs import SourceSpecs
 from kmdagster.s3.archive import archive_file
 from kmdagster.s3.objects import S3File
 from kmdagster.s3.permissions import iam_policy
@@ -367,7 +368,7 @@ def test_preview_asset_and_permission_check_in_dagster(
     source = config.sources[0]
 
     result = materialize(
-        [build_preview_asset(source), build_permission_check(source)],
+        [build_preview_asset(SourceSpecs(source)), build_permission_check(SourceSpecs(source))],
         resources=build_resources(config),
     )
 

@@ -21,36 +21,24 @@ from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
     AssetSpec,
-    DynamicPartitionsDefinition,
     Failure,
     MaterializeResult,
-    asset,
     multi_asset,
 )
 from dagster_aws.s3 import S3Resource
 
 from kmdagster.archiver import NotImported, archive_imported_file
-from kmdagster.config import SourceConfig
 from kmdagster.defs.catch_up import archive_following_files, import_following_files
-from kmdagster.defs.checks import data_check_specs
 from kmdagster.defs.file_events import (
     import_partition_file,
     record_outcome,
     report_archive,
     reported_file,
 )
-from kmdagster.defs.naming import SourceNames
 from kmdagster.defs.resources import WarehouseResource
+from kmdagster.defs.specs import SourceSpecs
 from kmdagster.importer import retire_replaced_versions
 from kmdagster.s3.objects import S3AccessError, list_root_files
-from kmdagster.warehouse.schema import ROW_TABLES
-
-TABLE_DESCRIPTIONS = {
-    "km_events": "Events (_n) of this source's files, one row per valid event line.",
-    "km_properties": "Properties set by this source's files, one row per property.",
-    "km_aliases": "Aliases (_p2) of this source's files.",
-    "km_rejects": "Lines of this source's files that broke a format rule, with the reason.",
-}
 
 
 @dataclass(frozen=True)
@@ -60,61 +48,15 @@ class SourceAssets:
     archive: AssetsDefinition
 
 
-def build_file_states_spec(source: SourceConfig) -> AssetSpec:
-    """``<source>/file_states``: every file's state in plain values, materialized by the
-    file sensor whenever one changes. Its own asset so that the graph's sidebar shows the counts
-    and the files in progress, failed or quarantined on a click, with no dialog to open."""
-    names = SourceNames.of(source)
-    return AssetSpec(
-        key=names.file_states,
-        deps=[names.file],
-        description=(
-            "The files of this source by state (in_progress, failed, quarantined, pending, "
-            "imported, archived): counts and names, the next file first. Materialized by "
-            f"{names.sensor} whenever a file's state changes; the backlog check "
-            "of s3_file has the full table."
-        ),
-        group_name=source.name,
-    )
-
-
-def build_file_spec(source: SourceConfig, partitions: DynamicPartitionsDefinition) -> AssetSpec:
-    return AssetSpec(
-        key=SourceNames.of(source).file,
-        description=(
-            f"Files s3://{source.bucket}/{source.base_filename} pattern matches; one partition "
-            "per S3 key, materialized when the sensor registers it. Observations record each "
-            "run's import progress; the backlog check lists every file's state."
-        ),
-        partitions_def=partitions,
-        group_name=source.name,
-        kinds={"s3"},
-    )
-
-
-def build_import_asset(
-    source: SourceConfig, partitions: DynamicPartitionsDefinition, backend: str
-) -> AssetsDefinition:
+def build_import_asset(specs: SourceSpecs) -> AssetsDefinition:
     """``<source>_import``: loads the partition's file within the budget, then checks it."""
-    names = SourceNames.of(source)
-    table_specs = [
-        AssetSpec(
-            key=names.table(table),
-            deps=[names.file],
-            description=TABLE_DESCRIPTIONS[table],
-            partitions_def=partitions,
-            group_name=source.name,
-            skippable=True,
-            kinds={backend, "polars"},
-        )
-        for table in ROW_TABLES
-    ]
+    source = specs.source
 
     @multi_asset(
-        name=names.import_assets,
-        specs=table_specs,
-        check_specs=data_check_specs(source, partitions),
-        partitions_def=partitions,
+        name=specs.names.import_assets,
+        specs=specs.tables,
+        check_specs=specs.data_checks,
+        partitions_def=specs.partitions,
         description="Reads the file in line-aligned chunks and loads it, within the budget.",
         # A file always loads into all four tables in one transaction per chunk: no subset.
         can_subset=False,
@@ -152,23 +94,11 @@ def build_import_asset(
     return import_tables
 
 
-def build_archive_asset(
-    source: SourceConfig, partitions: DynamicPartitionsDefinition
-) -> AssetsDefinition:
+def build_archive_asset(specs: SourceSpecs) -> AssetsDefinition:
     """``<source>/archived_file``: the complete file moved under completed_imports/."""
-    names = SourceNames.of(source)
+    source = specs.source
 
-    @asset(
-        key=names.archive,
-        deps=[names.table(table) for table in ROW_TABLES],
-        partitions_def=partitions,
-        group_name=source.name,
-        description=(
-            "Moves a fully imported file to completed_imports/YYYY/MM/DD/ in its bucket, with "
-            "its rejected lines beside it as NAME.rejects.jsonl."
-        ),
-        kinds={"s3"},
-    )
+    @multi_asset(name=specs.archive.key.to_python_identifier(), specs=[specs.archive])
     def archived_file(
         context: AssetExecutionContext, km_s3: S3Resource, km_warehouse: WarehouseResource
     ) -> MaterializeResult:
@@ -185,12 +115,8 @@ def build_archive_asset(
     return archived_file
 
 
-def build_source_assets(
-    source: SourceConfig, partitions: DynamicPartitionsDefinition, backend: str = "duckdb"
-) -> SourceAssets:
+def build_source_assets(specs: SourceSpecs) -> SourceAssets:
     """The file spec, the import multi-asset and the archive asset of one source."""
     return SourceAssets(
-        file=build_file_spec(source, partitions),
-        tables=build_import_asset(source, partitions, backend),
-        archive=build_archive_asset(source, partitions),
+        file=specs.file, tables=build_import_asset(specs), archive=build_archive_asset(specs)
     )

@@ -27,8 +27,9 @@ from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.defs.naming import BACKLOG_CHECK
 from kmdagster.defs.resources import TICK_LEDGER_WAIT_SECONDS, WarehouseResource
 from kmdagster.defs.run_history import run_outcomes
+from kmdagster.defs.specs import SourceSpecs
 from kmdagster.markdown import file_states_markdown
-from kmdagster.s3.objects import FilePattern, S3File, list_root_files
+from kmdagster.s3.objects import S3File, list_root_files
 from kmdagster.status import (
     RunOutcomes,
     SourceStatus,
@@ -101,18 +102,10 @@ def outcome_fingerprint(passed: bool, metadata: dict[str, Any]) -> str:
     return hashlib.sha256(f"{passed}|{sorted(settled.items())}".encode()).hexdigest()[:16]
 
 
-def build_backlog_check(source: SourceConfig, file_key: AssetKey) -> AssetChecksDefinition:
-    pattern = FilePattern.of_source(source)
+def build_backlog_check(specs: SourceSpecs) -> AssetChecksDefinition:
+    source, spec = specs.source, specs.backlog_check
 
-    @asset_check(
-        asset=file_key,
-        name=BACKLOG_CHECK,
-        description=(
-            f"Every {pattern.describe()} file of s3://{source.bucket} in import order, with "
-            f"its state; warns when the oldest waiting file is over "
-            f"{source.backlog_warn_hours:g} h old (backlog_warn_hours)."
-        ),
-    )
+    @asset_check(asset=spec.asset_key, name=spec.name, description=spec.description)
     def backlog_check(
         context: AssetCheckExecutionContext, km_s3: S3Resource, km_warehouse: WarehouseResource
     ) -> AssetCheckResult:

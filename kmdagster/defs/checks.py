@@ -10,20 +10,12 @@ far (a partial file too), so a check never shows a result for data it has not lo
 
 from __future__ import annotations
 
-import warnings
-
-from dagster import (
-    AssetCheckResult,
-    AssetCheckSeverity,
-    AssetCheckSpec,
-    DynamicPartitionsDefinition,
-    PreviewWarning,
-)
+from dagster import AssetCheckResult, AssetCheckSeverity
 
 from kmdagster.config import SourceConfig
 from kmdagster.defs.naming import SourceNames
 from kmdagster.warehouse.database import Database
-from kmdagster.warehouse.file_rows import ROW_IDENTITY, duplicate_rows, rows_by_table
+from kmdagster.warehouse.file_rows import duplicate_rows, rows_by_table
 from kmdagster.warehouse.schema import ROW_TABLES
 from kmdagster.warehouse.warehouse import LedgerRow
 
@@ -32,45 +24,6 @@ NO_DUPLICATE_LINES = "no_duplicate_lines"
 LINES_ACCOUNTED_FOR = "lines_accounted_for"
 REJECT_RATE = "reject_rate"
 FILE_CHECKS_TABLE = "km_rejects"  # the file-level checks sit on the rejects table
-
-
-def data_check_specs(
-    source: SourceConfig, partitions: DynamicPartitionsDefinition
-) -> list[AssetCheckSpec]:
-    """The checks the import multi-asset declares, one result per file."""
-    described = [
-        (table, ROWS_MATCH_LEDGER, f"Rows of the file in {table} equal what its import committed.")
-        for table in ROW_TABLES
-    ]
-    described += [
-        (table, NO_DUPLICATE_LINES, f"No ({ROW_IDENTITY[table]}) appears twice for the file.")
-        for table in ROW_TABLES
-    ]
-    described += [
-        (
-            FILE_CHECKS_TABLE,
-            LINES_ACCOUNTED_FOR,
-            "Every line read is loaded, rejected or blank: lines_read = loaded + rejected + blank.",
-        ),
-        (
-            FILE_CHECKS_TABLE,
-            REJECT_RATE,
-            f"Warns when over {source.reject_rate_warn_percent:g}% of the file's non-blank "
-            "lines were rejected (reject_rate_warn_percent).",
-        ),
-    ]
-    # Per-partition checks are a preview feature of Dagster 1.13; its warning is noise here.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PreviewWarning)
-        return [
-            AssetCheckSpec(
-                name,
-                asset=SourceNames.of(source).table(table),
-                description=text,
-                partitions_def=partitions,
-            )
-            for table, name, text in described
-        ]
 
 
 def reject_rate_percent(row: LedgerRow) -> float:

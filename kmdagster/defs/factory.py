@@ -5,40 +5,39 @@ from __future__ import annotations
 from dagster import Definitions
 
 from kmdagster.config import KmConfig, SourceConfig, WarehouseSettings
-from kmdagster.defs.assets import build_file_states_spec, build_source_assets
+from kmdagster.defs.assets import build_source_assets
 from kmdagster.defs.backlog import build_backlog_check
 from kmdagster.defs.jobs import build_import_job
 from kmdagster.defs.lake_maintenance import build_lake_maintenance
-from kmdagster.defs.naming import SourceNames
-from kmdagster.defs.partitions import files_partitions
 from kmdagster.defs.resources import build_resources
 from kmdagster.defs.run_history import build_quarantine_check
 from kmdagster.defs.schedules import build_import_schedule
 from kmdagster.defs.sensors import build_file_sensor
 from kmdagster.defs.setup_assets import build_permission_check, build_preview_asset
 from kmdagster.defs.source_health import report_health
+from kmdagster.defs.specs import SourceSpecs
 
 
 def build_source_definitions(source: SourceConfig, warehouse: WarehouseSettings) -> Definitions:
     """Partitions, assets, job, sensor and schedule of one source (no resources)."""
-    partitions = files_partitions(source)
-    assets = build_source_assets(source, partitions, warehouse.backend)
+    specs = SourceSpecs(source, warehouse.backend)
+    assets = build_source_assets(specs)
     job = build_import_job(source, assets, warehouse.run_tag)
     return Definitions(
         assets=[
             assets.file,
             assets.tables,
             assets.archive,
-            build_file_states_spec(source),
-            build_preview_asset(source),
+            specs.file_states,
+            build_preview_asset(specs),
         ],
         asset_checks=[
-            build_permission_check(source),
-            build_backlog_check(source, SourceNames.of(source).file),
-            build_quarantine_check(source),
+            build_permission_check(specs),
+            build_backlog_check(specs),
+            build_quarantine_check(specs),
         ],
         jobs=[job],
-        sensors=[build_file_sensor(source, partitions, report_health)],
+        sensors=[build_file_sensor(specs, report_health)],
         schedules=[build_import_schedule(source, job)],
     )
 

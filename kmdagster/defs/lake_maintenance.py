@@ -13,15 +13,16 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     ScheduleDefinition,
-    asset,
     define_asset_job,
     in_process_executor,
+    multi_asset,
 )
 
 from kmdagster.config import WarehouseSettings
-from kmdagster.defs.naming import LAKE_FILES_ASSET, LAKE_MAINTENANCE_JOB, LAKE_MAINTENANCE_SCHEDULE
+from kmdagster.defs.naming import LAKE_MAINTENANCE_JOB, LAKE_MAINTENANCE_SCHEDULE
 from kmdagster.defs.resources import WAREHOUSE_RESOURCE_KEY, WarehouseResource
 from kmdagster.defs.runs import WAREHOUSE_TAG
+from kmdagster.defs.specs import lake_files_spec
 from kmdagster.warehouse.lake_maintenance import LakeFiles, maintain_lake
 
 
@@ -37,16 +38,12 @@ def _figures(files: LakeFiles, when: str) -> dict[str, MetadataValue]:
 def build_lake_maintenance(settings: WarehouseSettings) -> Definitions:
     retention = settings.ducklake_snapshot_retention_days
 
-    @asset(
-        key=LAKE_FILES_ASSET,
-        group_name="kmdagster",
-        kinds={"ducklake"},
+    spec = lake_files_spec(settings)
+
+    @multi_asset(
+        name=spec.key.to_python_identifier(),
+        specs=[spec],
         required_resource_keys={WAREHOUSE_RESOURCE_KEY},
-        description=(
-            "The lake's Parquet files. Materializing it merges small files, expires snapshots "
-            f"older than {retention:g} days and deletes the files nothing reads any more "
-            "(orphans a killed writer left among them); safe while imports run."
-        ),
     )
     def lake_files(context: AssetExecutionContext) -> MaterializeResult:
         warehouse_resource: WarehouseResource = getattr(context.resources, WAREHOUSE_RESOURCE_KEY)

@@ -31,7 +31,8 @@ from dagster_aws.s3 import S3Resource
 from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.defs.naming import QUARANTINE_CHECK, SourceNames
 from kmdagster.defs.resources import TICK_LEDGER_WAIT_SECONDS, WarehouseResource
-from kmdagster.defs.runs import SOURCE_TAG, UNREADABLE_TAG
+from kmdagster.defs.runs import RETRY_TAG, SOURCE_TAG, UNREADABLE_TAG
+from kmdagster.defs.specs import SourceSpecs
 from kmdagster.markdown import markdown_table
 from kmdagster.quarantine import FinishedRun, Quarantine, quarantine_of
 from kmdagster.s3.objects import S3File, list_root_files
@@ -39,7 +40,6 @@ from kmdagster.status import RunFailure, RunOutcomes
 from kmdagster.warehouse.database import WarehouseSchemaError, WarehouseUnavailable
 from kmdagster.warehouse.warehouse import Warehouse
 
-RETRY_TAG = "kmdagster/retry"
 PARTITION_TAG = "dagster/partition"
 LIFTED_METADATA = "quarantine_lifted"
 RECENT_FAILURES = 200  # failed runs of a source looked at to find quarantined files
@@ -284,20 +284,10 @@ def quarantine_evaluation(
     )
 
 
-def build_quarantine_check(source: SourceConfig) -> AssetChecksDefinition:
-    @asset_check(
-        asset=SourceNames.of(source).file,
-        name=QUARANTINE_CHECK,
-        description=(
-            "Fails while a file of this source is quarantined: its import runs failed "
-            f"{source.quarantine_after_failed_runs} times in a row without advancing its "
-            "committed offset (quarantine_after_failed_runs), or one run found its bytes "
-            "unreadable (not the compression its name says, cut short, too large), so "
-            "later files went first. "
-            "Lift it with "
-            f"`kmdagster retry {source.name} KEY` or a launch tagged {RETRY_TAG}=true."
-        ),
-    )
+def build_quarantine_check(specs: SourceSpecs) -> AssetChecksDefinition:
+    source, spec = specs.source, specs.quarantine_check
+
+    @asset_check(asset=spec.asset_key, name=spec.name, description=spec.description)
     def quarantine_check(
         context: AssetCheckExecutionContext, km_s3: S3Resource, km_warehouse: WarehouseResource
     ) -> AssetCheckResult:

@@ -21,6 +21,8 @@ MAX_RUNTIME_TAG = "dagster/max_runtime"
 OUTCOME_TAG = "kmdagster/outcome"
 # Set by a run that found its file version unreadable: the file is quarantined at once.
 UNREADABLE_TAG = "kmdagster/unreadable"
+# Set on a launch of a quarantined file's partition: lifts its quarantine.
+RETRY_TAG = "kmdagster/retry"
 
 ACTIVE_RUN_STATUSES = [
     DagsterRunStatus.QUEUED,

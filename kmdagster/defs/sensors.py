@@ -18,7 +18,6 @@ from dagster import (
     AssetMaterialization,
     DefaultSensorStatus,
     DeleteDynamicPartitionsRequest,
-    DynamicPartitionsDefinition,
     SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
@@ -29,10 +28,10 @@ from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.defs.metadata import landed_materialization
-from kmdagster.defs.naming import SourceNames
 from kmdagster.defs.partitions import is_valid_partition_key
 from kmdagster.defs.resources import WarehouseResource
-from kmdagster.s3.objects import FilePattern, S3File, list_root_files
+from kmdagster.defs.specs import SourceSpecs
+from kmdagster.s3.objects import S3File, list_root_files
 from kmdagster.wording import counted, names_and_more
 
 
@@ -73,12 +72,9 @@ AfterRegistration = Callable[
 
 
 def build_file_sensor(
-    source: SourceConfig,
-    partitions: DynamicPartitionsDefinition,
-    after_registration: AfterRegistration,
+    specs: SourceSpecs, after_registration: AfterRegistration
 ) -> SensorDefinition:
-    pattern = FilePattern.of_source(source)
-    names = SourceNames.of(source)
+    source, partitions, pattern, names = specs.source, specs.partitions, specs.pattern, specs.names
 
     @sensor(
         name=names.sensor,

@@ -20,8 +20,8 @@ from dagster import (
     Failure,
     MaterializeResult,
     MetadataValue,
-    asset,
     asset_check,
+    multi_asset,
 )
 from dagster_aws.s3 import S3Resource
 
@@ -29,9 +29,10 @@ from kmdagster.config import SourceConfig
 from kmdagster.defs.naming import PERMISSION_CHECK, SourceNames
 from kmdagster.defs.resources import WarehouseResource
 from kmdagster.defs.run_history import quarantined_files, source_progress
+from kmdagster.defs.specs import SourceSpecs
 from kmdagster.markdown import check_markdown, preview_markdown
 from kmdagster.preview import FilePreview, SetupRuleError, setup_preview
-from kmdagster.s3.objects import FilePattern, S3AccessError, S3SetupError
+from kmdagster.s3.objects import S3AccessError, S3SetupError
 from kmdagster.s3.permissions import PermissionResult, check_permissions
 from kmdagster.warehouse.warehouse import WarehouseUnavailable
 
@@ -63,16 +64,10 @@ def permission_check_metadata(bucket: str, results: list[PermissionResult]) -> d
     }
 
 
-def build_preview_asset(source: SourceConfig) -> AssetsDefinition:
-    @asset(
-        key=SourceNames.of(source).preview,
-        group_name=source.name,
-        kinds={"s3", "polars"},
-        description=(
-            "What the first pending file would import: events, properties, aliases, rejects "
-            "and warnings. Materialize it before switching the sensor and schedule on."
-        ),
-    )
+def build_preview_asset(specs: SourceSpecs) -> AssetsDefinition:
+    source, spec = specs.source, specs.preview
+
+    @multi_asset(name=spec.key.to_python_identifier(), specs=[spec])
     def import_preview(
         context: AssetExecutionContext, km_s3: S3Resource, km_warehouse: WarehouseResource
     ) -> MaterializeResult:
@@ -93,17 +88,10 @@ def build_preview_asset(source: SourceConfig) -> AssetsDefinition:
     return import_preview
 
 
-def build_permission_check(source: SourceConfig) -> AssetChecksDefinition:
-    pattern = FilePattern.of_source(source)
+def build_permission_check(specs: SourceSpecs) -> AssetChecksDefinition:
+    source, pattern, spec = specs.source, specs.pattern, specs.permission_check
 
-    @asset_check(
-        asset=SourceNames.of(source).preview,
-        name=PERMISSION_CHECK,
-        description=(
-            f"Tries list, read, write under completed_imports/ and delete on s3://{source.bucket}"
-            "; a failure shows the IAM policy statement that grants what is missing."
-        ),
-    )
+    @asset_check(asset=spec.asset_key, name=spec.name, description=spec.description)
     def s3_permissions(context: AssetCheckExecutionContext, km_s3: S3Resource) -> AssetCheckResult:
         try:
             results = check_permissions(km_s3.get_client(), source.bucket, pattern)
