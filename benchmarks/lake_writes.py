@@ -80,10 +80,10 @@ def _lake(folder: Path) -> Any:
     con.execute(f"LOAD '{extension_file('ducklake')}'")
     con.execute(f"ATTACH 'ducklake:{folder}/catalog.ducklake' AS lake (DATA_PATH '{folder}/data')")
     con.execute("USE lake")
-    from kmdagster.warehouse.schema import _TABLES  # pyright: ignore[reportPrivateUsage]
+    from kmdagster.warehouse.schema import TABLES as COLUMNS
 
     for table in [*TABLES.values()]:
-        con.execute(f"CREATE TABLE {table} ({_TABLES[table][0]})")
+        con.execute(f"CREATE TABLE {table} ({COLUMNS[table][0]})")
     con.execute("CREATE TABLE ledger (chunk INTEGER, pieces INTEGER)")
     return con
 

@@ -30,11 +30,11 @@ from kmdagster.config import CONFIG_ENV_VAR, ConfigError, KmConfig, SourceConfig
 from kmdagster.defs.naming import SourceNames
 from kmdagster.defs.resources import WarehouseResource, build_s3_resource
 from kmdagster.defs.run_history import (
+    RunProgress,
     lift_quarantine,
     quarantine_for_key,
     quarantined_files,
     run_outcomes,
-    source_progress,
 )
 from kmdagster.defs.setup_assets import record_confirmed_setup
 from kmdagster.dg_project import find_dg_project
@@ -82,7 +82,7 @@ def quarantined_keys(client: Any, config: KmConfig, source: SourceConfig) -> set
     when it is not set: the preview then says nothing of quarantine)."""
     if not os.environ.get("DAGSTER_HOME"):
         return set()
-    progress = source_progress(client, source, config.warehouse)
+    progress = RunProgress.at_root_now(client, source, config.warehouse)
     with DagsterInstance.get() as instance:
         return set(quarantined_files(instance, source, progress))
 
@@ -215,7 +215,7 @@ def status(config: KmConfig, source: SourceConfig, as_json: bool, wait: float) -
 @click.argument("key")
 def retry(config: KmConfig, source: SourceConfig, key: str) -> None:
     _require_dagster_home("retry records the lift in the Dagster instance")
-    progress = source_progress(s3_client(config), source, config.warehouse)
+    progress = RunProgress.at_root_now(s3_client(config), source, config.warehouse)
     with DagsterInstance.get() as instance:
         found = quarantine_for_key(instance, source, key, progress)
         if found is None:

@@ -23,7 +23,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunRequest, RunsFilter, S
 
 from kmdagster.config import WarehouseSettings
 from kmdagster.defs.factory import build_definitions
-from kmdagster.defs.run_history import quarantined_files, source_progress
+from kmdagster.defs.run_history import RunProgress, quarantined_files
 from kmdagster.faults import CRASH_ENV, CRASH_POINTS
 from kmdagster.s3.objects import ARCHIVE_PREFIX
 from kmdagster.s3.rejects_file import rejects_key_for
@@ -382,7 +382,7 @@ def test_a_file_killed_again_and_again_after_committing_is_never_quarantined(
         assert offsets == sorted(set(offsets)) and offsets[-1] < len(big.data)
         failed = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.FAILURE]))
         assert len(failed) == kills
-        progress = source_progress(s3, source, warehouse_settings)
+        progress = RunProgress.at_root_now(s3, source, warehouse_settings)
         assert quarantined_files(instance, source, progress) == {}
         assert finish_with_schedule(defs, instance) == 1
     assert_file_loaded_once(warehouse_settings, KEY, big)

@@ -18,10 +18,10 @@ from dagster import DagsterInstance, RunRequest, SkipReason
 from kmdagster.cli import main
 from kmdagster.defs.factory import build_definitions
 from kmdagster.defs.run_history import (
+    RunProgress,
     quarantine_evaluation,
     quarantine_for_key,
     quarantined_files,
-    source_progress,
 )
 from kmdagster.defs.runs import RETRY_TAG
 from kmdagster.quarantine import FinishedRun, failure_streak, quarantine_of
@@ -134,7 +134,7 @@ def test_an_unreadable_file_is_quarantined_the_next_goes_first_and_retry_resumes
             FIRST,
             SECOND,  # after three failed runs the first file is set aside
         ]
-        progress = source_progress(s3, source, config.warehouse)
+        progress = RunProgress.at_root_now(s3, source, config.warehouse)
         quarantine = quarantine_for_key(instance, source, FIRST, progress)
         assert quarantine is not None and quarantine.failed_runs == 3
         assert f"s3://{scoped_bucket}/{FIRST}" in quarantine.last_error
@@ -158,7 +158,7 @@ def test_an_unreadable_file_is_quarantined_the_next_goes_first_and_retry_resumes
     assert main(["retry", "accounts", SECOND]) == 1  # not quarantined: nothing to lift
     as_identity(ADMIN)
     with DagsterInstance.get() as instance:
-        progress = source_progress(s3, source, config.warehouse)
+        progress = RunProgress.at_root_now(s3, source, config.warehouse)
         assert quarantine_for_key(instance, source, FIRST, progress) is None
         hour = 6
         while ledger(warehouse_path, FIRST)[0][1] != "archived":
@@ -215,7 +215,7 @@ def test_a_file_that_changes_at_every_run_is_quarantined(
                 outcome = run_tick(defs, instance, TICK + timedelta(hours=h), must_succeed=False)
                 assert isinstance(outcome, RunRequest)
                 keys.append(outcome.partition_key)
-            progress = source_progress(s3, config.sources[0], config.warehouse)
+            progress = RunProgress.at_root_now(s3, config.sources[0], config.warehouse)
             found = quarantine_for_key(instance, config.sources[0], FIRST, progress)
     finally:
         stop.set()
@@ -240,7 +240,7 @@ def test_a_launch_tagged_retry_gives_the_file_a_new_start(
             assert not job.execute_in_process(
                 instance=instance, partition_key=FIRST, raise_on_error=False
             ).success
-        progress = source_progress(s3, source, config.warehouse)
+        progress = RunProgress.at_root_now(s3, source, config.warehouse)
         assert quarantine_for_key(instance, source, FIRST, progress) is not None
         assert not job.execute_in_process(
             instance=instance, partition_key=FIRST, raise_on_error=False, tags={RETRY_TAG: "true"}
@@ -266,7 +266,7 @@ def test_a_file_no_retry_can_read_is_set_aside_at_once_and_shown_apart(
     with DagsterInstance.get() as instance:
         first = run_tick(defs, instance, TICK, must_succeed=False)
         assert getattr(first, "partition_key", None) == bad
-        progress = source_progress(s3, source, config.warehouse)
+        progress = RunProgress.at_root_now(s3, source, config.warehouse)
         quarantine = quarantine_for_key(instance, source, bad, progress)
         assert quarantine is not None and quarantine.unreadable
         assert quarantine.failed_runs == 1

@@ -35,7 +35,7 @@ from kmdagster.defs.file_events import (
 )
 from kmdagster.defs.naming import SourceNames
 from kmdagster.defs.pending import next_files
-from kmdagster.defs.run_history import open_ledger_progress
+from kmdagster.defs.run_history import RunProgress
 from kmdagster.defs.runs import OUTCOME_TAG
 from kmdagster.s3.objects import S3AccessError, S3File
 from kmdagster.warehouse.warehouse import Warehouse
@@ -57,7 +57,7 @@ def import_following_files(
         source,
         root_files,
         set(context.instance.get_dynamic_partitions(SourceNames.of(source).partitions)),
-        open_ledger_progress(warehouse, source, root_files),
+        RunProgress.through(warehouse, source, root_files),
         limit=source.max_files_per_run - 1,
         after=context.partition_key,
     )

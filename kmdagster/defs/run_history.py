@@ -8,6 +8,7 @@ is first in line again and resumes from its committed offset.
 """
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 
 from dagster import (
@@ -44,58 +45,58 @@ PARTITION_TAG = "dagster/partition"
 LIFTED_METADATA = "quarantine_lifted"
 RECENT_FAILURES = 200  # failed runs of a source looked at to find quarantined files
 
-# (key, run ids) -> those runs that advanced the file version at the bucket root, or None
-# when the ledger cannot be read now.
-RunProgress = Callable[[str, list[str]], "set[str] | None"]
 
+class RunProgress:
+    """Which of a file's runs advanced the version of it at the bucket root now, as the
+    warehouse ledger says. The ledger is read only when asked (a file reaching its failure
+    threshold): through a run's own open connection, or read-only for a moment."""
 
-def source_progress(
-    client: object, source: SourceConfig, settings: WarehouseSettings
-) -> RunProgress:
-    """``ledger_progress`` against the versions at the source's bucket root now."""
-    return ledger_progress(settings, source, list_root_files(client, source))
+    def __init__(
+        self,
+        source: SourceConfig,
+        root_files: list[S3File],
+        ledger: Callable[[], AbstractContextManager[Warehouse | None]],
+    ) -> None:
+        self._source = source
+        self._root_etags = {file.key: file.etag for file in root_files}
+        self._ledger = ledger
 
+    @classmethod
+    def read_only(
+        cls, settings: WarehouseSettings, source: SourceConfig, root_files: list[S3File]
+    ) -> "RunProgress":
+        """Each question opens the ledger read-only, waiting briefly for a running import."""
+        return cls(
+            source, root_files, lambda: Warehouse.read_only(settings, TICK_LEDGER_WAIT_SECONDS)
+        )
 
-def ledger_progress(
-    settings: WarehouseSettings, source: SourceConfig, root_files: list[S3File]
-) -> RunProgress:
-    """What the warehouse ledger says of runs' progress, read only when asked (a file
-    reaches its failure threshold), against the versions ``root_files`` lists."""
+    @classmethod
+    def at_root_now(
+        cls, client: object, source: SourceConfig, settings: WarehouseSettings
+    ) -> "RunProgress":
+        """``read_only`` against the versions at the source's bucket root now."""
+        return cls.read_only(settings, source, list_root_files(client, source))
 
-    def advanced_in_ledger(key: str, etag: str, run_ids: list[str]) -> set[str] | None:
-        try:
-            with Warehouse.read_only(settings, TICK_LEDGER_WAIT_SECONDS) as warehouse:
-                if warehouse is None:
-                    return set()
-                return warehouse.runs_that_advanced(source.name, key, etag, run_ids)
-        except (WarehouseUnavailable, WarehouseSchemaError):
-            return None
+    @classmethod
+    def through(
+        cls, warehouse: Warehouse, source: SourceConfig, root_files: list[S3File]
+    ) -> "RunProgress":
+        """Questions go through a run's own open connection."""
+        return cls(source, root_files, lambda: nullcontext(warehouse))
 
-    return _progress_at_root(root_files, advanced_in_ledger)
-
-
-def open_ledger_progress(
-    warehouse: Warehouse, source: SourceConfig, root_files: list[S3File]
-) -> RunProgress:
-    """``ledger_progress`` read through a run's own open warehouse connection."""
-    return _progress_at_root(
-        root_files,
-        lambda key, etag, run_ids: warehouse.runs_that_advanced(source.name, key, etag, run_ids),
-    )
-
-
-def _progress_at_root(
-    root_files: list[S3File], advanced_in_ledger: Callable[[str, str, list[str]], set[str] | None]
-) -> RunProgress:
-    root_etags = {file.key: file.etag for file in root_files}
-
-    def advanced(key: str, run_ids: list[str]) -> set[str] | None:
-        etag = root_etags.get(key)
+    def runs_that_advanced(self, key: str, run_ids: list[str]) -> set[str] | None:
+        """Those of ``run_ids`` that committed a chunk of the version at the root, or
+        ``None`` when the ledger cannot be read now."""
+        etag = self._root_etags.get(key)
         if etag is None:
             return set()  # gone from the root: no version of it there to have advanced
-        return advanced_in_ledger(key, etag, run_ids)
-
-    return advanced
+        try:
+            with self._ledger() as warehouse:
+                if warehouse is None:
+                    return set()
+                return warehouse.runs_that_advanced(self._source.name, key, etag, run_ids)
+        except (WarehouseUnavailable, WarehouseSchemaError):
+            return None
 
 
 def _finished_runs(
@@ -160,7 +161,7 @@ def _quarantine_without_error(
     lifted_at = _lifted_at(instance, source, key, threshold + 1)
     if quarantine_of(key, runs, lifted_at, threshold) is None:
         return None  # lifted or retried: no need to ask the ledger
-    advanced = progress(key, [run.run_id for run in runs])
+    advanced = progress.runs_that_advanced(key, [run.run_id for run in runs])
     if advanced is None:
         return None  # the ledger cannot say now: a file is never set aside on a guess
     runs = [replace(run, advanced=run.run_id in advanced) for run in runs]
@@ -240,7 +241,7 @@ def run_outcomes(
     root_files: list[S3File],
 ) -> RunOutcomes:
     """The source's quarantined files and the files at the root whose last run failed."""
-    progress = ledger_progress(settings, source, root_files)
+    progress = RunProgress.read_only(settings, source, root_files)
     return RunOutcomes(
         quarantined=quarantined_files(instance, source, progress),
         failures=last_run_failures(instance, source, {file.key for file in root_files}),
@@ -291,7 +292,7 @@ def build_quarantine_check(specs: SourceSpecs) -> AssetChecksDefinition:
     def quarantine_check(
         context: AssetCheckExecutionContext, km_s3: S3Resource, km_warehouse: WarehouseResource
     ) -> AssetCheckResult:
-        progress = source_progress(km_s3.get_client(), source, km_warehouse.settings)
+        progress = RunProgress.at_root_now(km_s3.get_client(), source, km_warehouse.settings)
         evaluation = quarantine_evaluation(
             source, quarantined_files(context.instance, source, progress)
         )

@@ -16,7 +16,7 @@ from kmdagster.config import SourceConfig
 from kmdagster.defs.naming import SourceNames
 from kmdagster.defs.pending import next_files
 from kmdagster.defs.resources import WarehouseResource
-from kmdagster.defs.run_history import ledger_progress
+from kmdagster.defs.run_history import RunProgress
 from kmdagster.defs.runs import SOURCE_TAG, active_runs
 from kmdagster.s3.objects import FilePattern, list_root_files
 from kmdagster.wording import counted, names_and_more
@@ -53,7 +53,7 @@ def build_import_schedule(
             )
         files = list_root_files(km_s3.get_client(), source)
         registered = set(context.instance.get_dynamic_partitions(partitions_name))
-        progress = ledger_progress(km_warehouse.settings, source, files)
+        progress = RunProgress.read_only(km_warehouse.settings, source, files)
         found = next_files(context.instance, source, files, registered, progress, limit=1)
         set_aside = found.set_aside
         if not found.keys:

@@ -28,7 +28,7 @@ from dagster_aws.s3 import S3Resource
 from kmdagster.config import SourceConfig
 from kmdagster.defs.naming import PERMISSION_CHECK, SourceNames
 from kmdagster.defs.resources import WarehouseResource
-from kmdagster.defs.run_history import quarantined_files, source_progress
+from kmdagster.defs.run_history import RunProgress, quarantined_files
 from kmdagster.defs.specs import SourceSpecs
 from kmdagster.markdown import check_markdown, preview_markdown
 from kmdagster.preview import FilePreview, SetupRuleError, setup_preview
@@ -78,7 +78,7 @@ def build_preview_asset(specs: SourceSpecs) -> AssetsDefinition:
             known = None
         try:
             client = km_s3.get_client()
-            progress = source_progress(client, source, km_warehouse.settings)
+            progress = RunProgress.at_root_now(client, source, km_warehouse.settings)
             set_aside = quarantined_files(context.instance, source, progress)
             preview = setup_preview(client, source, known, set_aside=set(set_aside))
         except (SetupRuleError, S3AccessError) as exc:

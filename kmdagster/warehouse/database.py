@@ -22,6 +22,7 @@ from kmdagster.warehouse.waits import retried_on_conflict
 if TYPE_CHECKING:
     from kmdagster.warehouse.ledger_writes import LedgerWrites
     from kmdagster.warehouse.people import AliasMerge
+    from kmdagster.warehouse.schema import SchemaLayout
 
 Params = Sequence[object]
 T = TypeVar("T")
@@ -72,6 +73,11 @@ class Database(Protocol):
     @property
     def alias_merge(self) -> AliasMerge:
         """Alias groups merged in the chunk's transaction, or after it (a lake)."""
+        ...
+
+    @property
+    def schema_layout(self) -> SchemaLayout:
+        """Keyed tables and sequences, or a lake's revisions and counters."""
         ...
 
     def execute(self, sql: str, params: Params = ()) -> None: ...

@@ -13,6 +13,7 @@ from kmdagster.warehouse.database import WarehouseBusy, WarehouseSchemaError, se
 from kmdagster.warehouse.duckdb_connection import DuckDBConnection, memory_limit
 from kmdagster.warehouse.ledger_writes import UPDATED_IN_PLACE
 from kmdagster.warehouse.people import MERGED_IN_CHUNK
+from kmdagster.warehouse.schema import KEYED_LAYOUT
 from kmdagster.warehouse.waits import waiting_while_held
 
 CHECKPOINT_THRESHOLD = "256MB"
@@ -110,6 +111,7 @@ class DuckDBDatabase(DuckDBConnection):
     backend = "duckdb"
     ledger_writes = UPDATED_IN_PLACE
     alias_merge = MERGED_IN_CHUNK
+    schema_layout = KEYED_LAYOUT
 
     def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, writer: bool) -> None:
         super().__init__(con, str(path), writer)

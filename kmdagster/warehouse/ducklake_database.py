@@ -33,6 +33,7 @@ from kmdagster.warehouse.database import (
     WarehouseUnavailable,
 )
 from kmdagster.warehouse.duckdb_connection import DuckDBConnection, memory_limit
+from kmdagster.warehouse.lake_schema import LAKE_LAYOUT
 from kmdagster.warehouse.ledger_writes import APPENDED_REVISIONS
 from kmdagster.warehouse.people import MERGED_APART
 from kmdagster.warehouse.waits import LOCK_PAUSE_SECONDS, waiting_while_held
@@ -117,6 +118,7 @@ class DuckLakeDatabase(DuckDBConnection):
     sql_skip_duplicates = ""  # no keys in a lake: see ``next_ids``
     ledger_writes = APPENDED_REVISIONS
     alias_merge = MERGED_APART
+    schema_layout = LAKE_LAYOUT
 
     @classmethod
     @contextmanager

@@ -22,6 +22,7 @@ from kmdagster.urls import without_password
 from kmdagster.warehouse.database import Params, WarehouseUnavailable, sequence_ids
 from kmdagster.warehouse.ledger_writes import UPDATED_IN_PLACE
 from kmdagster.warehouse.people import MERGED_IN_CHUNK
+from kmdagster.warehouse.schema import POSTGRES_LAYOUT
 
 
 class WarehouseUnreachable(WarehouseUnavailable):
@@ -43,6 +44,7 @@ class PostgresDatabase:
     sql_skip_duplicates = "ON CONFLICT DO NOTHING"
     ledger_writes = UPDATED_IN_PLACE
     alias_merge = MERGED_IN_CHUNK
+    schema_layout = POSTGRES_LAYOUT
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -21,6 +21,8 @@ warehouse newer than this code is refused, never misread.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import duckdb
@@ -38,24 +40,14 @@ _SEQUENCES = """
 CREATE SEQUENCE IF NOT EXISTS km_file_ids START 1;
 CREATE SEQUENCE IF NOT EXISTS km_name_ids START 1;
 """
-# A lake has no sequences: a counter row per sequence (``DuckLakeDatabase.next_ids``).
-_LAKE_SEQUENCES = """
-CREATE TABLE IF NOT EXISTS km_sequences (name VARCHAR NOT NULL, last_value BIGINT NOT NULL);
-INSERT INTO km_sequences VALUES ('km_file_ids', 0), ('km_name_ids', 0);
-"""
 
 # Where a rejected line is (null for lines rejected before version 4 recorded it).
 _REJECT_LOCATION = {"byte_offset": "BIGINT", "error_position": "BIGINT"}
 _REJECT_LOCATION_COLUMNS = ", ".join(f"{name} {kind}" for name, kind in _REJECT_LOCATION.items())
-# Version 4's columns of older tables: (table, or on a lake its table) -> columns.
-_V4_COLUMNS = {
-    ("km_reject_rows", "km_reject_rows"): _REJECT_LOCATION,
-    ("km_import_files", "km_import_file_revisions"): {"read_offset": "BIGINT"},
-}
 
 # table -> (its columns, its keys). A lake has no keys: the code never relies on one to
 # reject a row, only to skip a duplicate insert that a lake's transactions rule out.
-_TABLES = {
+TABLES = {
     # file_id: from the km_file_ids sequence, unique; what the file's rows point at.
     "km_import_files": (
         """source VARCHAR NOT NULL, file_key VARCHAR NOT NULL, file_etag VARCHAR NOT NULL,
@@ -106,52 +98,25 @@ _TABLES = {
     "km_identity_groups": ("identity VARCHAR NOT NULL, person_id VARCHAR NOT NULL", ""),
     "km_schema": ("version INTEGER NOT NULL, written_at TIMESTAMPTZ NOT NULL", ""),
 }
-# On a lake, a commit that deletes from a table conflicts with any other writer's that
-# inserts into it, so an UPDATE of one source's ledger row would fail another source's
-# chunk. There the ledger and the run ledger are appended to, never updated: each change
-# of a file version is a new revision, each chunk a row, and ``km_import_files`` and
-# ``km_import_runs`` are views with the same columns (``LedgerWrites`` writes either).
-_TABLES["km_import_file_revisions"] = (
-    _TABLES["km_import_files"][0] + ",\n    revision BIGINT NOT NULL DEFAULT 1",
-    "",
-)
-_TABLES["km_import_run_chunks"] = (_TABLES["km_import_runs"][0], "")
-# On a lake, alias groups are merged after the chunk commits, in a transaction of their
-# own (``people.merge_aliases_apart``): a row per merge says how far into the file
-# version its pairs are in the groups.
-_TABLES["km_alias_merges"] = ("file_id INTEGER NOT NULL, through_line BIGINT NOT NULL", "")
-_LAKE_LEDGER_VIEWS = """
-CREATE OR REPLACE VIEW km_import_files AS
-SELECT * EXCLUDE (revision, k) FROM (
-    SELECT *, row_number() OVER (
-        PARTITION BY source, file_key, file_etag ORDER BY revision DESC) AS k
-    FROM km_import_file_revisions
-) AS revised WHERE k = 1;
-CREATE OR REPLACE VIEW km_import_runs AS
-SELECT file_id, run_id, min(start_offset) AS start_offset, max(next_offset) AS next_offset,
-    count(*) AS chunks, max(updated_at) AS updated_at
-FROM km_import_run_chunks GROUP BY file_id, run_id;
-"""
-_LAKE_TABLES = ("km_import_file_revisions", "km_import_run_chunks", "km_alias_merges")
-_LEDGER_TABLES = ("km_import_files",)
+LEDGER_TABLE = "km_import_files"
 _RUN_TABLES = ("km_import_runs",)
-_STORAGE_TABLES = tuple(
-    name for name in _TABLES if name not in (*_LEDGER_TABLES, *_RUN_TABLES, *_LAKE_TABLES)
-)
+STORAGE_TABLE_NAMES = tuple(name for name in TABLES if name not in (LEDGER_TABLE, *_RUN_TABLES))
 
 
-def _create_tables(names: tuple[str, ...], keyed: bool = True) -> str:
+def create_tables(
+    names: tuple[str, ...], tables: Mapping[str, tuple[str, str]] = TABLES, keyed: bool = True
+) -> str:
     statements = []
     for name in names:
-        columns, keys = _TABLES[name]
+        columns, keys = tables[name]
         with_keys = f",\n    {keys}" if keys and keyed else ""
         statements.append(f"CREATE TABLE IF NOT EXISTS {name} (\n    {columns}{with_keys}\n);\n")
     return "".join(statements)
 
 
-_LEDGER = _create_tables(_LEDGER_TABLES)
-_RUNS = _create_tables(_RUN_TABLES)
-_STORAGE = _create_tables(_STORAGE_TABLES)
+_LEDGER = create_tables((LEDGER_TABLE,))
+_RUNS = create_tables(_RUN_TABLES)
+_STORAGE = create_tables(STORAGE_TABLE_NAMES)
 
 _FILE = "JOIN km_import_files AS f ON f.file_id = r.file_id"
 # The storage table behind each documented relation.
@@ -193,7 +158,7 @@ def _row_views() -> str:
     return "".join(views)
 
 
-_VIEWS = (
+VIEWS = (
     _row_views()
     + f"""
 CREATE OR REPLACE VIEW km_events_dedup AS
@@ -219,7 +184,7 @@ FROM seen AS s LEFT JOIN km_identity_groups AS g ON g.identity = s.identity;
 """
 )
 
-# Every view of _VIEWS, those reading another view first.
+# Every view of VIEWS, those reading another view first.
 _VIEW_NAMES = (
     "km_events_dedup",
     "km_properties_dedup",
@@ -245,10 +210,26 @@ ROW_TABLES = tuple(STORAGE_TABLES)
 ROW_COUNT_COLUMNS = {table: f"{table.removeprefix('km_')}_rows" for table in ROW_TABLES}
 
 
+@dataclass(frozen=True)
+class SchemaLayout:
+    """How a backend lays out the schema: the script that makes it new, the table its
+    ledger's columns live in (altered by an upgrade, then ``after_ledger_altered`` runs),
+    and its own step to version 5, if any. Each backend's module holds its layout."""
+
+    new_schema: str
+    ledger_table: str = LEDGER_TABLE
+    after_ledger_altered: str = ""
+    to_version_5: Callable[[Database], None] | None = None
+
+
+# Keyed tables and sequences: the DuckDB file, and PostgreSQL with its indexes.
+KEYED_LAYOUT = SchemaLayout(new_schema=_SEQUENCES + _LEDGER + _RUNS + _STORAGE + VIEWS)
+POSTGRES_LAYOUT = SchemaLayout(new_schema=KEYED_LAYOUT.new_schema + _POSTGRES_INDEXES)
+
 __all__ = ["WarehouseSchemaError"]
 
 
-def _run_script(database: Database, script: str) -> None:
+def run_script(database: Database, script: str) -> None:
     """Each statement of ``script`` in turn: PostgreSQL's driver prepares what it is given,
     one statement at a time. DuckDB's parser splits the script (it reads PostgreSQL's
     grammar, so quotes and comments never cut a statement in two)."""
@@ -318,19 +299,20 @@ def _create_or_upgrade(database: Database) -> int | None:
         return version
     if version is not None and version > SCHEMA_VERSION:
         raise _too_new(database.location, version)
+    layout = database.schema_layout
     if version is None:
-        _run_script(database, _new_schema(database.backend))
+        run_script(database, layout.new_schema)
     else:
         if version == 1:
             _upgrade_from_v1(database)  # with version 4's columns
         elif version < 4:  # rejects located in their file; bytes read of each file
-            _add_v4_columns(database)
+            _add_v4_columns(database, layout)
         if version < 3:  # the run ledger; relations that leave replaced versions out
-            _run_script(database, _RUNS)
+            run_script(database, _RUNS)
         if version < 4:
-            _run_script(database, _VIEWS)
-        if database.backend == "ducklake":  # (a lake was never older than version 4)
-            _add_alias_merges(database)
+            run_script(database, VIEWS)
+        if version < 5 and layout.to_version_5 is not None:
+            layout.to_version_5(database)
     crash_point("schema.in_transaction")
     database.execute("DELETE FROM km_schema")
     database.execute(
@@ -339,49 +321,31 @@ def _create_or_upgrade(database: Database) -> int | None:
     return version
 
 
-def _new_schema(backend: str) -> str:
-    if backend == "ducklake":
-        tables = _create_tables((*_LAKE_TABLES, *_STORAGE_TABLES), keyed=False)
-        return _LAKE_SEQUENCES + tables + _LAKE_LEDGER_VIEWS + _VIEWS
-    script = _SEQUENCES + _LEDGER + _RUNS + _STORAGE + _VIEWS
-    return script + _POSTGRES_INDEXES if backend == "postgres" else script
-
-
-def _add_v4_columns(database: Database) -> None:
+def _add_v4_columns(database: Database, layout: SchemaLayout) -> None:
     # Views over a table must go first: DuckDB refuses to alter a table a view reads. The
     # upgrade makes them all again.
     for view in _VIEW_NAMES:
         database.execute(f"DROP VIEW IF EXISTS {view}")
-    lake = database.backend == "ducklake"
-    for (table, lake_table), columns in _V4_COLUMNS.items():
-        altered = lake_table if lake else table
+    for table, columns in (
+        ("km_reject_rows", _REJECT_LOCATION),
+        (layout.ledger_table, {"read_offset": "BIGINT"}),
+    ):
         for name, kind in columns.items():
-            database.execute(f"ALTER TABLE {altered} ADD COLUMN IF NOT EXISTS {name} {kind}")
-    if lake:
-        _run_script(database, _LAKE_LEDGER_VIEWS)
-
-
-def _add_alias_merges(database: Database) -> None:
-    """Version 5 on a lake: its groups were merged in each chunk's own transaction, so
-    every committed line's pairs are in them."""
-    _run_script(database, _create_tables(("km_alias_merges",), keyed=False))
-    database.execute(
-        "INSERT INTO km_alias_merges SELECT file_id, lines_read FROM km_import_files "
-        "WHERE file_id IS NOT NULL AND aliases_rows > 0"
-    )
+            database.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {name} {kind}")
+    run_script(database, layout.after_ledger_altered)
 
 
 def _upgrade_from_v1(con: Database) -> None:
     """Version 1 kept every column in every row (wide tables km_events, ...): move the rows
     into the compact storage, count each file's rows, and put the views in their place."""
-    _run_script(con, _SEQUENCES)
+    run_script(con, _SEQUENCES)
     for column in ROW_COUNT_COLUMNS.values():
         con.execute(f"ALTER TABLE km_import_files ADD COLUMN {column} BIGINT DEFAULT 0")
     con.execute("ALTER TABLE km_import_files ADD COLUMN import_runs BIGINT DEFAULT 0")
     con.execute("ALTER TABLE km_import_files ADD COLUMN file_id INTEGER")
     con.execute("ALTER TABLE km_import_files ADD COLUMN read_offset BIGINT")
     con.execute("UPDATE km_import_files SET file_id = nextval('km_file_ids')")
-    _run_script(con, _STORAGE)
+    run_script(con, _STORAGE)
     for kind, name, label, table in (
         ("event", "event", "event_label", "km_events"),
         ("property", "name", "name_label", "km_properties"),
@@ -427,4 +391,4 @@ def _upgrade_from_v1(con: Database) -> None:
             f"UPDATE km_import_files AS f SET {column} = c.n FROM (SELECT file_id, count(*) AS n "
             f"FROM {table} GROUP BY file_id) AS c WHERE f.file_id = c.file_id"
         )
-    _run_script(con, _VIEWS)
+    run_script(con, VIEWS)
