@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from kmdagster.config import KmConfig, WarehouseSettings
 from kmdagster.defs.checks import ROWS_MATCH_LEDGER
 from kmdagster.defs.factory import build_definitions
-from kmdagster.defs.runs import OUTCOME_TAG
+from kmdagster.defs.runs import CAUGHT_UP_TAG, OUTCOME_TAG
 from kmdagster.faults import CRASH_ENV
 from kmdagster.s3.objects import ARCHIVE_PREFIX
 from kmdagster.warehouse.file_rows import ROW_IDENTITY
@@ -150,6 +150,9 @@ def test_a_backlog_catches_up_fifty_files_a_run_in_key_order_through_a_kill(
         runs = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.SUCCESS]))
         assert len(runs) == BACKLOG // 50
         assert {run.tags[OUTCOME_TAG] for run in runs} == {"50 files imported"}
+        # What each run's import step handed its archive step: the last of its fifty.
+        last_of_each = {f"accounts.{i + 49:04d}.json" for i in range(0, BACKLOG, 50)}
+        assert {run.tags[CAUGHT_UP_TAG] for run in runs} == last_of_each
         for table in ROW_TABLES:
             materialized = instance.get_materialized_partitions(ACCOUNTS.table(table))
             assert materialized == set(files), table

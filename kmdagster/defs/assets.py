@@ -14,31 +14,21 @@ With ``max_files_per_run`` over 1 both steps go on to the next pending files aft
 run's own (``catch_up``), each reported on its own partition.
 """
 
-import time
 from dataclasses import dataclass
 
 from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
     AssetSpec,
-    Failure,
     MaterializeResult,
     multi_asset,
 )
 from dagster_aws.s3 import S3Resource
 
-from kmdagster.archiver import NotImported, archive_imported_file
-from kmdagster.defs.catch_up import archive_following_files, import_following_files
-from kmdagster.defs.file_events import (
-    import_partition_file,
-    record_outcome,
-    report_archive,
-    reported_file,
-)
+from kmdagster.defs.file_import import RunStep
+from kmdagster.defs.import_run import archive_step, import_step
 from kmdagster.defs.resources import WarehouseResource
 from kmdagster.defs.specs import SourceSpecs
-from kmdagster.importer import retire_replaced_versions
-from kmdagster.s3.objects import S3AccessError, list_root_files
 
 
 @dataclass(frozen=True)
@@ -64,32 +54,8 @@ def build_import_asset(specs: SourceSpecs) -> AssetsDefinition:
     def import_tables(
         context: AssetExecutionContext, km_s3: S3Resource, km_warehouse: WarehouseResource
     ):
-        key, client = context.partition_key, km_s3.get_client()
-        started = time.monotonic()
         with km_warehouse.connect() as warehouse:
-            try:
-                root_files = list_root_files(client, source)
-                for retired in retire_replaced_versions(warehouse, source, root_files):
-                    context.log.info(
-                        f"s3://{source.bucket}/{retired.file_key} (ETag {retired.file_etag}) is "
-                        f"{retired.status}: its {retired.lines_loaded:,} loaded lines leave the "
-                        "km_* relations for the *_replaced ones; it never resumes"
-                    )
-            except S3AccessError as exc:
-                raise Failure(description=str(exc)) from exc
-            report = import_partition_file(context, client, warehouse, source, key)
-            results = reported_file(context, warehouse, source, report)
-            record_outcome(context, source, report)
-            yield from results
-            if report.complete and source.max_files_per_run > 1:
-                import_following_files(
-                    context,
-                    client,
-                    warehouse,
-                    source,
-                    root_files,
-                    seconds_left=lambda: started + source.time_budget_seconds - time.monotonic(),
-                )
+            yield from import_step(RunStep(context, km_s3.get_client(), warehouse, source))
 
     return import_tables
 
@@ -102,15 +68,8 @@ def build_archive_asset(specs: SourceSpecs) -> AssetsDefinition:
     def archived_file(
         context: AssetExecutionContext, km_s3: S3Resource, km_warehouse: WarehouseResource
     ) -> MaterializeResult:
-        key, client = context.partition_key, km_s3.get_client()
         with km_warehouse.connect() as warehouse:
-            try:
-                report = archive_imported_file(client, warehouse, source, key)
-            except (NotImported, S3AccessError) as exc:
-                raise Failure(description=str(exc)) from exc
-            if source.max_files_per_run > 1:
-                archive_following_files(context, client, warehouse, source)
-        return MaterializeResult(metadata=report_archive(context, source, report))
+            return archive_step(RunStep(context, km_s3.get_client(), warehouse, source))
 
     return archived_file
 

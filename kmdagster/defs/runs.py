@@ -21,6 +21,9 @@ MAX_RUNTIME_TAG = "dagster/max_runtime"
 OUTCOME_TAG = "kmdagster/outcome"
 # Set by a run that found its file version unreadable: the file is quarantined at once.
 UNREADABLE_TAG = "kmdagster/unreadable"
+# Set by a catch-up run's import step: the last file after its own it imported and
+# reported, which its archive step archives through.
+CAUGHT_UP_TAG = "kmdagster/caught_up_through"
 # Set on a launch of a quarantined file's partition: lifts its quarantine.
 RETRY_TAG = "kmdagster/retry"
 
