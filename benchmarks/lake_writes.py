@@ -57,7 +57,7 @@ def _pieces(lines: int) -> list[dict[str, pa.Table]]:
     pieces = []
     for number, (start, end) in enumerate(zip(starts, starts[1:], strict=False)):
         split = split_km_lines(data[start:end], 1 + number * PIECE_LINES, 1_800_000_000)
-        laid_out = piece_rows(split, string_views=True)
+        laid_out = piece_rows(split, pl.CompatLevel.newest())
         tables = {}
         for relation, rows in laid_out.rows.items():
             codes = laid_out.names.get(relation)

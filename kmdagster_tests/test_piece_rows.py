@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import polars as pl
 import pyarrow as pa
 import pytest
 
@@ -21,10 +22,11 @@ LINES = b"\n".join(
 )
 
 
-@pytest.mark.parametrize("string_views", [True, False])
+@pytest.mark.parametrize("string_views", [True, False])  # DuckDB's layout, PostgreSQL's
 def test_each_rows_name_is_a_code_into_the_pieces_distinct_labels(string_views: bool) -> None:
     split = split_km_lines(LINES, 1, NOW)
-    piece = piece_rows(split, string_views=string_views)
+    layout = pl.CompatLevel.newest() if string_views else pl.CompatLevel.oldest()
+    piece = piece_rows(split, layout)
 
     for relation, label, name in (
         ("km_events", "event_label", "event"),
@@ -55,6 +57,6 @@ def test_each_rows_name_is_a_code_into_the_pieces_distinct_labels(string_views: 
 
 
 def test_a_piece_without_names_has_empty_codes() -> None:
-    piece = piece_rows(split_km_lines(b"\n\n", 1, NOW), string_views=True)
+    piece = piece_rows(split_km_lines(b"\n\n", 1, NOW), pl.CompatLevel.newest())
     assert piece.names["km_events"].labels == [] and len(piece.names["km_events"].codes) == 0
     assert all(rows.num_rows == 0 for rows in piece.rows.values())

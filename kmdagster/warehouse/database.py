@@ -63,7 +63,9 @@ class Database(Protocol):
 
     backend: str  # "duckdb", "postgres" or "ducklake"
     location: str  # what to name in messages: a file path, or a URL without its password
-    reads_string_views: bool  # whether ``append`` takes Arrow string views as they are
+    # The Arrow layout ``append`` reads: polars' newest (string views, no conversion) or
+    # its oldest (plain strings).
+    arrow_layout: pl.CompatLevel
 
     @property
     def ledger_writes(self) -> LedgerWrites:

@@ -36,7 +36,7 @@ def _arrow(frame: pl.DataFrame) -> Any:
 class DuckDBConnection:
     """A DuckDB connection (to a file, or with a lake attached and in use)."""
 
-    reads_string_views = True
+    arrow_layout = pl.CompatLevel.newest()  # string views, as polars holds them
     sql_skip_duplicates = "ON CONFLICT DO NOTHING"
 
     def __init__(self, con: duckdb.DuckDBPyConnection, location: str, writer: bool) -> None:

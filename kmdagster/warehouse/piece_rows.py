@@ -51,13 +51,9 @@ class PieceRows:
         return {relation: frame.height for relation, frame in self.split.tables().items()}
 
 
-def piece_rows(split: SplitLines, string_views: bool) -> PieceRows:
-    """Lay ``split``'s rows out for the storage tables.
-
-    ``string_views``: text as Arrow string views, as polars holds it (DuckDB reads them
-    without a conversion), or as plain strings (what PostgreSQL's driver reads).
-    """
-    compat_level = pl.CompatLevel.newest() if string_views else pl.CompatLevel.oldest()
+def piece_rows(split: SplitLines, compat_level: pl.CompatLevel) -> PieceRows:
+    """Lay ``split``'s rows out for the storage tables, in the Arrow layout of
+    ``compat_level`` (the database's ``arrow_layout``)."""
     rows: dict[str, pa.Table] = {}
     names: dict[str, NameCodes] = {}
     for relation, frame in split.tables().items():

@@ -40,7 +40,7 @@ def _arrow(frame: pl.DataFrame) -> Any:
 
 class PostgresDatabase:
     backend = "postgres"
-    reads_string_views = False  # the driver's COPY writer reads plain strings only
+    arrow_layout = pl.CompatLevel.oldest()  # the driver's COPY writer reads plain strings
     sql_skip_duplicates = "ON CONFLICT DO NOTHING"
     ledger_writes = UPDATED_IN_PLACE
     alias_merge = MERGED_IN_CHUNK

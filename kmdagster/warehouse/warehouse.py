@@ -442,7 +442,7 @@ class Warehouse:
     def lay_out(self, split: SplitLines) -> PieceRows:
         """``split``'s rows as this warehouse appends them. Touches no connection: the
         import calls it in the thread that split the piece, beside the inserts."""
-        return piece_rows(split, string_views=self.database.reads_string_views)
+        return piece_rows(split, self.database.arrow_layout)
 
     def _insert_rows(self, piece: PieceRows, file_id: int) -> None:
         """Gather one piece's rows for the storage tables, names replaced by their ids; a
