@@ -59,7 +59,7 @@ soak: install
 
 bench: install .venv-dlt/bin/python
 	$(BIN)/python -m benchmarks.run
-	$(BIN)/python -m benchmarks.lake
+	$(BIN)/python -m benchmarks.lake --docs
 	$(BIN)/python -m benchmarks.compressed
 	$(BIN)/python -m benchmarks.partitions
 	$(BIN)/python -m benchmarks.catch_up

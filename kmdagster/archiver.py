@@ -14,6 +14,7 @@ from kmdagster.s3.archive import archive_file
 from kmdagster.s3.objects import S3File, head_file
 from kmdagster.s3.rejects_file import rejects_key_for, write_rejects_file
 from kmdagster.seams import crash_point
+from kmdagster.stages import timed
 from kmdagster.warehouse.file_rows import reject_batches
 from kmdagster.warehouse.warehouse import LedgerRow, Warehouse
 
@@ -52,14 +53,18 @@ def archive_imported_file(
     def record(archived_key: str) -> None:
         if row.lines_rejected:
             batches = reject_batches(warehouse.database, row)
-            write_rejects_file(
-                client, source.bucket, rejects_key_for(archived_key), row.file_etag, batches
-            )
+            with timed("rejects file"):
+                write_rejects_file(
+                    client, source.bucket, rejects_key_for(archived_key), row.file_etag, batches
+                )
             crash_point("archive.rejects_written")
         warehouse.mark_archived(row, archived_key)
 
     imported = S3File(key=key, etag=row.file_etag, size=row.size_bytes)
-    archived_key = archive_file(client, source.bucket, imported, row.completed_at, record=record)
+    with timed("archive"):
+        archived_key = archive_file(
+            client, source.bucket, imported, row.completed_at, record=record
+        )
     return _report(row, archived_key, already_archived=False)
 
 

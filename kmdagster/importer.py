@@ -25,6 +25,7 @@ from kmdagster.s3.piece_reader import (
 )
 from kmdagster.seams import crash_point, hold_point
 from kmdagster.seams import current as current_seams
+from kmdagster.stages import timed
 from kmdagster.warehouse.piece_rows import PieceRows
 from kmdagster.warehouse.warehouse import LedgerRow, PieceEnd, Warehouse, WarehouseConflict
 
@@ -235,7 +236,7 @@ class _PieceSplitter:
         self._line_no = row.lines_read + 1
         self._chunk_start = row.next_offset
         # An empty file still gets its one (empty) piece, which completes it.
-        self._next_read: Future[Piece] | None = readers.submit(reader.read_piece, row.next_offset)
+        self._next_read: Future[Piece] | None = readers.submit(_read_piece, reader, row.next_offset)
         self._read_error: BaseException | None = None
         # (lines counted, where it ends, ends its chunk, the split)
         self._splitting: deque[tuple[int, PieceEnd, bool, Future[PieceRows]]] = deque()
@@ -284,7 +285,7 @@ class _PieceSplitter:
             crash_point("import.chunk_read")
             more = not piece.last
             self._next_read = (
-                self._readers.submit(self._reader.read_piece, piece.end) if more else None
+                self._readers.submit(_read_piece, self._reader, piece.end) if more else None
             )
             # A chunk is as many pieces as fit in ``chunk_bytes`` (at least one); the lines
             # before a compressed file's cut commit on their own, before its error.
@@ -295,7 +296,8 @@ class _PieceSplitter:
             )
             if ends_chunk:
                 self._chunk_start = piece.end
-            lines = count_lines(piece.data)
+            with timed("count lines"):
+                lines = count_lines(piece.data)
             now = int(self._now_epoch())
             # A BOM left out of the piece's data still counts in the file's byte offsets.
             data_offset = piece.end - len(piece.data)
@@ -322,4 +324,12 @@ def _split_piece(
     now_epoch: int,
 ) -> PieceRows:
     """Split a piece and lay its rows out for the warehouse, off the inserting thread."""
-    return lay_out(split(data, first_line_no, now_epoch, first_byte_offset=first_byte_offset))
+    with timed("split"):
+        lines = split(data, first_line_no, now_epoch, first_byte_offset=first_byte_offset)
+    with timed("lay out rows"):
+        return lay_out(lines)
+
+
+def _read_piece(reader: PieceReader, start: int) -> Piece:
+    with timed("read"):
+        return reader.read_piece(start)

@@ -1,4 +1,5 @@
-"""The one injection point for tests: the clock, read and copy sizes, and faults.
+"""The one injection point for tests: the clock, read and copy sizes, faults, and the
+benchmarks' stage timings.
 
 Production never sets anything here: ``current()`` gives the defaults, and its crash and
 hold points are those ``kmdagster.faults`` arms from the environment (a kill test runs
@@ -17,9 +18,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kmdagster import faults
+
+if TYPE_CHECKING:
+    from kmdagster.stages import StageTimes
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class Seams:
     after_commit: Callable[[Any], None] | None = None  # given each committed LedgerRow
     crash_point: Callable[[str], None] = faults.crash_point
     hold_point: Callable[[str, str], None] = faults.hold_point
+    stage_times: StageTimes | None = None  # where an import's time goes (benchmarks)
 
 
 _lock = threading.Lock()

@@ -35,6 +35,7 @@ from kmdagster.importer import ImportReport, import_file
 from kmdagster.s3.objects import S3AccessError
 from kmdagster.s3.piece_reader import FileChangedError, UnreadableFileError
 from kmdagster.seams import crash_point
+from kmdagster.stages import timed
 from kmdagster.warehouse.database import Database
 from kmdagster.warehouse.schema import ROW_TABLES
 from kmdagster.warehouse.warehouse import LedgerConflict, LedgerRow, Warehouse
@@ -182,8 +183,10 @@ def reported_file(
     materializations (when complete) and its data checks, on what it has committed so far."""
     crash_point("asset.before_progress_event")
     report_progress(context, source, report)
-    warehouse.checkpoint()  # the checks read every row of the file
-    results = file_results(warehouse.database, source, report)
+    with timed("checkpoint"):
+        warehouse.checkpoint()  # the checks read every row of the file
+    with timed("checks and metadata"):
+        results = file_results(warehouse.database, source, report)
     return [result for result in results if is_selected(context, result)]
 
 

@@ -15,6 +15,7 @@ from kmdagster.defs.file_events import FileResult, record_outcome
 from kmdagster.defs.file_import import RunStep
 from kmdagster.importer import retire_replaced_versions
 from kmdagster.s3.objects import S3AccessError, list_root_files
+from kmdagster.stages import timed
 
 
 def import_step(step: RunStep) -> Iterator[FileResult]:
@@ -33,9 +34,10 @@ def import_step(step: RunStep) -> Iterator[FileResult]:
     except S3AccessError as exc:
         raise Failure(description=str(exc)) from exc
     own = step.own_file
-    report = own.load()
-    results = list(own.report(report))
-    record_outcome(context, source, report)
+    with timed("import step"):
+        report = own.load()
+        results = list(own.report(report))
+        record_outcome(context, source, report)
     yield from results
     if report.complete:
         catch_up(step, root_files, lambda: started + source.time_budget_seconds - time.monotonic())
@@ -45,7 +47,8 @@ def archive_step(step: RunStep) -> MaterializeResult:
     """Move the run's own complete file under completed_imports/, then those its import
     step caught up."""
     try:
-        metadata = step.own_file.archive()
+        with timed("archive step"):
+            metadata = step.own_file.archive()
     except (NotImported, S3AccessError) as exc:
         raise Failure(description=str(exc)) from exc
     archive_caught_up(step)

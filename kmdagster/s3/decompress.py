@@ -17,6 +17,7 @@ from typing import Protocol
 import pyarrow as pa
 
 from kmdagster.s3.objects import UnreadableFileError
+from kmdagster.stages import timed
 
 # Past this, a compressed file is taken for a decompression bomb (a source may raise it).
 DEFAULT_MAX_UNCOMPRESSED_BYTES = 64 * 1024**3
@@ -91,6 +92,10 @@ class DecompressedStream:
         return self._file.position if self._file is not None else 0
 
     def read(self, position: int, max_bytes: int) -> bytes:
+        with timed("decompress"):
+            return self._read_at(position, max_bytes)
+
+    def _read_at(self, position: int, max_bytes: int) -> bytes:
         if self._stream is None or position != self._position:
             self._restart()
             while self._position < position:  # a resume: drop what was committed before

@@ -82,7 +82,7 @@ def _quoted(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _s3_secret(s3: S3Settings | None) -> str:
+def s3_secret_statement(s3: S3Settings | None) -> str:
     """A temporary DuckDB secret for the data path on S3, from the AWS credential chain
     boto3 reads (environment, profile, instance role). It lives in this connection only
     and is never printed."""
@@ -249,7 +249,7 @@ def attach_lake(
         for extension in _extensions(settings):
             con.execute(f"LOAD {_quoted(str(extension_file(extension)))}")
         if data_path.startswith("s3://"):
-            con.execute(_s3_secret(settings.s3))
+            con.execute(s3_secret_statement(settings.s3))
             # Upload buffers are the largest file's size over S3's 10,000 parts: 800 GB by
             # default gives 80 MB buffers, over the memory limit. A data file is one piece.
             # GLOBAL: a plain SET holds for this cursor only, and the cursors that add new

@@ -22,6 +22,7 @@ from kmdagster.file_state import COMPLETE, RETIRED, UNFINISHED, State
 from kmdagster.km_format.split import SplitLines
 from kmdagster.km_format.summary import KnownNames
 from kmdagster.seams import crash_point
+from kmdagster.stages import timed
 from kmdagster.warehouse.database import (
     Database,
     WarehouseBusy,
@@ -380,40 +381,42 @@ class Warehouse:
                 self._append_gathered(relation, row.file_id)
             pairs = pl.concat(aliases) if aliases else None
             if pairs is not None:
-                db.alias_merge.in_chunk(db, pairs)
+                with timed("alias groups"):
+                    db.alias_merge.in_chunk(db, pairs)
             complete, next_offset = last.last, last.offset
             now = utc_now()
             crash_point("commit_chunk.in_transaction")
-            updated = db.changed_rows(
-                db.ledger_writes.update(_CHUNK_CHANGES, _CHUNK_ROW),
-                [
-                    next_offset,
-                    State.IMPORTED if complete else State.IN_PROGRESS,
-                    lines_read,
-                    lines_loaded,
-                    lines_rejected,
-                    lines_blank,
-                    now,
-                    now if complete else None,
-                    now,
-                    *rows.values(),
-                    int(first_of_run),
-                    last.read_offset,
-                    *file_columns,
-                    row.next_offset,
-                ],
-            )
-            if not updated:
-                raise LedgerConflict(
-                    f"s3 object {row.file_key!r} (etag {row.file_etag}) moved past offset "
-                    f"{row.next_offset} in another import; this run stops without loading"
+            with timed("commit and ledger"):
+                updated = db.changed_rows(
+                    db.ledger_writes.update(_CHUNK_CHANGES, _CHUNK_ROW),
+                    [
+                        next_offset,
+                        State.IMPORTED if complete else State.IN_PROGRESS,
+                        lines_read,
+                        lines_loaded,
+                        lines_rejected,
+                        lines_blank,
+                        now,
+                        now if complete else None,
+                        now,
+                        *rows.values(),
+                        int(first_of_run),
+                        last.read_offset,
+                        *file_columns,
+                        row.next_offset,
+                    ],
                 )
-            if run_id is not None:
-                db.ledger_writes.record_run(
-                    db, row.file_id, run_id, row.next_offset, next_offset, now
-                )
-            committed = self.ledger_row(*file_columns)
-            db.commit()
+                if not updated:
+                    raise LedgerConflict(
+                        f"s3 object {row.file_key!r} (etag {row.file_etag}) moved past offset "
+                        f"{row.next_offset} in another import; this run stops without loading"
+                    )
+                if run_id is not None:
+                    db.ledger_writes.record_run(
+                        db, row.file_id, run_id, row.next_offset, next_offset, now
+                    )
+                committed = self.ledger_row(*file_columns)
+                db.commit()
         except BaseException:
             self._gathered.clear()
             db.rollback()
@@ -421,7 +424,8 @@ class Warehouse:
         assert committed is not None
         self._bytes_since_checkpoint += committed.next_offset - row.next_offset
         if pairs is not None and committed.aliases_rows:
-            db.alias_merge.after_chunk(db, row.file_id, pairs, committed.lines_read)
+            with timed("alias groups"):
+                db.alias_merge.after_chunk(db, row.file_id, pairs, committed.lines_read)
         return committed
 
     def runs_that_advanced(
@@ -455,7 +459,9 @@ class Warehouse:
             if rows.num_rows:
                 names = piece.names.get(relation)
                 if names is not None:
-                    rows = rows.append_column("name_id", self._names.name_ids(self.database, names))
+                    with timed("insert km_names"):
+                        ids = self._names.name_ids(self.database, names)
+                    rows = rows.append_column("name_id", ids)
                 gathered = self._gathered.setdefault(relation, [])
                 gathered.append(rows)
                 if sum(table.nbytes for table in gathered) >= APPEND_BYTES:
@@ -465,8 +471,9 @@ class Warehouse:
         tables = self._gathered.pop(relation, [])
         if tables:
             file_column = {"file_id": pa.scalar(file_id, type=pa.int32())}
-            rows = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-            self.database.append(STORAGE_TABLES[relation], rows, file_column)
+            with timed(f"insert {relation}"):
+                rows = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+                self.database.append(STORAGE_TABLES[relation], rows, file_column)
 
     def checkpoint(self) -> None:
         """Write the committed rows still held in DuckDB's log into the file, once this
