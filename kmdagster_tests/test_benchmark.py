@@ -59,3 +59,28 @@ def test_benchmark_runs_end_to_end_and_methods_agree(tmp_path: Path) -> None:
     assert "same lines read into DuckDB and PostgreSQL: yes" in out
     assert "| PostgreSQL | 3,000 |" in out and "at the same time" in out
     assert "| 1,000,000 | 200,000 |" in out  # km_people at scale
+
+
+def test_the_warehouses_benchmark_sets_the_import_against_duckdbs_reader() -> None:
+    """``benchmarks.lake`` at a tiny size: each warehouse, DuckDB's own ``read_json`` on the
+    same file, the ratio with its verdict, and where the import job's time goes."""
+    if postgres_bin_dir() is None:
+        pytest.skip("no PostgreSQL server binaries: the benchmark starts its own server")
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.lake", "--lines", "3000"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    for profile in ("mixed", "property_heavy"):
+        assert f"| {profile}: DuckDB `read_json` over httpfs (one wide table) |" in out
+        for warehouse in ("DuckDB file", "DuckLake (local catalog, folder)"):
+            said = f"- {profile}, {warehouse}: import job within 2x of DuckDB's read_json: "
+            assert said in out
+    breakdown = out.split("Where the import job's time goes", 1)[1]
+    for stage in ("the split", "insert km_properties", "the commit and the ledger", "reading"):
+        assert f"| {stage}" in breakdown, stage
+    assert "| **the job, in its process** |" in breakdown
