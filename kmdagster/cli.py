@@ -41,7 +41,7 @@ from kmdagster.dg_project import find_dg_project
 from kmdagster.instance_settings import instance_settings_yaml
 from kmdagster.markdown import check_markdown, preview_markdown, status_markdown
 from kmdagster.preview import FilePreview, SetupRuleError, setup_preview
-from kmdagster.s3.objects import FilePattern, S3AccessError, list_root_files
+from kmdagster.s3.objects import FilePattern, S3AccessError, list_root
 from kmdagster.s3.permissions import PermissionResult, check_permissions, iam_policy
 from kmdagster.status import (
     backlog,
@@ -180,16 +180,16 @@ def check(config: KmConfig, source: SourceConfig, as_json: bool) -> None:
 def status(config: KmConfig, source: SourceConfig, as_json: bool, wait: float) -> None:
     outcomes = None
     client = s3_client(config)
-    root_files = list_root_files(client, source)
+    root = list_root(client, source)
     if os.environ.get("DAGSTER_HOME"):
         with DagsterInstance.get() as instance:
-            outcomes = run_outcomes(instance, source, config.warehouse, root_files)
+            outcomes = run_outcomes(instance, source, config.warehouse, root.files)
     else:
         click.echo(
             "note: DAGSTER_HOME is not set, so quarantined files and failed runs are not shown",
             err=True,
         )
-    found = read_source_status(client, source, config.warehouse, wait, root_files, outcomes)
+    found = read_source_status(client, source, config.warehouse, wait, root, outcomes)
     if found.ledger_note:
         click.echo(f"note: {found.ledger_note}", err=True)
     states = found.states
@@ -205,10 +205,14 @@ def status(config: KmConfig, source: SourceConfig, as_json: bool, wait: float) -
             "backlog_bytes": sum(state.bytes_left for state in waiting),
             "backlog_done_by": eta.isoformat() if eta else None,
             "ledger_note": found.ledger_note,
+            "start_after": source.start_after,
+            "before_start_after": found.before_start,
         }
         click.echo(json.dumps(report, indent=2))
     else:
-        click.echo(status_markdown(source.name, source.bucket, states, len(waiting), eta))
+        click.echo(
+            status_markdown(source, states, len(waiting), eta, before_start=found.before_start)
+        )
 
 
 @source_command("lift a file's quarantine: it is first in line again at the next tick")

@@ -198,6 +198,8 @@ class SourceConfig(_Section):
     """accounts.json also matches accounts*.json.gz and accounts*.json.zst."""
     max_uncompressed_bytes: PositiveInt = 64 * 1024**3
     """A compressed file expanding past this is taken for a decompression bomb."""
+    start_after: Text | None = None
+    """Keys sorting at or before it are never registered, imported or archived."""
 
     @field_validator("name")
     @classmethod
@@ -216,6 +218,17 @@ class SourceConfig(_Section):
         if not dot or not stem or not extension:
             raise ValueError(f"{value!r} needs a stem and an extension, such as accounts.json")
         return value
+
+    @field_validator("start_after")
+    @classmethod
+    def _a_key_at_the_root(cls, value: str | None) -> str | None:
+        if value is not None and "/" in value:
+            raise ValueError(f"{value!r} must be a key at the bucket root, without '/'")
+        return value
+
+    def after_start(self, key: str) -> bool:
+        """Whether ``key`` sorts after ``start_after`` (every key does when it is unset)."""
+        return self.start_after is None or key > self.start_after
 
     @field_validator("cron")
     @classmethod

@@ -186,8 +186,10 @@ def retire_replaced_versions(
 ) -> list[LedgerRow]:
     """Versions of the source's files that will never resume, since their content left the
     bucket root (overwritten or deleted), marked so in the ledger: their rows leave the
-    documented relations for the ``*_replaced`` ones."""
-    return warehouse.retire_versions(source.name, {file.key: file.etag for file in root_files})
+    documented relations for the ``*_replaced`` ones. Keys at or before ``start_after``
+    are left as they are: ``root_files`` does not list them."""
+    root_etags = {file.key: file.etag for file in root_files}
+    return warehouse.retire_versions(source.name, root_etags, after=source.start_after)
 
 
 def _nothing_to_do(row: LedgerRow, seconds: float) -> ImportReport:

@@ -14,6 +14,7 @@ from typing import Any
 import polars as pl
 from tabulate import tabulate
 
+from kmdagster.config import SourceConfig
 from kmdagster.file_state import AT_A_GLANCE, DONE, RESUMABLE, RETIRED, WITH_ERROR, State
 from kmdagster.preview import FilePreview
 from kmdagster.s3.objects import compression_of
@@ -156,8 +157,13 @@ def file_states_markdown(states: list[FileState], limit: int | None = None, unre
 
 
 def status_markdown(
-    source: str, bucket: str, states: list[FileState], backlog: int, eta: datetime | None
+    config: SourceConfig,
+    states: list[FileState],
+    backlog: int,
+    eta: datetime | None,
+    before_start: int = 0,
 ) -> str:
+    source, bucket = config.name, config.bucket
     aside = set_aside(states)
     if eta is not None:
         when = f"at one file per tick, the backlog is done by the tick at {eta:%Y-%m-%d %H:%M} UTC"
@@ -172,6 +178,11 @@ def status_markdown(
         parts.append(
             f"Set aside: {counted(len(aside), 'file')} quarantined, not imported until "
             f"`kmdagster retry {source} KEY` lifts it ({', '.join(s.key for s in aside)})."
+        )
+    if before_start:
+        parts.append(
+            f"Before start_after: {counted(before_start, 'file')} at the bucket root sorting at "
+            f"or before {config.start_after!r}, never imported (start_after)."
         )
     errors = [s for s in states if s.error and s.state in WITH_ERROR]
     if errors:  # whole: the table's cells are cut to stay readable
@@ -223,10 +234,11 @@ def _glance_names(named: list[str], count: int) -> str:
 
 
 def file_states_at_a_glance(
-    states: list[FileState], unread: Mapping[str, int] | None = None
+    states: list[FileState], unread: Mapping[str, int] | None = None, before_start: int = 0
 ) -> dict[str, int | str]:
     """Counts per state and the files in each, as plain values the UI shows inline;
-    ``unread`` counts older finished versions by state (``SourceStatus.left_out``)."""
+    ``unread`` counts older finished versions by state (``SourceStatus.left_out``),
+    ``before_start`` the files at the root before the source's ``start_after``."""
     waiting = [s for s in states if s.at_bucket_root]
     summary: dict[str, int | str] = {}
     queued = [s for s in waiting if s.queue_position is not None]
@@ -246,4 +258,6 @@ def file_states_at_a_glance(
             summary[f"{name}_files"] = count
             named = [f"{s.key} (ETag {s.etag}) {_progress(s)}" for s in files]
             summary[name.value] = _glance_names(named, count)
+    if before_start:
+        summary["before_start_after_files"] = before_start
     return summary

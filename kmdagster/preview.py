@@ -111,12 +111,20 @@ def setup_preview(
     valid line) so the message can say which file would be the first to load anything.
     """
     pattern = FilePattern.of_source(source)
-    where = f"s3://{source.bucket}/{pattern.describe()}"
+    matching = f"s3://{source.bucket}/{pattern.describe()}"
+    where = matching
+    if source.start_after is not None:
+        where += f" after start_after {source.start_after!r}"
     notes: list[str] = []
     if key is not None:
         if not pattern.matches(key):
             raise SetupRuleError(
-                f"{key!r} is not a root-level key matching {where}; pick one that matches"
+                f"{key!r} is not a root-level key matching {matching}; pick one that matches"
+            )
+        if not source.after_start(key):
+            raise SetupRuleError(
+                f"{key!r} sorts at or before the source's start_after {source.start_after!r}, "
+                "so it is never imported; pick a later key"
             )
         file = head_file(client, source.bucket, key)
         if file is None:

@@ -16,7 +16,7 @@ from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.dagster_internals import cron_ticks_after
 from kmdagster.file_state import BACKLOG, RETIRED, State
 from kmdagster.quarantine import Quarantine
-from kmdagster.s3.objects import S3File, compression_of, list_root_files
+from kmdagster.s3.objects import RootFiles, S3File, compression_of, list_root
 from kmdagster.warehouse.warehouse import LedgerRow, Warehouse, WarehouseUnavailable
 
 
@@ -207,11 +207,14 @@ def backlog_eta(cron: str, backlog_files: int, now: datetime) -> datetime | None
 class SourceStatus:
     """Every file of a source in import order (or, read at a glance, the current and the
     latest ones, with ``left_out`` counting the older finished versions by state);
-    ``ledger_note`` says why the ledger is missing."""
+    ``ledger_note`` says why the ledger is missing; ``before_start`` counts the files at
+    the root the source leaves alone (``start_after``), which are not listed one by one."""
 
     states: list[FileState]
     ledger_note: str | None = None
     left_out: Mapping[str, int] = field(default_factory=dict)
+    # Files at the root sorting at or before the source's ``start_after``: never imported.
+    before_start: int = 0
 
 
 def read_source_status(
@@ -219,7 +222,7 @@ def read_source_status(
     source: SourceConfig,
     warehouse_settings: WarehouseSettings,
     wait_seconds: float,
-    root_files: list[S3File] | None = None,
+    root: RootFiles | None = None,
     outcomes: RunOutcomes | None = None,
     recent: int | None = None,
 ) -> SourceStatus:
@@ -228,8 +231,10 @@ def read_source_status(
     Dagster instance (``defs.run_history.run_outcomes``). With ``recent``, only the
     versions at the root, the unfinished ones and the ``recent`` latest are read: a tick's
     read stays the same size however many files the source has archived."""
-    if root_files is None:
-        root_files = list_root_files(client, source)
+    if root is None:
+        root = list_root(client, source)
+    root_files, before_start = root.files, len(root.before_start)
+    left_alone = {file.key for file in root.before_start}
     left_out: dict[str, int] = {}
     try:
         with Warehouse.read_only(warehouse_settings, wait_seconds) as warehouse:
@@ -244,5 +249,8 @@ def read_source_status(
         # An import run holds DuckDB's only write lock, or PostgreSQL does not answer:
         # show what S3 alone can tell.
         note = f"ledger not read: {exc}; files at the root show as pending"
-        return SourceStatus(file_states(root_files, [], outcomes), note)
-    return SourceStatus(file_states(root_files, ledger, outcomes), left_out=left_out)
+        return SourceStatus(file_states(root_files, [], outcomes), note, before_start=before_start)
+    ledger = [row for row in ledger if row.file_key not in left_alone]
+    return SourceStatus(
+        file_states(root_files, ledger, outcomes), left_out=left_out, before_start=before_start
+    )

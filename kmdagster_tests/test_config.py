@@ -70,6 +70,7 @@ def test_fractional_budget_and_endpoint() -> None:
         ({"sources": [source(time_budget_seconds=0)]}, "sources[0].time_budget_seconds"),
         ({"sources": [source(chunk_bytes="big")]}, "sources[0].chunk_bytes"),
         ({"sources": [source(cron="every hour")]}, "sources[0].cron"),
+        ({"sources": [source(start_after="dir/accounts.1.json")]}, "sources[0].start_after"),
         ({"s3": {"endpoint": "x"}, "sources": [source()]}, "s3.endpoint: unknown key"),
         ({"warehouse": {"path": "x"}, "sources": [source()]}, "warehouse.path: unknown key"),
     ],
@@ -78,6 +79,15 @@ def test_errors_name_the_field(document: dict[str, Any], field: str) -> None:
     with pytest.raises(ConfigError) as error:
         parse_config(document, origin="kmdagster.yaml")
     assert f"kmdagster.yaml: {field}" in str(error.value)
+
+
+def test_start_after_leaves_the_keys_at_or_before_it() -> None:
+    bounded = SourceConfig.model_validate(source(start_after="accounts.2026-12-01.json"))
+    assert not bounded.after_start("accounts.2026-11-30.json")
+    assert not bounded.after_start("accounts.2026-12-01.json")
+    assert bounded.after_start("accounts.2026-12-01.json.gz")  # sorts after it
+    assert bounded.after_start("accounts.2026-12-02.json")
+    assert SourceConfig.model_validate(source()).after_start("accounts.0.json")
 
 
 def test_missing_file_says_how_to_point_at_one(tmp_path: Path) -> None:

@@ -19,9 +19,12 @@ from dagster import (
 )
 
 from kmdagster.defs.factory import build_definitions
+from kmdagster.markdown import status_markdown
+from kmdagster.preview import setup_preview
+from kmdagster.status import read_source_status
 from kmdagster_dev.km_files import km_file
 from kmdagster_dev.seaweed import SeaweedS3
-from kmdagster_tests.helpers import make_config
+from kmdagster_tests.helpers import ACCOUNTS, make_config
 from kmdagster_tests.ticks import run_tick
 
 pytestmark = pytest.mark.e2e  # schedule ticks through to the archive
@@ -99,3 +102,57 @@ def test_ticks_import_one_file_each_in_key_order_and_archive(
     assert set(DECOYS) <= remaining
     for decoy in DECOYS:
         assert s3.get_object(Bucket=bucket, Key=decoy)["Body"].read().startswith(b'{"_p":"x"')
+
+
+def test_a_source_with_start_after_imports_only_the_files_after_it(
+    s3_server: SeaweedS3, s3: Any, bucket: str, warehouse_path: Path, instance: DagsterInstance
+) -> None:
+    keys = [f"accounts.{n}.json" for n in range(1, 5)]
+    files = {key: km_file(seed=40 + i, repeats=3) for i, key in enumerate(keys)}
+    s3.put_object(Bucket=bucket, Key=keys[0], Body=files[keys[0]].data)
+    tick = datetime(2026, 12, 1, 0, 0, tzinfo=timezone.utc)
+    # Before the setting: the first file's run stops on its budget after one chunk.
+    cut = make_config(s3_server, bucket, warehouse_path, chunk_bytes=1024, time_budget_seconds=1e-6)
+    first = run_tick(build_definitions(cut), instance, tick)
+    assert isinstance(first, RunRequest) and first.partition_key == keys[0]
+    [(status, offset, loaded)] = table_count(
+        warehouse_path, "SELECT status, next_offset, lines_loaded FROM km_import_files"
+    )
+    assert status == "in_progress" and 0 < offset < len(files[keys[0]].data)
+
+    for key in keys[1:]:  # sent after the first file was registered
+        s3.put_object(Bucket=bucket, Key=key, Body=files[key].data)
+    config = make_config(s3_server, bucket, warehouse_path, start_after=keys[1])
+    source = config.sources[0]
+    preview = setup_preview(s3, source)
+    assert preview.file.key == keys[2]  # the first key after start_after
+    defs = build_definitions(config)
+    imported = []
+    outcome: RunRequest | SkipReason | None = None
+    for _ in range(3):
+        tick += timedelta(hours=1)
+        outcome = run_tick(defs, instance, tick)
+        if isinstance(outcome, SkipReason):
+            break
+        imported.append(outcome.partition_key)
+    assert imported == keys[2:]
+    assert isinstance(outcome, SkipReason) and "nothing pending" in (outcome.skip_message or "")
+    # Registered: the first file (before the setting) and those after it, never the second.
+    assert sorted(instance.get_dynamic_partitions(ACCOUNTS.partitions)) == [keys[0], *keys[2:]]
+    ledger = table_count(
+        warehouse_path,
+        "SELECT file_key, status, next_offset, lines_loaded FROM km_import_files ORDER BY 1",
+    )
+    # The file partly imported before the setting stays where it stopped, untouched.
+    assert ledger[0] == (keys[0], "in_progress", offset, loaded)
+    assert [(key, status) for key, status, *_ in ledger[1:]] == [
+        (keys[2], "archived"),
+        (keys[3], "archived"),
+    ]
+    at_root = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]}
+    assert set(keys[:2]) <= at_root and not set(keys[2:]) & at_root
+
+    found = read_source_status(s3, source, config.warehouse, 5.0)
+    assert found.before_start == 2
+    assert [state.key for state in found.states] == keys[2:]
+    assert "Before start_after: 2 files" in status_markdown(source, found.states, 0, None, 2)

@@ -20,7 +20,7 @@ from kmdagster.cli import main
 from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.km_format.split import MAX_RAW_LINE_CHARS, split_km_lines
 from kmdagster.markdown import file_states_at_a_glance
-from kmdagster.s3.objects import S3File
+from kmdagster.s3.objects import RootFiles, S3File
 from kmdagster.status import read_source_status
 from kmdagster.warehouse.schema import SCHEMA_VERSION, UPGRADE_COMMAND, WarehouseSchemaError
 from kmdagster.warehouse.warehouse import (
@@ -273,7 +273,7 @@ def test_a_warehouse_file_without_tables_reads_as_nothing_imported(
         assert warehouse is None
     source = SourceConfig(name="accounts", bucket="km-imports", base_filename="accounts.json")
     waiting = S3File(key="accounts.1.json", etag="e1", size=10)
-    status = read_source_status(None, source, settings, 1.0, root_files=[waiting])
+    status = read_source_status(None, source, settings, 1.0, root=RootFiles([waiting]))
     assert status.ledger_note is None
     assert [(s.key, s.state) for s in status.states] == [("accounts.1.json", "pending")]
     with Warehouse.open(settings) as warehouse:  # the next import creates the tables
@@ -309,7 +309,7 @@ def test_an_unreachable_postgres_warehouse_is_named_and_status_falls_back_to_s3(
     assert "s3cret-pw" not in message
     source = SourceConfig(name="accounts", bucket="km-imports", base_filename="accounts.json")
     waiting = S3File(key="accounts.1.json", etag="e1", size=10)
-    status = read_source_status(None, source, settings, 1.0, root_files=[waiting])
+    status = read_source_status(None, source, settings, 1.0, root=RootFiles([waiting]))
     assert status.ledger_note is not None and "ledger not read" in status.ledger_note
     assert [(s.key, s.state) for s in status.states] == [("accounts.1.json", "pending")]
 
@@ -331,13 +331,15 @@ def test_a_tick_reads_the_current_versions_and_the_latest_not_the_whole_history(
             warehouse.database.ledger_writes.update(halfway, "file_key = $1"), [partial.file_key]
         )
     assert resent is not None
-    root = [
-        S3File(key="accounts.003.json", etag="e3", size=10),  # sent again, already imported
-        S3File(key="accounts.100.json", etag="p", size=10),
-        S3File(key="accounts.200.json", etag="new", size=10),  # no ledger row yet
-    ]
-    full = read_source_status(None, source, warehouse_settings, 5.0, root_files=root)
-    glance = read_source_status(None, source, warehouse_settings, 5.0, root_files=root, recent=5)
+    root = RootFiles(
+        [
+            S3File(key="accounts.003.json", etag="e3", size=10),  # sent again, imported
+            S3File(key="accounts.100.json", etag="p", size=10),
+            S3File(key="accounts.200.json", etag="new", size=10),  # no ledger row yet
+        ]
+    )
+    full = read_source_status(None, source, warehouse_settings, 5.0, root=root)
+    glance = read_source_status(None, source, warehouse_settings, 5.0, root=root, recent=5)
     assert len(full.states) == 42 and not full.left_out
     # 5 latest (the in-progress one among them) + the re-sent one + the new file.
     assert len(glance.states) == 7

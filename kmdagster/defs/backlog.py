@@ -29,7 +29,7 @@ from kmdagster.defs.resources import TICK_LEDGER_WAIT_SECONDS, WarehouseResource
 from kmdagster.defs.run_history import run_outcomes
 from kmdagster.defs.specs import SourceSpecs
 from kmdagster.markdown import file_states_markdown
-from kmdagster.s3.objects import S3File, list_root_files
+from kmdagster.s3.objects import RootFiles, list_root
 from kmdagster.status import (
     RunOutcomes,
     SourceStatus,
@@ -64,6 +64,8 @@ def backlog_outcome(
     }
     if status.ledger_note:
         metadata["ledger_note"] = status.ledger_note
+    if status.before_start:
+        metadata["before_start_after_files"] = status.before_start
     return hours <= source.backlog_warn_hours, metadata
 
 
@@ -72,12 +74,12 @@ def read_backlog_outcome(
     source: SourceConfig,
     warehouse: WarehouseSettings,
     outcomes: RunOutcomes,
-    root_files: list[S3File] | None = None,
+    root: RootFiles | None = None,
 ) -> tuple[SourceStatus, bool, dict[str, Any]]:
     """The source's status, read as a tick may (waiting briefly for the ledger), and the
     backlog check's (passed, metadata) for it."""
     status = read_source_status(
-        client, source, warehouse, TICK_LEDGER_WAIT_SECONDS, root_files, outcomes, FILES_SHOWN
+        client, source, warehouse, TICK_LEDGER_WAIT_SECONDS, root, outcomes, FILES_SHOWN
     )
     return status, *backlog_outcome(source, status, datetime.now(timezone.utc))
 
@@ -110,9 +112,9 @@ def build_backlog_check(specs: SourceSpecs) -> AssetChecksDefinition:
         context: AssetCheckExecutionContext, km_s3: S3Resource, km_warehouse: WarehouseResource
     ) -> AssetCheckResult:
         client, settings = km_s3.get_client(), km_warehouse.settings
-        root_files = list_root_files(client, source)
-        outcomes = run_outcomes(context.instance, source, settings, root_files)
-        _, passed, metadata = read_backlog_outcome(client, source, settings, outcomes, root_files)
+        root = list_root(client, source)
+        outcomes = run_outcomes(context.instance, source, settings, root.files)
+        _, passed, metadata = read_backlog_outcome(client, source, settings, outcomes, root)
         return AssetCheckResult(passed=passed, metadata=metadata, severity=AssetCheckSeverity.WARN)
 
     return backlog_check

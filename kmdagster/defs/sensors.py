@@ -31,7 +31,7 @@ from kmdagster.defs.metadata import landed_materialization
 from kmdagster.defs.partitions import is_valid_partition_key
 from kmdagster.defs.resources import WarehouseResource
 from kmdagster.defs.specs import SourceSpecs
-from kmdagster.s3.objects import S3File, list_root_files
+from kmdagster.s3.objects import S3File, list_root
 from kmdagster.wording import counted, names_and_more
 
 
@@ -50,8 +50,9 @@ class RootListing:
     registered as partitions before this tick."""
 
     client: object
-    files: list[S3File]
+    files: list[S3File]  # after the source's ``start_after``
     registered: set[str]
+    before_start: list[S3File] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,8 @@ def build_file_sensor(
         context: SensorEvaluationContext, km_s3: S3Resource, km_warehouse: WarehouseResource
     ):
         client = km_s3.get_client()
-        listed = list_root_files(client, source)
+        root = list_root(client, source)
+        listed = root.files
         registered = set(context.instance.get_dynamic_partitions(names.partitions))
         to_add, unusable = new_partition_keys([f.key for f in listed], registered)
         for key in unusable:
@@ -101,7 +103,7 @@ def build_file_sensor(
             )
         by_key = {f.key: f for f in listed}
         landed = [landed_materialization(names.file, source.bucket, by_key[k]) for k in to_add]
-        listing = RootListing(client, listed, registered)
+        listing = RootListing(client, listed, registered, root.before_start)
         try:
             report = after_registration(context, source, km_warehouse.settings, listing)
         except Exception as exc:  # noqa: BLE001  # whatever it is, registration goes on

@@ -32,7 +32,7 @@ from kmdagster.defs.partition_pruning import partitions_to_prune
 from kmdagster.defs.run_history import quarantine_evaluation, run_outcomes
 from kmdagster.defs.sensors import RootListing, TickReport
 from kmdagster.markdown import file_states_at_a_glance
-from kmdagster.s3.objects import S3File
+from kmdagster.s3.objects import RootFiles, S3File
 from kmdagster.status import FileState
 from kmdagster.wording import counted
 
@@ -76,16 +76,17 @@ def health_events(
     source: SourceConfig,
     client: object,
     settings: WarehouseSettings,
-    listed: list[S3File],
+    root: RootFiles,
     reported: HealthCursor,
 ) -> tuple[list[HealthEvent], HealthCursor]:
     """The backlog and quarantine checks, each where it changed since ``reported`` (both
     after an error, which left them red), and the file states at a glance with the
     backlog."""
     names = SourceNames.of(source)
+    listed = root.files
     outcomes = run_outcomes(instance, source, settings, listed)
     quarantined = dict(outcomes.quarantined)
-    status, passed, metadata = read_backlog_outcome(client, source, settings, outcomes, listed)
+    status, passed, metadata = read_backlog_outcome(client, source, settings, outcomes, root)
     # Without the ledger (an import holds it) the table would be partial: report later.
     ledger_read = "ledger_note" not in metadata
     recovered = bool(reported.health_error)
@@ -101,7 +102,9 @@ def health_events(
             AssetMaterialization(
                 asset_key=names.file_states,
                 description=f"every {source.name} file's state, as the file sensor saw it",
-                metadata=file_states_at_a_glance(status.states, status.left_out),
+                metadata=file_states_at_a_glance(
+                    status.states, status.left_out, status.before_start
+                ),
             )
         )
     if cursor.quarantine != reported.quarantine or reported.is_new or recovered:
@@ -203,7 +206,12 @@ def report_health(
     reported = HealthCursor.parse(context.cursor)
     try:
         events, cursor = health_events(
-            context.instance, source, listing.client, settings, listing.files, reported
+            context.instance,
+            source,
+            listing.client,
+            settings,
+            RootFiles(listing.files, listing.before_start),
+            reported,
         )
     except Exception as exc:  # noqa: BLE001  # whatever it is, both checks say so
         error = f"{type(exc).__name__}: {exc}"

@@ -172,11 +172,30 @@ def list_matching_files(client: Any, bucket: str, pattern: FilePattern) -> Itera
         raise error(describe_client_error(exc, "ListObjectsV2", bucket)) from exc
 
 
+@dataclass(frozen=True)
+class RootFiles:
+    """The source's files at its bucket root, by key: ``files`` sort after the source's
+    ``start_after`` (all of them when it is unset), ``before_start`` at or before it."""
+
+    files: list[S3File]
+    before_start: list[S3File] = field(default_factory=list)
+
+
+def list_root(client: Any, source: SourceConfig) -> RootFiles:
+    """The source's files at its bucket root, split at ``start_after``. Every part lists
+    the root here."""
+    listed = list_matching_files(client, source.bucket, FilePattern.of_source(source))
+    root = RootFiles([], [])
+    for file in listed:
+        (root.files if source.after_start(file.key) else root.before_start).append(file)
+    return root
+
+
 def list_root_files(client: Any, source: SourceConfig) -> list[S3File]:
-    """The source's files at its bucket root, by key: what the sensor registers, the
-    schedule picks from, status and health report, the preview previews and an import
-    run checks for versions replaced. Every part lists the root here."""
-    return list(list_matching_files(client, source.bucket, FilePattern.of_source(source)))
+    """The source's files after ``start_after`` at its bucket root, by key: what the sensor
+    registers, the schedule picks from, the preview previews and an import run checks for
+    versions replaced. Status and health also count the ones before it (``list_root``)."""
+    return list_root(client, source).files
 
 
 def _require_bucket(client: Any, bucket: str) -> None:

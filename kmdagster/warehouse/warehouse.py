@@ -491,11 +491,14 @@ class Warehouse:
             self.database.checkpoint()
             self._bytes_since_checkpoint = 0
 
-    def retire_versions(self, source: str, root_etags: Mapping[str, str]) -> list[LedgerRow]:
+    def retire_versions(
+        self, source: str, root_etags: Mapping[str, str], after: str | None = None
+    ) -> list[LedgerRow]:
         """Mark each unfinished version of ``source`` whose content is no longer at the
         bucket root (``root_etags``: key -> ETag there now) ``superseded`` (another version
         of its key is at the root or was imported after it) or ``deleted``; returns them.
-        Their rows leave the documented relations; they never resume."""
+        Their rows leave the documented relations; they never resume. With ``after``, only
+        keys sorting after it are looked at (``root_etags`` lists no other)."""
         unfinished = self.database.rows(
             f"SELECT {LEDGER_COLUMNS} FROM km_import_files WHERE source = $1 "
             f"AND status IN ({sql_list(UNFINISHED)})",
@@ -503,6 +506,9 @@ class Warehouse:
         )
         retired = []
         for row in (LedgerRow(*found) for found in unfinished):
+            # Compared in Python: a database's collation may order keys otherwise.
+            if after is not None and row.file_key <= after:
+                continue
             if root_etags.get(row.file_key) == row.file_etag:
                 continue
             latest = self.latest_ledger_row(source, row.file_key)
