@@ -1,7 +1,8 @@
 """kmdagster as a Dagster Component: KISSmetrics imports inside any ``dg`` project.
 
-A ``defs.yaml`` whose ``type`` is ``kmdagster.component.KmImports`` takes the same three
-sections as ``kmdagster.yaml`` (``s3``, ``warehouse``, ``sources``: docs/reference.md)
+A ``defs.yaml`` whose ``type`` is ``kmdagster.component.KmImports`` takes the same
+sections as ``kmdagster.yaml`` (``s3``, ``warehouse``, ``sources``, ``alerts``:
+docs/reference.md)
 and builds the same assets, checks, sensors, schedules, jobs and resources, with the
 same names.
 
@@ -61,7 +62,10 @@ class KmImports(dg.Component, dg.Model, dg.Resolvable):
     s3: Annotated[dict[str, Any], _schema_of("s3")] = {}
     warehouse: Annotated[dict[str, Any], _schema_of("warehouse")] = {}
     sources: Annotated[list[dict[str, Any]], _schema_of("sources")] = []
+    alerts: Annotated[dict[str, Any] | None, _schema_of("alerts")] = None
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         sections = {"s3": self.s3, "warehouse": self.warehouse, "sources": self.sources}
+        if self.alerts is not None:
+            sections["alerts"] = self.alerts
         return build_definitions(parse_config(sections, origin=str(context.path / "defs.yaml")))

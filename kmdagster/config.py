@@ -239,10 +239,34 @@ class SourceConfig(_Section):
         return value
 
 
+class AlertSettings(_Section):
+    """Where alerts go: a webhook whose URL (a secret) is in an environment variable."""
+
+    webhook_url_env: Text = "KMDAGSTER_ALERT_WEBHOOK"
+    """The environment variable holding the webhook's URL, read by the daemon when it sends."""
+    timeout_seconds: PositiveNumber = 5.0
+    """How long one POST may take before it is tried again at the next tick."""
+    queue_limit: PositiveInt = 100
+    """Alerts kept waiting for the webhook; older ones are dropped, and the next says so."""
+    interval_seconds: PositiveInt = 30
+    """How often the alert sensor delivers what is waiting."""
+
+    @field_validator("webhook_url_env")
+    @classmethod
+    def _a_variable_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError(  # not repeated: a URL given here by mistake is a secret
+                "give the name of the environment variable that holds the webhook's URL, "
+                "not the URL itself (a secret never lives in the configuration file)"
+            )
+        return value
+
+
 class KmConfig(_Section):
     s3: S3Settings = S3Settings()
     warehouse: WarehouseSettings = WarehouseSettings()
     sources: Annotated[tuple[SourceConfig, ...], Field(min_length=1)]
+    alerts: AlertSettings | None = None
 
     @model_validator(mode="after")
     def _lake_reads_s3_as_the_sources_do(self) -> KmConfig:
@@ -344,8 +368,13 @@ def _first_error(exc: ValidationError) -> str:
 
 
 def _model_at(location: tuple[int | str, ...]) -> type[BaseModel]:
+    """The section whose key is unknown at ``location``, for its list of known keys."""
     if not location:
         return KmConfig
-    return {"s3": S3Settings, "warehouse": WarehouseSettings, "sources": SourceConfig}[
-        str(location[0])
-    ]
+    sections: dict[str, type[BaseModel]] = {
+        "s3": S3Settings,
+        "warehouse": WarehouseSettings,
+        "sources": SourceConfig,
+        "alerts": AlertSettings,
+    }
+    return sections[str(location[0])]

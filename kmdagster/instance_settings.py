@@ -33,6 +33,9 @@ INSTANCE_SETTINGS: dict[str, Any] = {
         "max_resume_run_attempts": 0,
         "poll_interval_seconds": 30,
     },
+    # Sensors evaluated in threads: an alert sensor waiting on a slow webhook, or one
+    # source's slow bucket listing, holds up no other source's sensor.
+    "sensors": {"use_threads": True, "num_workers": 4},
 }
 
 HEADER = """\

@@ -14,6 +14,7 @@ from pydantic_core import PydanticUndefined
 
 from kmdagster import IMPORT_ENVIRONMENT
 from kmdagster.config import (
+    AlertSettings,
     ConfigError,
     S3Settings,
     SourceConfig,
@@ -81,6 +82,16 @@ def test_errors_name_the_field(document: dict[str, Any], field: str) -> None:
     assert f"kmdagster.yaml: {field}" in str(error.value)
 
 
+def test_a_webhook_url_given_as_the_variable_is_refused_without_being_repeated() -> None:
+    url = "https://hooks.slack.com/services/T0/B0/s3cr3t"
+    document = {"sources": [source()], "alerts": {"webhook_url_env": url}}
+    with pytest.raises(ConfigError) as error:
+        parse_config(document, origin="kmdagster.yaml")
+    said = str(error.value)
+    assert said.startswith("kmdagster.yaml: alerts.webhook_url_env: give the name")
+    assert "s3cr3t" not in said
+
+
 def test_start_after_leaves_the_keys_at_or_before_it() -> None:
     bounded = SourceConfig.model_validate(source(start_after="accounts.2026-12-01.json"))
     assert not bounded.after_start("accounts.2026-11-30.json")
@@ -118,7 +129,12 @@ def test_readme_configuration_reference_lists_every_setting_with_its_default() -
     readme = (Path(__file__).resolve().parent.parent / "docs" / "reference.md").read_text()
     reference = readme.split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
     documented = dict(re.findall(r"^\| `([\w.\[\]]+)` \| ([^|]+) \|", reference, re.M))
-    sections = {"s3.": S3Settings, "warehouse.": WarehouseSettings, "sources[].": SourceConfig}
+    sections = {
+        "s3.": S3Settings,
+        "warehouse.": WarehouseSettings,
+        "sources[].": SourceConfig,
+        "alerts.": AlertSettings,
+    }
     settings = {
         prefix + name: field.default
         for prefix, model in sections.items()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from dagster import Definitions
 
-from kmdagster.config import KmConfig, SourceConfig, WarehouseSettings
+from kmdagster.config import AlertSettings, KmConfig, SourceConfig, WarehouseSettings
+from kmdagster.defs.alerting import build_alert_sensor
 from kmdagster.defs.assets import build_source_assets
 from kmdagster.defs.backlog import build_backlog_check
 from kmdagster.defs.jobs import build_import_job
@@ -18,8 +21,10 @@ from kmdagster.defs.source_health import report_health
 from kmdagster.defs.specs import SourceSpecs
 
 
-def build_source_definitions(source: SourceConfig, warehouse: WarehouseSettings) -> Definitions:
-    """Partitions, assets, job, sensor and schedule of one source (no resources)."""
+def build_source_definitions(
+    source: SourceConfig, warehouse: WarehouseSettings, alerts: AlertSettings | None = None
+) -> Definitions:
+    """Partitions, assets, job, sensors and schedule of one source (no resources)."""
     specs = SourceSpecs(source, warehouse.backend)
     assets = build_source_assets(specs)
     job = build_import_job(source, assets, warehouse.run_tag)
@@ -37,7 +42,10 @@ def build_source_definitions(source: SourceConfig, warehouse: WarehouseSettings)
             build_quarantine_check(specs),
         ],
         jobs=[job],
-        sensors=[build_file_sensor(specs, report_health)],
+        sensors=[
+            build_file_sensor(specs, partial(report_health, alerting=alerts is not None)),
+            *([build_alert_sensor(source, alerts)] if alerts is not None else []),
+        ],
         schedules=[build_import_schedule(source, job)],
     )
 
@@ -48,7 +56,10 @@ def build_definitions(config: KmConfig) -> Definitions:
         [build_lake_maintenance(config.warehouse)] if config.warehouse.backend == "ducklake" else []
     )
     return Definitions.merge(
-        *(build_source_definitions(source, config.warehouse) for source in config.sources),
+        *(
+            build_source_definitions(source, config.warehouse, config.alerts)
+            for source in config.sources
+        ),
         *lake,
         Definitions(resources=build_resources(config)),
     )

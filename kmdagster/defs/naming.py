@@ -39,6 +39,10 @@ class SourceNames:
         return f"{self.source}_file_sensor"
 
     @property
+    def alert_sensor(self) -> str:
+        return f"{self.source}_alerts"
+
+    @property
     def schedule(self) -> str:
         return f"{self.source}_hourly_import"
 

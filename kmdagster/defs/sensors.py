@@ -16,6 +16,7 @@ from dagster import (
     AddDynamicPartitionsRequest,
     AssetCheckEvaluation,
     AssetMaterialization,
+    AssetObservation,
     DefaultSensorStatus,
     DeleteDynamicPartitionsRequest,
     SensorDefinition,
@@ -61,7 +62,7 @@ class TickReport:
     to keep (the one the tick started from when nothing changed), and what it did, in
     words for the tick's log."""
 
-    events: Sequence[AssetCheckEvaluation | AssetMaterialization] = ()
+    events: Sequence[AssetCheckEvaluation | AssetMaterialization | AssetObservation] = ()
     partitions_to_remove: Sequence[str] = ()
     cursor: str | None = None
     done: Sequence[str] = field(default_factory=list)

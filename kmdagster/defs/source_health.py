@@ -14,17 +14,29 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from typing import Any
 
 from dagster import (
     AssetCheckEvaluation,
     AssetCheckSeverity,
     AssetMaterialization,
+    AssetObservation,
     AssetRecordsFilter,
     DagsterInstance,
     SensorEvaluationContext,
 )
 
+from kmdagster.alerts import (
+    HEALTH_ERROR,
+    Alert,
+    Condition,
+    changed,
+    conditions_from_json,
+    conditions_to_json,
+    file_conditions,
+)
 from kmdagster.config import SourceConfig, WarehouseSettings
+from kmdagster.defs.alerting import alert_observation
 from kmdagster.defs.backlog import backlog_evaluation, outcome_fingerprint, read_backlog_outcome
 from kmdagster.defs.metadata import landed_materialization
 from kmdagster.defs.naming import BACKLOG_CHECK, QUARANTINE_CHECK, SourceNames
@@ -36,7 +48,7 @@ from kmdagster.s3.objects import RootFiles, S3File
 from kmdagster.status import FileState
 from kmdagster.wording import counted
 
-HealthEvent = AssetCheckEvaluation | AssetMaterialization
+HealthEvent = AssetCheckEvaluation | AssetMaterialization | AssetObservation
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,8 @@ class HealthCursor:
     is_new: bool = False  # no cursor yet: report the quarantine check once, green or red
     # Partitions of files archived before this were removed (``partition_pruning``).
     pruned_until: str | None = None
+    # The alert conditions raised and not cleared (None: alerts never evaluated yet).
+    alerts: dict[str, Condition] | None = None
 
     @classmethod
     def parse(cls, cursor: str | None) -> HealthCursor:
@@ -63,12 +77,14 @@ class HealthCursor:
             quarantine=saved.get("quarantine", ""),
             health_error=saved.get("health_error", ""),
             pruned_until=saved.get("pruned_until"),
+            alerts=conditions_from_json(saved["alerts"]) if "alerts" in saved else None,
         )
 
     def serialize(self) -> str:
         saved = {"backlog": self.backlog, "quarantine": self.quarantine}
         pruned = {"pruned_until": self.pruned_until} if self.pruned_until else {}
-        return json.dumps({**saved, "health_error": self.health_error, **pruned})
+        alerts = {} if self.alerts is None else {"alerts": conditions_to_json(self.alerts)}
+        return json.dumps({**saved, "health_error": self.health_error, **pruned, **alerts})
 
 
 def health_events(
@@ -78,10 +94,11 @@ def health_events(
     settings: WarehouseSettings,
     root: RootFiles,
     reported: HealthCursor,
+    alerting: bool = False,
 ) -> tuple[list[HealthEvent], HealthCursor]:
     """The backlog and quarantine checks, each where it changed since ``reported`` (both
-    after an error, which left them red), and the file states at a glance with the
-    backlog."""
+    after an error, which left them red), the file states at a glance with the backlog,
+    and (``alerting``) an alert for each condition raised or cleared since."""
     names = SourceNames.of(source)
     listed = root.files
     outcomes = run_outcomes(instance, source, settings, listed)
@@ -94,6 +111,7 @@ def health_events(
         backlog=outcome_fingerprint(passed, metadata) if ledger_read else reported.backlog,
         quarantine=",".join(sorted(quarantined)),
         pruned_until=reported.pruned_until,
+        alerts=reported.alerts,
     )
     events: list[HealthEvent] = []
     if cursor.backlog != reported.backlog or (recovered and ledger_read):
@@ -110,7 +128,27 @@ def health_events(
     if cursor.quarantine != reported.quarantine or reported.is_new or recovered:
         events.append(quarantine_evaluation(source, quarantined))
     events.extend(resent_materializations(instance, source, listed, status.states))
+    if alerting and ledger_read:  # a partial table would clear conditions by mistake
+        found = file_conditions(source, status.states, passed, backlog_detail(source, metadata))
+        alerts, active = changed(
+            source.name,
+            reported.alerts or {},
+            found,
+            {state.key for state in status.states},
+            datetime.now(timezone.utc).replace(microsecond=0),
+            first=reported.alerts is None,
+        )
+        events.extend(alert_observation(names.file_states, alert) for alert in alerts)
+        cursor = replace(cursor, alerts=active)
     return events, cursor
+
+
+def backlog_detail(source: SourceConfig, metadata: dict[str, Any]) -> str:
+    return (
+        f"{counted(int(metadata['backlog_files']), 'file')} waiting; the oldest, "
+        f"{metadata['oldest_waiting_key']}, for {float(metadata['oldest_waiting_hours']):.1f} h "
+        f"(backlog_warn_hours {source.backlog_warn_hours:g})"
+    )
 
 
 def resent_materializations(
@@ -141,32 +179,46 @@ def resent_materializations(
 
 
 def health_error_events(
-    source: SourceConfig, error: str, reported: HealthCursor
-) -> tuple[list[AssetCheckEvaluation], HealthCursor]:
-    """Both checks failed with ``error``, once per distinct error."""
+    source: SourceConfig, error: str, reported: HealthCursor, alerting: bool = False
+) -> tuple[list[HealthEvent], HealthCursor]:
+    """Both checks failed with ``error``, once per distinct error; with ``alerting``, the
+    ``health_error`` alert once until the health is evaluated again."""
     cursor = replace(reported, health_error=error, is_new=False)
-    if error == reported.health_error:
-        return [], cursor
     names = SourceNames.of(source)
+    raised: list[HealthEvent] = []
+    if alerting:
+        condition = Condition(HEALTH_ERROR, error)
+        active = dict(reported.alerts or {})
+        if condition.key not in active:
+            active[condition.key] = condition
+            at = datetime.now(timezone.utc).replace(microsecond=0)
+            alert = Alert(HEALTH_ERROR, source.name, error, at)
+            raised.append(alert_observation(names.file_states, alert))
+        cursor = replace(cursor, alerts=active)
+    if error == reported.health_error:
+        return raised, cursor
     metadata = {
         "error": error,
         "what_to_do": f"new files of s3://{source.bucket} are still registered; the "
         f"{names.sensor} tick log has the traceback, and the check turns green at "
         "the first tick that evaluates it",
     }
-    events = [
-        AssetCheckEvaluation(
-            asset_key=names.file,
-            check_name=name,
-            passed=False,
-            severity=severity,
-            metadata=metadata,
-            description=f"not evaluated: {error}",
-        )
-        for name, severity in (
-            (BACKLOG_CHECK, AssetCheckSeverity.WARN),
-            (QUARANTINE_CHECK, AssetCheckSeverity.ERROR),
-        )
+    events: list[HealthEvent] = [
+        *raised,
+        *(
+            AssetCheckEvaluation(
+                asset_key=names.file,
+                check_name=name,
+                passed=False,
+                severity=severity,
+                metadata=metadata,
+                description=f"not evaluated: {error}",
+            )
+            for name, severity in (
+                (BACKLOG_CHECK, AssetCheckSeverity.WARN),
+                (QUARANTINE_CHECK, AssetCheckSeverity.ERROR),
+            )
+        ),
     ]
     return events, cursor
 
@@ -201,8 +253,10 @@ def report_health(
     source: SourceConfig,
     settings: WarehouseSettings,
     listing: RootListing,
+    alerting: bool = False,
 ) -> TickReport:
-    """The source's health at this tick, after its files were registered."""
+    """The source's health at this tick, after its files were registered; ``alerting``
+    (an ``alerts`` section is configured) records an alert for each change."""
     reported = HealthCursor.parse(context.cursor)
     try:
         events, cursor = health_events(
@@ -212,11 +266,12 @@ def report_health(
             settings,
             RootFiles(listing.files, listing.before_start),
             reported,
+            alerting,
         )
     except Exception as exc:  # noqa: BLE001  # whatever it is, both checks say so
         error = f"{type(exc).__name__}: {exc}"
         context.log.exception(f"source health of {source.name!r} not evaluated: {error}")
-        events, cursor = health_error_events(source, error, reported)
+        events, cursor = health_error_events(source, error, reported, alerting)
     done = ["reported the file states"] if events else []
     pruned = prune(context, source, settings, listing, reported)
     to_remove = pruned[0] if pruned else []
