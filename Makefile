@@ -63,6 +63,7 @@ bench: install .venv-dlt/bin/python
 	$(BIN)/python -m benchmarks.compressed
 	$(BIN)/python -m benchmarks.partitions
 	$(BIN)/python -m benchmarks.catch_up
+	$(BIN)/python -m benchmarks.many_sources
 
 lint: install
 	$(BIN)/ruff check .

@@ -218,9 +218,9 @@ def row(name: str, result: dict[str, Any]) -> str:
     )
 
 
-def start_bench_s3(work: Path) -> tuple[SeaweedS3, Any]:
-    """A SeaweedFS server in ``work`` with the bench bucket, its admin's credentials in
-    this process's environment (the measuring children inherit them), and a client."""
+def start_bench_s3(work: Path, bucket: str = BUCKET) -> tuple[SeaweedS3, Any]:
+    """A SeaweedFS server in ``work`` with ``bucket``, its admin's credentials in this
+    process's environment (the measuring children inherit them), and a client."""
     admin = Identity(
         "bench",
         "KMBENCH" + secrets.token_hex(6).upper(),
@@ -230,7 +230,7 @@ def start_bench_s3(work: Path) -> tuple[SeaweedS3, Any]:
     server = SeaweedS3(work / "seaweedfs", (admin,)).start()
     os.environ.update(AWS_ACCESS_KEY_ID=admin.access_key, AWS_SECRET_ACCESS_KEY=admin.secret_key)
     client = server.client(admin)
-    client.create_bucket(Bucket=BUCKET)
+    client.create_bucket(Bucket=bucket)
     return server, client
 
 

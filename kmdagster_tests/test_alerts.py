@@ -314,3 +314,27 @@ def test_a_failed_run_and_a_failed_health_evaluation_are_alerted_and_cleared(
     assert failed["text"].startswith("[kmdagster ALERT] accounts: import of accounts.1.json failed")
     for body in webhook.taken:  # the secret URL is in no alert
         assert SECRET_PATH not in json.dumps(body)
+
+
+def test_past_the_queue_limit_the_oldest_alerts_are_dropped_and_the_next_says_so(
+    s3_server: SeaweedS3,
+    s3: Any,
+    bucket: str,
+    warehouse_path: Path,
+    webhook: Webhook,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(WEBHOOK_ENV)  # the webhook is away while three alerts are raised
+    s3.put_object(Bucket=bucket, Key="accounts.1.json", Body=rejecting_file())
+    with instance_for_test() as instance:
+        config = with_alerts(s3_server, bucket, warehouse_path, queue_limit=1)
+        daemon = Daemon(config, instance)
+        daemon.files()
+        daemon.run_schedule()
+        daemon.files()
+        monkeypatch.setenv(WEBHOOK_ENV, webhook.url)
+        said = daemon.alerts().skip_message or ""
+        daemon.alerts()
+    assert "delivered 1 alert" in said
+    assert webhook.events() == [("reject_rate", "accounts.1.json")]
+    assert webhook.taken[0]["dropped_before"] == 2

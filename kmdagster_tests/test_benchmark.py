@@ -84,3 +84,22 @@ def test_the_warehouses_benchmark_sets_the_import_against_duckdbs_reader() -> No
     for stage in ("the split", "insert km_properties", "the commit and the ledger", "reading"):
         assert f"| {stage}" in breakdown, stage
     assert "| **the job, in its process** |" in breakdown
+
+
+def test_the_many_sources_benchmark_runs_the_real_daemon() -> None:
+    """``benchmarks.many_sources`` at three sources: the daemon registers every file and
+    ticks every schedule, and the figures and verdicts are printed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.many_sources", "--sources", "3", "--minutes", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "3 sources: definitions load in" in out
+    assert "registered: 3 of 3 files" in out
+    assert "file sensor rounds: median" in out
+    assert "- every file registered within two sensor intervals: HOLDS" in out
+    assert out.count("HOLDS") + out.count("MISSED") == 2

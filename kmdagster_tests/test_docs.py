@@ -88,10 +88,11 @@ def test_helm_values_carry_the_instance_settings_of_deploy_dagster_yaml() -> Non
         re.sub(r"[A-Z]", lambda m: "_" + m.group().lower(), key): value
         for key, value in monitoring.items()
     } == instance["run_monitoring"]
-    sensors = values["dagsterDaemon"]["sensors"]
-    assert {"use_threads": sensors["useThreads"], "num_workers": sensors["numWorkers"]} == (
-        instance["sensors"]
-    )
+    for kind in ("sensors", "schedules"):
+        pool = values["dagsterDaemon"][kind]
+        assert {"use_threads": pool["useThreads"], "num_workers": pool["numWorkers"]} == (
+            instance[kind]
+        )
     scheme = instance["storage"]["postgres"]["postgres_db"]["scheme"]
     assert values["postgresql"]["postgresqlScheme"] == scheme
     assert values["telemetry"] == instance["telemetry"]
