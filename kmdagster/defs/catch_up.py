@@ -50,7 +50,7 @@ def catch_up(step: RunStep, root_files: list[S3File], seconds_left: Callable[[],
             f"({names_and_more(following.set_aside, 5)})"
         )
     completed: list[str] = []
-    outcome: dict[str, str] = {}
+    cut_on_budget = False  # then the budget stop's own outcome tag says it all
     for key in following.keys:
         left = seconds_left()
         if left <= 0:
@@ -70,15 +70,17 @@ def catch_up(step: RunStep, root_files: list[S3File], seconds_left: Callable[[],
             break
         for _ in file.report(report):
             pass  # a file after the run's own logs its results as events
-        if not report.complete:  # the budget stop's own outcome says it all
+        if not report.complete:
             record_budget_stop(context, source, report.ledger, files_before=len(completed) + 1)
-            outcome = {}
+            cut_on_budget = True
             break
         completed.append(key)
-        # What the runs list shows of the run, as for a budget stop.
-        outcome = {OUTCOME_TAG: f"{counted(len(completed) + 1, 'file')} imported"}
-    if completed:  # and what its archive step takes
-        context.instance.add_run_tags(context.run.run_id, {**outcome, CAUGHT_UP_TAG: completed[-1]})
+    if not completed:
+        return
+    tags = {CAUGHT_UP_TAG: completed[-1]}  # what the run's archive step takes
+    if not cut_on_budget:  # what the runs list shows of the run, as for a budget stop
+        tags[OUTCOME_TAG] = f"{counted(len(completed) + 1, 'file')} imported"
+    context.instance.add_run_tags(context.run.run_id, tags)
 
 
 def archive_caught_up(step: RunStep) -> None:

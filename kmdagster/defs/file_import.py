@@ -42,7 +42,7 @@ class RunStep:
 
     @property
     def own_file(self) -> FileImport:
-        return FileImport(self, self.context.partition_key)
+        return self.file(self.context.partition_key)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,11 @@ from kmdagster.stages import timed
 def import_step(step: RunStep) -> Iterator[FileResult]:
     """The run's own file within the budget, its results, then the files after it while
     the same budget lasts (``max_files_per_run`` over 1)."""
+    with timed("import step"):
+        yield from _import_files(step)
+
+
+def _import_files(step: RunStep) -> Iterator[FileResult]:
     context, source = step.context, step.source
     started = time.monotonic()
     try:
@@ -34,10 +39,9 @@ def import_step(step: RunStep) -> Iterator[FileResult]:
     except S3AccessError as exc:
         raise Failure(description=str(exc)) from exc
     own = step.own_file
-    with timed("import step"):
-        report = own.load()
-        results = list(own.report(report))
-        record_outcome(context, source, report)
+    report = own.load()
+    results = list(own.report(report))
+    record_outcome(context, source, report)
     yield from results
     if report.complete:
         catch_up(step, root_files, lambda: started + source.time_budget_seconds - time.monotonic())
@@ -46,10 +50,10 @@ def import_step(step: RunStep) -> Iterator[FileResult]:
 def archive_step(step: RunStep) -> MaterializeResult:
     """Move the run's own complete file under completed_imports/, then those its import
     step caught up."""
-    try:
-        with timed("archive step"):
+    with timed("archive step"):
+        try:
             metadata = step.own_file.archive()
-    except (NotImported, S3AccessError) as exc:
-        raise Failure(description=str(exc)) from exc
-    archive_caught_up(step)
+        except (NotImported, S3AccessError) as exc:
+            raise Failure(description=str(exc)) from exc
+        archive_caught_up(step)
     return MaterializeResult(metadata=metadata)

@@ -32,7 +32,7 @@ from kmdagster.defs.metadata import landed_materialization
 from kmdagster.defs.partitions import is_valid_partition_key
 from kmdagster.defs.resources import WarehouseResource
 from kmdagster.defs.specs import SourceSpecs
-from kmdagster.s3.objects import S3File, list_root
+from kmdagster.s3.objects import RootFiles, S3File, list_root
 from kmdagster.wording import counted, names_and_more
 
 
@@ -51,9 +51,13 @@ class RootListing:
     registered as partitions before this tick."""
 
     client: object
-    files: list[S3File]  # after the source's ``start_after``
+    root: RootFiles
     registered: set[str]
-    before_start: list[S3File] = field(default_factory=list)
+
+    @property
+    def files(self) -> list[S3File]:
+        """The files after the source's ``start_after``: those it acts on."""
+        return self.root.files
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,7 @@ def build_file_sensor(
             )
         by_key = {f.key: f for f in listed}
         landed = [landed_materialization(names.file, source.bucket, by_key[k]) for k in to_add]
-        listing = RootListing(client, listed, registered, root.before_start)
+        listing = RootListing(client, root, registered)
         try:
             report = after_registration(context, source, km_warehouse.settings, listing)
         except Exception as exc:  # noqa: BLE001  # whatever it is, registration goes on

@@ -264,7 +264,7 @@ def report_health(
             source,
             listing.client,
             settings,
-            RootFiles(listing.files, listing.before_start),
+            listing.root,
             reported,
             alerting,
         )
