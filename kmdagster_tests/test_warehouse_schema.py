@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -418,3 +419,17 @@ def test_a_version_4_lake_gains_its_alias_merges_marked_as_done(
         assert db.rows("SELECT max(version) FROM km_schema") == [(SCHEMA_VERSION,)]
         [(after,)] = db.rows("SELECT count(DISTINCT person_id) FROM km_identity_groups")
     assert after == groups
+
+
+def test_the_checks_read_on_every_core_and_the_writer_returns_to_one(tmp_path: Path) -> None:
+    with DuckDBWarehouse.connect(tmp_path / "w.duckdb") as warehouse:
+        database = warehouse.database
+
+        def threads() -> int:
+            [(count,)] = database.rows("SELECT current_setting('threads')")
+            return int(count)
+
+        assert threads() == 1
+        with database.on_every_core():
+            assert threads() == (os.cpu_count() or 1)
+        assert threads() == 1

@@ -183,10 +183,11 @@ def reported_file(
     materializations (when complete) and its data checks, on what it has committed so far."""
     crash_point("asset.before_progress_event")
     report_progress(context, source, report)
-    with timed("checkpoint"):
-        warehouse.checkpoint()  # the checks read every row of the file
-    with timed("checks and metadata"):
-        results = file_results(warehouse.database, source, report)
+    with warehouse.database.on_every_core():
+        with timed("checkpoint"):
+            warehouse.checkpoint()  # the checks read every row of the file
+        with timed("checks and metadata"):
+            results = file_results(warehouse.database, source, report)
     return [result for result in results if is_selected(context, result)]
 
 

@@ -132,6 +132,11 @@ class Database(Protocol):
         """Write what the database still holds in its log into its files, if it keeps one."""
         ...
 
+    def on_every_core(self) -> AbstractContextManager[None]:
+        """Run the statements inside on every core (an embedded engine kept to one thread
+        while the import's own threads split beside it): for the checks after an import."""
+        ...
+
     def close(self) -> None: ...
 
     # What the dialects spell differently. A key's duplicates are skipped by the key

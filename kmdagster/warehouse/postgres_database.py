@@ -147,6 +147,11 @@ class PostgresDatabase:
     def checkpoint(self) -> None:
         """PostgreSQL writes its log into its files itself."""
 
+    @contextmanager
+    def on_every_core(self) -> Iterator[None]:
+        """PostgreSQL's server plans its own parallelism."""
+        yield
+
     def close(self) -> None:
         self.connection.close()
 
