@@ -14,7 +14,7 @@ from polars.testing import assert_frame_equal
 
 from kmdagster.km_format.columns import constant, every_other_row
 from kmdagster.km_format.key_names import KeyNames
-from kmdagster.km_format.lines import count_lines
+from kmdagster.km_format.lines import DECODE_RUN_BYTES, count_lines
 from kmdagster.km_format.reasons import REJECT_REASONS
 from kmdagster.km_format.split import MAX_RAW_LINE_CHARS, split_km_lines
 
@@ -230,6 +230,22 @@ def test_invalid_utf8_only_rejects_its_own_line() -> None:
     assert set(result.rejects["reason"]) == {"invalid_utf8"}
     assert result.events["line_no"].to_list() == [1, 3, 5]
     assert result.rejects["raw_line"].to_list() == ["\ufffd( bad", "\ufffd"]
+
+
+def test_undecodable_lines_are_found_in_every_run_of_a_large_piece() -> None:
+    # The piece is checked in runs of whole lines: bad bytes in the first, a middle and
+    # the last run, and a valid multi-byte character in every line between.
+    good = '{"_p":"é","_t":1328044149,"_n":"ünïcode"}'.encode()
+    lines = [good] * (3 * DECODE_RUN_BYTES // len(good))
+    bad_at = [2, len(lines) // 2, len(lines) - 1]
+    for at in bad_at:
+        lines[at] = b'{"_p":"1","_t":1328044149,"_n":"\xe9"}'
+    result = split(*lines)
+    assert result.rejects["line_no"].to_list() == [at + 1 for at in bad_at]
+    assert set(result.rejects["reason"]) == {"invalid_utf8"}
+    assert result.events.height == len(lines) - len(bad_at)
+    assert count_lines(b"\n".join(lines)) == len(lines)
+    assert count_lines(b"\n".join(lines) + b"\n") == len(lines)
 
 
 def test_an_undecodable_piece_keeps_its_other_text_exact() -> None:

