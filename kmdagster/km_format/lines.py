@@ -14,7 +14,7 @@ import threading
 import polars as pl
 import pyarrow as pa
 
-from kmdagster.km_format.columns import constant
+from kmdagster.km_format.columns import constant, true_positions
 
 UTF8_BOM = b"\xef\xbb\xbf"
 LINES_SCHEMA = {
@@ -124,7 +124,7 @@ def _line_views(data: bytes, line_type: pa.DataType) -> tuple[pl.Series, pl.Seri
     """
     buffer = pa.py_buffer(data)
     byte_values = _byte_values(buffer, len(data))
-    line_ends = (byte_values == ord("\n")).arg_true().cast(pl.Int64) + 1
+    line_ends = true_positions(byte_values == ord("\n")).cast(pl.Int64) + 1
     if not data.endswith(b"\n"):
         line_ends.append(pl.Series([len(data)], dtype=pl.Int64))
     offsets = pl.concat([pl.Series([0], dtype=pl.Int64), line_ends]).rechunk()

@@ -13,7 +13,7 @@ import json
 
 import polars as pl
 
-from kmdagster.km_format.columns import constant, every_other_row
+from kmdagster.km_format.columns import constant, every_other_row, true_positions
 
 # Value kinds, as small codes: they are compared once per pair.
 KIND_STRING, KIND_NUMBER, KIND_BOOLEAN, KIND_NULL = 0, 1, 2, 3
@@ -133,7 +133,7 @@ def decode_string_contents(
     bad = constant(False, len(contents), pl.Boolean)
     if not may_escape.any():
         return contents, bad
-    candidates = may_escape.arg_true()
+    candidates = true_positions(may_escape)
     escaped = candidates.filter(contents.gather(candidates).str.contains("\\", literal=True))
     if not len(escaped):
         return contents, bad

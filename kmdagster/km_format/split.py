@@ -16,7 +16,7 @@ from functools import cache, lru_cache
 
 import polars as pl
 
-from kmdagster.km_format.columns import constant
+from kmdagster.km_format.columns import constant, true_positions
 from kmdagster.km_format.key_names import KeyNames
 from kmdagster.km_format.lines import decode_lines
 from kmdagster.km_format.octal_escapes import OCTAL_ESCAPE_RE, repair_octal_escapes
@@ -308,7 +308,7 @@ def _value_numbers(values: pl.Series, kinds: pl.Series) -> pl.Series:
     for anything else and for numbers out of double range (their text is kept)."""
     numbers = values.str.strip_chars().cast(pl.Float64, strict=False)
     # The cast takes more than JSON's grammar ("inf", "+1", ".5"): check the strings it took.
-    strings_taken = ((kinds == KIND_STRING) & numbers.is_not_null()).arg_true()
+    strings_taken = true_positions((kinds == KIND_STRING) & numbers.is_not_null())
     if len(strings_taken):
         not_json = ~values.gather(strings_taken).str.contains(_PADDED_NUMBER_RE)
         numbers = numbers.scatter(strings_taken.filter(not_json), None)
