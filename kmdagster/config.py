@@ -186,6 +186,8 @@ class SourceConfig(_Section):
     """The backlog check warns when the oldest file waiting at the root is older."""
     max_files_per_run: Annotated[int, Field(strict=True, ge=1, le=MAX_FILES_PER_RUN)] = 1
     """Files one run imports in key order within its budget; over 1 lets a source catch up."""
+    backfill_files_per_run: Annotated[int, Field(strict=True, ge=1, le=MAX_FILES_PER_RUN)] = 500
+    """Partitions one run of a Dagster backfill takes, in key order (its backfill policy)."""
     quarantine_after_failed_runs: PositiveInt = 3
     """A file whose runs failed this many times in a row is set aside (quarantined)."""
     run_grace_seconds: PositiveInt = 900

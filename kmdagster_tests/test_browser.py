@@ -186,7 +186,7 @@ def test_an_analyst_sees_file_states_row_counts_and_checks(
 
         # The data checks of the rejects table, evaluated by the import runs.
         page.goto(f"{url}/assets/accounts/km_rejects?view=checks")
-        for check in ("rows_match_ledger", "no_duplicate_lines", "lines_accounted_for"):
+        for check in ("rows_match_ledger", "lines_accounted_for"):
             expect(page.get_by_text(check, exact=True).first).to_be_visible()
         expect(page.get_by_text("reject_rate", exact=True).first).to_be_visible()
         expect(page.get_by_text("Passed").first).to_be_visible()

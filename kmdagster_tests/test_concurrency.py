@@ -21,6 +21,7 @@ from kmdagster.warehouse.warehouse import DuckDBWarehouse, LedgerConflict, Wareh
 from kmdagster_dev.instance_yaml import deploy_instance_settings
 from kmdagster_dev.km_files import km_file
 from kmdagster_dev.seaweed import SeaweedS3
+from kmdagster_tests.dead_runs import DEAD_RUN_MAX_RUNTIME, fail_dead_runs, make_dagster_home
 from kmdagster_tests.helpers import ACCOUNTS, make_config, plain_piece_end, write_config
 from kmdagster_tests.run_import_job import spawn_import_job
 from kmdagster_tests.ticks import run_partition
@@ -50,17 +51,17 @@ def test_instance_settings_printed_for_any_project_are_deploy_dagster_yamls() ->
     assert printed == INSTANCE_SETTINGS
 
 
-def test_a_run_launched_beside_a_dead_one_resumes_and_loads_every_line_once(
+def test_a_run_launched_beside_a_dead_one_is_refused_then_resumes_from_the_ledger(
     tmp_path: Path, s3_server: SeaweedS3, s3: Any, bucket: str
 ) -> None:
-    """Around the queue, a second run of the source while a dead one still says STARTED:
-    the ledger, not the run's status, decides where it starts."""
+    """Around the queue, a second run of the source while a dead one still says STARTED is
+    refused, naming the run; once run monitoring has failed the dead one, the ledger, not
+    any run's status, decides where the next starts."""
     data = km_file(seed=9, repeats=40)
     s3.put_object(Bucket=bucket, Key=KEY, Body=data.data)
     warehouse_path = tmp_path / "warehouse.duckdb"
     config = make_config(s3_server, bucket, warehouse_path, chunk_bytes=1024)
-    home = tmp_path / "dagster_home"
-    home.mkdir()
+    home = make_dagster_home(tmp_path)
     env = {
         **os.environ,
         "KMDAGSTER_CONFIG": str(write_config(tmp_path / "kmdagster.yaml", config)),
@@ -69,12 +70,19 @@ def test_a_run_launched_beside_a_dead_one_resumes_and_loads_every_line_once(
     }
     with DagsterInstance.from_config(str(home)) as instance:
         instance.add_dynamic_partitions(ACCOUNTS.partitions, [KEY])
-        job = spawn_import_job(KEY, 900, env, tmp_path / "job.stderr")
+        job = spawn_import_job(KEY, DEAD_RUN_MAX_RUNTIME, env, tmp_path / "job.stderr")
         assert job.wait(timeout=180) == -signal.SIGKILL
-        assert instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
+        [dead] = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
         with duckdb.connect(str(warehouse_path), read_only=True) as con:
             (dead_run_lines,) = con.execute("SELECT lines_read FROM km_import_files").fetchone()  # type: ignore[misc]
 
+        refused = run_partition(config, instance, KEY)
+        assert not refused.success
+        [failure] = [e for e in refused.all_events if e.is_step_failure]
+        message = failure.step_failure_data.error.message  # type: ignore[union-attr]
+        assert f"run {dead.run_id} of source 'accounts' is STARTED" in message
+        assert "run monitoring fails it" in message
+        assert fail_dead_runs(instance) == 1
         second = run_partition(config, instance, KEY)
 
     assert second.success

@@ -14,12 +14,14 @@ With ``max_files_per_run`` over 1 both steps go on to the next pending files aft
 run's own (``catch_up``), each reported on its own partition.
 """
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
     AssetSpec,
+    BackfillPolicy,
     MaterializeResult,
     multi_asset,
 )
@@ -48,8 +50,13 @@ def build_import_asset(specs: SourceSpecs) -> AssetsDefinition:
         check_specs=specs.data_checks,
         partitions_def=specs.partitions,
         description="Reads the file in line-aligned chunks and loads it, within the budget.",
-        # A file always loads into all four tables in one transaction per chunk: no subset.
-        can_subset=False,
+        # A file always loads into all four tables in one transaction per chunk; a run that
+        # selected fewer reports only those (a later run of the others loads nothing and
+        # says so). Subsettable so that a backfill's run, whose files each report on their
+        # own partition, yields no check result standing for its whole range.
+        can_subset=True,
+        # A backfill takes its partitions in ranges, each one run importing them in key order.
+        backfill_policy=BackfillPolicy.multi_run(specs.source.backfill_files_per_run),
     )
     def import_tables(
         context: AssetExecutionContext, km_s3: S3Resource, km_warehouse: WarehouseResource
@@ -64,12 +71,18 @@ def build_archive_asset(specs: SourceSpecs) -> AssetsDefinition:
     """``<source>/archived_file``: the complete file moved under completed_imports/."""
     source = specs.source
 
-    @multi_asset(name=specs.archive.key.to_python_identifier(), specs=[specs.archive])
+    @multi_asset(
+        name=specs.archive.key.to_python_identifier(),
+        specs=[specs.archive],
+        backfill_policy=BackfillPolicy.multi_run(specs.source.backfill_files_per_run),
+    )
     def archived_file(
         context: AssetExecutionContext, km_s3: S3Resource, km_warehouse: WarehouseResource
-    ) -> MaterializeResult:
+    ) -> Iterator[MaterializeResult]:
         with km_warehouse.connect() as warehouse:
-            return archive_step(RunStep(context, km_s3.get_client(), warehouse, source))
+            result = archive_step(RunStep(context, km_s3.get_client(), warehouse, source))
+        if result is not None:
+            yield result
 
     return archived_file
 

@@ -14,6 +14,7 @@ own, whose failure is reported, and counted toward its quarantine, as usual.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from dagster import Failure
 
@@ -49,38 +50,69 @@ def catch_up(step: RunStep, root_files: list[S3File], seconds_left: Callable[[],
             f"passed over {counted(len(following.set_aside), 'quarantined file')} "
             f"({names_and_more(following.set_aside, 5)})"
         )
-    completed: list[str] = []
-    cut_on_budget = False  # then the budget stop's own outcome tag says it all
-    for key in following.keys:
-        left = seconds_left()
-        if left <= 0:
-            context.log.info(
-                f"time budget used after {counted(len(completed) + 1, 'file')}; "
-                f"s3://{source.bucket}/{key} and the files after it wait for the next tick"
-            )
-            break
-        file = step.file(key)
-        try:
-            report = file.load(left)
-        except Failure as failure:
-            context.log.warning(
-                f"stopped catching up at s3://{source.bucket}/{key}: {failure.description} "
-                "The next tick imports it in a run of its own."
-            )
-            break
-        for _ in file.report(report):
-            pass  # a file after the run's own logs its results as events
-        if not report.complete:
-            record_budget_stop(context, source, report.ledger, files_before=len(completed) + 1)
-            cut_on_budget = True
-            break
-        completed.append(key)
+    taken = import_in_order(step, following.keys, seconds_left, files_before=1)
+    completed, cut_on_budget = taken.completed, taken.cut_on_budget
     if not completed:
         return
     tags = {CAUGHT_UP_TAG: completed[-1]}  # what the run's archive step takes
     if not cut_on_budget:  # what the runs list shows of the run, as for a budget stop
         tags[OUTCOME_TAG] = f"{counted(len(completed) + 1, 'file')} imported"
     context.instance.add_run_tags(context.run.run_id, tags)
+
+
+@dataclass(frozen=True)
+class TakenInOrder:
+    """What ``import_in_order`` did: the keys it completed, in order, and why it stopped
+    before the last key, if it did (``None`` when every key is complete)."""
+
+    completed: list[str]
+    stopped: str | None = None
+    cut_on_budget: bool = False  # a file stopped on the budget: the run's outcome tag says so
+
+
+def import_in_order(
+    step: RunStep,
+    keys: list[str],
+    seconds_left: Callable[[], float | None],
+    files_before: int = 0,
+) -> TakenInOrder:
+    """Import ``keys`` in order, each file reported on its own partition, until one is cut
+    by the budget (``seconds_left``: what is left of the run's, or ``None`` for each
+    file's own) or fails; ``files_before``: files the run completed before these."""
+    context, source = step.context, step.source
+    completed: list[str] = []
+    for key in keys:
+        left = seconds_left()
+        if left is not None and left <= 0:
+            stopped = (
+                f"time budget used after {counted(len(completed) + files_before, 'file')}; "
+                f"s3://{source.bucket}/{key} and the files after it wait for the next tick"
+            )
+            context.log.info(stopped)
+            return TakenInOrder(completed, stopped)
+        file = step.file(key)
+        try:
+            report = file.load(left)
+        except Failure as failure:
+            stopped = (
+                f"stopped at s3://{source.bucket}/{key}: {failure.description} "
+                "The next tick imports it in a run of its own."
+            )
+            context.log.warning(stopped)
+            return TakenInOrder(completed, stopped)
+        for _ in file.report(report):
+            pass  # a file not the run's own logs its results as events
+        if not report.complete:
+            record_budget_stop(
+                context, source, report.ledger, files_before=len(completed) + files_before
+            )
+            stopped = (
+                f"s3://{source.bucket}/{key} stopped on its time budget at "
+                f"{report.ledger.percent_done:g}%; the next tick resumes it"
+            )
+            return TakenInOrder(completed, stopped, cut_on_budget=True)
+        completed.append(key)
+    return TakenInOrder(completed)
 
 
 def archive_caught_up(step: RunStep) -> None:

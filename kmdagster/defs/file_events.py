@@ -91,7 +91,7 @@ def import_partition_file(
         # The same bytes fail the same way at every retry: set aside at once (the tag is
         # what the quarantine rule reads), so later files go first from the next tick. A
         # catch-up's follow-on file is tagged by its own run, at the next tick.
-        if key == context.partition_key:
+        if not context.has_partition_key_range and key == context.partition_key:
             context.instance.add_run_tags(
                 context.run.run_id,
                 {UNREADABLE_TAG: "true", OUTCOME_TAG: "failed: file unreadable, set aside"},
@@ -155,10 +155,11 @@ def record_budget_stop(
 
 
 def report_progress(
-    context: AssetExecutionContext, source: SourceConfig, report: ImportReport
+    context: AssetExecutionContext, source: SourceConfig, report: ImportReport, observe: bool
 ) -> None:
-    """Log the run's progress on the file's partition of the file asset, or say the file
-    was complete before the run."""
+    """Log the run's progress on the file's partition of the file asset (when ``observe``),
+    or say the file was complete before the run."""
+    crash_point("asset.before_progress_event")
     if report.already_imported:
         context.log.info(already_imported_message(source, report.ledger))
         return
@@ -167,6 +168,8 @@ def report_progress(
             f"recorded resume offset {report.resume_hint} disagreed with the ledger's "
             f"{report.start_offset} for {report.ledger.file_key}; resumed from the ledger"
         )
+    if not observe:
+        return
     context.log_event(
         AssetObservation(
             asset_key=SourceNames.of(source).file,
@@ -179,10 +182,8 @@ def report_progress(
 def reported_file(
     context: AssetExecutionContext, warehouse: Warehouse, source: SourceConfig, report: ImportReport
 ) -> list[FileResult]:
-    """Log the file's progress; return what the run selected of its results: the tables'
-    materializations (when complete) and its data checks, on what it has committed so far."""
-    crash_point("asset.before_progress_event")
-    report_progress(context, source, report)
+    """What the run selected of the file's results: the tables' materializations (when
+    complete) and its data checks, on what it has committed so far."""
     with warehouse.database.on_every_core():
         with timed("checkpoint"):
             warehouse.checkpoint()  # the checks read every row of the file

@@ -21,6 +21,7 @@ from kmdagster.defs.file_events import (
     as_partition_event,
     import_partition_file,
     report_archive,
+    report_progress,
     reported_file,
 )
 from kmdagster.defs.naming import SourceNames
@@ -41,8 +42,22 @@ class RunStep:
         return FileImport(self, key)
 
     @property
+    def own_key(self) -> str | None:
+        """The run's one partition; None in a run of a range of partitions (a backfill's),
+        whose every file is reported on its own partition."""
+        if self.context.has_partition_key_range:
+            return None
+        return self.context.partition_key
+
+    @property
+    def range_keys(self) -> list[str]:
+        """The partitions of a backfill run's range, in key (import) order."""
+        return sorted(self.context.partition_keys)
+
+    @property
     def own_file(self) -> FileImport:
-        return self.file(self.context.partition_key)
+        assert self.own_key is not None, "a run of a range has no file of its own"
+        return self.file(self.own_key)
 
 
 @dataclass(frozen=True)
@@ -54,7 +69,7 @@ class FileImport:
 
     @property
     def is_the_runs_own(self) -> bool:
-        return self.key == self.step.context.partition_key
+        return self.key == self.step.own_key
 
     def load(self, budget_seconds: float | None = None) -> ImportReport:
         """Import from the committed offset until done or out of budget (the source's, or
@@ -68,6 +83,10 @@ class FileImport:
         """Log the progress; the run's own file yields its results to the step, a file
         taken after it logs them as events on its own partition."""
         step = self.step
+        # A file a run completes after its own is observed once, when archived: its
+        # progress observation would say what that one says (Dagster stores each event).
+        observe = self.is_the_runs_own or not report.complete
+        report_progress(step.context, step.source, report, observe)
         results = reported_file(step.context, step.warehouse, step.source, report)
         if self.is_the_runs_own:
             yield from results

@@ -36,6 +36,10 @@ ACTIVE_RUN_STATUSES = [
 ]
 
 
+# Runs whose process is importing (or was, until run monitoring says it died).
+RUNNING_STATUSES = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
+
+
 def max_runtime_seconds(source: SourceConfig) -> int:
     return int(source.time_budget_seconds) + source.run_grace_seconds
 
