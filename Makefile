@@ -51,7 +51,7 @@ screenshots: install  # docs/screenshots/ from the browser test (needs the syste
 # The dlt comparison runs in its own environment: dlt pins its own botocore.
 .venv-dlt/bin/python:
 	$(PYTHON) -m venv .venv-dlt
-	.venv-dlt/bin/python -m pip install --quiet 'dlt[duckdb,s3]>=1.20,<2'
+	.venv-dlt/bin/python -m pip install --quiet 'dlt[duckdb,s3,parquet]>=1.20,<2'
 
 # The soak test: minutes of a busy bucket under dagster dev (SOAK_MINUTES, default 10).
 soak: install

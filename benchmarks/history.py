@@ -42,7 +42,7 @@ from typing import Any
 from benchmarks.lake import BUCKET, start_bench_s3
 from kmdagster import IMPORT_ENVIRONMENT
 from kmdagster_dev.km_files import generate_lines
-from kmdagster_dev.postgres import PostgresServer
+from kmdagster_dev.postgres import USER, PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
 DLT_PYTHON = ROOT / ".venv-dlt" / "bin" / "python"
@@ -248,7 +248,7 @@ def measure_dlt(args: argparse.Namespace) -> dict[str, Any] | None:
             BUCKET,
             "accounts.*.json",
             str(Path(args.work) / "dlt.duckdb"),
-            "readers",
+            "lenient",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -272,7 +272,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any] | None:
     return measure_duckdb_read_json(args)
 
 
-def spawn(way: str, args: argparse.Namespace, work: Path, endpoint: str) -> dict[str, Any] | None:
+def spawn(
+    way: str,
+    args: argparse.Namespace,
+    work: Path,
+    endpoint: str,
+    postgres: PostgresServer | None,
+) -> dict[str, Any] | None:
     command = [
         sys.executable,
         "-m",
@@ -290,11 +296,17 @@ def spawn(way: str, args: argparse.Namespace, work: Path, endpoint: str) -> dict
     ]
     if args.profile and way in KM_WAYS:
         command += ["--profile", f"{args.profile}.{way}"]
-    if args.postgres_url:
-        command += ["--postgres-url", args.postgres_url]
-    done = subprocess.run(
-        command, cwd=ROOT, env={**IMPORT_ENVIRONMENT, **os.environ}, capture_output=True, text=True
-    )
+    env = {**IMPORT_ENVIRONMENT, **os.environ}
+    if postgres is not None and way in KM_WAYS:
+        command += ["--postgres-url", "yes"]
+        env.update(
+            DAGSTER_PG_HOST="127.0.0.1",
+            DAGSTER_PG_PORT=str(postgres.port),
+            DAGSTER_PG_DB=postgres.create_database(f"dagster_{way}").rsplit("/", 1)[1],
+            DAGSTER_PG_USERNAME=USER,
+            DAGSTER_PG_PASSWORD=postgres.password,
+        )
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{way} failed:\n{done.stderr[-6000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -329,8 +341,7 @@ def main() -> int:
             lines, size = upload_history(client, args.files, args.lines)
             if args.instance == "postgres" and way in KM_WAYS:
                 postgres = PostgresServer(run_work / "postgres", secrets.token_hex(12)).start()
-                args.postgres_url = postgres.create_database("dagster")
-            results[way] = spawn(way, args, run_work, server.endpoint_url)
+            results[way] = spawn(way, args, run_work, server.endpoint_url, postgres)
             print(f"{way}: {json.dumps(results[way])}", flush=True)
         finally:
             server.stop()

@@ -27,7 +27,10 @@ from botocore.exceptions import BotoCoreError, NoCredentialsError
 from dagster import DagsterInstance
 
 from kmdagster.config import CONFIG_ENV_VAR, ConfigError, KmConfig, SourceConfig, load_config
+from kmdagster.dagster_internals import add_asset_backfill
+from kmdagster.defs.factory import build_definitions
 from kmdagster.defs.naming import SourceNames
+from kmdagster.defs.pending import next_files
 from kmdagster.defs.resources import WarehouseResource, build_s3_resource
 from kmdagster.defs.run_history import (
     RunProgress,
@@ -36,6 +39,7 @@ from kmdagster.defs.run_history import (
     quarantined_files,
     run_outcomes,
 )
+from kmdagster.defs.runs import import_run_tags
 from kmdagster.defs.setup_assets import record_confirmed_setup
 from kmdagster.dg_project import find_dg_project
 from kmdagster.instance_settings import instance_settings_yaml
@@ -46,13 +50,15 @@ from kmdagster.s3.permissions import PermissionResult, check_permissions, iam_po
 from kmdagster.status import (
     backlog,
     backlog_eta,
+    import_now_advice,
     read_source_status,
     set_aside,
 )
 from kmdagster.warehouse.duckdb_database import import_export
 from kmdagster.warehouse.ducklake_database import attach_statements
-from kmdagster.warehouse.schema import SCHEMA_VERSION, WarehouseSchemaError
+from kmdagster.warehouse.schema import ROW_TABLES, SCHEMA_VERSION, WarehouseSchemaError
 from kmdagster.warehouse.warehouse import Warehouse, WarehouseUnavailable
+from kmdagster.wording import counted, names_and_more
 
 DEFINITIONS_MODULE = "kmdagster.definitions"
 
@@ -204,6 +210,7 @@ def status(config: KmConfig, source: SourceConfig, as_json: bool, wait: float) -
             "set_aside": [state.key for state in set_aside(states)],
             "backlog_bytes": sum(state.bytes_left for state in waiting),
             "backlog_done_by": eta.isoformat() if eta else None,
+            "import_now": import_now_advice(source, len(waiting)),
             "ledger_note": found.ledger_note,
             "start_after": source.start_after,
             "before_start_after": found.before_start,
@@ -233,6 +240,47 @@ def retry(config: KmConfig, source: SourceConfig, key: str) -> None:
         f"{found.last_error or 'see run ' + found.last_run_id}) is first in line again and "
         "resumes from its committed offset at the next tick"
     )
+
+
+@source_command("import every waiting file now, through Dagster's backfill (the daemon runs it)")
+def backfill(config: KmConfig, source: SourceConfig) -> None:
+    _require_dagster_home("the backfill is recorded in the Dagster instance its daemon reads")
+    client = s3_client(config)
+    files = list_root(client, source).files
+    progress = RunProgress.at_root_now(client, source, config.warehouse)
+    names = SourceNames.of(source)
+    with DagsterInstance.get() as instance:
+        registered = set(instance.get_dynamic_partitions(names.partitions))
+        found = next_files(instance, source, files, registered, progress, limit=len(files))
+        if not found.keys:
+            raise CommandFailed(
+                f"nothing waits at the root of s3://{source.bucket}: no registered "
+                f"{FilePattern.of_source(source).describe()} file to import "
+                f"(`kmdagster status {source.name}` lists every file)"
+            )
+        defs = build_definitions(config)
+        backfill_id = add_asset_backfill(
+            instance,
+            defs.resolve_asset_graph(),
+            [*(names.table(table) for table in ROW_TABLES), names.archive],
+            found.keys,
+            # As the job's runs: the run queue's limits, and run monitoring's first limit.
+            tags=import_run_tags(source, config.warehouse.run_tag),
+            title=f"{source.name}: {counted(len(found.keys), 'waiting file')}",
+        )
+    per_run = source.backfill_files_per_run
+    click.echo(
+        f"backfill {backfill_id}: {counted(len(found.keys), 'file')} of {source.name} "
+        f"({names_and_more(found.keys, 3)}) in {counted(-(-len(found.keys) // per_run), 'run')} "
+        f"of up to {per_run:,}, each in key order; the Dagster daemon launches them (Runs > "
+        "Backfills in the UI), one at a time beside the schedule, which waits while one imports"
+    )
+    if found.set_aside:
+        click.echo(
+            f"left out: {counted(len(found.set_aside), 'quarantined file')} "
+            f"({names_and_more(found.set_aside, 5)}); `kmdagster retry {source.name} KEY` "
+            "lifts one"
+        )
 
 
 def _require_dagster_home(why: str) -> None:
@@ -283,6 +331,10 @@ def confirm(config: KmConfig, source: SourceConfig, workspace: str | None) -> No
     click.echo(
         f"confirmed: {source.name} registers new files and imports one per tick ({source.cron})"
     )
+    # Files at the root now wait for the ticks: say how to take them at once.
+    advice = import_now_advice(source, len(list_root(s3_client(config), source).files))
+    if advice:
+        click.echo(advice[0].upper() + advice[1:] + " (once the sensor has registered them)")
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from kmdagster.file_state import AT_A_GLANCE, DONE, RESUMABLE, RETIRED, WITH_ERR
 from kmdagster.preview import FilePreview
 from kmdagster.s3.objects import compression_of
 from kmdagster.s3.permissions import PermissionResult
-from kmdagster.status import FileState, is_set_aside, set_aside
+from kmdagster.status import FileState, import_now_advice, is_set_aside, set_aside
 from kmdagster.wording import counted
 
 
@@ -174,6 +174,9 @@ def status_markdown(
         file_states_markdown(states),
         f"Backlog: {counted(backlog, 'file')}; {when}.",
     ]
+    advice = import_now_advice(config, backlog)
+    if advice:
+        parts.append(advice[0].upper() + advice[1:] + ".")
     if aside:
         parts.append(
             f"Set aside: {counted(len(aside), 'file')} quarantined, not imported until "

@@ -18,6 +18,7 @@ from kmdagster.file_state import BACKLOG, RETIRED, State
 from kmdagster.quarantine import Quarantine
 from kmdagster.s3.objects import RootFiles, S3File, compression_of, list_root
 from kmdagster.warehouse.warehouse import LedgerRow, Warehouse, WarehouseUnavailable
+from kmdagster.wording import counted
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,21 @@ def oldest_waiting(states: list[FileState]) -> FileState | None:
     """The backlog file written longest ago (None when nothing waits)."""
     dated = [(s.waiting_since, s) for s in backlog(states) if s.waiting_since is not None]
     return min(dated, key=lambda pair: pair[0])[1] if dated else None
+
+
+def import_now_advice(source: SourceConfig, waiting: int) -> str | None:
+    """How to import ``waiting`` files now rather than tick by tick; None when the next
+    tick takes them all anyway."""
+    if waiting <= source.max_files_per_run:
+        return None
+    per_run = source.backfill_files_per_run
+    runs = -(-waiting // per_run)
+    return (
+        f"to import the {waiting:,} waiting files now, not {source.max_files_per_run:,} a "
+        f"tick: `kmdagster backfill {source.name}` (Dagster's backfill, "
+        f"{counted(runs, 'run')} of up to {per_run:,} files in key order), or raise "
+        "max_files_per_run so that each tick takes more"
+    )
 
 
 def backlog_eta(cron: str, backlog_files: int, now: datetime) -> datetime | None:

@@ -13,10 +13,11 @@ from typing import Any
 import pytest
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
-from kmdagster.config import WarehouseSettings
+from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.defs.factory import build_definitions
-from kmdagster.defs.runs import OUTCOME_TAG, SOURCE_TAG
+from kmdagster.defs.runs import MAX_RUNTIME_TAG, OUTCOME_TAG, SOURCE_TAG, WAREHOUSE_TAG
 from kmdagster.faults import CRASH_ENV
+from kmdagster.status import import_now_advice
 from kmdagster.warehouse.schema import ROW_TABLES
 from kmdagster_dev.km_files import km_file
 from kmdagster_dev.seaweed import SeaweedS3
@@ -30,6 +31,7 @@ from kmdagster_tests.test_catch_up import (
     passed_check_partitions,
     put_files,
 )
+from kmdagster_tests.test_setup import run_cli
 from kmdagster_tests.ticks import report_sensor_tick
 
 
@@ -76,8 +78,11 @@ def test_a_backfill_run_imports_its_range_in_key_order_each_file_on_its_partitio
     assert sorted(run.tags[OUTCOME_TAG] for run in runs) == ["4 files of 4 imported"] + [
         "8 files of 8 imported"
     ]
-    # Launched without the job's tags, each run said which source it imports.
+    # Launched without the job's tags, each run said which source it imports, and kept a
+    # max runtime ahead of it (run monitoring fails the run if its process dies).
     assert {run.tags[SOURCE_TAG] for run in runs} == {"accounts"}
+    allowance = 300 + 900  # the default budget and run_grace_seconds
+    assert all(int(run.tags[MAX_RUNTIME_TAG]) >= 2 * allowance for run in runs)
 
 
 def test_a_backfill_run_cut_by_a_files_budget_archives_the_rest_and_fails_naming_them(
@@ -146,7 +151,9 @@ def test_a_backfill_run_killed_midway_is_finished_by_its_retry_every_line_once(
     files = {f"accounts.{i:03d}.json": km_file(seed=i, repeats=1) for i in range(40)}
     put_files(s3, bucket, files)
     warehouse = WarehouseSettings(duckdb_path=str(tmp_path / "warehouse.duckdb"))
-    config = make_config(s3_server, bucket, warehouse)
+    # A run's allowance of two seconds a file: run monitoring fails the killed run soon
+    # after its last file (each file, one chunk, completes whatever its budget).
+    config = make_config(s3_server, bucket, warehouse, time_budget_seconds=1, run_grace_seconds=1)
     home = make_dagster_home(tmp_path)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     defs = build_definitions(config)
@@ -181,3 +188,69 @@ def test_a_backfill_run_killed_midway_is_finished_by_its_retry_every_line_once(
     assert statuses == [("archived", 40, 40)]
     assert_every_line_once(warehouse, files)
     assert archived_keys(s3, bucket)[0] == []
+
+
+def test_kmdagster_backfill_records_a_backfill_of_the_waiting_files_and_says_when_none_wait(
+    tmp_path: Path,
+    s3_server: SeaweedS3,
+    s3: Any,
+    bucket: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    files = {f"accounts.{i}.json": km_file(seed=i, repeats=1) for i in range(5)}
+    put_files(s3, bucket, files)
+    warehouse = WarehouseSettings(duckdb_path=str(tmp_path / "warehouse.duckdb"))
+    config = make_config(s3_server, bucket, warehouse, backfill_files_per_run=2)
+    monkeypatch.setenv("KMDAGSTER_CONFIG", str(write_config(tmp_path / "kmdagster.yaml", config)))
+    home = make_dagster_home(tmp_path)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    defs = build_definitions(config)
+    keys = sorted(files)
+    with DagsterInstance.from_config(str(home)) as instance:
+        report_sensor_tick(defs, instance)
+        assert run_range(defs, instance, keys[:1]).success  # one file archived already
+        # Asked how to import the rest now, status names the command.
+        code, out, _ = run_cli(capsys, "status", "accounts")
+        assert code == 0
+        assert "`kmdagster backfill accounts` (Dagster's backfill, 2 runs of up to 2 files" in out
+        code, out, _ = run_cli(capsys, "backfill", "accounts")
+        assert code == 0
+        [backfill] = instance.get_backfills()
+        assert out.startswith(f"backfill {backfill.backfill_id}: 4 files of accounts")
+        assert "in 2 runs of up to 2" in out
+        target = backfill.asset_backfill_data.target_subset  # type: ignore[union-attr]
+        wanted = {*(ACCOUNTS.table(table) for table in ROW_TABLES), ACCOUNTS.archive}
+        assert target.asset_keys == wanted
+        for key in wanted:
+            assert set(target.get_partitions_subset(key).get_partition_keys()) == set(keys[1:])
+        assert backfill.tags[SOURCE_TAG] == "accounts"
+        assert backfill.tags[WAREHOUSE_TAG] == "duckdb"  # the run queue's one-writer limit
+
+        for key in keys[1:]:
+            s3.delete_object(Bucket=bucket, Key=key)
+        code, _, err = run_cli(capsys, "backfill", "accounts")
+        assert code != 0
+        assert "nothing waits at the root of s3://" in err
+
+
+@pytest.mark.parametrize(
+    ("waiting", "per_tick", "advice"),
+    [
+        (1, 1, None),
+        (50, 50, None),  # the next tick takes them all
+        (2, 1, "to import the 2 waiting files now, not 1 a tick: `kmdagster backfill accounts` "
+         "(Dagster's backfill, 1 run of up to 500 files in key order), or raise "
+         "max_files_per_run so that each tick takes more"),
+        (1001, 50, "to import the 1,001 waiting files now, not 50 a tick: `kmdagster backfill "
+         "accounts` (Dagster's backfill, 3 runs of up to 500 files"),
+    ],
+)  # fmt: skip
+def test_where_files_wait_the_advice_names_the_backfill_and_the_catch_up_setting(
+    waiting: int, per_tick: int, advice: str | None
+) -> None:
+    source = SourceConfig(
+        name="accounts", bucket="b", base_filename="accounts.json", max_files_per_run=per_tick
+    )
+    found = import_now_advice(source, waiting)
+    assert found == advice if advice is None else (found or "").startswith(advice)

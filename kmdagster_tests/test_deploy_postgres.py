@@ -8,7 +8,9 @@ SIGKILL. Run monitoring fails the dead run once it is past its budget plus
 run_grace_seconds, and a later tick resumes the file with every line loaded once.
 On the lake, the orders run is held after its first commit (a hold point) until the
 accounts run that resumes has started: their run records show the two sources' runs
-overlapping, which is what the lake is for.
+overlapping, which is what the lake is for. Orders' waiting files are then imported by
+`kmdagster backfill orders`, which the daemon runs beside the schedule, never at once
+with an import the schedule launched.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from dagster import (
     DagsterRunStatus,
     RunsFilter,
 )
+from dagster._core.storage.tags import BACKFILL_ID_TAG
 
 from kmdagster.config import KmConfig, S3Settings, SourceConfig, WarehouseSettings
-from kmdagster.defs.runs import SOURCE_TAG, WAREHOUSE_TAG
+from kmdagster.defs.runs import ACTIVE_RUN_STATUSES, SOURCE_TAG, WAREHOUSE_TAG
 from kmdagster.faults import HOLD_ENV
 from kmdagster.s3.objects import ARCHIVE_PREFIX
 from kmdagster_dev.instance_yaml import deploy_instance_settings, write_instance_yaml
@@ -48,6 +51,7 @@ T = TypeVar("T")
 # accounts: a large file, its run killed mid-import; orders: a file imported meanwhile.
 BIG_KEY = "accounts.20261130.json"
 ORDER_KEY = "orders.1.json"
+ORDER_BACKLOG = [f"orders.2.{i}.json" for i in range(6)]  # imported by a backfill
 FINISH_SECONDS = 420
 RELEASE = "release-orders"  # created once an orders run and an accounts run both run
 # run_grace_seconds by source, held or not. Unheld, the killed run (started a few seconds
@@ -174,8 +178,11 @@ def test_daemon_on_postgres_imports_two_sources_and_recovers_a_killed_run(
     warehouse = config.warehouse
     big = km_file(seed=1, repeats=80_000)  # 39 MB, 640,000 lines: about 38 chunks
     order_file = km_file(seed=2, repeats=500)
+    backlog_file = km_file(seed=3, repeats=2)
     s3.put_object(Bucket=accounts.bucket, Key=BIG_KEY, Body=big.data)
     s3.put_object(Bucket=orders.bucket, Key=ORDER_KEY, Body=order_file.data)
+    for key in ORDER_BACKLOG:
+        s3.put_object(Bucket=orders.bucket, Key=key, Body=backlog_file.data)
 
     (port,) = free_ports(1)
     workspace = tmp_path / "workspace.yaml"
@@ -215,6 +222,12 @@ def test_daemon_on_postgres_imports_two_sources_and_recovers_a_killed_run(
             code_server = start_code_server(port, env, tmp_path / "code-server-2.log")
             # The second source starts while the first resumes: neither waits for the other.
             confirm(orders, workspace, env)
+            wait_for(
+                "orders' files registered",
+                lambda: len(instance.get_dynamic_partitions("orders_files")) == 7,
+                timeout=60,
+            )
+            backfill_orders(env)
             if HOLD_ENV in env:  # both sources' runs at once, then orders is released
                 wait_for_runs_side_by_side(instance, killed.run_id)
                 (tmp_path / RELEASE).touch()
@@ -223,7 +236,7 @@ def test_daemon_on_postgres_imports_two_sources_and_recovers_a_killed_run(
                 "every file archived",
                 lambda: all(
                     ledger(warehouse).get(key, ("",))[0] == "archived"
-                    for key in (BIG_KEY, ORDER_KEY)
+                    for key in (BIG_KEY, ORDER_KEY, *ORDER_BACKLOG)
                 ),
                 timeout=FINISH_SECONDS,
                 every=1.0,
@@ -244,7 +257,17 @@ def test_daemon_on_postgres_imports_two_sources_and_recovers_a_killed_run(
             records = wait_for(
                 "an accounts run successful", accounts_runs_once_one_succeeded, timeout=60
             )
-            order_runs = instance.get_run_records(RunsFilter(tags={SOURCE_TAG: "orders"}))
+            order_runs = wait_for(
+                "every orders run ended",
+                lambda: (
+                    None
+                    if instance.get_runs(
+                        RunsFilter(tags={SOURCE_TAG: "orders"}, statuses=ACTIVE_RUN_STATUSES)
+                    )
+                    else instance.get_run_records(RunsFilter(tags={SOURCE_TAG: "orders"}))
+                ),
+                timeout=120,
+            )
     finally:
         if daemon is not None:
             stop_process_group(daemon)
@@ -266,6 +289,16 @@ def test_daemon_on_postgres_imports_two_sources_and_recovers_a_killed_run(
     assert ledger(warehouse)[BIG_KEY][2] >= 2  # the killed run and the one that resumed
     assert_file_loaded_once(warehouse, BIG_KEY, big)
     assert_file_loaded_once(warehouse, ORDER_KEY, order_file)
+    for key in ORDER_BACKLOG:
+        assert_file_loaded_once(warehouse, key, backlog_file)
+    # The backfill's runs took orders' waiting files; no two orders runs overlapped.
+    backfilled = [r for r in order_runs if BACKFILL_ID_TAG in r.dagster_run.tags]
+    assert any(r.dagster_run.status == DagsterRunStatus.SUCCESS for r in backfilled), [
+        (r.dagster_run.tags, r.dagster_run.status) for r in order_runs
+    ]
+    spans = sorted((r.start_time, r.end_time) for r in order_runs if r.start_time)
+    overlaps = [(a, b) for a, b in zip(spans, spans[1:], strict=False) if b[0] < a[1]]  # type: ignore[operator]
+    assert overlaps == [], spans
     for source, key in ((accounts, BIG_KEY), (orders, ORDER_KEY)):
         listed = [item["Key"] for item in s3.list_objects_v2(Bucket=source.bucket)["Contents"]]
         assert [k for k in listed if not k.startswith(ARCHIVE_PREFIX)] == []
@@ -286,6 +319,14 @@ def wait_for_runs_side_by_side(instance: DagsterInstance, killed_run_id: str) ->
         timeout=300,
         every=0.1,
     )
+
+
+def backfill_orders(env: dict[str, str]) -> None:
+    """`kmdagster backfill orders`: a Dagster backfill of orders' waiting files."""
+    done = subprocess.run(
+        [str(BIN / "kmdagster"), "backfill", "orders"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0 and done.stdout.startswith("backfill "), done.stdout + done.stderr
 
 
 def confirm(source: SourceConfig, workspace: Path, env: dict[str, str]) -> None:

@@ -340,6 +340,7 @@ def test_confirm_switches_the_sensor_and_schedule_on(
 
     assert code == 0, err
     assert "confirmed" in out and "## Preview of" in out and "| pass" in out
+    assert "kmdagster backfill" not in out  # one file: the next tick takes it
     with DagsterInstance.get() as instance:
         running = {
             state.instigator_name
@@ -358,6 +359,13 @@ def test_confirm_switches_the_sensor_and_schedule_on(
     assert preview.asset_materialization.metadata["valid_lines"].value == 50
     [execution] = check.values()
     assert execution.status.value == "SUCCEEDED"
+
+    # Files waiting for the ticks: confirm says how to import them now.
+    for hour in range(3):
+        s3.put_object(Bucket=bucket, Key=f"accounts.{hour}.json", Body=km_file(seed=1).data)
+    code, out, err = run_cli(capsys, "confirm", "accounts")
+    assert code == 0, err
+    assert "To import the 4 waiting files now, not 1 a tick: `kmdagster backfill accounts`" in out
 
 
 def test_preview_asset_and_permission_check_in_dagster(

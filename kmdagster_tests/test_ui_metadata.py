@@ -247,6 +247,10 @@ def test_sensor_reports_landed_files_and_the_backlog_in_import_order(
     assert sorted(str(e.partition) for e in landed) == sorted(keys)
     [glance] = [e for e in materialized if e.asset_key.path[-1] == "file_states"]
     assert glance.metadata["pending_files"].value == len(keys)
+    # More wait than a tick takes: the glance says how to import them now.
+    assert str(glance.metadata["import_now"].value).startswith(
+        "to import the 3 waiting files now, not 1 a tick: `kmdagster backfill accounts`"
+    )
     assert {e.asset_key.path[-1] for e in landed} == {"s3_file"}
     checks = {e.check_name: e for e in result.asset_events if isinstance(e, AssetCheckEvaluation)}
     backlog = checks["backlog"]

@@ -14,6 +14,7 @@ failed until the schedule's next tick resumes the file (or they are backfilled a
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 from dagster import AssetExecutionContext, Failure, RunsFilter
@@ -23,7 +24,13 @@ from kmdagster.config import SourceConfig
 from kmdagster.defs.catch_up import import_in_order
 from kmdagster.defs.file_events import FileResult
 from kmdagster.defs.file_import import RunStep
-from kmdagster.defs.runs import OUTCOME_TAG, RUNNING_STATUSES, SOURCE_TAG
+from kmdagster.defs.runs import (
+    MAX_RUNTIME_TAG,
+    OUTCOME_TAG,
+    RUNNING_STATUSES,
+    SOURCE_TAG,
+    max_runtime_seconds,
+)
 from kmdagster.s3.objects import S3AccessError
 from kmdagster.wording import counted, names_and_more
 
@@ -56,12 +63,35 @@ def claim_source(context: AssetExecutionContext, source: SourceConfig) -> None:
     )
 
 
+class RuntimeLease:
+    """A backfill's run takes many files, each with the source's budget, so it outlives the
+    ``dagster/max_runtime`` of a run of one file; before each file the run moves that tag
+    ahead of it, so run monitoring still fails a run whose process died, within about two
+    files' allowance (budget plus ``run_grace_seconds``) of its last file."""
+
+    def __init__(self, context: AssetExecutionContext, source: SourceConfig) -> None:
+        self.context = context
+        self.allowance = max_runtime_seconds(source)
+        record = context.instance.get_run_record_by_id(context.run.run_id)
+        self.started = (record.start_time if record else None) or time.time()
+        self.until = int(context.run.tags.get(MAX_RUNTIME_TAG, 0) or 0)
+
+    def budget_for_next(self) -> None:
+        """Renew the lease for one more file; each file keeps its own budget (None)."""
+        needed = time.time() - self.started + self.allowance
+        if needed > self.until:
+            self.until = int(needed) + self.allowance
+            self.context.instance.add_run_tags(
+                self.context.run.run_id, {MAX_RUNTIME_TAG: str(self.until)}
+            )
+
+
 def backfill_range(step: RunStep) -> Iterator[FileResult]:
     """Import the files of the run's range in key order, then archive the complete ones,
     each reported on its own partition: the step yields no result, which would stand for
     the whole range, so the archive step after it is skipped and this one archives."""
     context, keys = step.context, step.range_keys
-    taken = import_in_order(step, keys, lambda: None)
+    taken = import_in_order(step, keys, RuntimeLease(context, step.source).budget_for_next)
     if not taken.cut_on_budget:  # a budget stop tagged the run's outcome itself
         context.instance.add_run_tags(
             context.run.run_id,

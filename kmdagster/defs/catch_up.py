@@ -73,16 +73,17 @@ class TakenInOrder:
 def import_in_order(
     step: RunStep,
     keys: list[str],
-    seconds_left: Callable[[], float | None],
+    budget_for_next: Callable[[], float | None],
     files_before: int = 0,
 ) -> TakenInOrder:
     """Import ``keys`` in order, each file reported on its own partition, until one is cut
-    by the budget (``seconds_left``: what is left of the run's, or ``None`` for each
-    file's own) or fails; ``files_before``: files the run completed before these."""
+    by the budget or fails. ``budget_for_next``, asked before each file: what is left of
+    the run's budget, or ``None`` for the file's own; ``files_before``: files the run
+    completed before these."""
     context, source = step.context, step.source
     completed: list[str] = []
     for key in keys:
-        left = seconds_left()
+        left = budget_for_next()
         if left is not None and left <= 0:
             stopped = (
                 f"time budget used after {counted(len(completed) + files_before, 'file')}; "

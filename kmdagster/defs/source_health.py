@@ -45,7 +45,7 @@ from kmdagster.defs.run_history import quarantine_evaluation, run_outcomes
 from kmdagster.defs.sensors import RootListing, TickReport
 from kmdagster.markdown import file_states_at_a_glance
 from kmdagster.s3.objects import RootFiles, S3File
-from kmdagster.status import FileState
+from kmdagster.status import FileState, backlog, import_now_advice
 from kmdagster.wording import counted
 
 HealthEvent = AssetCheckEvaluation | AssetMaterialization | AssetObservation
@@ -122,7 +122,8 @@ def health_events(
                 description=f"every {source.name} file's state, as the file sensor saw it",
                 metadata=file_states_at_a_glance(
                     status.states, status.left_out, status.before_start
-                ),
+                )
+                | with_advice(source, status.states),
             )
         )
     if cursor.quarantine != reported.quarantine or reported.is_new or recovered:
@@ -141,6 +142,12 @@ def health_events(
         events.extend(alert_observation(names.file_states, alert) for alert in alerts)
         cursor = replace(cursor, alerts=active)
     return events, cursor
+
+
+def with_advice(source: SourceConfig, states: list[FileState]) -> dict[str, str]:
+    """``import_now``: how to import the waiting files now, while more wait than a tick takes."""
+    advice = import_now_advice(source, len(backlog(states)))
+    return {"import_now": advice} if advice else {}
 
 
 def backlog_detail(source: SourceConfig, metadata: dict[str, Any]) -> str:
