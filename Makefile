@@ -62,7 +62,8 @@ bench: install .venv-dlt/bin/python
 	$(BIN)/python -m benchmarks.lake --docs
 	$(BIN)/python -m benchmarks.compressed
 	$(BIN)/python -m benchmarks.partitions
-	$(BIN)/python -m benchmarks.catch_up
+	$(BIN)/python -m benchmarks.history
+	$(BIN)/python -m benchmarks.history --instance postgres --files 200 --ways catch_up,backfill
 	$(BIN)/python -m benchmarks.many_sources
 
 lint: install

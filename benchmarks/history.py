@@ -4,6 +4,7 @@ filesystem source and DuckDB's own reader over the same files.
 
     python -m benchmarks.history                         # 2,000 files of 500 lines
     python -m benchmarks.history --files 200 --ways catch_up --profile history.prof
+    python -m benchmarks.history --instance postgres --files 200 --ways catch_up,backfill
 
 The files wait at the root of a SeaweedFS bucket; every way loads them into a fresh
 DuckDB file in a process of its own. kmdagster's ways start from a fresh Dagster
@@ -112,6 +113,7 @@ def measure_kmdagster(args: argparse.Namespace) -> dict[str, Any]:
         for request in result.dynamic_partitions_requests or []:  # type: ignore[union-attr]
             instance.add_dynamic_partitions(names.partitions, list(request.partition_keys or []))
         registered = time.perf_counter() - started
+        stored_before = instance_bytes(home)
         if profile:
             profile.enable()
         if args.way == "catch_up":
@@ -139,6 +141,7 @@ def measure_kmdagster(args: argparse.Namespace) -> dict[str, Any]:
         cpu = cpu_seconds() - cpu_started
         archived = len(instance.get_materialized_partitions(names.archive))
         events, event_bytes = event_log_size(instance)
+    stored = instance_bytes(home) - stored_before
     check_every_line_once(config.warehouse, args.files, args.lines)
     return {
         "seconds": seconds,
@@ -148,6 +151,7 @@ def measure_kmdagster(args: argparse.Namespace) -> dict[str, Any]:
         "files": archived,
         "events": events,
         "event_bytes": event_bytes,
+        "stored_bytes": stored,
     }
 
 
@@ -182,6 +186,24 @@ def run_backfill(instance: Any, defs: Any, names: Any) -> int:
         assert done.success
         runs += 1
     return runs
+
+
+def instance_bytes(home: Path) -> int:
+    """What the Dagster instance stores: its database's size on PostgreSQL, else the
+    SQLite files under DAGSTER_HOME (the runs, one event log per run, the asset index)."""
+    if os.environ.get("DAGSTER_PG_DB"):
+        import psycopg
+
+        with psycopg.connect(
+            host=os.environ["DAGSTER_PG_HOST"],
+            port=os.environ["DAGSTER_PG_PORT"],
+            dbname=os.environ["DAGSTER_PG_DB"],
+            user=os.environ["DAGSTER_PG_USERNAME"],
+            password=os.environ["DAGSTER_PG_PASSWORD"],
+        ) as con:
+            [(size,)] = con.execute("SELECT pg_database_size(current_database())").fetchall()
+            return int(size)
+    return sum(path.stat().st_size for path in home.rglob("*") if path.is_file())
 
 
 def event_log_size(instance: Any) -> tuple[int, int]:
@@ -347,29 +369,34 @@ def main() -> int:
             server.stop()
             if postgres is not None:
                 postgres.stop()
-    print(f"\n{args.files:,} files of {args.lines} lines ({lines:,} lines, {size / 1e6:,.0f} MB):")
+    print(
+        f"\n{args.files:,} files of {args.lines} lines ({lines:,} lines, {size / 1e6:,.0f} MB), "
+        f"a DuckDB warehouse; kmdagster's Dagster instance on {args.instance}:"
+    )
     print(report(results, args.files))
     return 0
 
 
 def report(results: dict[str, Any], files: int) -> str:
     rows = [
-        "| way | wall s | CPU s | runs | ms a file | events a file | event-log KB a file |",
-        "|---|---|---|---|---|---|---|",
+        "| way | wall s | CPU s | runs | ms a file | events a file | events' KB a file "
+        "| instance growth, KB a file |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for way, found in results.items():
         if found is None:
-            rows.append(f"| {way} | skipped: no .venv-dlt (`make bench` makes it) |||||")
+            rows.append(f"| {way} | skipped: no .venv-dlt (`make bench` makes it) ||||||")
             continue
         per_file = found["seconds"] / files * 1000
         events = found.get("events")
         rows.append(
             f"| {way} | {found['seconds']:.1f} | {found['cpu_seconds']:.1f} | "
             f"{found.get('runs', '')} | {per_file:.0f} | "
-            f"{events / files:.1f} | {found['event_bytes'] / files / 1024:.1f} |"
+            f"{events / files:.1f} | {found['event_bytes'] / files / 1024:.1f} | "
+            f"{found['stored_bytes'] / files / 1024:.0f} |"
             if events is not None
             else f"| {way} | {found['seconds']:.1f} | {found['cpu_seconds']:.1f} | | "
-            f"{per_file:.0f} | | |"
+            f"{per_file:.0f} | | | |"
         )
     return "\n".join(rows)
 

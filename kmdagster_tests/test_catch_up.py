@@ -40,9 +40,9 @@ from kmdagster_tests.ticks import report_sensor_tick, run_tick
 
 FIRST_TICK = datetime(2026, 12, 1, tzinfo=timezone.utc)
 # Two runs of fifty after the killed one (the first takes up again the files it
-# committed): a file costs a run about 0.3 s, most of it the events Dagster stores for it,
-# so 1,000 files (benchmarks/catch_up.py, which checks every line once too) would take
-# this suite five minutes.
+# committed): a file costs a run about a quarter of a second, half of it the events
+# Dagster stores for it, so the history of benchmarks/history.py (2,000 files, every line
+# checked once too) would take this suite over eight minutes.
 BACKLOG = 100
 
 
