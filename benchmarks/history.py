@@ -41,12 +41,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.lake import BUCKET, start_bench_s3
+from benchmarks.run import DLT_PYTHON, run_dlt_loader
 from kmdagster import IMPORT_ENVIRONMENT
 from kmdagster_dev.km_files import generate_lines
 from kmdagster_dev.postgres import USER, PostgresServer
 
 ROOT = Path(__file__).resolve().parent.parent
-DLT_PYTHON = ROOT / ".venv-dlt" / "bin" / "python"
 KM_WAYS = ("catch_up", "backfill")
 WAYS = (*KM_WAYS, "dlt", "duckdb_read_json")
 MAX_FILES_PER_RUN = 1000  # the catch-up setting a user writes for a history
@@ -262,23 +262,8 @@ def measure_dlt(args: argparse.Namespace) -> dict[str, Any] | None:
     if not DLT_PYTHON.exists():
         return None
     started, cpu_started = time.perf_counter(), cpu_seconds()
-    done = subprocess.run(
-        [
-            str(DLT_PYTHON),
-            "benchmarks/dlt_loader.py",
-            args.endpoint,
-            BUCKET,
-            "accounts.*.json",
-            str(Path(args.work) / "dlt.duckdb"),
-            "lenient",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"dlt loader failed:\n{done.stderr[-4000:]}")
-    found = json.loads(done.stdout.strip().splitlines()[-1])
+    target = Path(args.work) / "dlt.duckdb"
+    found = run_dlt_loader(args.endpoint, "accounts.*.json", target, "lenient")
     return {
         **found,
         "seconds": time.perf_counter() - started,

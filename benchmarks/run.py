@@ -153,22 +153,27 @@ def dlt_runs(
         client.upload_file(str(workdir / key), BUCKET, key)
         target = workdir / f"dlt-{len(kept)}.duckdb"
         target.unlink(missing_ok=True)
-        done = subprocess.run(
-            [str(DLT_PYTHON), "benchmarks/dlt_loader.py", server.endpoint_url, BUCKET, key]
-            + [str(target), mode],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"dlt loader failed:\n{done.stderr[-4000:]}")
-        result = json.loads(done.stdout.strip().splitlines()[-1])
+        result = run_dlt_loader(server.endpoint_url, key, target, mode)
         found.append({**result, "name": name, "lines": len(kept)})
         target.unlink(missing_ok=True)
     config, _ = bench_config(server, workdir, key, DEFAULT_CHUNK_BYTES)  # the last: all JSON
     ours = child(["store", key, "compact"], {"KMDAGSTER_CONFIG": str(config)})
     found.append({**ours, "name": "kmdagster import alone, same JSON lines", "error": None})
     return found
+
+
+def run_dlt_loader(endpoint: str, key: str, target: Path, mode: str) -> dict[str, Any]:
+    """benchmarks/dlt_loader.py in dlt's environment: what it printed (seconds, rows, the
+    error that stopped it)."""
+    done = subprocess.run(
+        [str(DLT_PYTHON), "benchmarks/dlt_loader.py", endpoint, BUCKET, key, str(target), mode],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"dlt loader failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def dlt_report(found: list[dict[str, Any]]) -> str:

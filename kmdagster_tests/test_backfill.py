@@ -19,7 +19,7 @@ from kmdagster.defs.runs import MAX_RUNTIME_TAG, OUTCOME_TAG, SOURCE_TAG, WAREHO
 from kmdagster.faults import CRASH_ENV
 from kmdagster.status import import_now_advice
 from kmdagster.warehouse.schema import ROW_TABLES
-from kmdagster_dev.km_files import km_file
+from kmdagster_dev.km_files import KmFile, km_file
 from kmdagster_dev.seaweed import SeaweedS3
 from kmdagster_tests.dead_runs import DEAD_RUN_MAX_RUNTIME, fail_dead_runs, make_dagster_home
 from kmdagster_tests.helpers import ACCOUNTS, make_config, warehouse_rows, write_config
@@ -43,6 +43,22 @@ def run_range(defs: Any, instance: DagsterInstance, keys: list[str], backfill: s
     )
 
 
+def registered(
+    s3_server: SeaweedS3,
+    s3: Any,
+    bucket: str,
+    instance: DagsterInstance,
+    warehouse: WarehouseSettings,
+    files: dict[str, KmFile],
+    **settings: Any,
+) -> Any:
+    """The source's definitions, its files uploaded and registered by a sensor tick."""
+    put_files(s3, bucket, files)
+    defs = build_definitions(make_config(s3_server, bucket, warehouse, **settings))
+    report_sensor_tick(defs, instance)
+    return defs
+
+
 def test_the_import_asset_takes_a_backfill_in_ranges_of_backfill_files_per_run(
     tmp_path: Path, s3_server: SeaweedS3, bucket: str
 ) -> None:
@@ -57,10 +73,8 @@ def test_a_backfill_run_imports_its_range_in_key_order_each_file_on_its_partitio
     tmp_path: Path, s3_server: SeaweedS3, s3: Any, bucket: str, instance: DagsterInstance
 ) -> None:
     files = {f"accounts.{i:02d}.json": km_file(seed=i, repeats=1) for i in range(12)}
-    put_files(s3, bucket, files)
     warehouse = WarehouseSettings(duckdb_path=str(tmp_path / "warehouse.duckdb"))
-    defs = build_definitions(make_config(s3_server, bucket, warehouse))
-    report_sensor_tick(defs, instance)
+    defs = registered(s3_server, s3, bucket, instance, warehouse, files)
     keys = sorted(files)
     # Dynamic partitions keep the order they were added in: a range spans them in that order.
     first, second = keys[:8], keys[8:]
@@ -91,11 +105,10 @@ def test_a_backfill_run_cut_by_a_files_budget_archives_the_rest_and_fails_naming
     small = km_file(seed=5, repeats=2)
     large = km_file(seed=6, repeats=17_000)  # 10 MB in 1 KB chunks: never inside 3 seconds
     files = {"accounts.1.json": small, "accounts.2.json": large, "accounts.3.json": small}
-    put_files(s3, bucket, files)
     warehouse = WarehouseSettings(duckdb_path=str(tmp_path / "warehouse.duckdb"))
-    config = make_config(s3_server, bucket, warehouse, time_budget_seconds=3, chunk_bytes=1024)
-    defs = build_definitions(config)
-    report_sensor_tick(defs, instance)
+    defs = registered(
+        s3_server, s3, bucket, instance, warehouse, files, time_budget_seconds=3, chunk_bytes=1024
+    )
 
     result = run_range(defs, instance, sorted(files))
     assert not result.success
@@ -118,10 +131,8 @@ def test_a_run_of_a_source_launched_second_imports_nothing_and_says_which_run_ho
     tmp_path: Path, s3_server: SeaweedS3, s3: Any, bucket: str, instance: DagsterInstance
 ) -> None:
     files = {f"accounts.{i}.json": km_file(seed=i, repeats=1) for i in range(3)}
-    put_files(s3, bucket, files)
     warehouse = WarehouseSettings(duckdb_path=str(tmp_path / "warehouse.duckdb"))
-    defs = build_definitions(make_config(s3_server, bucket, warehouse))
-    report_sensor_tick(defs, instance)
+    defs = registered(s3_server, s3, bucket, instance, warehouse, files)
     job = defs.resolve_job_def(ACCOUNTS.job)
     # A scheduled run of the source, going (its worker on another machine, say).
     holder = instance.create_run_for_job(job, tags={SOURCE_TAG: "accounts"})
