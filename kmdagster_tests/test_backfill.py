@@ -117,6 +117,7 @@ def test_a_backfill_run_cut_by_a_files_budget_archives_the_rest_and_fails_naming
     assert "2 files of this run's 3 are not fully imported (accounts.2.json, accounts.3.json)" in (
         message
     )
+    assert "accounts.2.json stopped on its time budget at " in message  # why, in words
     assert "takes s3://" in message and "re-run the backfill's failed partitions" in message
     ledger = dict(warehouse_rows(warehouse, "SELECT file_key, status FROM km_import_files"))
     # Key order: the file after the cut one waits for it.

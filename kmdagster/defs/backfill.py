@@ -97,14 +97,14 @@ def backfill_range(step: RunStep) -> Iterator[FileResult]:
             context.run.run_id,
             {OUTCOME_TAG: f"{counted(len(taken.completed), 'file')} of {len(keys):,} imported"},
         )
-    archive_range(step)
+    archive_range(step, taken.stopped)
     yield from ()
 
 
-def archive_range(step: RunStep) -> None:
+def archive_range(step: RunStep, why: str | None = None) -> None:
     """Archive the complete files of the run's range, each on its own partition; fail the
-    run, naming them and what to do, when some are not imported (so the backfill shows them
-    failed rather than done)."""
+    run, naming them, ``why`` the import stopped and what to do, when some are not
+    imported (so the backfill shows them failed rather than done)."""
     source, keys = step.source, step.range_keys
     waiting: list[str] = []
     for key in keys:
@@ -122,7 +122,7 @@ def archive_range(step: RunStep) -> None:
             description=(
                 f"{counted(len(waiting), 'file')} of this run's {len(keys):,} "
                 f"{'is' if len(waiting) == 1 else 'are'} not fully imported "
-                f"({names_and_more(waiting, 3)}): the import step's log says why. The "
+                f"({names_and_more(waiting, 3)}): {why or 'see the import step'}. The "
                 f"schedule's next tick takes s3://{source.bucket}/{waiting[0]} up from its "
                 "committed offset; re-run the backfill's failed partitions to import the "
                 "rest at once"
