@@ -36,7 +36,7 @@ from kmdagster.s3.objects import S3AccessError
 from kmdagster.s3.piece_reader import FileChangedError, UnreadableFileError
 from kmdagster.seams import crash_point
 from kmdagster.stages import timed
-from kmdagster.warehouse.database import Database
+from kmdagster.warehouse.database import Database, disk_full_message
 from kmdagster.warehouse.schema import ROW_TABLES
 from kmdagster.warehouse.warehouse import LedgerConflict, LedgerRow, Warehouse
 from kmdagster.wording import counted
@@ -103,6 +103,11 @@ def import_partition_file(
         ) from exc
     except (S3AccessError, FileChangedError, LedgerConflict) as exc:
         raise Failure(description=str(exc)) from exc
+    except Exception as exc:
+        in_words = disk_full_message(exc)
+        if in_words is None:
+            raise
+        raise Failure(description=f"s3://{source.bucket}/{key}: {in_words}") from exc
 
 
 def already_imported_message(source: SourceConfig, row: LedgerRow) -> str:

@@ -10,6 +10,7 @@ is first in line again and resumes from its committed offset.
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from dagster import (
     AssetCheckEvaluation,
@@ -40,6 +41,9 @@ from kmdagster.s3.objects import S3File, list_root_files
 from kmdagster.status import RunFailure, RunOutcomes
 from kmdagster.warehouse.database import WarehouseSchemaError, WarehouseUnavailable
 from kmdagster.warehouse.warehouse import Warehouse
+
+if TYPE_CHECKING:  # Dagster's error records, as its step failures carry them
+    from dagster_shared.error import SerializableErrorInfo
 
 PARTITION_TAG = "dagster/partition"
 LIFTED_METADATA = "quarantine_lifted"
@@ -137,6 +141,13 @@ def _lifted_at(
     return None
 
 
+def cause_of(error: "SerializableErrorInfo") -> "SerializableErrorInfo":
+    """The error under Dagster's wrappers (``Error occurred while executing op ...:``)."""
+    while error.cause is not None and error.cls_name and error.cls_name.startswith("Dagster"):
+        error = error.cause
+    return error
+
+
 def failure_message(instance: DagsterInstance, run_id: str) -> str:
     """Why the run failed, as its failed step (or the run) said it."""
     for entry in instance.all_logs(run_id, of_type=DagsterEventType.STEP_FAILURE):
@@ -144,7 +155,7 @@ def failure_message(instance: DagsterInstance, run_id: str) -> str:
         if data is not None and data.user_failure_data and data.user_failure_data.description:
             return data.user_failure_data.description
         if data is not None and data.error is not None:
-            return data.error.message.strip()
+            return cause_of(data.error).message.strip()
     for entry in instance.all_logs(run_id, of_type=DagsterEventType.RUN_FAILURE):
         return entry.message or ""
     return ""

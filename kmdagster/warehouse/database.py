@@ -10,6 +10,7 @@ name (``sql_*`` methods, ``next_ids``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
@@ -153,6 +154,36 @@ def sequence_ids(database: Database, sequence: str, count: int) -> list[int]:
     return [int(value) for (value,) in rows]
 
 
+DISK_FULL = "No space left on device"
+
+
+def disk_full_message(error: BaseException) -> str | None:
+    """``error`` in words when the warehouse's disk filled, with what to do (None for
+    any other error)."""
+    text = str(error).strip()
+    if DISK_FULL not in text:
+        return None
+    return (
+        f"the warehouse's disk is full ({text.splitlines()[-1][:300]}): the chunk being "
+        "written was not committed and the file resumes from its committed offset, nothing "
+        "lost; free space on that disk (or move the warehouse) and the next run goes on"
+    )
+
+
+def rollback_after(database: Database, error: BaseException) -> None:
+    """Roll back the open transaction after ``error``. A rollback that fails too (a failed
+    commit has already ended the transaction; the connection is gone) is logged, never
+    raised: ``error`` is what went wrong, and what the run must report."""
+    try:
+        database.rollback()
+    except Exception as exc:  # noqa: BLE001  # whatever it is, the first error stands
+        logging.getLogger("kmdagster").warning(
+            "rollback after %s failed too (%s); the transaction had ended",
+            type(error).__name__,
+            str(exc).strip()[:300],
+        )
+
+
 def transaction(database: Database, work: Callable[[], T]) -> T:
     """``work()`` in a transaction of its own, committed; tried again from the start when
     the commit conflicts with another writer's (only a lake's commits do)."""
@@ -163,8 +194,8 @@ def transaction(database: Database, work: Callable[[], T]) -> T:
             result = work()
             database.commit()
             return result
-        except BaseException:
-            database.rollback()
+        except BaseException as exc:
+            rollback_after(database, exc)
             raise
 
     return retried_on_conflict(attempt, WarehouseConflict)

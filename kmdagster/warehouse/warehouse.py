@@ -29,6 +29,7 @@ from kmdagster.warehouse.database import (
     WarehouseConflict,
     WarehouseUnavailable,
     placeholders,
+    rollback_after,
     sql_list,
     transaction,
 )
@@ -417,9 +418,9 @@ class Warehouse:
                     )
                 committed = self.ledger_row(*file_columns)
                 db.commit()
-        except BaseException:
+        except BaseException as exc:
             self._gathered.clear()
-            db.rollback()
+            rollback_after(db, exc)
             raise
         assert committed is not None
         self._bytes_since_checkpoint += committed.next_offset - row.next_offset
