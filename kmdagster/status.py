@@ -82,6 +82,16 @@ class RunOutcomes:
         return None
 
 
+def is_the_original(written: datetime | None, row: LedgerRow) -> bool:
+    """Whether the object at the root with ``row``'s content is the one ``row`` imported,
+    written before its import completed (its archive has yet to delete it), rather than
+    the same content sent again afterwards. S3 keeps whole seconds: an object written in
+    the second the import completed counts as sent again."""
+    if written is None or row.completed_at is None:
+        return False
+    return written < row.completed_at.replace(microsecond=0)
+
+
 def file_states(
     root_files: list[S3File], ledger: list[LedgerRow], outcomes: RunOutcomes | None = None
 ) -> list[FileState]:
@@ -107,7 +117,7 @@ def file_states(
             state = State.SUPERSEDED if replaced else State.DELETED
         elif state in RETIRED and here:  # the same content sent again
             state = State.IN_PROGRESS if row.next_offset else State.PENDING
-        elif state is State.ARCHIVED and here:
+        elif state is State.ARCHIVED and here and not is_the_original(waiting_since, row):
             state = State.REIMPORTED_IDENTICAL
         if here and not row.is_complete:
             from_runs = outcomes.state_of(row.file_key, waiting_since)

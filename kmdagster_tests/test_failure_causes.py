@@ -1,11 +1,14 @@
-"""A failure is reported by its cause: the first error, never one raised while cleaning up
-after it, nor Dagster's step wrapper alone."""
+"""What the product says is true when something breaks or is under way: a failure is
+reported by its cause (the first error, never one raised while cleaning up after it, nor
+Dagster's step wrapper alone), and a file mid-archive by its own state."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +17,14 @@ from dagster import DagsterInstance
 
 from kmdagster.config import WarehouseSettings
 from kmdagster.defs.run_history import failure_message
+from kmdagster.s3.archive import archive_file
+from kmdagster.s3.objects import S3File, list_root_files
+from kmdagster.status import file_states
 from kmdagster.warehouse.database import disk_full_message, rollback_after
-from kmdagster.warehouse.warehouse import DuckDBWarehouse
+from kmdagster.warehouse.warehouse import DuckDBWarehouse, Warehouse
 from kmdagster_dev.km_files import km_file
 from kmdagster_dev.seaweed import SeaweedS3
-from kmdagster_tests.helpers import ACCOUNTS, make_config
+from kmdagster_tests.helpers import ACCOUNTS, make_config, run_import
 from kmdagster_tests.ticks import run_partition
 
 KEY = "accounts.1.json"
@@ -84,3 +90,50 @@ def test_only_a_full_disk_is_put_in_those_words() -> None:
     assert disk_full_message(ValueError("Conversion Error")) is None
     words = disk_full_message(OSError('Could not write "x.wal": No space left on device'))
     assert words is not None and words.startswith("the warehouse's disk is full (Could not")
+
+
+def test_a_file_archived_for_the_first_time_is_never_shown_as_sent_again(
+    tmp_path: Path, s3_server: SeaweedS3, s3: Any, bucket: str
+) -> None:
+    """States read at each step of the archive (between the ledger's record of the archive
+    key and the original's delete, then after it), and after the same content is sent
+    again."""
+    file = km_file(seed=4, repeats=2)
+    s3.put_object(Bucket=bucket, Key=KEY, Body=file.data)
+    settings = WarehouseSettings(duckdb_path=str(tmp_path / "warehouse.duckdb"))
+    source = make_config(s3_server, bucket, settings).sources[0]
+    seen: list[tuple[str, bool]] = []
+
+    def status_now(warehouse: Warehouse) -> None:
+        ledger = warehouse.ledger_rows("accounts")
+        states = file_states(list_root_files(s3, source), ledger)
+        seen.extend((str(state.state), state.at_bucket_root) for state in states)
+
+    # Imported in a later second than it was written, as files are (S3 keeps whole seconds).
+    written = s3.head_object(Bucket=bucket, Key=KEY)["LastModified"]
+    wait_past(written)
+    with Warehouse.open(settings) as warehouse:
+        report = run_import(s3, warehouse, bucket, KEY, 1024 * 1024)
+        row = report.ledger
+        assert row.completed_at is not None
+
+        def record(archived_key: str) -> None:
+            warehouse.mark_archived(row, archived_key)
+            status_now(warehouse)  # recorded, the original not yet deleted
+
+        imported = S3File(KEY, row.file_etag, row.size_bytes)
+        archive_file(s3, bucket, imported, row.completed_at, record)
+        status_now(warehouse)
+        assert seen == [("archived", True), ("archived", False)]
+
+        wait_past(row.completed_at)  # the same bytes sent again, later
+        s3.put_object(Bucket=bucket, Key=KEY, Body=file.data)
+        seen.clear()
+        status_now(warehouse)
+    assert seen == [("reimported_identical", True)]
+
+
+def wait_past(moment: datetime) -> None:
+    """Until the clock's whole second is past ``moment``'s."""
+    while datetime.now(timezone.utc).replace(microsecond=0) <= moment:
+        time.sleep(0.05)
