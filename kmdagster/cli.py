@@ -200,7 +200,8 @@ def status(config: KmConfig, source: SourceConfig, as_json: bool, wait: float) -
         click.echo(f"note: {found.ledger_note}", err=True)
     states = found.states
     waiting = backlog(states)
-    eta = backlog_eta(source.cron, len(waiting), datetime.now(timezone.utc))
+    speed = found.bytes_per_second
+    eta = backlog_eta(source, waiting, speed, datetime.now(timezone.utc))
     if as_json:
         report = {
             "source": source.name,
@@ -210,6 +211,7 @@ def status(config: KmConfig, source: SourceConfig, as_json: bool, wait: float) -
             "set_aside": [state.key for state in set_aside(states)],
             "backlog_bytes": sum(state.bytes_left for state in waiting),
             "backlog_done_by": eta.isoformat() if eta else None,
+            "bytes_per_second": round(speed) if speed else None,
             "import_now": import_now_advice(source, len(waiting)),
             "ledger_note": found.ledger_note,
             "start_after": source.start_after,
@@ -218,7 +220,9 @@ def status(config: KmConfig, source: SourceConfig, as_json: bool, wait: float) -
         click.echo(json.dumps(report, indent=2))
     else:
         click.echo(
-            status_markdown(source, states, len(waiting), eta, before_start=found.before_start)
+            status_markdown(
+                source, states, len(waiting), eta, speed, before_start=found.before_start
+            )
         )
 
 

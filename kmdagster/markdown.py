@@ -156,17 +156,33 @@ def file_states_markdown(states: list[FileState], limit: int | None = None, unre
     return table
 
 
+def pace(source: SourceConfig, bytes_per_second: float | None) -> str:
+    """How the schedule takes the backlog, as the ETA counts it."""
+    per_tick = source.max_files_per_run
+    files = "one file per tick" if per_tick == 1 else f"up to {per_tick:,} files a tick"
+    if bytes_per_second is None:
+        return f"at {files}"
+    return (
+        f"at {files} within its {source.time_budget_seconds:g} s budget and "
+        f"{bytes_per_second / 1e6:,.1f} MB/s (the source's recent imports)"
+    )
+
+
 def status_markdown(
     config: SourceConfig,
     states: list[FileState],
     backlog: int,
     eta: datetime | None,
+    bytes_per_second: float | None = None,
     before_start: int = 0,
 ) -> str:
     source, bucket = config.name, config.bucket
     aside = set_aside(states)
     if eta is not None:
-        when = f"at one file per tick, the backlog is done by the tick at {eta:%Y-%m-%d %H:%M} UTC"
+        at = f"{eta:%Y-%m-%d %H:%M} UTC"
+        when = f"{pace(config, bytes_per_second)}, the backlog is done by the tick at {at}"
+    elif backlog:
+        when = "not within 100,000 ticks at the source's recent speed"
     else:
         when = "nothing else is waiting" if aside else "nothing is waiting"
     parts = [

@@ -2,7 +2,8 @@
 
 ``file_states`` is pure (S3 listing and ledger rows in, states out, in the order the
 schedule imports them: the backlog first, by key, then the finished files);
-``backlog_eta`` turns the backlog into tick times with the source's cron.
+``backlog_eta`` turns the backlog into tick times with the source's cron, as its runs take
+files (``max_files_per_run``, the time budget, the source's recent speed).
 """
 
 from __future__ import annotations
@@ -218,15 +219,53 @@ def import_now_advice(source: SourceConfig, waiting: int) -> str | None:
     )
 
 
-def backlog_eta(cron: str, backlog_files: int, now: datetime) -> datetime | None:
-    """When the last backlog file's tick comes, at one file per tick (None: no backlog)."""
-    if backlog_files <= 0:
-        return None
-    ticks = cron_ticks_after(cron, now)
-    tick = now
-    for _ in range(backlog_files):
+SPEED_SAMPLE_FILES = 20  # the latest files imported in one run each
+ETA_MAX_TICKS = 100_000
+
+
+def recent_speed(ledger: list[LedgerRow]) -> float | None:
+    """Bytes a second of the source's latest files imported in one run each (from their
+    start to their completion); None before any."""
+    timed = sorted(
+        (
+            (row.completed_at, row.size_bytes, (row.completed_at - row.started_at).total_seconds())
+            for row in ledger
+            if row.import_runs == 1 and row.started_at is not None and row.completed_at
+        ),
+        reverse=True,
+    )[:SPEED_SAMPLE_FILES]
+    seconds = sum(spent for _, _, spent in timed if spent > 0)
+    return sum(size for _, size, spent in timed if spent > 0) / seconds if seconds else None
+
+
+def backlog_eta(
+    source: SourceConfig,
+    waiting: list[FileState],
+    bytes_per_second: float | None,
+    now: datetime,
+) -> datetime | None:
+    """The tick by which the schedule has imported every waiting file, as its runs do:
+    each tick's run takes up to ``max_files_per_run`` files in order within one time
+    budget, a file needing its bytes left at ``bytes_per_second`` (the source's recent
+    speed: ``recent_speed``), and a file the budget cuts resumes at the next tick. With
+    no speed known, each file fits in its tick. None when nothing waits, or past
+    ``ETA_MAX_TICKS`` ticks."""
+    needs = [s.bytes_left / bytes_per_second if bytes_per_second else 0.0 for s in waiting]
+    ticks = cron_ticks_after(source.cron, now)
+    tick, done = now, 0
+    for _ in range(ETA_MAX_TICKS):
+        if done == len(needs):
+            return tick if needs else None
         tick = next(ticks)
-    return tick
+        left, taken = source.time_budget_seconds, 0
+        while done < len(needs) and taken < source.max_files_per_run and left > 0:
+            if needs[done] <= left:
+                left -= needs[done]
+                done, taken = done + 1, taken + 1
+            else:  # stops on the budget at a committed offset; the next tick resumes it
+                needs[done] -= left
+                left = 0
+    return None
 
 
 @dataclass(frozen=True)
@@ -241,6 +280,7 @@ class SourceStatus:
     left_out: Mapping[str, int] = field(default_factory=dict)
     # Files at the root sorting at or before the source's ``start_after``: never imported.
     before_start: int = 0
+    bytes_per_second: float | None = None  # the source's recent import speed
 
 
 def read_source_status(
@@ -278,5 +318,8 @@ def read_source_status(
         return SourceStatus(file_states(root_files, [], outcomes), note, before_start=before_start)
     ledger = [row for row in ledger if row.file_key not in left_alone]
     return SourceStatus(
-        file_states(root_files, ledger, outcomes), left_out=left_out, before_start=before_start
+        file_states(root_files, ledger, outcomes),
+        left_out=left_out,
+        before_start=before_start,
+        bytes_per_second=recent_speed(ledger),
     )

@@ -155,4 +155,6 @@ def test_a_source_with_start_after_imports_only_the_files_after_it(
     found = read_source_status(s3, source, config.warehouse, 5.0)
     assert found.before_start == 2
     assert [state.key for state in found.states] == keys[2:]
-    assert "Before start_after: 2 files" in status_markdown(source, found.states, 0, None, 2)
+    assert "Before start_after: 2 files" in status_markdown(
+        source, found.states, 0, None, before_start=2
+    )
