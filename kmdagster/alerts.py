@@ -25,6 +25,7 @@ FILE_QUARANTINED = "file_quarantined"
 BACKLOG_STALE = "backlog_stale"
 REJECT_RATE = "reject_rate"
 HEALTH_ERROR = "health_error"
+TEST_ALERT = "test_alert"  # sent by `kmdagster test-alert`, never by a condition
 CLEARED = "_cleared"
 _SAID = {
     FILE_FAILED: "import of {file} failed",
@@ -32,6 +33,7 @@ _SAID = {
     BACKLOG_STALE: "the backlog is older than its threshold",
     REJECT_RATE: "{file} rejected more lines than its threshold",
     HEALTH_ERROR: "the source's health could not be evaluated",
+    TEST_ALERT: "a test alert: alerts reach this webhook",
 }
 _CLEARED = {
     FILE_FAILED: "{file} imports again",

@@ -26,6 +26,7 @@ import yaml
 from botocore.exceptions import BotoCoreError, NoCredentialsError
 from dagster import DagsterInstance
 
+from kmdagster.alerts import TEST_ALERT, Alert
 from kmdagster.config import CONFIG_ENV_VAR, ConfigError, KmConfig, SourceConfig, load_config
 from kmdagster.dagster_internals import add_asset_backfill
 from kmdagster.defs.factory import build_definitions
@@ -58,6 +59,7 @@ from kmdagster.warehouse.duckdb_database import import_export
 from kmdagster.warehouse.ducklake_database import attach_statements
 from kmdagster.warehouse.schema import ROW_TABLES, SCHEMA_VERSION, WarehouseSchemaError
 from kmdagster.warehouse.warehouse import Warehouse, WarehouseUnavailable
+from kmdagster.webhook import post_alert, webhook_url
 from kmdagster.wording import counted, names_and_more
 
 DEFINITIONS_MODULE = "kmdagster.definitions"
@@ -361,6 +363,33 @@ def dagster_target(workspace: str | None) -> Iterator[list[str]]:
 @cli.command(help="print the Dagster instance settings kmdagster relies on (for dagster.yaml)")
 def instance_settings() -> None:
     click.echo(instance_settings_yaml(), nl=False)
+
+
+@cli.command(help="send a test alert to the configured webhook, to see alerts arrive")
+def test_alert() -> None:
+    config = given_config()
+    settings = config.alerts
+    if settings is None:
+        raise CommandFailed(
+            "the configuration has no alerts section: add one with the variable that holds "
+            "the webhook's URL (docs/reference.md#alerts)"
+        )
+    url = webhook_url(settings.webhook_url_env)
+    if url is None:
+        raise CommandFailed(
+            f"${settings.webhook_url_env} is not set here: set it to the webhook's URL, here "
+            "and in the daemon's environment, which sends the alerts"
+        )
+    alert = Alert(
+        event=TEST_ALERT,
+        source=", ".join(source.name for source in config.sources),
+        detail="sent by `kmdagster test-alert`",
+        at=datetime.now(timezone.utc).replace(microsecond=0),
+    )
+    problem = post_alert(url, alert.payload(), settings.timeout_seconds)
+    if problem is not None:
+        raise CommandFailed(f"not sent to ${settings.webhook_url_env}'s webhook: {problem}")
+    click.echo(f"sent: the webhook in ${settings.webhook_url_env} took a test alert ({alert.id})")
 
 
 @source_command("print the least-privilege IAM policy for the source's bucket")

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from dagster import (
     DagsterInstance,
     DeleteDynamicPartitionsRequest,
@@ -29,6 +30,7 @@ from kmdagster_dev.km_files import km_file
 from kmdagster_dev.seaweed import SeaweedS3
 from kmdagster_tests.dead_runs import make_dagster_home
 from kmdagster_tests.helpers import ACCOUNTS, make_config
+from kmdagster_tests.test_setup import run_cli
 from kmdagster_tests.ticks import evaluate_schedule
 
 WEBHOOK_ENV = "KMDAGSTER_TEST_WEBHOOK"
@@ -338,3 +340,31 @@ def test_past_the_queue_limit_the_oldest_alerts_are_dropped_and_the_next_says_so
     assert "delivered 1 alert" in said
     assert webhook.events() == [("reject_rate", "accounts.1.json")]
     assert webhook.taken[0]["dropped_before"] == 2
+
+
+def test_kmdagster_test_alert_posts_one_alert_and_says_why_not_when_it_cannot(
+    tmp_path: Path, webhook: Webhook, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = {"name": "accounts", "bucket": "b", "base_filename": "accounts.json"}
+    path = tmp_path / "kmdagster.yaml"
+    path.write_text(yaml.safe_dump({"sources": [source]}))
+    code, _, err = run_cli(capsys, "--config", str(path), "test-alert")
+    assert code != 0 and "has no alerts section" in err
+
+    path.write_text(
+        yaml.safe_dump({"alerts": {"webhook_url_env": WEBHOOK_ENV}, "sources": [source]})
+    )
+    code, out, err = run_cli(capsys, "--config", str(path), "test-alert")
+    assert code == 0, err
+    [body] = webhook.taken
+    assert body["event"] == "test_alert" and body["source"] == "accounts"
+    assert body["text"] == (
+        "[kmdagster ALERT] accounts: a test alert: alerts reach this webhook: "
+        "sent by `kmdagster test-alert`"
+    )
+    assert out.startswith(f"sent: the webhook in ${WEBHOOK_ENV} took a test alert ({body['id']})")
+
+    webhook.answers = [500]
+    code, out, err = run_cli(capsys, "--config", str(path), "test-alert")
+    assert code != 0 and "not sent" in err and "HTTP 500" in err
+    assert SECRET_PATH not in out + err  # the URL is a secret
