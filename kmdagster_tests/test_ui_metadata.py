@@ -262,6 +262,12 @@ def test_sensor_reports_landed_files_and_the_backlog_in_import_order(
     order = [table.index(key) for key in sorted(keys)]  # the schedule's order
     assert positions == sorted(positions) and order == sorted(order)
     assert backlog.metadata["backlog_files"].value == 3
+    # When the schedule is done with them (one a tick, hourly) and how to import them now.
+    done_by = backlog.metadata["backlog_done_by"].value
+    assert isinstance(done_by, float)
+    ticks_left = datetime.fromtimestamp(done_by, timezone.utc) - datetime.now(timezone.utc)
+    assert timedelta(hours=2, minutes=-1) < ticks_left <= timedelta(hours=3)
+    assert str(backlog.metadata["import_now"].value).startswith("to import the 3 waiting files")
 
     # Once the oldest file has waited past the threshold (0.001 h), the check warns, and
     # its fingerprint differs from the one the cursor holds, so the next tick reports it.

@@ -34,6 +34,8 @@ from kmdagster.status import (
     RunOutcomes,
     SourceStatus,
     backlog,
+    backlog_eta,
+    import_now_advice,
     oldest_waiting,
     read_source_status,
 )
@@ -62,6 +64,12 @@ def backlog_outcome(
         "oldest_waiting_key": oldest.key if oldest else "",
         "threshold_hours": source.backlog_warn_hours,
     }
+    eta = backlog_eta(source, waiting, status.bytes_per_second, now)
+    if eta is not None:  # as the schedule's runs take the files (status says how)
+        metadata["backlog_done_by"] = MetadataValue.timestamp(eta)
+    advice = import_now_advice(source, len(waiting))
+    if advice:
+        metadata["import_now"] = advice
     if status.ledger_note:
         metadata["ledger_note"] = status.ledger_note
     if status.before_start:
@@ -97,10 +105,13 @@ def backlog_evaluation(
     )
 
 
+_MOVING = ("oldest_waiting_hours", "backlog_done_by")  # move with the clock alone
+
+
 def outcome_fingerprint(passed: bool, metadata: dict[str, Any]) -> str:
     """Changes when the result, the file table or the backlog's size changes, not as time
     passes (the table shows at most ``FILES_SHOWN`` files of each kind)."""
-    settled = {k: str(v) for k, v in metadata.items() if k != "oldest_waiting_hours"}
+    settled = {k: str(v) for k, v in metadata.items() if k not in _MOVING}
     return hashlib.sha256(f"{passed}|{sorted(settled.items())}".encode()).hexdigest()[:16]
 
 
