@@ -23,7 +23,7 @@ from kmdagster.status import file_states
 from kmdagster.warehouse.database import disk_full_message, rollback_after
 from kmdagster.warehouse.warehouse import DuckDBWarehouse, Warehouse
 from kmdagster_dev.km_files import km_file
-from kmdagster_dev.seaweed import SeaweedS3
+from kmdagster_dev.seaweed import SeaweedS3, free_ports
 from kmdagster_tests.helpers import ACCOUNTS, make_config, run_import
 from kmdagster_tests.ticks import run_partition
 
@@ -137,3 +137,22 @@ def wait_past(moment: datetime) -> None:
     """Until the clock's whole second is past ``moment``'s."""
     while datetime.now(timezone.utc).replace(microsecond=0) <= moment:
         time.sleep(0.05)
+
+
+def test_a_warehouse_database_that_refuses_the_connection_is_named_with_what_to_do(
+    s3_server: SeaweedS3, s3: Any, bucket: str, instance: DagsterInstance
+) -> None:
+    s3.put_object(Bucket=bucket, Key=KEY, Body=km_file(seed=1).data)
+    (port,) = free_ports(1)  # nothing listens there
+    warehouse = WarehouseSettings(
+        backend="postgres", postgres_url=f"postgresql://km@127.0.0.1:{port}/warehouse"
+    )
+    instance.add_dynamic_partitions(ACCOUNTS.partitions, [KEY])
+
+    result = run_partition(make_config(s3_server, bucket, warehouse), instance, KEY)
+
+    assert not result.success
+    message = failure_message(instance, result.run_id)
+    assert message.startswith("cannot connect to the PostgreSQL warehouse "), message
+    assert f"127.0.0.1:{port}" in message and "Connection refused" in message, message
+    assert "check that the database runs and that this host may reach it" in message

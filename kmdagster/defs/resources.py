@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import botocore.loaders
 import botocore.session
 from boto3.session import Session
 from botocore.config import Config
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, Failure
 from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import KmConfig, S3Settings, WarehouseSettings
 from kmdagster.km_format.summary import KnownNames
+from kmdagster.warehouse.database import WarehouseBusy, WarehouseUnavailable
 from kmdagster.warehouse.warehouse import Warehouse
 
 S3_RESOURCE_KEY = "km_s3"
@@ -41,7 +42,21 @@ class WarehouseResource(ConfigurableResource):
 
     @contextmanager
     def connect(self) -> Iterator[Warehouse]:
-        with Warehouse.open(self.settings) as warehouse:
+        """The warehouse for one step; one that cannot be reached fails the step saying
+        so and what to do (nothing was read or loaded)."""
+        with ExitStack() as stack:
+            try:
+                warehouse = stack.enter_context(Warehouse.open(self.settings))
+            except WarehouseUnavailable as exc:
+                then = (
+                    "once it is free"
+                    if isinstance(exc, WarehouseBusy)
+                    else "; check that the database runs and that this host may reach it"
+                )
+                raise Failure(
+                    description=f"{exc}. Nothing was read or loaded; the next run tries again "
+                    + then
+                ) from exc
             yield warehouse
 
     def known_names(self) -> KnownNames:
