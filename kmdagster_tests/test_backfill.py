@@ -43,6 +43,11 @@ def run_range(defs: Any, instance: DagsterInstance, keys: list[str], backfill: s
     )
 
 
+@pytest.fixture
+def warehouse(tmp_path: Path) -> WarehouseSettings:
+    return WarehouseSettings(duckdb_path=str(tmp_path / "warehouse.duckdb"))
+
+
 def registered(
     s3_server: SeaweedS3,
     s3: Any,
@@ -60,9 +65,10 @@ def registered(
 
 
 def test_the_import_asset_takes_a_backfill_in_ranges_of_backfill_files_per_run(
-    tmp_path: Path, s3_server: SeaweedS3, bucket: str
+    warehouse: WarehouseSettings,
+    s3_server: SeaweedS3,
+    bucket: str,
 ) -> None:
-    warehouse = WarehouseSettings(duckdb_path=str(tmp_path / "warehouse.duckdb"))
     defs = build_definitions(make_config(s3_server, bucket, warehouse, backfill_files_per_run=7))
     for key in (ACCOUNTS.table("km_events"), ACCOUNTS.archive):
         policy = defs.resolve_assets_def(key).backfill_policy
@@ -70,10 +76,13 @@ def test_the_import_asset_takes_a_backfill_in_ranges_of_backfill_files_per_run(
 
 
 def test_a_backfill_run_imports_its_range_in_key_order_each_file_on_its_partition(
-    tmp_path: Path, s3_server: SeaweedS3, s3: Any, bucket: str, instance: DagsterInstance
+    warehouse: WarehouseSettings,
+    s3_server: SeaweedS3,
+    s3: Any,
+    bucket: str,
+    instance: DagsterInstance,
 ) -> None:
     files = {f"accounts.{i:02d}.json": km_file(seed=i, repeats=1) for i in range(12)}
-    warehouse = WarehouseSettings(duckdb_path=str(tmp_path / "warehouse.duckdb"))
     defs = registered(s3_server, s3, bucket, instance, warehouse, files)
     keys = sorted(files)
     # Dynamic partitions keep the order they were added in: a range spans them in that order.
@@ -100,12 +109,15 @@ def test_a_backfill_run_imports_its_range_in_key_order_each_file_on_its_partitio
 
 
 def test_a_backfill_run_cut_by_a_files_budget_archives_the_rest_and_fails_naming_them(
-    tmp_path: Path, s3_server: SeaweedS3, s3: Any, bucket: str, instance: DagsterInstance
+    warehouse: WarehouseSettings,
+    s3_server: SeaweedS3,
+    s3: Any,
+    bucket: str,
+    instance: DagsterInstance,
 ) -> None:
     small = km_file(seed=5, repeats=2)
     large = km_file(seed=6, repeats=17_000)  # 10 MB in 1 KB chunks: never inside 3 seconds
     files = {"accounts.1.json": small, "accounts.2.json": large, "accounts.3.json": small}
-    warehouse = WarehouseSettings(duckdb_path=str(tmp_path / "warehouse.duckdb"))
     defs = registered(
         s3_server, s3, bucket, instance, warehouse, files, time_budget_seconds=3, chunk_bytes=1024
     )
@@ -129,10 +141,13 @@ def test_a_backfill_run_cut_by_a_files_budget_archives_the_rest_and_fails_naming
 
 
 def test_a_run_of_a_source_launched_second_imports_nothing_and_says_which_run_holds_it(
-    tmp_path: Path, s3_server: SeaweedS3, s3: Any, bucket: str, instance: DagsterInstance
+    warehouse: WarehouseSettings,
+    s3_server: SeaweedS3,
+    s3: Any,
+    bucket: str,
+    instance: DagsterInstance,
 ) -> None:
     files = {f"accounts.{i}.json": km_file(seed=i, repeats=1) for i in range(3)}
-    warehouse = WarehouseSettings(duckdb_path=str(tmp_path / "warehouse.duckdb"))
     defs = registered(s3_server, s3, bucket, instance, warehouse, files)
     job = defs.resolve_job_def(ACCOUNTS.job)
     # A scheduled run of the source, going (its worker on another machine, say).
@@ -158,11 +173,15 @@ def _started(run: Any) -> Any:
 
 @pytest.mark.slow
 def test_a_backfill_run_killed_midway_is_finished_by_its_retry_every_line_once(
-    tmp_path: Path, s3_server: SeaweedS3, s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    warehouse: WarehouseSettings,
+    s3_server: SeaweedS3,
+    s3: Any,
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     files = {f"accounts.{i:03d}.json": km_file(seed=i, repeats=1) for i in range(40)}
     put_files(s3, bucket, files)
-    warehouse = WarehouseSettings(duckdb_path=str(tmp_path / "warehouse.duckdb"))
     # A run's allowance of two seconds a file: run monitoring fails the killed run soon
     # after its last file (each file, one chunk, completes whatever its budget).
     config = make_config(s3_server, bucket, warehouse, time_budget_seconds=1, run_grace_seconds=1)
@@ -204,6 +223,7 @@ def test_a_backfill_run_killed_midway_is_finished_by_its_retry_every_line_once(
 
 def test_kmdagster_backfill_records_a_backfill_of_the_waiting_files_and_says_when_none_wait(
     tmp_path: Path,
+    warehouse: WarehouseSettings,
     s3_server: SeaweedS3,
     s3: Any,
     bucket: str,
@@ -212,7 +232,6 @@ def test_kmdagster_backfill_records_a_backfill_of_the_waiting_files_and_says_whe
 ) -> None:
     files = {f"accounts.{i}.json": km_file(seed=i, repeats=1) for i in range(5)}
     put_files(s3, bucket, files)
-    warehouse = WarehouseSettings(duckdb_path=str(tmp_path / "warehouse.duckdb"))
     config = make_config(s3_server, bucket, warehouse, backfill_files_per_run=2)
     monkeypatch.setenv("KMDAGSTER_CONFIG", str(write_config(tmp_path / "kmdagster.yaml", config)))
     home = make_dagster_home(tmp_path)
