@@ -159,28 +159,30 @@ def record_budget_stop(
     )
 
 
-def report_progress(
-    context: AssetExecutionContext, source: SourceConfig, report: ImportReport, observe: bool
+def log_progress_notes(
+    context: AssetExecutionContext, source: SourceConfig, report: ImportReport
 ) -> None:
-    """Log the run's progress on the file's partition of the file asset (when ``observe``),
-    or say the file was complete before the run."""
+    """Say in the run's log that the file was complete before the run, or that the
+    recorded resume offset disagreed with the ledger's."""
     crash_point("asset.before_progress_event")
     if report.already_imported:
         context.log.info(already_imported_message(source, report.ledger))
-        return
-    if report.hint_corrected:
+    elif report.hint_corrected:
         context.log.warning(
             f"recorded resume offset {report.resume_hint} disagreed with the ledger's "
             f"{report.start_offset} for {report.ledger.file_key}; resumed from the ledger"
         )
-    if not observe:
-        return
-    context.log_event(
-        AssetObservation(
-            asset_key=SourceNames.of(source).file,
-            partition=report.ledger.file_key,
-            metadata=progress_metadata(report, source.bucket),
-        )
+
+
+def progress_observation(source: SourceConfig, report: ImportReport) -> AssetObservation | None:
+    """The run's progress on the file's partition of the file asset; None when the run
+    found the file complete (it read nothing)."""
+    if report.already_imported:
+        return None
+    return AssetObservation(
+        asset_key=SourceNames.of(source).file,
+        partition=report.ledger.file_key,
+        metadata=progress_metadata(report, source.bucket),
     )
 
 

@@ -20,8 +20,9 @@ from kmdagster.defs.file_events import (
     FileResult,
     as_partition_event,
     import_partition_file,
+    log_progress_notes,
+    progress_observation,
     report_archive,
-    report_progress,
     reported_file,
 )
 from kmdagster.defs.naming import SourceNames
@@ -83,10 +84,12 @@ class FileImport:
         """Log the progress; the run's own file yields its results to the step, a file
         taken after it logs them as events on its own partition."""
         step = self.step
-        # A file a run completes after its own is observed once, when archived: its
-        # progress observation would say what that one says (Dagster stores each event).
-        observe = self.is_the_runs_own or not report.complete
-        report_progress(step.context, step.source, report, observe)
+        log_progress_notes(step.context, step.source, report)
+        observation = progress_observation(step.source, report)
+        # A file a run completes after its own is observed once, when archived: this
+        # observation would say what that one says (Dagster stores each event).
+        if observation is not None and (self.is_the_runs_own or not report.complete):
+            step.context.log_event(observation)
         results = reported_file(step.context, step.warehouse, step.source, report)
         if self.is_the_runs_own:
             yield from results
