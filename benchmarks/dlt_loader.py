@@ -75,7 +75,13 @@ def main() -> int:
             # take minutes for a table of a few hundred columns).
             pipeline.run(jsonl, loader_file_format="parquet" if mode == "lenient" else None)
         except Exception as exc:  # what stopped it is the finding
-            error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+            cause: BaseException = exc  # dlt wraps the error that stopped it
+            while cause.__cause__ is not None or cause.__context__ is not None:
+                cause = cause.__cause__ or cause.__context__  # type: ignore[assignment]
+            error = (
+                f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]} (the cause: "
+                f"{type(cause).__name__}: {str(cause).strip()[:300]})"
+            )
         seconds = time.perf_counter() - started
     tables: dict[str, int] = {}
     if os.path.exists(path):

@@ -153,7 +153,7 @@ def dlt_runs(
         client.upload_file(str(workdir / key), BUCKET, key)
         target = workdir / f"dlt-{len(kept)}.duckdb"
         target.unlink(missing_ok=True)
-        result = run_dlt_loader(server.endpoint_url, key, target, mode)
+        result = run_dlt_loader(server.endpoint_url, BUCKET, key, target, mode)
         found.append({**result, "name": name, "lines": len(kept)})
         target.unlink(missing_ok=True)
     config, _ = bench_config(server, workdir, key, DEFAULT_CHUNK_BYTES)  # the last: all JSON
@@ -162,11 +162,11 @@ def dlt_runs(
     return found
 
 
-def run_dlt_loader(endpoint: str, key: str, target: Path, mode: str) -> dict[str, Any]:
+def run_dlt_loader(endpoint: str, bucket: str, key: str, target: Path, mode: str) -> dict[str, Any]:
     """benchmarks/dlt_loader.py in dlt's environment: what it printed (seconds, rows, the
     error that stopped it)."""
     done = subprocess.run(
-        [str(DLT_PYTHON), "benchmarks/dlt_loader.py", endpoint, BUCKET, key, str(target), mode],
+        [str(DLT_PYTHON), "benchmarks/dlt_loader.py", endpoint, bucket, key, str(target), mode],
         cwd=ROOT,
         capture_output=True,
         text=True,
