@@ -168,6 +168,8 @@ def run_dlt_loader(endpoint: str, bucket: str, key: str, target: Path, mode: str
     done = subprocess.run(
         [str(DLT_PYTHON), "benchmarks/dlt_loader.py", endpoint, bucket, key, str(target), mode],
         cwd=ROOT,
+        # dlt reports usage to its makers' server unless told not to: nothing leaves here.
+        env={**os.environ, "RUNTIME__DLTHUB_TELEMETRY": "false"},
         capture_output=True,
         text=True,
     )
