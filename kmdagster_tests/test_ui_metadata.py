@@ -252,6 +252,7 @@ def test_sensor_reports_landed_files_and_the_backlog_in_import_order(
     assert str(glance.metadata["import_now"].value).startswith(
         "to import the 3 waiting files now, not 1 a tick: `kmdagster backfill accounts`"
     )
+    assert "backlog_done_by" in glance.metadata  # the same finish time as the check's
     assert {e.asset_key.path[-1] for e in landed} == {"s3_file"}
     checks = {e.check_name: e for e in result.asset_events if isinstance(e, AssetCheckEvaluation)}
     backlog = checks["backlog"]

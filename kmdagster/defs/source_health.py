@@ -45,7 +45,7 @@ from kmdagster.defs.run_history import quarantine_evaluation, run_outcomes
 from kmdagster.defs.sensors import RootListing, TickReport
 from kmdagster.markdown import file_states_at_a_glance
 from kmdagster.s3.objects import RootFiles, S3File
-from kmdagster.status import FileState, backlog, import_now_advice
+from kmdagster.status import FileState
 from kmdagster.wording import counted
 
 HealthEvent = AssetCheckEvaluation | AssetMaterialization | AssetObservation
@@ -123,7 +123,12 @@ def health_events(
                 metadata=file_states_at_a_glance(
                     status.states, status.left_out, status.before_start
                 )
-                | with_advice(source, status.states),
+                # When the backlog is done and how to import it now, as the check says.
+                | {
+                    key: metadata[key]
+                    for key in ("backlog_done_by", "import_now")
+                    if key in metadata
+                },
             )
         )
     if cursor.quarantine != reported.quarantine or reported.is_new or recovered:
@@ -142,12 +147,6 @@ def health_events(
         events.extend(alert_observation(names.file_states, alert) for alert in alerts)
         cursor = replace(cursor, alerts=active)
     return events, cursor
-
-
-def with_advice(source: SourceConfig, states: list[FileState]) -> dict[str, str]:
-    """``import_now``: how to import the waiting files now, while more wait than a tick takes."""
-    advice = import_now_advice(source, len(backlog(states)))
-    return {"import_now": advice} if advice else {}
 
 
 def backlog_detail(source: SourceConfig, metadata: dict[str, Any]) -> str:
