@@ -49,6 +49,7 @@ from kmdagster.preview import FilePreview, SetupRuleError, setup_preview
 from kmdagster.s3.objects import FilePattern, S3AccessError, list_root
 from kmdagster.s3.permissions import PermissionResult, check_permissions, iam_policy
 from kmdagster.status import (
+    backfill_runs,
     backlog,
     backlog_eta,
     import_now_advice,
@@ -253,7 +254,7 @@ def backfill(config: KmConfig, source: SourceConfig) -> None:
     _require_dagster_home("the backfill is recorded in the Dagster instance its daemon reads")
     client = s3_client(config)
     files = list_root(client, source).files
-    progress = RunProgress.at_root_now(client, source, config.warehouse)
+    progress = RunProgress.read_only(config.warehouse, source, files)
     names = SourceNames.of(source)
     with DagsterInstance.get() as instance:
         registered = set(instance.get_dynamic_partitions(names.partitions))
@@ -274,12 +275,13 @@ def backfill(config: KmConfig, source: SourceConfig) -> None:
             tags=import_run_tags(source, config.warehouse.run_tag),
             title=f"{source.name}: {counted(len(found.keys), 'waiting file')}",
         )
-    per_run = source.backfill_files_per_run
+    runs = counted(backfill_runs(source, len(found.keys)), "run")
     click.echo(
         f"backfill {backfill_id}: {counted(len(found.keys), 'file')} of {source.name} "
-        f"({names_and_more(found.keys, 3)}) in {counted(-(-len(found.keys) // per_run), 'run')} "
-        f"of up to {per_run:,}, each in key order; the Dagster daemon launches them (Runs > "
-        "Backfills in the UI), one at a time beside the schedule, which waits while one imports"
+        f"({names_and_more(found.keys, 3)}) in {runs} of up to "
+        f"{source.backfill_files_per_run:,}, each in key order; the Dagster daemon launches "
+        "them (Runs > Backfills in the UI), one at a time beside the schedule, which waits "
+        "while one imports"
     )
     if found.set_aside:
         click.echo(

@@ -204,13 +204,18 @@ def oldest_waiting(states: list[FileState]) -> FileState | None:
     return min(dated, key=lambda pair: pair[0])[1] if dated else None
 
 
+def backfill_runs(source: SourceConfig, files: int) -> int:
+    """The runs a backfill of ``files`` partitions takes (the import asset's policy)."""
+    return -(-files // source.backfill_files_per_run)
+
+
 def import_now_advice(source: SourceConfig, waiting: int) -> str | None:
     """How to import ``waiting`` files now rather than tick by tick; None when the next
     tick takes them all anyway."""
     if waiting <= source.max_files_per_run:
         return None
     per_run = source.backfill_files_per_run
-    runs = -(-waiting // per_run)
+    runs = backfill_runs(source, waiting)
     return (
         f"to import the {waiting:,} waiting files now, not {source.max_files_per_run:,} a "
         f"tick: `kmdagster backfill {source.name}` (Dagster's backfill, "
