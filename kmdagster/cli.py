@@ -44,7 +44,13 @@ from kmdagster.defs.runs import import_run_tags
 from kmdagster.defs.setup_assets import record_confirmed_setup
 from kmdagster.dg_project import find_dg_project
 from kmdagster.instance_settings import instance_settings_yaml
-from kmdagster.markdown import check_markdown, preview_markdown, status_markdown
+from kmdagster.markdown import (
+    backlog_done_by,
+    check_markdown,
+    pace,
+    preview_markdown,
+    status_markdown,
+)
 from kmdagster.preview import FilePreview, SetupRuleError, setup_preview
 from kmdagster.s3.objects import FilePattern, S3AccessError, list_root
 from kmdagster.s3.permissions import PermissionResult, check_permissions, iam_policy
@@ -61,7 +67,7 @@ from kmdagster.warehouse.ducklake_database import attach_statements
 from kmdagster.warehouse.schema import ROW_TABLES, SCHEMA_VERSION, WarehouseSchemaError
 from kmdagster.warehouse.warehouse import Warehouse, WarehouseUnavailable
 from kmdagster.webhook import post_alert, webhook_url
-from kmdagster.wording import counted, names_and_more
+from kmdagster.wording import counted, names_and_more, sentence
 
 DEFINITIONS_MODULE = "kmdagster.definitions"
 
@@ -337,12 +343,28 @@ def confirm(config: KmConfig, source: SourceConfig, workspace: str | None) -> No
                 raise CommandFailed(f"could not start {kind} {name}: {done.stderr.strip()[-2000:]}")
             click.echo(f"{kind} {name} is now running")
     click.echo(
-        f"confirmed: {source.name} registers new files and imports one per tick ({source.cron})"
+        f"confirmed: {source.name} registers new files and imports them "
+        f"{pace(source, None)} ({source.cron})"
     )
-    # Files at the root now wait for the ticks: say how to take them at once.
-    advice = import_now_advice(source, len(list_root(s3_client(config), source).files))
-    if advice:
-        click.echo(advice[0].upper() + advice[1:] + " (once the sensor has registered them)")
+    click.echo(waiting_markdown(config, source))
+
+
+def waiting_markdown(config: KmConfig, source: SourceConfig) -> str:
+    """What waits at the root as the import is switched on: how many files, when the
+    ticks have imported them and how to take them at once."""
+    found = read_source_status(s3_client(config), source, config.warehouse, 0)
+    waiting = backlog(found.states)
+    if not waiting:
+        return "Nothing waits at the root: each new file is imported at the tick after it comes."
+    speed = found.bytes_per_second
+    eta = backlog_eta(source, waiting, speed, datetime.now(timezone.utc))
+    text = sentence(
+        f"waiting: {counted(len(waiting), 'file')}; {backlog_done_by(source, eta, speed)}"
+    )
+    advice = import_now_advice(source, len(waiting))
+    if advice:  # files the ticks would take one by one: say how to take them at once
+        text += "\n" + sentence(f"{advice} (once the sensor has registered them)")
+    return text
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from kmdagster.preview import FilePreview
 from kmdagster.s3.objects import compression_of
 from kmdagster.s3.permissions import PermissionResult
 from kmdagster.status import FileState, import_now_advice, is_set_aside, set_aside
-from kmdagster.wording import counted
+from kmdagster.wording import counted, sentence
 
 
 def _cell(value: Any) -> str:
@@ -168,6 +168,16 @@ def pace(source: SourceConfig, bytes_per_second: float | None) -> str:
     )
 
 
+def backlog_done_by(
+    source: SourceConfig, eta: datetime | None, bytes_per_second: float | None
+) -> str:
+    """When the schedule has imported a backlog (``status.backlog_eta``), and at what pace."""
+    if eta is None:
+        return "not within 100,000 ticks at the source's recent speed"
+    at = f"{eta:%Y-%m-%d %H:%M} UTC"
+    return f"{pace(source, bytes_per_second)}, the backlog is done by the tick at {at}"
+
+
 def status_markdown(
     config: SourceConfig,
     states: list[FileState],
@@ -178,11 +188,8 @@ def status_markdown(
 ) -> str:
     source, bucket = config.name, config.bucket
     aside = set_aside(states)
-    if eta is not None:
-        at = f"{eta:%Y-%m-%d %H:%M} UTC"
-        when = f"{pace(config, bytes_per_second)}, the backlog is done by the tick at {at}"
-    elif backlog:
-        when = "not within 100,000 ticks at the source's recent speed"
+    if backlog:
+        when = backlog_done_by(config, eta, bytes_per_second)
     else:
         when = "nothing else is waiting" if aside else "nothing is waiting"
     parts = [
@@ -192,7 +199,7 @@ def status_markdown(
     ]
     advice = import_now_advice(config, backlog)
     if advice:
-        parts.append(advice[0].upper() + advice[1:] + ".")
+        parts.append(sentence(advice))
     if aside:
         parts.append(
             f"Set aside: {counted(len(aside), 'file')} quarantined, not imported until "

@@ -15,3 +15,8 @@ def names_and_more(items: Sequence[str], shown: int) -> str:
     named = ", ".join(items[:shown])
     more = len(items) - shown
     return f"{named} and {more:,} more" if more > 0 else named
+
+
+def sentence(clause: str) -> str:
+    """A clause as a sentence of its own: its first letter upper case, a full stop after."""
+    return f"{clause[:1].upper()}{clause[1:]}."

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -322,6 +323,16 @@ def test_status_during_an_import_shows_the_bucket_and_says_the_ledger_is_busy(
     assert "kmdagster sql" in note and "ledger not read" in err
 
 
+def confirm_with_next_ticks(capsys: Any, hours: int) -> tuple[int, str, str, set[str]]:
+    """``kmdagster confirm accounts``, and the full hour ``hours`` ahead as read before
+    and after it (an hour may turn while it runs)."""
+    before = datetime.now(timezone.utc)
+    code, out, err = run_cli(capsys, "confirm", "accounts")
+    ahead = (t + timedelta(hours=hours) for t in (before, datetime.now(timezone.utc)))
+    ticks = {f"{t:%Y-%m-%d %H}:00 UTC" for t in ahead}
+    return code, out, err, ticks
+
+
 def test_confirm_switches_the_sensor_and_schedule_on(
     s3: Any, bucket: str, config_file: Path, tmp_path: Path, capsys: Any, monkeypatch: Any
 ) -> None:
@@ -336,10 +347,16 @@ def test_confirm_switches_the_sensor_and_schedule_on(
         assert not [s for s in instance.all_instigator_state() if s.status.value == "RUNNING"]
 
     s3.put_object(Bucket=bucket, Key="accounts.json", Body=km_file(seed=1).data)
-    code, out, err = run_cli(capsys, "confirm", "accounts")
+    code, out, err, ticks = confirm_with_next_ticks(capsys, hours=1)
 
     assert code == 0, err
-    assert "confirmed" in out and "## Preview of" in out and "| pass" in out
+    assert "confirmed: accounts registers new files and imports them at one file per tick" in out
+    assert "## Preview of" in out and "| pass" in out
+    # One file: the next full hour's tick takes it.
+    assert any(
+        f"Waiting: 1 file; at one file per tick, the backlog is done by the tick at {tick}." in out
+        for tick in ticks
+    ), out
     assert "kmdagster backfill" not in out  # one file: the next tick takes it
     with DagsterInstance.get() as instance:
         running = {
@@ -363,8 +380,12 @@ def test_confirm_switches_the_sensor_and_schedule_on(
     # Files waiting for the ticks: confirm says how to import them now.
     for hour in range(3):
         s3.put_object(Bucket=bucket, Key=f"accounts.{hour}.json", Body=km_file(seed=1).data)
-    code, out, err = run_cli(capsys, "confirm", "accounts")
+    code, out, err, ticks = confirm_with_next_ticks(capsys, hours=4)
     assert code == 0, err
+    assert any(
+        f"Waiting: 4 files; at one file per tick, the backlog is done by the tick at {tick}." in out
+        for tick in ticks
+    ), out
     assert "To import the 4 waiting files now, not 1 a tick: `kmdagster backfill accounts`" in out
 
 
