@@ -1,9 +1,10 @@
 """Run kmdagster locally: SeaweedFS on 127.0.0.1 with a demo bucket, then `dg dev`.
 
 Everything lives under .kmdagster/ (SeaweedFS data, the DuckDB warehouse, the Dagster
-home), all made anew at each start so every start gives the same demo. The demo source
-is confirmed with `kmdagster confirm` before the UI starts (set KMDAGSTER_DEV_CONFIRM=0
-to walk through setup yourself). Ctrl-C, SIGINT or SIGTERM
+home), all made anew at each start so every start gives the same demo. The demo's two
+sources (``accounts``: hours with a large file, re-sent and fed live; ``history``: a
+backlog caught up twenty files a run) are confirmed with `kmdagster confirm` before the
+UI starts (set KMDAGSTER_DEV_CONFIRM=0 to walk through setup yourself). Ctrl-C, SIGINT or SIGTERM
 stops everything within a few seconds, leaving no process behind.
 `.kmdagster/dev.env` holds the endpoint and the generated credentials for the AWS CLI and
 the kmdagster commands (`source .kmdagster/dev.env`); they are never printed.
@@ -24,7 +25,14 @@ from pathlib import Path
 from kmdagster import IMPORT_ENVIRONMENT
 from kmdagster_dev.demo_feed import start_feeder
 from kmdagster_dev.instance_yaml import write_instance_yaml
-from kmdagster_dev.km_files import DEMO_DECOYS, LARGE_SEED, demo_files, demo_key
+from kmdagster_dev.km_files import (
+    DEMO_DECOYS,
+    HISTORY_SOURCE,
+    LARGE_SEED,
+    demo_files,
+    demo_history_files,
+    demo_key,
+)
 from kmdagster_dev.seaweed import PORT_FLAGS, Identity, SeaweedS3, free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +58,13 @@ sources:
     sensor_interval_seconds: 15
     time_budget_seconds: 0.5  # the large demo file takes several runs; the default is 300
     chunk_bytes: 1048576
+  - name: {history}
+    bucket: {bucket}
+    base_filename: {history}.json
+    cron: "* * * * *"
+    sensor_interval_seconds: 15
+    max_files_per_run: 20     # a backlog is caught up twenty files a run; the default is one
+    time_budget_seconds: 60
 """
 
 ENV_FILE = """\
@@ -61,6 +76,11 @@ export AWS_DEFAULT_REGION=us-east-1
 export KMDAGSTER_CONFIG={config}
 export DAGSTER_HOME={dagster_home}
 """
+
+
+def demo_config(s3_port: int, warehouse: Path, bucket: str) -> str:
+    """The demo's kmdagster.yaml: its S3 server, its DuckDB file and its two sources."""
+    return CONFIG.format(port=s3_port, warehouse=warehouse, bucket=bucket, history=HISTORY_SOURCE)
 
 
 def write_env_file(path: Path, identity: Identity, endpoint: str, **paths: Path) -> None:
@@ -170,13 +190,12 @@ def run(started: ExitStack) -> int:
         key: client.put_object(Bucket=BUCKET, Key=key, Body=body)["ETag"]
         for key, body in files.items()
     }
-    for key, body in DEMO_DECOYS.items():
+    history = demo_history_files()
+    for key, body in {**history, **DEMO_DECOYS}.items():
         client.put_object(Bucket=BUCKET, Key=key, Body=body)
 
     config_path = STATE / "kmdagster.yaml"
-    config_path.write_text(
-        CONFIG.format(port=S3_PORT, warehouse=STATE / "warehouse.duckdb", bucket=BUCKET)
-    )
+    config_path.write_text(demo_config(S3_PORT, STATE / "warehouse.duckdb", BUCKET))
     dagster_home = STATE / "dagster_home"
     dagster_home.mkdir(exist_ok=True)
     write_instance_yaml(dagster_home)
@@ -195,7 +214,10 @@ def run(started: ExitStack) -> int:
         "AWS_ACCESS_KEY_ID": identity.access_key,
         "AWS_SECRET_ACCESS_KEY": identity.secret_key,
     }
-    print(f"SeaweedFS S3 on {server.endpoint_url}, bucket {BUCKET!r} with {len(files)} files")
+    print(
+        f"SeaweedFS S3 on {server.endpoint_url}, bucket {BUCKET!r} with {len(files)} files "
+        f"of source accounts and {len(history)} of source {HISTORY_SOURCE}"
+    )
     print(
         "To reach it from another shell (AWS CLI, kmdagster status accounts): "
         f"source {STATE / 'dev.env'}",
@@ -204,9 +226,10 @@ def run(started: ExitStack) -> int:
     if os.environ.get("KMDAGSTER_DEV_CONFIRM", "1") == "1":
         # The setup a user does by hand: check, preview, then switch the source on.
         kmdagster = Path(sys.executable).with_name("kmdagster")
-        confirm = [str(kmdagster), "confirm", "accounts", "--workspace", "workspace.yaml"]
-        if subprocess.run(confirm, cwd=ROOT, env=env).returncode != 0:
-            return 1
+        for source in ("accounts", HISTORY_SOURCE):
+            confirm = [str(kmdagster), "confirm", source, "--workspace", "workspace.yaml"]
+            if subprocess.run(confirm, cwd=ROOT, env=env).returncode != 0:
+                return 1
     print(f"Dagster UI on http://127.0.0.1:{WEB_PORT} (Ctrl-C stops everything)", flush=True)
     # `dg dev` given the workspace file starts what `dagster dev` does (webserver, daemon,
     # code server), without the warning that `dagster dev` is superseded by it.

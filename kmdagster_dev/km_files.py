@@ -132,8 +132,9 @@ def demo_file(seed: int, lines: int = 400, bad_share: float = 0.03) -> bytes:
     return ("\n".join(out) + "\n").encode()
 
 
-def demo_key(seed: int) -> str:
-    return f"accounts.{DEMO_START + seed * 3_600}.json"
+def demo_key(seed: int, stem: str = "accounts") -> str:
+    """The key of the demo's hour ``seed`` (negative: the hours before the first)."""
+    return f"{stem}.{DEMO_START + seed * 3_600}.json"
 
 
 LARGE_SEED = 4
@@ -154,6 +155,20 @@ def demo_files() -> dict[str, bytes]:
     return {
         demo_key(seed): demo_file(seed, lines, bad_share)
         for seed, (lines, bad_share) in DEMO_HOURS.items()
+    }
+
+
+# The history the demo's second source finds: two days of small clean hours before the
+# first, which its runs catch up twenty files at a time.
+HISTORY_SOURCE = "history"
+HISTORY_HOURS = 48
+
+
+def demo_history_files() -> dict[str, bytes]:
+    """Every file of the demo's history, by key, oldest hour first."""
+    return {
+        demo_key(seed, HISTORY_SOURCE): demo_file(seed, 200, 0.0)
+        for seed in range(-HISTORY_HOURS, 0)
     }
 
 

@@ -15,17 +15,20 @@ from dagster import (
     build_sensor_context,
 )
 
+from kmdagster.defs.naming import SourceNames
 from kmdagster.defs.source_health import HealthCursor
 from kmdagster_tests.helpers import ACCOUNTS
 
 
-def report_sensor_tick(defs: Any, instance: DagsterInstance, healthy: bool = True) -> None:
+def report_sensor_tick(
+    defs: Any, instance: DagsterInstance, healthy: bool = True, names: SourceNames = ACCOUNTS
+) -> None:
     """One evaluation of the file sensor, its requests and events applied as the daemon does.
 
     ``healthy``: the source's health (backlog, quarantine) must have been evaluated, not
     reported as an error (the sensor registers files either way).
     """
-    sensor = defs.resolve_sensor_def(ACCOUNTS.sensor)
+    sensor = defs.resolve_sensor_def(names.sensor)
     with build_sensor_context(instance=instance, resources=defs.resources) as context:
         result = sensor(context)
     if isinstance(result, SensorResult):
@@ -44,10 +47,10 @@ def report_sensor_tick(defs: Any, instance: DagsterInstance, healthy: bool = Tru
 
 
 def evaluate_schedule(
-    defs: Any, instance: DagsterInstance, tick: datetime
+    defs: Any, instance: DagsterInstance, tick: datetime, names: SourceNames = ACCOUNTS
 ) -> RunRequest | SkipReason:
     """The schedule's decision at ``tick``, without running anything."""
-    schedule = defs.resolve_schedule_def(ACCOUNTS.schedule)
+    schedule = defs.resolve_schedule_def(names.schedule)
     with build_schedule_context(
         instance=instance, scheduled_execution_time=tick, resources=defs.resources
     ) as context:
@@ -55,13 +58,17 @@ def evaluate_schedule(
 
 
 def run_tick(
-    defs: Any, instance: DagsterInstance, tick: datetime, must_succeed: bool = True
+    defs: Any,
+    instance: DagsterInstance,
+    tick: datetime,
+    must_succeed: bool = True,
+    names: SourceNames = ACCOUNTS,
 ) -> RunRequest | SkipReason:
     """Evaluate the sensor then the schedule once, and execute the requested run."""
-    report_sensor_tick(defs, instance)
-    outcome = evaluate_schedule(defs, instance, tick)
+    report_sensor_tick(defs, instance, names=names)
+    outcome = evaluate_schedule(defs, instance, tick, names)
     if isinstance(outcome, RunRequest):
-        job = defs.resolve_job_def(ACCOUNTS.job)
+        job = defs.resolve_job_def(names.job)
         result = job.execute_in_process(
             instance=instance,
             partition_key=outcome.partition_key,
