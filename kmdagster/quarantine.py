@@ -5,7 +5,9 @@ newest, the streak of failures ends at a run that succeeded, at a failed run tha
 advanced the file's committed offset (it proved the file importable: a run killed with
 its node after committing chunks is infrastructure, not poison), at the moment an
 operator lifted the quarantine (``kmdagster retry``), or after a run launched with the
-retry tag (that run still counts if it failed). ``threshold`` failures in a streak
+retry tag (that run still counts if it failed). A run the warehouse failed (its disk
+full, its database unreachable) says nothing of the file: it is passed over, neither
+counted nor ending the streak. ``threshold`` failures in a streak
 quarantine the file, and so does one run that found the version itself unreadable (not
 the compression its name says, cut short, expanding past its limit): no retry of the
 same bytes can change that, so the file is set aside at once. Nothing of the file is
@@ -29,6 +31,8 @@ class FinishedRun:
     advanced: bool = False
     # Failed because the version's own bytes cannot be read as lines (the run's tag).
     unreadable: bool = False
+    # Failed because the warehouse could not take the import (the run's tag).
+    warehouse_fault: bool = False
 
 
 @dataclass(frozen=True)
@@ -43,11 +47,14 @@ class Quarantine:
 def failure_streak(
     runs_newest_first: Iterable[FinishedRun], lifted_at: float | None = None
 ) -> list[FinishedRun]:
-    """The failed runs since the file last succeeded, advanced or was given a new start."""
+    """The failed runs since the file last succeeded, advanced or was given a new start,
+    but those the warehouse failed."""
     streak = []
     for run in runs_newest_first:
         if run.succeeded or run.advanced or (lifted_at is not None and run.created <= lifted_at):
             break
+        if run.warehouse_fault:
+            continue
         streak.append(run)
         if run.retry:
             break

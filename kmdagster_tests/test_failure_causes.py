@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,8 @@ import pytest
 from dagster import DagsterInstance
 
 from kmdagster.config import WarehouseSettings
-from kmdagster.defs.run_history import failure_message
+from kmdagster.defs.run_history import RunProgress, failure_message, is_quarantined
+from kmdagster.defs.runs import WAREHOUSE_FAULT_TAG, import_run_tags
 from kmdagster.s3.archive import archive_file
 from kmdagster.s3.objects import S3File, list_root_files
 from kmdagster.status import file_states
@@ -74,6 +76,37 @@ def test_a_warehouse_disk_that_fills_fails_the_run_saying_so_not_with_the_rollba
     message = failure_message(instance, result.run_id)
     assert message.startswith(f"s3://{bucket}/{KEY}: the warehouse's disk is full ("), message
     assert "No space left on device" in message and "free space on that disk" in message
+
+
+def test_runs_a_full_disk_fails_do_not_quarantine_the_file(
+    s3_server: SeaweedS3, s3: Any, bucket: str, small_disk: Path, instance: DagsterInstance
+) -> None:
+    s3.put_object(Bucket=bucket, Key=KEY, Body=km_file(seed=1, repeats=2_000).data)  # 1 MB
+    warehouse = WarehouseSettings(duckdb_path=str(small_disk / "warehouse.duckdb"))
+    config = make_config(s3_server, bucket, warehouse, chunk_bytes=1024 * 1024)
+    source = config.sources[0]
+    instance.add_dynamic_partitions(ACCOUNTS.partitions, [KEY])
+    with Warehouse.open(warehouse):
+        pass  # the warehouse and its tables exist; then the disk fills but for 64 KB
+    filler = small_disk / "filler"
+    with filler.open("wb") as out, suppress(OSError):
+        while True:
+            out.write(b"\0" * 65536)
+            out.flush()
+    filler.write_bytes(filler.read_bytes()[:-65536])
+    tags = import_run_tags(source, warehouse.run_tag)
+
+    # More runs than the quarantine threshold, each failing before any chunk commits.
+    for _ in range(source.quarantine_after_failed_runs + 1):
+        result = run_partition(config, instance, KEY, tags)
+        assert not result.success
+        assert "the warehouse's disk is full" in failure_message(instance, result.run_id)
+        assert instance.get_run_by_id(result.run_id).tags[WAREHOUSE_FAULT_TAG] == "true"
+    progress = RunProgress.read_only(warehouse, source, list_root_files(s3, source))
+    assert not is_quarantined(instance, source, KEY, progress)
+
+    filler.unlink()  # room again: the file imports, first in line as it was
+    assert run_partition(config, instance, KEY, tags).success
 
 
 def test_a_rollback_that_fails_after_an_error_is_logged_and_the_error_stands(

@@ -51,9 +51,17 @@ def as_the_cli_runs(config: Any, tmp_path: Path, monkeypatch: Any) -> None:
 
 def runs(*outcomes: str) -> list[FinishedRun]:
     """Newest first: 'f' failed, 's' succeeded, 'r' failed after a retry-tagged launch,
-    'a' failed after advancing the file (committed chunks, then was killed)."""
+    'a' failed after advancing the file (committed chunks, then was killed), 'w' failed
+    by the warehouse (its disk full, its database unreachable)."""
     return [
-        FinishedRun(f"run{i}", o == "s", o == "r", created=100.0 - i, advanced=o == "a")
+        FinishedRun(
+            f"run{i}",
+            o == "s",
+            o == "r",
+            created=100.0 - i,
+            advanced=o == "a",
+            warehouse_fault=o == "w",
+        )
         for i, o in enumerate(outcomes)
     ]
 
@@ -67,6 +75,8 @@ def runs(*outcomes: str) -> list[FinishedRun]:
         ("ffff", 98.5, 2),  # lifted at 98.5: only the runs created after it count
         ("aaaaaaa", None, 0),  # killed seven times, each after committing: never poison
         ("ffaf", None, 2),  # a run that advanced proved the file importable then
+        ("wwwwww", None, 0),  # the warehouse's faults say nothing of the file
+        ("fwfwfs", None, 3),  # ... and neither count nor end a streak
         ("", None, 0),
     ],
 )

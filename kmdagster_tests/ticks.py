@@ -85,9 +85,13 @@ def step_failure_message(result: Any) -> str:
     return str(failure.step_failure_data.error)
 
 
-def run_partition(config: Any, instance: DagsterInstance, key: str) -> Any:
+def run_partition(
+    config: Any, instance: DagsterInstance, key: str, tags: dict[str, str] | None = None
+) -> Any:
     """One import run of ``key`` with ``config``'s definitions; a failure is returned."""
     from kmdagster.defs.factory import build_definitions
 
     job = build_definitions(config).resolve_job_def(ACCOUNTS.job)
-    return job.execute_in_process(instance=instance, partition_key=key, raise_on_error=False)
+    return job.execute_in_process(
+        instance=instance, partition_key=key, tags=tags, raise_on_error=False
+    )

@@ -29,7 +29,7 @@ from dagster_aws.s3 import S3Resource
 
 from kmdagster.defs.file_import import RunStep
 from kmdagster.defs.import_run import archive_step, import_step
-from kmdagster.defs.resources import WarehouseResource
+from kmdagster.defs.resources import WarehouseResource, warehouse_faults_tagged
 from kmdagster.defs.specs import SourceSpecs
 
 
@@ -61,7 +61,7 @@ def build_import_asset(specs: SourceSpecs) -> AssetsDefinition:
     def import_tables(
         context: AssetExecutionContext, km_s3: S3Resource, km_warehouse: WarehouseResource
     ):
-        with km_warehouse.connect() as warehouse:
+        with warehouse_faults_tagged(context), km_warehouse.connect() as warehouse:
             yield from import_step(RunStep(context, km_s3.get_client(), warehouse, source))
 
     return import_tables
@@ -79,7 +79,7 @@ def build_archive_asset(specs: SourceSpecs) -> AssetsDefinition:
     def archived_file(
         context: AssetExecutionContext, km_s3: S3Resource, km_warehouse: WarehouseResource
     ) -> Iterator[MaterializeResult]:
-        with km_warehouse.connect() as warehouse:
+        with warehouse_faults_tagged(context), km_warehouse.connect() as warehouse:
             result = archive_step(RunStep(context, km_s3.get_client(), warehouse, source))
         if result is not None:
             yield result

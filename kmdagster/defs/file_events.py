@@ -29,6 +29,7 @@ from kmdagster.config import SourceConfig
 from kmdagster.defs.checks import data_check_results
 from kmdagster.defs.metadata import archive_metadata, progress_metadata, table_metadata
 from kmdagster.defs.naming import SourceNames
+from kmdagster.defs.resources import WarehouseFault
 from kmdagster.defs.runs import OUTCOME_TAG, UNREADABLE_TAG
 from kmdagster.file_state import State
 from kmdagster.importer import ImportReport, import_file
@@ -107,7 +108,7 @@ def import_partition_file(
         in_words = disk_full_message(exc)
         if in_words is None:
             raise
-        raise Failure(description=f"s3://{source.bucket}/{key}: {in_words}") from exc
+        raise WarehouseFault(description=f"s3://{source.bucket}/{key}: {in_words}") from exc
 
 
 def already_imported_message(source: SourceConfig, row: LedgerRow) -> str:

@@ -10,10 +10,11 @@ import botocore.loaders
 import botocore.session
 from boto3.session import Session
 from botocore.config import Config
-from dagster import ConfigurableResource, Failure
+from dagster import AssetExecutionContext, ConfigurableResource, Failure
 from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import KmConfig, S3Settings, WarehouseSettings
+from kmdagster.defs.runs import WAREHOUSE_FAULT_TAG
 from kmdagster.km_format.summary import KnownNames
 from kmdagster.warehouse.database import WarehouseBusy, WarehouseUnavailable
 from kmdagster.warehouse.warehouse import Warehouse
@@ -32,6 +33,21 @@ def _session(profile_name: str | None) -> Session:
     core = botocore.session.get_session()
     core.register_component("data_loader", _SHARED_LOADER)
     return Session(botocore_session=core, profile_name=profile_name)
+
+
+class WarehouseFault(Failure):
+    """The warehouse, not the file, failed the step (its disk full, its database not
+    answering): the step's run is tagged so, and the file's quarantine passes it over."""
+
+
+@contextmanager
+def warehouse_faults_tagged(context: AssetExecutionContext) -> Iterator[None]:
+    """Tag the run with ``WAREHOUSE_FAULT_TAG`` when a ``WarehouseFault`` fails it."""
+    try:
+        yield
+    except WarehouseFault:
+        context.instance.add_run_tags(context.run.run_id, {WAREHOUSE_FAULT_TAG: "true"})
+        raise
 
 
 class WarehouseResource(ConfigurableResource):
@@ -53,7 +69,7 @@ class WarehouseResource(ConfigurableResource):
                     if isinstance(exc, WarehouseBusy)
                     else "; check that the database runs and that this host may reach it"
                 )
-                raise Failure(
+                raise WarehouseFault(
                     description=f"{exc}. Nothing was read or loaded; the next run tries again "
                     + then
                 ) from exc

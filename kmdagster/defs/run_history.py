@@ -33,7 +33,7 @@ from dagster_aws.s3 import S3Resource
 from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.defs.naming import QUARANTINE_CHECK, SourceNames
 from kmdagster.defs.resources import TICK_LEDGER_WAIT_SECONDS, WarehouseResource
-from kmdagster.defs.runs import RETRY_TAG, SOURCE_TAG, UNREADABLE_TAG
+from kmdagster.defs.runs import RETRY_TAG, SOURCE_TAG, UNREADABLE_TAG, WAREHOUSE_FAULT_TAG
 from kmdagster.defs.specs import SourceSpecs
 from kmdagster.markdown import markdown_table
 from kmdagster.quarantine import FinishedRun, Quarantine, quarantine_of
@@ -120,6 +120,7 @@ def _finished_runs(
             retry=record.dagster_run.tags.get(RETRY_TAG, "").lower() == "true",
             created=record.create_timestamp.timestamp(),
             unreadable=UNREADABLE_TAG in record.dagster_run.tags,
+            warehouse_fault=WAREHOUSE_FAULT_TAG in record.dagster_run.tags,
         )
         for record in records
     ]

@@ -21,6 +21,9 @@ MAX_RUNTIME_TAG = "dagster/max_runtime"
 OUTCOME_TAG = "kmdagster/outcome"
 # Set by a run that found its file version unreadable: the file is quarantined at once.
 UNREADABLE_TAG = "kmdagster/unreadable"
+# Set by a run the warehouse failed (disk full, database unreachable): it does not count
+# toward the file's quarantine.
+WAREHOUSE_FAULT_TAG = "kmdagster/warehouse_fault"
 # Set by a catch-up run's import step: the last file after its own it imported and
 # reported, which its archive step archives through.
 CAUGHT_UP_TAG = "kmdagster/caught_up_through"
