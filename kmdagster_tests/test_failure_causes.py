@@ -101,7 +101,8 @@ def test_runs_a_full_disk_fails_do_not_quarantine_the_file(
         result = run_partition(config, instance, KEY, tags)
         assert not result.success
         assert "the warehouse's disk is full" in failure_message(instance, result.run_id)
-        assert instance.get_run_by_id(result.run_id).tags[WAREHOUSE_FAULT_TAG] == "true"
+        run = instance.get_run_by_id(result.run_id)
+        assert run is not None and run.tags[WAREHOUSE_FAULT_TAG] == "true"
     progress = RunProgress.read_only(warehouse, source, list_root_files(s3, source))
     assert not is_quarantined(instance, source, KEY, progress)
 
