@@ -12,6 +12,7 @@ from dagster import DagsterInstance
 
 from kmdagster.config import KmConfig, S3Settings
 from kmdagster.defs.factory import build_definitions
+from kmdagster.defs.run_history import failure_message
 from kmdagster.s3.objects import ARCHIVE_PREFIX, S3AccessError, head_file
 from kmdagster.s3.piece_reader import PieceReader
 from kmdagster.s3.rejects_file import rejects_key_for
@@ -140,6 +141,44 @@ def test_pieces_stream_from_one_get_and_resume_where_a_body_broke(
     assert len(pieces) > 25 and all(p.endswith(b"\n") for p in pieces[:-1])
     assert b"".join(pieces) == data
     assert plan.injected["reset_mid_body"] == 2 and plan.requests["GET"] == 3
+
+
+def test_an_s3_error_that_lasts_mid_file_fails_the_run_naming_it_and_the_file_resumes(
+    s3_server: SeaweedS3,
+    s3: Any,
+    bucket: str,
+    warehouse_path: Path,
+    instance: DagsterInstance,
+) -> None:
+    expected = km_file(seed=3, repeats=2_000)  # 900 KB: its first GET breaks off midway
+    s3.put_object(Bucket=bucket, Key=KEY, Body=expected.data)
+    broken = {"bodies": 0}
+
+    def choose(method: str, path: str, headers: dict[str, str]) -> str | None:
+        """The first ranged GET's body breaks off; from then on S3 answers 500 to each."""
+        if method != "GET" or "Range" not in headers:
+            return None
+        broken["bodies"] += 1
+        return "reset_mid_body" if broken["bodies"] == 1 else "status_500"
+
+    config = make_config(s3_server, bucket, warehouse_path, chunk_bytes=16 * 1024)
+    instance.add_dynamic_partitions(ACCOUNTS.partitions, [KEY])
+    with FaultProxy(s3_server.endpoint_url, FaultPlan(choose)) as proxy:
+        result = run_partition(through(proxy, config), instance, KEY)
+
+    assert not result.success
+    message = failure_message(instance, result.run_id)  # what status and alerts show
+    assert message.startswith(f"GetObject on s3://{bucket}/{KEY} failed: InternalError "), message
+    assert "after the client's retries" in message and "reading from byte " in message
+    assert message.endswith("the next run resumes from the last committed chunk"), message
+    with duckdb.connect(str(warehouse_path), read_only=True) as con:
+        [(committed,)] = con.execute("SELECT next_offset FROM km_import_files").fetchall()
+    assert 0 < committed < len(expected.data)  # the chunks before the break stay committed
+
+    assert run_partition(config, instance, KEY).success  # S3 well again: the file resumes
+    with duckdb.connect(str(warehouse_path), read_only=True) as con:
+        events = con.execute("SELECT count(*), count(DISTINCT line_no) FROM km_events").fetchone()
+    assert events == (expected.events, expected.events)
 
 
 @pytest.mark.parametrize(

@@ -119,6 +119,12 @@ class FilePattern:
         return f"{plain}[{'|'.join(COMPRESSIONS)}]" if self.compressed else plain
 
 
+# S3's own faults, retried by the client: still failing after its retries, they fail the run.
+SERVER_ERROR_CODES = frozenset(
+    {"InternalError", "ServiceUnavailable", "SlowDown", "500", "502", "503", "504"}
+)
+
+
 def describe_client_error(
     exc: ClientError, operation: str, bucket: str, key: str | None = None
 ) -> str:
@@ -141,7 +147,10 @@ def describe_client_error(
             "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
         )
     message = exc.response.get("Error", {}).get("Message", "")
-    return f"{operation} on {where} failed: {code} {message}".strip()
+    said = f"{operation} on {where} failed: {code} {message}".strip()
+    if code in SERVER_ERROR_CODES:
+        said += " (still failing after the client's retries, s3.max_attempts)"
+    return said
 
 
 def is_precondition_failure(exc: ClientError) -> bool:

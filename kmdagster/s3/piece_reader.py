@@ -157,7 +157,9 @@ class ObjectStream:
                     "ETag, and the new content is imported as a new file at the next tick"
                 ) from exc
             raise S3AccessError(
-                describe_client_error(exc, "GetObject", self.bucket, self.key)
+                f"{describe_client_error(exc, 'GetObject', self.bucket, self.key)}, reading "
+                f"from byte {start:,} of {self.size:,}; what was committed before stays, and "
+                "the next run resumes from the last committed chunk"
             ) from exc
         served = _served_range(response, self.size)
         if served != (start, end):
