@@ -88,7 +88,7 @@ def measure(config_path: str, source_name: str, key: str, how: str) -> dict[str,
 
         client = build_s3_resource(config).get_client()
         with Warehouse.open(config.warehouse) as warehouse, seams.injected(stage_times=times):
-            import_file(client, warehouse, source, key)
+            import_file(client, warehouse, source, key, "benchmark")
     seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
     ended_at = time.time()
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -199,6 +199,7 @@ def measure_store(key: str, layout: str) -> dict[str, object]:
             warehouse,
             source.model_copy(update={"time_budget_seconds": 3600.0}),
             key,
+            "benchmark",
         )
         seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
     size_mb = path.stat().st_size / 1024 / 1024 if path.exists() else None

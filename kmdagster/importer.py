@@ -23,7 +23,7 @@ from kmdagster.s3.piece_reader import (
     Piece,
     PieceReader,
 )
-from kmdagster.seams import crash_point, hold_point
+from kmdagster.seams import after_commit, crash_point, hold_point
 from kmdagster.seams import current as current_seams
 from kmdagster.stages import timed
 from kmdagster.warehouse.piece_rows import PieceRows
@@ -72,20 +72,21 @@ def import_file(
     warehouse: Warehouse,
     source: SourceConfig,
     key: str,
+    run_id: str,
     resume_hint: tuple[int, str] | None = None,
-    run_id: str | None = None,
     budget_seconds: float | None = None,
 ) -> ImportReport:
     """Import ``s3://bucket/key`` from its committed offset until done or out of budget.
 
     The ledger's ``next_offset`` is the truth; ``resume_hint`` (offset, etag) from Dagster
     metadata is only compared with it, and only for the same file version. ``run_id``
-    (the Dagster run's) is recorded with each chunk it commits, which is how the quarantine
-    rule tells a run that advanced the file from one that did not.
+    (the Dagster run's, or a name for the import) is recorded with each chunk it commits,
+    which is how the quarantine rule tells a run that advanced the file from one that did
+    not.
     ``budget_seconds`` is what is left of the run's budget when the run imports more than
     one file (the source's ``time_budget_seconds`` otherwise).
-    Every call commits at least one chunk unless the file is done. Its clock, read sizes
-    and a call after each commit are ``kmdagster.seams``' to change.
+    Every call commits at least one chunk unless the file is done. Its clock and read
+    sizes are ``kmdagster.seams``' to change, and a test may act after each commit there.
     """
     seams = current_seams()
     clock, bucket, chunk_bytes = seams.clock, source.bucket, source.chunk_bytes
@@ -155,8 +156,7 @@ def import_file(
             crash_point("import.chunk_committed")
             hold_point("import.chunk_committed", source.name)
             chunks += 1
-            if seams.after_commit is not None:
-                seams.after_commit(row)
+            after_commit(row)
     except (FileChangedError, S3AccessError) as exc:
         # Deleted, replaced or unreadable mid-import: say so in the ledger (and status).
         warehouse.mark_failed(row, str(exc))

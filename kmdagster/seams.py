@@ -18,12 +18,15 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from kmdagster import faults
 
-if TYPE_CHECKING:
-    from kmdagster.stages import StageTimes
+
+class StageSink(Protocol):
+    """Where ``stages.timed`` adds each stage's seconds (``stages.StageTimes``)."""
+
+    def add(self, stage: str, wall: float, cpu: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -37,10 +40,10 @@ class Seams:
     copy_part_bytes: int | None = None
     now_epoch: Callable[[], float] = time.time  # bounds timestamps in the future
     clock: Callable[[], float] = time.monotonic  # measures the time budget
-    after_commit: Callable[[Any], None] | None = None  # given each committed LedgerRow
+    after_commit: Callable[[Any], None] = lambda row: None  # given each committed LedgerRow
     crash_point: Callable[[str], None] = faults.crash_point
     hold_point: Callable[[str, str], None] = faults.hold_point
-    stage_times: StageTimes | None = None  # where an import's time goes (benchmarks)
+    stage_times: StageSink | None = None  # where an import's time goes (benchmarks)
 
 
 _lock = threading.Lock()
@@ -68,6 +71,11 @@ def injected(**changes: Any) -> Iterator[Seams]:
 def crash_point(name: str) -> None:
     """Where a kill test may stop the process (``faults.CRASH_POINTS``)."""
     _current.crash_point(name)
+
+
+def after_commit(row: Any) -> None:
+    """Where a test acts on a file between two chunks of its import (``Seams.after_commit``)."""
+    _current.after_commit(row)
 
 
 def hold_point(name: str, source: str) -> None:

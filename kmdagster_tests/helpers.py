@@ -119,7 +119,8 @@ def run_import(
 ) -> ImportReport:
     """``import_file`` for source ``accounts`` with a budget no test run reaches.
 
-    ``options`` are the source's settings, and the import's seams, by field name.
+    ``options`` are the source's settings, and the import's seams, by field name; the
+    import is recorded as run ``options["run_id"]`` (``test-import`` unless given).
     """
     budget = options.pop("time_budget_seconds", 600.0)
     settings = {f: options.pop(f) for f in SourceConfig.model_fields if f in options}
@@ -134,7 +135,8 @@ def run_import(
     )
     injected = {f: options.pop(f) for f in seams.Seams.__dataclass_fields__ if f in options}
     with seams.injected(**injected):
-        return import_file(client, warehouse, source, key, **options)
+        run_id = options.pop("run_id", "test-import")
+        return import_file(client, warehouse, source, key, run_id, **options)
 
 
 def plain_piece_end(offset: int, size_bytes: int) -> PieceEnd:

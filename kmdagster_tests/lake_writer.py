@@ -49,7 +49,7 @@ def main() -> int:
 
     client = build_s3_resource(config).get_client()
     with Warehouse.open(config.warehouse) as warehouse, seams.injected(after_commit=after_commit):
-        report = import_file(client, warehouse, source, key)
+        report = import_file(client, warehouse, source, key, "lake-writer")
     print(json.dumps({"chunks": report.chunks, "read_again": report.chunks_read_again}))
     return 0
 

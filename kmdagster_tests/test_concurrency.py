@@ -105,9 +105,13 @@ def test_two_importers_of_one_file_never_commit_the_same_chunk_twice(tmp_path: P
         row = warehouse.open_file("accounts", KEY, '"etag"', 10_000)
         stale = warehouse.ledger_row("accounts", KEY, '"etag"')
         assert stale is not None
-        warehouse.commit_chunk(row, [(chunk, plain_piece_end(5_000, row.size_bytes))])
+        warehouse.commit_chunk(
+            row, [(chunk, plain_piece_end(5_000, row.size_bytes))], run_id="test"
+        )
         with pytest.raises(LedgerConflict, match="moved past offset 0 in another import"):
-            warehouse.commit_chunk(stale, [(chunk, plain_piece_end(5_000, row.size_bytes))])
+            warehouse.commit_chunk(
+                stale, [(chunk, plain_piece_end(5_000, row.size_bytes))], run_id="test"
+            )
         events = warehouse.database.connection.execute("SELECT count(*) FROM km_events").fetchone()
     assert events == (split.events.height,)
 

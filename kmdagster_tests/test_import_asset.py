@@ -228,7 +228,9 @@ def test_ledger_wins_over_a_stale_recorded_offset(
             chunk = reader.read_piece(row.next_offset)
         split = split_km_lines(chunk.data, row.lines_read + 1, 2**31)
         warehouse.commit_chunk(
-            row, [(warehouse.lay_out(split), PieceEnd(chunk.end, chunk.last, chunk.end))]
+            row,
+            [(warehouse.lay_out(split), PieceEnd(chunk.end, chunk.last, chunk.end))],
+            run_id="test",
         )
     result = materialize_partition(config, instance, KEY)
     observation = only_observation(result)

@@ -31,7 +31,9 @@ def load(warehouse: Warehouse, key: str, lines: list[dict[str, Any]]) -> None:
     data = ("\n".join(json.dumps(line) for line in lines) + "\n").encode()
     row = warehouse.open_file("accounts", key, f'"{key}"', len(data))
     piece = warehouse.lay_out(split_km_lines(data, 1, 1_764_000_000))
-    warehouse.commit_chunk(row, [(piece, plain_piece_end(len(data), row.size_bytes))])
+    warehouse.commit_chunk(
+        row, [(piece, plain_piece_end(len(data), row.size_bytes))], run_id="test"
+    )
 
 
 def groups(pairs: list[tuple[str, str]]) -> dict[str, str]:

@@ -114,7 +114,9 @@ def test_an_upgraded_warehouse_resumes_its_partial_file_and_takes_new_rows(
         assert (row.next_offset, row.lines_read, row.file_id > 0) == (offset, lines, True)
         split = split_km_lines(data[offset:], lines + 1, 1_764_000_000)
         done = warehouse.commit_chunk(
-            row, [(warehouse.lay_out(split), plain_piece_end(len(data), row.size_bytes))]
+            row,
+            [(warehouse.lay_out(split), plain_piece_end(len(data), row.size_bytes))],
+            run_id="test",
         )
     expected = km_file(seed=2, repeats=30)
     assert done.status == "imported" and done.lines_read == expected.lines
@@ -151,7 +153,9 @@ def test_rejected_lines_are_kept_short_with_their_full_length(tmp_path: Path) ->
     with DuckDBWarehouse.connect(tmp_path / "w.duckdb") as warehouse:
         row = warehouse.open_file("accounts", "k.json", '"e"', len(long_line) + 1)
         warehouse.commit_chunk(
-            row, [(warehouse.lay_out(split), plain_piece_end(len(long_line) + 1, row.size_bytes))]
+            row,
+            [(warehouse.lay_out(split), plain_piece_end(len(long_line) + 1, row.size_bytes))],
+            run_id="test",
         )
         [(kept, full)] = warehouse.database.connection.execute(
             "SELECT length(raw_line), raw_chars FROM km_rejects"
@@ -171,7 +175,9 @@ def test_names_are_stored_once_with_each_label_as_sent(tmp_path: Path) -> None:
         for n, key in enumerate(("a.json", "b.json")):  # the second file learns no new name
             row = warehouse.open_file("accounts", key, f'"{n}"', len(lines))
             piece = warehouse.lay_out(split_km_lines(lines, 1, 1_764_000_000))
-            warehouse.commit_chunk(row, [(piece, plain_piece_end(len(lines), row.size_bytes))])
+            warehouse.commit_chunk(
+                row, [(piece, plain_piece_end(len(lines), row.size_bytes))], run_id="test"
+            )
         con = warehouse.database.connection
         names = con.execute("SELECT kind, name, label FROM km_names ORDER BY ALL").fetchall()
         events = con.execute("SELECT event, event_label FROM km_events ORDER BY ALL").fetchall()
@@ -233,6 +239,7 @@ def test_a_version_3_warehouse_gains_reject_locations_keeping_its_rejects(
                     plain_piece_end(len(bad), row.size_bytes),
                 )
             ],
+            run_id="test",
         )
         db = warehouse.database  # as version 3 left it: rejects not located
         for view in ("km_rejects", "km_rejects_replaced"):
@@ -245,7 +252,9 @@ def test_a_version_3_warehouse_gains_reject_locations_keeping_its_rejects(
         row = warehouse.open_file("accounts", "new.json", '"e2"', len(bad) * 2)
         two = split_km_lines(bad * 2, 1, 0, first_byte_offset=0)
         warehouse.commit_chunk(
-            row, [(warehouse.lay_out(two), plain_piece_end(len(bad) * 2, row.size_bytes))]
+            row,
+            [(warehouse.lay_out(two), plain_piece_end(len(bad) * 2, row.size_bytes))],
+            run_id="test",
         )
         found = warehouse.database.rows(
             "SELECT file_key, line_no, reason, byte_offset FROM km_rejects ORDER BY 1, 2"
@@ -406,7 +415,7 @@ def test_a_version_4_lake_gains_its_alias_merges_marked_as_done(
         row = warehouse.open_file("accounts", "old.json", '"e1"', len(file.data))
         split = split_km_lines(file.data, 1, 1_800_000_000)
         end = plain_piece_end(len(file.data), row.size_bytes)
-        warehouse.commit_chunk(row, [(warehouse.lay_out(split), end)])
+        warehouse.commit_chunk(row, [(warehouse.lay_out(split), end)], run_id="test")
         db = warehouse.database  # as version 4 left it: groups merged with each chunk
         db.execute("DROP TABLE km_alias_merges")
         db.execute("UPDATE km_schema SET version = 4")

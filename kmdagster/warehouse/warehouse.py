@@ -342,8 +342,8 @@ class Warehouse:
         self,
         row: LedgerRow,
         pieces: Iterable[tuple[PieceRows, PieceEnd]],
+        run_id: str,
         first_of_run: bool = False,
-        run_id: str | None = None,
     ) -> LedgerRow:
         """Insert a chunk's rows and advance the ledger in one transaction.
 
@@ -351,10 +351,10 @@ class Warehouse:
         (``piece_rows``) and where it ends (``PieceEnd``), inserted as they come (an
         iterator may still be splitting the later ones); the ledger moves to the last
         offset and adds the rows of each table. ``first_of_run`` counts one more import
-        run; ``run_id`` (the Dagster run's) is recorded in ``km_import_runs`` with the
-        offsets it moved between, in the same transaction. The update is conditional on
-        the offset we started from, so a second importer of the same file can never commit
-        the same lines twice.
+        run; ``run_id`` (the Dagster run's, or a name for the import) is recorded in
+        ``km_import_runs`` with the offsets it moved between, in the same transaction. The
+        update is conditional on the offset we started from, so a second importer of the
+        same file can never commit the same lines twice.
         """
         file_columns = [row.source, row.file_key, row.file_etag]
         db = self.database
@@ -412,10 +412,9 @@ class Warehouse:
                         f"s3 object {row.file_key!r} (etag {row.file_etag}) moved past offset "
                         f"{row.next_offset} in another import; this run stops without loading"
                     )
-                if run_id is not None:
-                    db.ledger_writes.record_run(
-                        db, row.file_id, run_id, row.next_offset, next_offset, now
-                    )
+                db.ledger_writes.record_run(
+                    db, row.file_id, run_id, row.next_offset, next_offset, now
+                )
                 committed = self.ledger_row(*file_columns)
                 db.commit()
         except BaseException as exc:
