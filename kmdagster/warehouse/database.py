@@ -13,17 +13,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
 
 import polars as pl
 import pyarrow as pa
 
 from kmdagster.warehouse.waits import retried_on_conflict
-
-if TYPE_CHECKING:
-    from kmdagster.warehouse.ledger_writes import LedgerWrites
-    from kmdagster.warehouse.people import AliasMerge
-    from kmdagster.warehouse.schema import SchemaLayout
 
 Params = Sequence[object]
 T = TypeVar("T")
@@ -57,6 +54,9 @@ class WarehouseConflict(RuntimeError):
 class WarehouseSchemaError(RuntimeError):
     """The warehouse is not one this code reads and writes: another version's schema, or a
     file that is not a database at all."""
+
+
+LEDGER_TABLE = "km_import_files"
 
 
 class Database(Protocol):
@@ -146,6 +146,58 @@ class Database(Protocol):
     sql_skip_duplicates: str
 
     def sql_distinct_estimate(self, column: str) -> str: ...
+
+
+class LedgerWrites(Protocol):
+    """How a backend writes the ledger: ``UPDATED_IN_PLACE`` or ``APPENDED_REVISIONS``."""
+
+    @property
+    def first_rows_table(self) -> str:
+        """Where a new file version's first row goes."""
+        ...
+
+    def update(self, changes: Mapping[str, str], where: str) -> str:
+        """The statement that sets ``changes`` (column -> SQL expression over the row as
+        it was) on the ledger rows ``where`` selects, reporting the rows it changed."""
+        ...
+
+    def record_run(
+        self, database: Database, file_id: int, run_id: str, start: int, end: int, now: datetime
+    ) -> None:
+        """A run's chunk moved the file from ``start`` to ``end``: in ``km_import_runs``,
+        one row per run and file version."""
+        ...
+
+
+class AliasMerge(Protocol):
+    """When a backend merges a chunk's alias pairs into the groups: ``MERGED_IN_CHUNK`` or
+    ``MERGED_APART`` (a lake)."""
+
+    def in_chunk(self, database: Database, pairs: pl.DataFrame) -> None:
+        """In the chunk's open transaction."""
+        ...
+
+    def after_chunk(
+        self, database: Database, file_id: int, pairs: pl.DataFrame, through_line: int
+    ) -> None:
+        """Once the chunk, whose pairs go ``through_line`` of the file, committed."""
+        ...
+
+    def catch_up(self, database: Database) -> None:
+        """When a writer opens the warehouse: merges a killed writer left undone."""
+        ...
+
+
+@dataclass(frozen=True)
+class SchemaLayout:
+    """How a backend lays out the schema: the script that makes it new, the table its
+    ledger's columns live in (altered by an upgrade, then ``after_ledger_altered`` runs),
+    and its own step to version 5, if any. Each backend's module holds its layout."""
+
+    new_schema: str
+    ledger_table: str = LEDGER_TABLE
+    after_ledger_altered: str = ""
+    to_version_5: Callable[[Database], None] | None = None
 
 
 def sequence_ids(database: Database, sequence: str, count: int) -> list[int]:

@@ -14,14 +14,12 @@ says how far into the file version its pairs are in the groups.
 
 from __future__ import annotations
 
-from kmdagster.warehouse.database import Database
+from kmdagster.warehouse.database import LEDGER_TABLE, Database, SchemaLayout
 from kmdagster.warehouse.ledger_writes import REVISIONS
 from kmdagster.warehouse.schema import (
-    LEDGER_TABLE,
     STORAGE_TABLE_NAMES,
     TABLES,
     VIEWS,
-    SchemaLayout,
     create_tables,
     run_script,
 )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from kmdagster.warehouse.database import Database
@@ -23,27 +23,6 @@ LEDGER_COLUMNS = (
     "events_rows, properties_rows, aliases_rows, rejects_rows, import_runs, file_id, read_offset"
 )
 REVISIONS = "km_import_file_revisions"
-
-
-class LedgerWrites(Protocol):
-    """How a backend writes the ledger: ``UPDATED_IN_PLACE`` or ``APPENDED_REVISIONS``."""
-
-    @property
-    def first_rows_table(self) -> str:
-        """Where a new file version's first row goes."""
-        ...
-
-    def update(self, changes: Mapping[str, str], where: str) -> str:
-        """The statement that sets ``changes`` (column -> SQL expression over the row as
-        it was) on the ledger rows ``where`` selects, reporting the rows it changed."""
-        ...
-
-    def record_run(
-        self, database: Database, file_id: int, run_id: str, start: int, end: int, now: datetime
-    ) -> None:
-        """A run's chunk moved the file from ``start`` to ``end``: in ``km_import_runs``,
-        one row per run and file version."""
-        ...
 
 
 class UpdatedInPlace:

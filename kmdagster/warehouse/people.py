@@ -16,7 +16,7 @@ writer that opens the lake, from the committed pairs.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -82,25 +82,6 @@ def merge_pending_aliases(database: Database) -> None:
             [file_id, merged_through, lines_read],
         )
         merge_aliases_apart(database, file_id, pairs, lines_read)
-
-
-class AliasMerge(Protocol):
-    """When a backend merges a chunk's alias pairs into the groups: ``MERGED_IN_CHUNK`` or
-    ``MERGED_APART`` (a lake)."""
-
-    def in_chunk(self, database: Database, pairs: pl.DataFrame) -> None:
-        """In the chunk's open transaction."""
-        ...
-
-    def after_chunk(
-        self, database: Database, file_id: int, pairs: pl.DataFrame, through_line: int
-    ) -> None:
-        """Once the chunk, whose pairs go ``through_line`` of the file, committed."""
-        ...
-
-    def catch_up(self, database: Database) -> None:
-        """When a writer opens the warehouse: merges a killed writer left undone."""
-        ...
 
 
 class MergedInChunk:

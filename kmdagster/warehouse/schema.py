@@ -21,8 +21,7 @@ warehouse newer than this code is refused, never misread.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import datetime, timezone
 
 import duckdb
@@ -30,7 +29,14 @@ import duckdb
 from kmdagster.file_state import RETIRED
 from kmdagster.km_format.split import MAX_RAW_LINE_CHARS
 from kmdagster.seams import crash_point
-from kmdagster.warehouse.database import Database, WarehouseSchemaError, sql_list, transaction
+from kmdagster.warehouse.database import (
+    LEDGER_TABLE,
+    Database,
+    SchemaLayout,
+    WarehouseSchemaError,
+    sql_list,
+    transaction,
+)
 from kmdagster.warehouse.people import add_alias_pairs
 
 SCHEMA_VERSION = 5
@@ -98,7 +104,6 @@ TABLES = {
     "km_identity_groups": ("identity VARCHAR NOT NULL, person_id VARCHAR NOT NULL", ""),
     "km_schema": ("version INTEGER NOT NULL, written_at TIMESTAMPTZ NOT NULL", ""),
 }
-LEDGER_TABLE = "km_import_files"
 _RUN_TABLES = ("km_import_runs",)
 STORAGE_TABLE_NAMES = tuple(name for name in TABLES if name not in (LEDGER_TABLE, *_RUN_TABLES))
 
@@ -208,18 +213,6 @@ CREATE INDEX IF NOT EXISTS km_identity_groups_person ON km_identity_groups (pers
 # The ledger column counting each file's rows in each relation.
 ROW_TABLES = tuple(STORAGE_TABLES)
 ROW_COUNT_COLUMNS = {table: f"{table.removeprefix('km_')}_rows" for table in ROW_TABLES}
-
-
-@dataclass(frozen=True)
-class SchemaLayout:
-    """How a backend lays out the schema: the script that makes it new, the table its
-    ledger's columns live in (altered by an upgrade, then ``after_ledger_altered`` runs),
-    and its own step to version 5, if any. Each backend's module holds its layout."""
-
-    new_schema: str
-    ledger_table: str = LEDGER_TABLE
-    after_ledger_altered: str = ""
-    to_version_5: Callable[[Database], None] | None = None
 
 
 # Keyed tables and sequences: the DuckDB file, and PostgreSQL with its indexes.
