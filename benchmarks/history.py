@@ -43,6 +43,7 @@ from typing import Any
 from benchmarks.lake import BUCKET, start_bench_s3
 from benchmarks.run import DLT_PYTHON, run_dlt_loader
 from kmdagster import IMPORT_ENVIRONMENT
+from kmdagster.warehouse.backends import read_warehouse
 from kmdagster_dev.km_files import generate_lines
 from kmdagster_dev.postgres import USER, PostgresServer
 
@@ -220,9 +221,8 @@ def event_log_size(instance: Any) -> tuple[int, int]:
 
 def check_every_line_once(settings: Any, files: int, lines: int) -> None:
     """Every file archived once and every line of it accounted for once in the ledger."""
-    from kmdagster.warehouse.warehouse import Warehouse
 
-    with Warehouse.read_only(settings) as warehouse:
+    with read_warehouse(settings) as warehouse:
         assert warehouse is not None
         [ledger] = warehouse.database.rows(
             "SELECT count(*), sum(lines_read) FROM km_import_files WHERE status = 'archived'"

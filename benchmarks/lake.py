@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from kmdagster import IMPORT_ENVIRONMENT, seams
 from kmdagster.config import KmConfig, S3Settings, SourceConfig, WarehouseSettings, config_yaml
 from kmdagster.stages import StageTimes
+from kmdagster.warehouse.backends import backend_of, open_warehouse
 from kmdagster_dev.km_files import PROFILES, write_file
 from kmdagster_dev.postgres import PostgresServer
 from kmdagster_dev.seaweed import Identity, SeaweedS3
@@ -61,7 +62,6 @@ def measure(config_path: str, source_name: str, key: str, how: str) -> dict[str,
     import resource
 
     from kmdagster.config import load_config
-    from kmdagster.warehouse.warehouse import Warehouse
 
     config = load_config(Path(config_path))
     source = config.source(source_name)
@@ -87,20 +87,15 @@ def measure(config_path: str, source_name: str, key: str, how: str) -> dict[str,
         from kmdagster.importer import import_file
 
         client = build_s3_resource(config).get_client()
-        with Warehouse.open(config.warehouse) as warehouse, seams.injected(stage_times=times):
+        with open_warehouse(config.warehouse) as warehouse, seams.injected(stage_times=times):
             import_file(client, warehouse, source, key, "benchmark")
     seconds, cpu = time.perf_counter() - started, cpu_seconds() - cpu_started
     ended_at = time.time()
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    with Warehouse.open(config.warehouse) as warehouse:
+    with open_warehouse(config.warehouse) as warehouse:
         row = warehouse.latest_ledger_row(source_name, key)
         assert row is not None and row.is_complete, row
-        if warehouse.database.backend == "postgres":
-            [(stored,)] = warehouse.database.rows("SELECT pg_database_size(current_database())")
-        else:
-            stored = None
-    if stored is None:
-        stored = stored_bytes(config.warehouse)
+    stored = backend_of(config.warehouse).stored_bytes(config.warehouse)
     return {
         "started_at": started_at,  # the wall clock: imports in other processes line up
         "ended_at": ended_at,
@@ -185,14 +180,6 @@ def run_import_job(job: JobDefinition, source_name: str, key: str) -> None:
     with DagsterInstance.ephemeral() as instance:
         instance.add_dynamic_partitions(names.partitions, [key])
         assert job.execute_in_process(instance=instance, partition_key=key).success
-
-
-def stored_bytes(settings: WarehouseSettings) -> int:
-    if settings.backend == "duckdb":
-        paths = [Path(settings.duckdb_path), Path(settings.duckdb_path + ".wal")]
-    else:
-        paths = [Path(settings.ducklake_catalog), *Path(settings.ducklake_data_path).rglob("*")]
-    return sum(path.stat().st_size for path in paths if path.is_file())
 
 
 def spawn(

@@ -180,7 +180,8 @@ def measure_store(key: str, layout: str) -> dict[str, object]:
     from kmdagster.config import load_config
     from kmdagster.defs.resources import build_s3_resource
     from kmdagster.importer import import_file
-    from kmdagster.warehouse.warehouse import DuckDBWarehouse, Warehouse
+    from kmdagster.warehouse.backends import open_warehouse
+    from kmdagster.warehouse.warehouse import DuckDBWarehouse
 
     config = load_config()
     source = config.sources[0]
@@ -190,7 +191,7 @@ def measure_store(key: str, layout: str) -> dict[str, object]:
         "compact": DuckDBWarehouse.connect,
         "wide": WideTablesWarehouse.connect,
         "no_rows": NoRowsWarehouse.connect,
-        "postgres": lambda _: Warehouse.open(config.warehouse),
+        "postgres": lambda _: open_warehouse(config.warehouse),
     }
     with layouts[layout](path) as warehouse:
         started, cpu_started = time.perf_counter(), cpu_seconds()

@@ -62,10 +62,9 @@ from kmdagster.status import (
     read_source_status,
     set_aside,
 )
-from kmdagster.warehouse.duckdb_database import import_export
-from kmdagster.warehouse.ducklake_database import attach_statements
+from kmdagster.warehouse.backends import backend_of, one_writer, open_warehouse, read_warehouse
 from kmdagster.warehouse.schema import ROW_TABLES, SCHEMA_VERSION, WarehouseSchemaError
-from kmdagster.warehouse.warehouse import Warehouse, WarehouseUnavailable
+from kmdagster.warehouse.warehouse import WarehouseUnavailable
 from kmdagster.webhook import post_alert, webhook_url
 from kmdagster.wording import counted, names_and_more, sentence
 
@@ -278,7 +277,7 @@ def backfill(config: KmConfig, source: SourceConfig) -> None:
             [*(names.table(table) for table in ROW_TABLES), names.archive],
             found.keys,
             # As the job's runs: the run queue's limits, and run monitoring's first limit.
-            tags=import_run_tags(source, config.warehouse.run_tag),
+            tags=import_run_tags(source, one_writer(config.warehouse)),
             title=f"{source.name}: {counted(len(found.keys), 'waiting file')}",
         )
     runs = counted(backfill_runs(source, len(found.keys)), "run")
@@ -424,7 +423,7 @@ def policy(config: KmConfig, source: SourceConfig) -> None:
 @cli.command(help="upgrade the warehouse to this version's schema, in one transaction")
 @click.option("--wait", type=float, default=120.0, show_default=True, help=WAIT_HELP)
 def upgrade_warehouse(wait: float) -> None:
-    with Warehouse.open(given_config().warehouse, lock_wait_seconds=wait) as warehouse:
+    with open_warehouse(given_config().warehouse, lock_wait_seconds=wait) as warehouse:
         found = warehouse.upgraded_from
         path = warehouse.database.location
     if found is None or found == SCHEMA_VERSION:
@@ -439,11 +438,12 @@ def import_warehouse(export_dir: Path) -> None:
     """How a DuckDB warehouse written by another DuckDB version (another storage format)
     moves to the one kmdagster runs: EXPORT DATABASE with that version, then this."""
     settings = given_config().warehouse
-    if settings.backend != "duckdb":
+    import_export = backend_of(settings).import_export
+    if import_export is None:
         raise CommandFailed("import-warehouse makes a DuckDB file: set warehouse.backend duckdb")
     path = Path(settings.duckdb_path)
     import_export(path, export_dir)
-    with Warehouse.open(settings) as warehouse:  # checks the schema, upgrading an older one
+    with open_warehouse(settings) as warehouse:  # checks the schema, upgrading an older one
         files = len(warehouse.database.rows("SELECT 1 FROM km_import_files"))
     click.echo(f"{path}: imported from {export_dir}, {files} file versions in the ledger")
 
@@ -470,18 +470,17 @@ def sql(query: str | None, as_csv: bool, max_rows: int, wait: float, attach: boo
     connection left open."""
     settings = given_config().warehouse
     if attach:
-        if settings.backend != "ducklake":
+        statements = backend_of(settings).attach_statements
+        if statements is None:
             raise CommandFailed("--attach is for warehouse.backend ducklake")
-        click.echo(attach_statements(settings))
+        click.echo(statements(settings))
         return
     text = query if query is not None else sys.stdin.read()
     if not text.strip():
         raise click.UsageError("give a query: kmdagster sql 'SELECT count(*) FROM km_events'")
-    with Warehouse.read_only(settings, lock_wait_seconds=wait) as warehouse:
+    with read_warehouse(settings, lock_wait_seconds=wait) as warehouse:
         if warehouse is None:
-            where = {"duckdb": settings.duckdb_path, "ducklake": settings.ducklake_catalog}.get(
-                settings.backend, "the database"
-            )
+            where = backend_of(settings).location(settings)
             raise CommandFailed(f"the warehouse {where} has no tables yet: nothing is imported")
         try:
             frame = warehouse.database.frame(text)

@@ -148,20 +148,6 @@ class WarehouseSettings(_ResourceSection):
             )
         return self
 
-    @property
-    def one_writer(self) -> bool:
-        """Whether one process at a time may write (a DuckDB file, or a lake whose catalog
-        is one): the import runs of every source then take turns."""
-        if self.backend == "ducklake":
-            return not is_postgres_url(self.ducklake_catalog)
-        return self.backend == "duckdb"
-
-    @property
-    def run_tag(self) -> str:
-        """The import runs' ``kmdagster/warehouse`` tag: ``duckdb`` for one writer in all
-        (deploy/dagster.yaml limits those runs to one at a time), else the backend."""
-        return "duckdb" if self.one_writer else self.backend
-
 
 class SourceConfig(_Section):
     """One recurring import: the files ``base_filename`` matches at the root of ``bucket``."""

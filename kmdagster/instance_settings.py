@@ -13,7 +13,8 @@ from typing import Any
 import yaml
 
 INSTANCE_SETTINGS: dict[str, Any] = {
-    # One import run per source at a time, and one writer of an embedded DuckDB file.
+    # One import run per source at a time, and one writer in all of a warehouse that admits
+    # one writing process (a DuckDB file, a lake on a DuckDB catalog).
     "run_queue": {
         "max_concurrent_runs": 10,
         "tag_concurrency_limits": [
@@ -22,7 +23,7 @@ INSTANCE_SETTINGS: dict[str, Any] = {
                 "value": {"applyLimitPerUniqueValue": True},
                 "limit": 1,
             },
-            {"key": "kmdagster/warehouse", "value": "duckdb", "limit": 1},
+            {"key": "kmdagster/one_writer", "value": "true", "limit": 1},
         ],
     },
     # A run whose process died is failed after its dagster/max_runtime tag (the source's

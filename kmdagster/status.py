@@ -18,7 +18,8 @@ from kmdagster.dagster_internals import cron_ticks_after
 from kmdagster.file_state import BACKLOG, RETIRED, State
 from kmdagster.quarantine import Quarantine
 from kmdagster.s3.objects import RootFiles, S3File, compression_of, list_root
-from kmdagster.warehouse.warehouse import LedgerRow, Warehouse, WarehouseUnavailable
+from kmdagster.warehouse.backends import read_warehouse
+from kmdagster.warehouse.warehouse import LedgerRow, WarehouseUnavailable
 from kmdagster.wording import counted
 
 
@@ -308,7 +309,7 @@ def read_source_status(
     left_alone = {file.key for file in root.before_start}
     left_out: dict[str, int] = {}
     try:
-        with Warehouse.read_only(warehouse_settings, wait_seconds) as warehouse:
+        with read_warehouse(warehouse_settings, wait_seconds) as warehouse:
             if warehouse is None:
                 ledger = []
             elif recent is None:

@@ -17,8 +17,9 @@ from kmdagster.config import (
 )
 from kmdagster.defs.naming import SourceNames
 from kmdagster.importer import ImportReport, import_file
+from kmdagster.warehouse.backends import read_warehouse
 from kmdagster.warehouse.file_rows import ROW_IDENTITY
-from kmdagster.warehouse.warehouse import PieceEnd, Warehouse
+from kmdagster.warehouse.warehouse import PieceEnd
 from kmdagster_dev.km_files import KmFile
 from kmdagster_dev.seaweed import Identity, SeaweedS3
 
@@ -63,7 +64,7 @@ SCOPED = Identity(
 
 def warehouse_rows(settings: WarehouseSettings, sql: str) -> list[tuple[Any, ...]]:
     """Rows of ``sql`` run read-only on the warehouse ``settings`` name."""
-    with Warehouse.read_only(settings) as warehouse:
+    with read_warehouse(settings) as warehouse:
         assert warehouse is not None, "the warehouse has no tables yet"
         return warehouse.database.rows(sql)
 

@@ -17,14 +17,15 @@ from kmdagster import seams
 from kmdagster.config import load_config
 from kmdagster.defs.resources import build_s3_resource
 from kmdagster.importer import import_file
-from kmdagster.warehouse.warehouse import LedgerRow, Warehouse
+from kmdagster.warehouse.backends import open_warehouse, read_warehouse
+from kmdagster.warehouse.warehouse import LedgerRow
 
 WAIT_SECONDS = 300.0
 
 
 def other_has_committed(other: str) -> bool:
     settings = load_config().warehouse
-    with Warehouse.read_only(settings) as warehouse:
+    with read_warehouse(settings) as warehouse:
         return warehouse is not None and any(
             row.next_offset > 0 for row in warehouse.ledger_rows(other)
         )
@@ -48,7 +49,7 @@ def main() -> int:
         waited = True
 
     client = build_s3_resource(config).get_client()
-    with Warehouse.open(config.warehouse) as warehouse, seams.injected(after_commit=after_commit):
+    with open_warehouse(config.warehouse) as warehouse, seams.injected(after_commit=after_commit):
         report = import_file(client, warehouse, source, key, "lake-writer")
     print(json.dumps({"chunks": report.chunks, "read_again": report.chunks_read_again}))
     return 0

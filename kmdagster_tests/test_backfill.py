@@ -15,7 +15,7 @@ from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.defs.factory import build_definitions
-from kmdagster.defs.runs import MAX_RUNTIME_TAG, OUTCOME_TAG, SOURCE_TAG, WAREHOUSE_TAG
+from kmdagster.defs.runs import MAX_RUNTIME_TAG, ONE_WRITER_TAG, OUTCOME_TAG, SOURCE_TAG
 from kmdagster.faults import CRASH_ENV
 from kmdagster.status import import_now_advice
 from kmdagster.warehouse.schema import ROW_TABLES
@@ -256,7 +256,7 @@ def test_kmdagster_backfill_records_a_backfill_of_the_waiting_files_and_says_whe
         for key in wanted:
             assert set(target.get_partitions_subset(key).get_partition_keys()) == set(keys[1:])
         assert backfill.tags[SOURCE_TAG] == "accounts"
-        assert backfill.tags[WAREHOUSE_TAG] == "duckdb"  # the run queue's one-writer limit
+        assert backfill.tags[ONE_WRITER_TAG] == "true"  # the run queue's one-writer limit
 
         for key in keys[1:]:
             s3.delete_object(Bucket=bucket, Key=key)

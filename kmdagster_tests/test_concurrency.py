@@ -13,11 +13,12 @@ import pytest
 import yaml
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter, instance_for_test
 
-from kmdagster.defs.runs import SOURCE_TAG, WAREHOUSE_TAG
+from kmdagster.defs.runs import ONE_WRITER_TAG, SOURCE_TAG
 from kmdagster.faults import CRASH_ENV
 from kmdagster.instance_settings import INSTANCE_SETTINGS, instance_settings_yaml
 from kmdagster.km_format.split import split_km_lines
-from kmdagster.warehouse.warehouse import DuckDBWarehouse, LedgerConflict, Warehouse
+from kmdagster.warehouse.backends import open_warehouse
+from kmdagster.warehouse.warehouse import DuckDBWarehouse, LedgerConflict
 from kmdagster_dev.instance_yaml import deploy_instance_settings
 from kmdagster_dev.km_files import km_file
 from kmdagster_dev.seaweed import SeaweedS3
@@ -39,7 +40,7 @@ def test_deploy_dagster_yaml_limits_one_run_per_source_and_per_warehouse() -> No
     by_key = {limit["key"]: limit for limit in limits}
     assert by_key[SOURCE_TAG]["limit"] == 1
     assert by_key[SOURCE_TAG]["value"] == {"applyLimitPerUniqueValue": True}
-    assert by_key[WAREHOUSE_TAG] == {"key": WAREHOUSE_TAG, "value": "duckdb", "limit": 1}
+    assert by_key[ONE_WRITER_TAG] == {"key": ONE_WRITER_TAG, "value": "true", "limit": 1}
 
 
 def test_instance_settings_printed_for_any_project_are_deploy_dagster_yamls() -> None:
@@ -122,7 +123,7 @@ def test_a_stale_importer_is_refused_and_its_rolled_back_rows_never_show(
     """The refused chunk's inserts come before its ledger update: its rollback must take
     them back (on PostgreSQL a timestamp bound by the driver once committed them)."""
     split = split_km_lines(km_file(seed=1).data, 1, 1_800_000_000)
-    with Warehouse.open(warehouse_settings) as warehouse:
+    with open_warehouse(warehouse_settings) as warehouse:
         chunk = warehouse.lay_out(split)
         row = warehouse.open_file("accounts", KEY, '"etag"', 10_000)
         stale = warehouse.ledger_row("accounts", KEY, '"etag"')

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from kmdagster.config import WarehouseSettings
 from kmdagster.km_format.lines import UTF8_BOM
 from kmdagster.km_format.split import MAX_RAW_LINE_CHARS, SplitLines, split_km_lines
-from kmdagster.warehouse.warehouse import DuckDBWarehouse, Warehouse
+from kmdagster.warehouse.backends import open_warehouse
+from kmdagster.warehouse.warehouse import DuckDBWarehouse
 from kmdagster_tests.helpers import run_import
 
 CORPUS = Path(__file__).parent / "corpus"
@@ -83,7 +84,7 @@ def test_whole_corpus_through_the_import_never_crashes_a_chunk(
     keys = {f"accounts.{name}": name for name in EXPECTED}
     for key, name in keys.items():
         s3.put_object(Bucket=bucket, Key=key, Body=(CORPUS / name).read_bytes())
-    with Warehouse.open(warehouse_settings) as warehouse:
+    with open_warehouse(warehouse_settings) as warehouse:
         for key in keys:
             report = run_import(
                 s3,

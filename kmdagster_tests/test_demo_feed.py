@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from kmdagster.config import WarehouseSettings
-from kmdagster.warehouse.warehouse import Warehouse
+from kmdagster.warehouse.backends import open_warehouse
 from kmdagster_dev import demo_feed
 from kmdagster_dev.km_files import demo_file, demo_key
 from kmdagster_tests.helpers import run_import
@@ -35,7 +35,7 @@ def quick_feed(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def partly_import(s3: Any, bucket: str, warehouse_path: Path, key: str) -> None:
     """Two runs each stopped by its budget after one chunk, as the demo's schedule does."""
-    with Warehouse.open(WarehouseSettings(duckdb_path=str(warehouse_path))) as warehouse:
+    with open_warehouse(WarehouseSettings(duckdb_path=str(warehouse_path))) as warehouse:
         for _ in range(demo_feed.RESEND_AFTER_RUNS):
             report = run_import(s3, warehouse, bucket, key, chunk_bytes=1024, time_budget_seconds=0)
             assert not report.ledger.is_complete

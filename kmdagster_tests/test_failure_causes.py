@@ -22,6 +22,7 @@ from kmdagster.defs.runs import WAREHOUSE_FAULT_TAG, import_run_tags
 from kmdagster.s3.archive import archive_file
 from kmdagster.s3.objects import S3File, list_root_files
 from kmdagster.status import file_states
+from kmdagster.warehouse.backends import one_writer, open_warehouse
 from kmdagster.warehouse.database import disk_full_message, rollback_after
 from kmdagster.warehouse.warehouse import DuckDBWarehouse, Warehouse
 from kmdagster_dev.km_files import km_file
@@ -86,7 +87,7 @@ def test_runs_a_full_disk_fails_do_not_quarantine_the_file(
     config = make_config(s3_server, bucket, warehouse, chunk_bytes=1024 * 1024)
     source = config.sources[0]
     instance.add_dynamic_partitions(ACCOUNTS.partitions, [KEY])
-    with Warehouse.open(warehouse):
+    with open_warehouse(warehouse):
         pass  # the warehouse and its tables exist; then the disk fills but for 64 KB
     filler = small_disk / "filler"
     with filler.open("wb") as out, suppress(OSError):
@@ -94,7 +95,7 @@ def test_runs_a_full_disk_fails_do_not_quarantine_the_file(
             out.write(b"\0" * 65536)
             out.flush()
     filler.write_bytes(filler.read_bytes()[:-65536])
-    tags = import_run_tags(source, warehouse.run_tag)
+    tags = import_run_tags(source, one_writer(warehouse))
 
     # More runs than the quarantine threshold, each failing before any chunk commits.
     for _ in range(source.quarantine_after_failed_runs + 1):
@@ -146,7 +147,7 @@ def test_a_file_archived_for_the_first_time_is_never_shown_as_sent_again(
     # Imported in a later second than it was written, as files are (S3 keeps whole seconds).
     written = s3.head_object(Bucket=bucket, Key=KEY)["LastModified"]
     wait_past(written)
-    with Warehouse.open(settings) as warehouse:
+    with open_warehouse(settings) as warehouse:
         report = run_import(s3, warehouse, bucket, KEY, 1024 * 1024)
         row = report.ledger
         assert row.completed_at is not None

@@ -27,7 +27,8 @@ from kmdagster.s3.objects import S3AccessError, S3File
 from kmdagster.s3.piece_reader import PieceReader
 from kmdagster.s3.rejects_file import rejects_key_for
 from kmdagster.status import file_states
-from kmdagster.warehouse.warehouse import DuckDBWarehouse, PieceEnd, Warehouse
+from kmdagster.warehouse.backends import read_warehouse
+from kmdagster.warehouse.warehouse import DuckDBWarehouse, PieceEnd
 from kmdagster_dev.km_files import km_file
 from kmdagster_dev.seaweed import SeaweedS3
 from kmdagster_tests.helpers import READ_ONLY, make_config, run_import, warehouse_rows
@@ -38,7 +39,7 @@ KEY = "accounts-0001.json"
 def materialize_partition(config: Any, instance: DagsterInstance, key: str):
     source = config.sources[0]
     instance.add_dynamic_partitions(SourceNames.of(source).partitions, [key])
-    assets = build_source_assets(SourceSpecs(source))
+    assets = build_source_assets(SourceSpecs(source, config.warehouse.backend))
     return materialize(
         [assets.file, assets.tables, assets.archive],
         partition_key=key,
@@ -184,7 +185,7 @@ def test_a_version_replaced_partway_stays_superseded_and_out_of_the_relations(
     ) == [(partial_events, 1)]
 
     source = partial_config.sources[0]
-    with Warehouse.read_only(warehouse_settings) as warehouse:
+    with read_warehouse(warehouse_settings) as warehouse:
         assert warehouse is not None
         states = file_states([], warehouse.ledger_rows(source.name))
     assert sorted(s.state for s in states) == ["archived", "superseded"]
@@ -347,7 +348,7 @@ def test_crash_between_copy_and_delete_is_finished_without_reimport(
     config = make_config(s3_server, bucket, warehouse_path)
     source = config.sources[0]
     instance.add_dynamic_partitions(SourceNames.of(source).partitions, [KEY])
-    assets = build_source_assets(SourceSpecs(source))
+    assets = build_source_assets(SourceSpecs(source, config.warehouse.backend))
     imported = materialize(
         [assets.file, assets.tables, assets.archive],
         partition_key=KEY,

@@ -20,6 +20,7 @@ from kmdagster.config import KmConfig, SourceConfig, WarehouseSettings
 from kmdagster.km_format.identities import identity_groups
 from kmdagster.km_format.split import split_km_lines
 from kmdagster.km_format.summary import PreviewAccumulator
+from kmdagster.warehouse.backends import open_warehouse
 from kmdagster.warehouse.file_rows import top_events, top_properties
 from kmdagster.warehouse.warehouse import DuckDBWarehouse, Warehouse
 from kmdagster_tests.helpers import plain_piece_end, write_config
@@ -140,7 +141,7 @@ def configured_with_readme_lines(
         ducklake_catalog=str(tmp_path / "lake" / "catalog.ducklake"),
         ducklake_data_path=str(tmp_path / "lake" / "data"),
     )
-    with Warehouse.open(settings) as warehouse:
+    with open_warehouse(settings) as warehouse:
         load(warehouse, "accounts.1.json", README_LINES)
     config = KmConfig(
         warehouse=settings,

@@ -28,6 +28,7 @@ from kmdagster.defs.factory import build_definitions
 from kmdagster.defs.naming import LAKE_FILES_ASSET, LAKE_MAINTENANCE_SCHEDULE
 from kmdagster.defs.resources import build_resources
 from kmdagster.warehouse import ducklake_database
+from kmdagster.warehouse.backends import open_warehouse
 from kmdagster.warehouse.ducklake_database import DuckLakeDatabase, WarehouseLakeError
 from kmdagster.warehouse.warehouse import Warehouse
 from kmdagster_dev.km_files import km_file
@@ -73,7 +74,7 @@ def test_a_lake_on_s3_with_a_postgres_catalog_loads_every_line_once(
 ) -> None:
     file = km_file(seed=1, repeats=300)
     s3.put_object(Bucket=bucket, Key="accounts.1.json", Body=file.data)
-    with Warehouse.open(lake_on_s3.warehouse) as warehouse:
+    with open_warehouse(lake_on_s3.warehouse) as warehouse:
         # Chunks of more rows than DuckLake keeps in the catalog itself (10), so Parquet
         # files are written to S3.
         report = run_import(s3, warehouse, bucket, "accounts.1.json", chunk_bytes=8192)
@@ -95,12 +96,12 @@ def test_a_reader_holding_the_lake_open_never_stops_an_import(
     s3.put_object(Bucket=bucket, Key="accounts.1.json", Body=first.data)
     s3.put_object(Bucket=bucket, Key="accounts.2.json", Body=second.data)
     settings = lake_on_s3.warehouse
-    with Warehouse.open(settings) as warehouse:
+    with open_warehouse(settings) as warehouse:
         run_import(s3, warehouse, bucket, "accounts.1.json", chunk_bytes=1024)
     with DuckLakeDatabase.attach(settings, read_only=True, lock_wait_seconds=5) as reader:
         reader.begin()
         [(before,)] = reader.rows("SELECT count(*) FROM km_events")
-        with Warehouse.open(settings) as warehouse:
+        with open_warehouse(settings) as warehouse:
             report = run_import(s3, warehouse, bucket, "accounts.2.json", chunk_bytes=1024)
         assert report.ledger.is_complete and report.chunks > 1
         assert reader.rows("SELECT count(*) FROM km_events") == [(before,)]
@@ -121,7 +122,7 @@ def test_two_sources_import_at_once_from_separate_processes_each_line_once(
     for name, file in files.items():
         s3.put_object(Bucket=bucket, Key=f"{name}.1.json", Body=file.data)
     config_path = write_config(tmp_path / "km.yaml", lake_on_s3)
-    with Warehouse.open(lake_on_s3.warehouse) as warehouse:  # the schema first
+    with open_warehouse(lake_on_s3.warehouse) as warehouse:  # the schema first
         # Every person already in a group of their own: each chunk's merge deletes rows,
         # so merges of the two sources that overlap conflict (and are tried again).
         people = [f"user{n}-{i}@example.com" for n in (1, 2) for i in range(40)]
@@ -184,7 +185,7 @@ def test_a_chunk_refused_for_another_writers_commit_is_read_again_and_loaded_onc
 ) -> None:
     file = km_file(seed=1, repeats=30)
     s3.put_object(Bucket=bucket, Key="accounts.1.json", Body=file.data)
-    with Warehouse.open(lake_on_s3.warehouse) as warehouse:
+    with open_warehouse(lake_on_s3.warehouse) as warehouse:
         # Groups both writers change, and an event row (of no file) the other deletes.
         warehouse.database.execute(
             "INSERT INTO km_identity_groups VALUES ('x', 'x'), "
@@ -218,7 +219,7 @@ def test_maintenance_merges_small_files_and_deletes_orphans_keeping_every_row(
     )
     file = km_file(seed=3, repeats=200)
     s3.put_object(Bucket=bucket, Key="accounts.1.json", Body=file.data)
-    with Warehouse.open(settings) as warehouse:
+    with open_warehouse(settings) as warehouse:
         run_import(s3, warehouse, bucket, "accounts.1.json", chunk_bytes=4096)
     events_dir = tmp_path / "lake" / "data" / "main" / "km_event_rows"
     orphan = events_dir / "ducklake-left-by-a-killed-writer.parquet"
@@ -262,7 +263,7 @@ def test_a_missing_extension_package_is_named_with_the_version_to_install(
         ducklake_data_path=str(tmp_path / "data"),
     )
     missing = "pip install duckdb-extension-not-installed=="
-    with pytest.raises(WarehouseLakeError, match=missing), Warehouse.open(settings):
+    with pytest.raises(WarehouseLakeError, match=missing), open_warehouse(settings):
         pass
 
 
@@ -277,7 +278,7 @@ def test_an_unreachable_catalog_is_named_without_any_secret(
         ),
         sources=(SourceConfig(name="accounts", bucket=bucket, base_filename="accounts.json"),),
     ).warehouse
-    with pytest.raises(WarehouseLakeError) as refused, Warehouse.open(settings):
+    with pytest.raises(WarehouseLakeError) as refused, open_warehouse(settings):
         pass
     message = str(refused.value)
     assert "no_such_database" in message and "ducklake_catalog" in message
@@ -288,7 +289,7 @@ def test_an_unreachable_catalog_is_named_without_any_secret(
 def open_at_once(settings: WarehouseSettings, start: threading.Barrier) -> int | None:
     """Open the lake as a run does, once every thread is ready to."""
     start.wait()
-    with Warehouse.open(settings) as warehouse:
+    with open_warehouse(settings) as warehouse:
         return warehouse.upgraded_from
 
 
@@ -329,7 +330,7 @@ def test_a_file_on_a_lake_on_s3_resumes_across_budget_stopped_runs_every_line_on
     body = gzip.compress(file.data, compresslevel=1) if compression == "gzip" else file.data
     s3.put_object(Bucket=bucket, Key=key, Body=body)
     runs = 0
-    with Warehouse.open(lake_on_s3.warehouse) as warehouse:
+    with open_warehouse(lake_on_s3.warehouse) as warehouse:
         while True:
             runs += 1
             report = run_import(

@@ -397,7 +397,10 @@ def test_preview_asset_and_permission_check_in_dagster(
     source = config.sources[0]
 
     result = materialize(
-        [build_preview_asset(SourceSpecs(source)), build_permission_check(SourceSpecs(source))],
+        [
+            build_preview_asset(SourceSpecs(source, config.warehouse.backend)),
+            build_permission_check(SourceSpecs(source, config.warehouse.backend)),
+        ],
         resources=build_resources(config),
     )
 

@@ -23,10 +23,10 @@ from kmdagster.km_format.split import MAX_RAW_LINE_CHARS, split_km_lines
 from kmdagster.markdown import file_states_at_a_glance
 from kmdagster.s3.objects import RootFiles, S3File
 from kmdagster.status import read_source_status
+from kmdagster.warehouse.backends import open_warehouse, read_warehouse
 from kmdagster.warehouse.schema import SCHEMA_VERSION, UPGRADE_COMMAND, WarehouseSchemaError
 from kmdagster.warehouse.warehouse import (
     DuckDBWarehouse,
-    Warehouse,
     WarehouseUnreachable,
 )
 from kmdagster_dev.km_files import km_file
@@ -229,7 +229,7 @@ def test_a_version_3_warehouse_gains_reject_locations_keeping_its_rejects(
     warehouse_settings: WarehouseSettings,
 ) -> None:
     bad = b"not json\n"
-    with Warehouse.open(warehouse_settings) as warehouse:
+    with open_warehouse(warehouse_settings) as warehouse:
         row = warehouse.open_file("accounts", "old.json", '"e1"', len(bad))
         warehouse.commit_chunk(
             row,
@@ -247,7 +247,7 @@ def test_a_version_3_warehouse_gains_reject_locations_keeping_its_rejects(
         for column in ("byte_offset", "error_position"):
             db.execute(f"ALTER TABLE km_reject_rows DROP COLUMN {column}")
         db.execute("UPDATE km_schema SET version = 3")
-    with Warehouse.open(warehouse_settings) as warehouse:
+    with open_warehouse(warehouse_settings) as warehouse:
         assert warehouse.upgraded_from == 3
         row = warehouse.open_file("accounts", "new.json", '"e2"', len(bad) * 2)
         two = split_km_lines(bad * 2, 1, 0, first_byte_offset=0)
@@ -279,14 +279,14 @@ def test_a_warehouse_file_without_tables_reads_as_nothing_imported(
     path = tmp_path / "w.duckdb"
     make_file(path)
     settings = WarehouseSettings(duckdb_path=str(path))
-    with Warehouse.read_only(settings) as warehouse:
+    with read_warehouse(settings) as warehouse:
         assert warehouse is None
     source = SourceConfig(name="accounts", bucket="km-imports", base_filename="accounts.json")
     waiting = S3File(key="accounts.1.json", etag="e1", size=10)
     status = read_source_status(None, source, settings, 1.0, root=RootFiles([waiting]))
     assert status.ledger_note is None
     assert [(s.key, s.state) for s in status.states] == [("accounts.1.json", "pending")]
-    with Warehouse.open(settings) as warehouse:  # the next import creates the tables
+    with open_warehouse(settings) as warehouse:  # the next import creates the tables
         assert warehouse.upgraded_from is None
     assert rows(path, "SELECT version FROM km_schema") == [(SCHEMA_VERSION,)]
 
@@ -312,7 +312,7 @@ def test_an_unreachable_postgres_warehouse_is_named_and_status_falls_back_to_s3(
         backend="postgres", postgres_url=f"postgresql://kmdagster@127.0.0.1:{port}/km"
     )
     monkeypatch.setenv("PGPASSWORD", "s3cret-pw")
-    with pytest.raises(WarehouseUnreachable) as error, Warehouse.open(settings):
+    with pytest.raises(WarehouseUnreachable) as error, open_warehouse(settings):
         pass
     message = str(error.value)
     assert f"postgresql://kmdagster@127.0.0.1:{port}/km" in message and "PGPASSWORD" in message
@@ -330,7 +330,7 @@ def test_a_tick_reads_the_current_versions_and_the_latest_not_the_whole_history(
     """The backlog check's read: versions at the root, unfinished ones and the latest few,
     whatever the number archived; the states it gives the root files are the full read's."""
     source = SourceConfig(name="accounts", bucket="km-imports", base_filename="accounts.json")
-    with Warehouse.open(warehouse_settings) as warehouse:
+    with open_warehouse(warehouse_settings) as warehouse:
         for n in range(40):  # a long history, archived
             row = warehouse.open_file("accounts", f"accounts.{n:03d}.json", f"e{n}", 10)
             warehouse.mark_archived(row, f"completed_imports/accounts.{n:03d}.json")
@@ -411,7 +411,7 @@ def test_a_version_4_lake_gains_its_alias_merges_marked_as_done(
     warehouse_settings: WarehouseSettings,
 ) -> None:
     file = km_file(seed=3, repeats=5)
-    with Warehouse.open(warehouse_settings) as warehouse:
+    with open_warehouse(warehouse_settings) as warehouse:
         row = warehouse.open_file("accounts", "old.json", '"e1"', len(file.data))
         split = split_km_lines(file.data, 1, 1_800_000_000)
         end = plain_piece_end(len(file.data), row.size_bytes)
@@ -421,7 +421,7 @@ def test_a_version_4_lake_gains_its_alias_merges_marked_as_done(
         db.execute("UPDATE km_schema SET version = 4")
         [(groups,)] = db.rows("SELECT count(DISTINCT person_id) FROM km_identity_groups")
     assert groups == file.aliases > 0
-    with Warehouse.open(warehouse_settings) as warehouse:
+    with open_warehouse(warehouse_settings) as warehouse:
         assert warehouse.upgraded_from == 4
         db = warehouse.database
         assert db.rows("SELECT through_line FROM km_alias_merges") == [(file.lines,)]

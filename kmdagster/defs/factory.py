@@ -19,6 +19,7 @@ from kmdagster.defs.sensors import build_file_sensor
 from kmdagster.defs.setup_assets import build_permission_check, build_preview_asset
 from kmdagster.defs.source_health import report_health
 from kmdagster.defs.specs import SourceSpecs
+from kmdagster.warehouse.backends import backend_of, one_writer
 
 
 def build_source_definitions(
@@ -27,7 +28,7 @@ def build_source_definitions(
     """Partitions, assets, job, sensors and schedule of one source (no resources)."""
     specs = SourceSpecs(source, warehouse.backend)
     assets = build_source_assets(specs)
-    job = build_import_job(source, assets, warehouse.run_tag)
+    job = build_import_job(source, assets, one_writer(warehouse))
     return Definitions(
         assets=[
             assets.file,
@@ -52,9 +53,8 @@ def build_source_definitions(
 
 def build_definitions(config: KmConfig) -> Definitions:
     """Everything for every configured source, with shared resources. Touches no network."""
-    lake = (
-        [build_lake_maintenance(config.warehouse)] if config.warehouse.backend == "ducklake" else []
-    )
+    maintained = backend_of(config.warehouse).maintained
+    lake = [build_lake_maintenance(config.warehouse)] if maintained else []
     return Definitions.merge(
         *(
             build_source_definitions(source, config.warehouse, config.alerts)

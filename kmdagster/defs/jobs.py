@@ -26,7 +26,7 @@ def run_log_level() -> str:
     return level
 
 
-def build_import_job(source: SourceConfig, assets: SourceAssets, run_tag: str) -> AssetJob:
+def build_import_job(source: SourceConfig, assets: SourceAssets, one_writer: bool) -> AssetJob:
     """``<source>_import_job``. In-process: a DuckDB file admits one writing process, and
     the import and the archive, one after the other, need no process each."""
     return define_asset_job(
@@ -36,7 +36,7 @@ def build_import_job(source: SourceConfig, assets: SourceAssets, run_tag: str) -
         # Run-queue limits key on these tags (one run per source, one in all for a single
         # writer: a DuckDB file, or a lake with a DuckDB-file catalog);
         # run monitoring fails a run that outlives its max runtime (a dead process).
-        tags=import_run_tags(source, run_tag),
+        tags=import_run_tags(source, one_writer),
         # Every event still goes to the event log; the run's console (a terminal under
         # `dagster dev`, a pod's log) shows INFO and up unless KMDAGSTER_RUN_LOG_LEVEL says.
         config={"loggers": {"console": {"config": {"log_level": run_log_level()}}}},

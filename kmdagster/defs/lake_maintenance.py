@@ -21,8 +21,9 @@ from dagster import (
 from kmdagster.config import WarehouseSettings
 from kmdagster.defs.naming import LAKE_MAINTENANCE_JOB, LAKE_MAINTENANCE_SCHEDULE
 from kmdagster.defs.resources import WAREHOUSE_RESOURCE_KEY, WarehouseResource
-from kmdagster.defs.runs import WAREHOUSE_TAG
+from kmdagster.defs.runs import writer_tags
 from kmdagster.defs.specs import lake_files_spec
+from kmdagster.warehouse.backends import one_writer
 from kmdagster.warehouse.lake_maintenance import LakeFiles, maintain_lake
 
 
@@ -69,7 +70,7 @@ def build_lake_maintenance(settings: WarehouseSettings) -> Definitions:
         executor_def=in_process_executor,
         # With a DuckDB-file catalog, one process at a time: the run queue takes turns
         # with the imports, as it does for a DuckDB warehouse.
-        tags={WAREHOUSE_TAG: settings.run_tag},
+        tags=writer_tags(one_writer(settings)),
         description="Merges the lake's small files, expires old snapshots, deletes orphans.",
     )
     schedule = ScheduleDefinition(

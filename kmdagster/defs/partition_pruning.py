@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 
 from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.defs.resources import TICK_LEDGER_WAIT_SECONDS
-from kmdagster.warehouse.warehouse import Warehouse
+from kmdagster.warehouse.backends import read_warehouse
 
 # Dagster removes partitions one at a time (about 3 ms each on SQLite storage here), inside
 # the sensor's tick: a first removal after years is spread over ticks of a few seconds.
@@ -49,7 +49,7 @@ def partitions_to_prune(
     registers new files all the same.
     """
     cutoff = now - timedelta(days=source.retain_partitions_days)
-    with Warehouse.read_only(settings, TICK_LEDGER_WAIT_SECONDS) as warehouse:
+    with read_warehouse(settings, TICK_LEDGER_WAIT_SECONDS) as warehouse:
         if warehouse is None:  # nothing imported yet
             return [], pruned_until
         archived = warehouse.keys_archived_between(source.name, pruned_until, cutoff)

@@ -16,6 +16,7 @@ from dagster_aws.s3 import S3Resource
 from kmdagster.config import KmConfig, S3Settings, WarehouseSettings
 from kmdagster.defs.runs import WAREHOUSE_FAULT_TAG
 from kmdagster.km_format.summary import KnownNames
+from kmdagster.warehouse.backends import open_warehouse, read_warehouse
 from kmdagster.warehouse.database import WarehouseBusy, WarehouseUnavailable
 from kmdagster.warehouse.warehouse import Warehouse
 
@@ -62,7 +63,7 @@ class WarehouseResource(ConfigurableResource):
         so and what to do (nothing was read or loaded)."""
         with ExitStack() as stack:
             try:
-                warehouse = stack.enter_context(Warehouse.open(self.settings))
+                warehouse = stack.enter_context(open_warehouse(self.settings))
             except WarehouseUnavailable as exc:
                 then = (
                     "once it is free"
@@ -77,7 +78,7 @@ class WarehouseResource(ConfigurableResource):
 
     def known_names(self) -> KnownNames:
         """Names already loaded, read-only (none when there is no warehouse yet)."""
-        with Warehouse.read_only(self.settings) as warehouse:
+        with read_warehouse(self.settings) as warehouse:
             return warehouse.known_names() if warehouse else KnownNames(frozenset(), frozenset())
 
 

@@ -39,6 +39,7 @@ from kmdagster.markdown import markdown_table
 from kmdagster.quarantine import FinishedRun, Quarantine, quarantine_of
 from kmdagster.s3.objects import S3File, list_root_files
 from kmdagster.status import RunFailure, RunOutcomes
+from kmdagster.warehouse.backends import read_warehouse
 from kmdagster.warehouse.database import WarehouseSchemaError, WarehouseUnavailable
 from kmdagster.warehouse.warehouse import Warehouse
 
@@ -70,9 +71,7 @@ class RunProgress:
         cls, settings: WarehouseSettings, source: SourceConfig, root_files: list[S3File]
     ) -> "RunProgress":
         """Each question opens the ledger read-only, waiting briefly for a running import."""
-        return cls(
-            source, root_files, lambda: Warehouse.read_only(settings, TICK_LEDGER_WAIT_SECONDS)
-        )
+        return cls(source, root_files, lambda: read_warehouse(settings, TICK_LEDGER_WAIT_SECONDS))
 
     @classmethod
     def at_root_now(

@@ -1,8 +1,8 @@
 """Run tags, and the one-import-per-source rule Dagster enforces with them.
 
 The rule lives in the instance's run queue: ``deploy/dagster.yaml`` limits runs tagged
-``kmdagster/source`` to one per value (and runs tagged ``kmdagster/warehouse: duckdb`` to
-one in all, since an embedded DuckDB file admits one writing process). Underneath, the
+``kmdagster/source`` to one per value (and runs tagged ``kmdagster/one_writer`` to one in
+all: a warehouse that admits one writing process, such as a DuckDB file). Underneath, the
 ledger's conditional update means two imports of one file can never commit the same
 lines, whatever launched them. The schedule only avoids queuing a request behind a run
 that is already going (``active_runs``).
@@ -13,7 +13,9 @@ from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
 from kmdagster.config import SourceConfig
 
 SOURCE_TAG = "kmdagster/source"
-WAREHOUSE_TAG = "kmdagster/warehouse"
+# Set on every run that writes a warehouse one process at a time (``backends.one_writer``):
+# the run queue lets one such run go at once.
+ONE_WRITER_TAG = "kmdagster/one_writer"
 # Dagster's run monitoring fails a run still going after this many seconds, which is how a
 # run whose process died (kill -9, lost node) stops blocking its source's schedule.
 MAX_RUNTIME_TAG = "dagster/max_runtime"
@@ -47,12 +49,17 @@ def max_runtime_seconds(source: SourceConfig) -> int:
     return int(source.time_budget_seconds) + source.run_grace_seconds
 
 
-def import_run_tags(source: SourceConfig, run_tag: str) -> dict[str, str]:
-    """``run_tag`` (``WarehouseSettings.run_tag``) is the warehouse tag's value: only
-    ``duckdb``, one writer in all, is limited to one run at a time."""
+def writer_tags(one_writer: bool) -> dict[str, str]:
+    """The tags of a run that writes the warehouse: ``ONE_WRITER_TAG`` when it admits one
+    writing process at a time."""
+    return {ONE_WRITER_TAG: "true"} if one_writer else {}
+
+
+def import_run_tags(source: SourceConfig, one_writer: bool) -> dict[str, str]:
+    """An import run's tags: its source, its writer limit and its maximum runtime."""
     return {
         SOURCE_TAG: source.name,
-        WAREHOUSE_TAG: run_tag,
+        **writer_tags(one_writer),
         MAX_RUNTIME_TAG: str(max_runtime_seconds(source)),
     }
 

@@ -45,7 +45,7 @@ class SourceSpecs:
     """The specs of one source, whose tables live in a ``backend`` warehouse."""
 
     source: SourceConfig
-    backend: str = "duckdb"
+    backend: str  # the warehouse's, shown as the tables' kind
 
     @cached_property
     def names(self) -> SourceNames:

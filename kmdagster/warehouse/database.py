@@ -62,7 +62,6 @@ LEDGER_TABLE = "km_import_files"
 class Database(Protocol):
     """One open connection to the warehouse's database."""
 
-    backend: str  # "duckdb", "postgres" or "ducklake"
     location: str  # what to name in messages: a file path, or a URL without its password
     # The Arrow layout ``append`` reads: polars' newest (string views, no conversion) or
     # its oldest (plain strings).

@@ -108,7 +108,6 @@ def is_empty_file(path: Path) -> bool:
 class DuckDBDatabase(DuckDBConnection):
     """The warehouse in one DuckDB file, which one process at a time opens to write."""
 
-    backend = "duckdb"
     ledger_writes = UPDATED_IN_PLACE
     alias_merge = MERGED_IN_CHUNK
     schema_layout = KEYED_LAYOUT

@@ -114,7 +114,6 @@ def s3_secret_statement(s3: S3Settings | None) -> str:
 
 
 class DuckLakeDatabase(DuckDBConnection):
-    backend = "ducklake"
     sql_skip_duplicates = ""  # no keys in a lake: see ``next_ids``
     ledger_writes = APPENDED_REVISIONS
     alias_merge = MERGED_APART

@@ -39,7 +39,6 @@ def _arrow(frame: pl.DataFrame) -> Any:
 
 
 class PostgresDatabase:
-    backend = "postgres"
     arrow_layout = pl.CompatLevel.oldest()  # the driver's COPY writer reads plain strings
     sql_skip_duplicates = "ON CONFLICT DO NOTHING"
     ledger_writes = UPDATED_IN_PLACE

@@ -2,8 +2,8 @@
 
 ``Warehouse`` holds what the importer, the archiver and the reports ask of it; the SQL it
 sends is the same for every backend, run by a ``Database`` (a DuckDB file, PostgreSQL or a
-DuckLake lake, chosen by the configuration's ``warehouse.backend``). Schema and upgrades:
-``schema.py``.
+DuckLake lake; ``backends.py`` opens the one the configuration names). Schema and
+upgrades: ``schema.py``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 
-from kmdagster.config import WarehouseSettings
 from kmdagster.file_state import COMPLETE, RETIRED, UNFINISHED, State
 from kmdagster.km_format.split import SplitLines
 from kmdagster.km_format.summary import KnownNames
@@ -34,11 +33,10 @@ from kmdagster.warehouse.database import (
     transaction,
 )
 from kmdagster.warehouse.duckdb_database import DuckDBDatabase, is_empty_file
-from kmdagster.warehouse.ducklake_database import DuckLakeDatabase
 from kmdagster.warehouse.ledger_writes import LEDGER_COLUMNS
 from kmdagster.warehouse.name_ids import NameIds
 from kmdagster.warehouse.piece_rows import PieceRows, piece_rows
-from kmdagster.warehouse.postgres_database import PostgresDatabase, WarehouseUnreachable
+from kmdagster.warehouse.postgres_database import WarehouseUnreachable
 from kmdagster.warehouse.schema import (
     ROW_COUNT_COLUMNS,
     ROW_TABLES,
@@ -182,46 +180,6 @@ class Warehouse:
             database.alias_merge.catch_up(database)
         else:
             check_readable(database)
-
-    @classmethod
-    @contextmanager
-    def open(
-        cls, settings: WarehouseSettings, lock_wait_seconds: float = LOCK_WAIT_SECONDS
-    ) -> Iterator[Warehouse]:
-        """Open the configured warehouse for writing, creating its tables if needed."""
-        if settings.backend == "postgres":
-            assert settings.postgres_url is not None  # the configuration requires it
-            with PostgresDatabase.open(settings.postgres_url) as database:
-                yield cls(database)
-        elif settings.backend == "ducklake":
-            with DuckLakeDatabase.attach(settings, False, lock_wait_seconds) as database:
-                yield cls(database)
-        else:
-            with DuckDBWarehouse.connect(settings.duckdb_path, lock_wait_seconds) as warehouse:
-                yield warehouse
-
-    @classmethod
-    @contextmanager
-    def read_only(
-        cls, settings: WarehouseSettings, lock_wait_seconds: float = 10.0
-    ) -> Iterator[Warehouse | None]:
-        """Open the configured warehouse to read; None when it has no tables yet.
-
-        Never creates anything, so previews and status reports leave no trace. Raises
-        ``WarehouseBusy`` when an import run holds a DuckDB file past ``lock_wait_seconds``.
-        """
-        if settings.backend == "duckdb":
-            with DuckDBWarehouse.reader(settings.duckdb_path, lock_wait_seconds) as warehouse:
-                yield warehouse
-            return
-        if settings.backend == "ducklake":
-            with DuckLakeDatabase.reader(settings, lock_wait_seconds) as lake:
-                yield cls(lake, writer=False) if lake and has_schema(lake) else None
-            return
-        assert settings.postgres_url is not None
-        with PostgresDatabase.open(settings.postgres_url) as database:
-            database.execute("SET default_transaction_read_only = on")
-            yield cls(database, writer=False) if has_schema(database) else None
 
     def _select_row(self, where: str, params: list[object]) -> LedgerRow | None:
         found = self.database.rows(
