@@ -1,9 +1,11 @@
-"""The alerts in Dagster: raised by the file sensor's health evaluation, delivered by a
-sensor of their own.
+"""The alerts in Dagster: raised at the file sensor's tick from what the health found,
+delivered by a sensor of their own.
 
-The health evaluation (``source_health``) records each alert as an observation of
-``<source>/file_states`` (its audit trail in the UI) and keeps the conditions it raised in
-its cursor, so each change is recorded once, whatever the ticks and restarts. The alert
+At each tick of the file sensor, ``raised_alerts`` turns the conditions the health
+evaluation found (``source_health.Health``) into an observation of
+``<source>/file_states`` for each one raised or cleared (the audit trail in the UI) and
+keeps the conditions raised in its part of that sensor's cursor, so each change is
+recorded once, whatever the ticks and restarts. The alert
 sensor ``<source>_alerts`` POSTs the observations after the last one it delivered, in
 order, and moves its cursor past each one the webhook took: a webhook that is down or slow
 holds up this sensor only, never registration or an import, and the rest are tried at its
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from dagster import (
@@ -31,14 +34,40 @@ from dagster import (
     sensor,
 )
 
-from kmdagster.alerts import Alert
+from kmdagster.alerts import HEALTH_ERROR, Alert, Condition, changed
 from kmdagster.config import AlertSettings, SourceConfig
 from kmdagster.defs.naming import SourceNames
+from kmdagster.defs.source_health import Health
 from kmdagster.webhook import post_alert, webhook_url
 from kmdagster.wording import counted
 
 ALERT_METADATA = "alert"
 _PAGE = 1000
+
+
+def raised_alerts(
+    source: SourceConfig, health: Health, active: dict[str, Condition] | None, now: datetime
+) -> tuple[list[AssetObservation], dict[str, Condition] | None]:
+    """An alert for each condition raised or cleared since ``active`` (None: alerts never
+    evaluated, so files already over their reject threshold are not announced), and the
+    conditions active now. A health evaluation that failed raises ``health_error`` once and
+    clears nothing; one that could not read the ledger changes nothing (its partial view
+    would clear conditions by mistake)."""
+    file_states = SourceNames.of(source).file_states
+    if health.error:
+        condition = Condition(HEALTH_ERROR, health.error)
+        kept = dict(active or {})
+        if condition.key in kept:
+            return [], kept
+        kept[condition.key] = condition
+        alert = Alert(HEALTH_ERROR, source.name, health.error, now)
+        return [alert_observation(file_states, alert)], kept
+    if health.conditions is None:
+        return [], active
+    alerts, now_active = changed(
+        source.name, active or {}, health.conditions, set(health.files_seen), now, active is None
+    )
+    return [alert_observation(file_states, alert) for alert in alerts], now_active
 
 
 def alert_observation(file_states: AssetKey, alert: Alert) -> AssetObservation:

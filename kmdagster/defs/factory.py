@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 from dagster import Definitions
 
 from kmdagster.config import AlertSettings, KmConfig, SourceConfig, WarehouseSettings
@@ -17,7 +15,7 @@ from kmdagster.defs.run_history import build_quarantine_check
 from kmdagster.defs.schedules import build_import_schedule
 from kmdagster.defs.sensors import build_file_sensor
 from kmdagster.defs.setup_assets import build_permission_check, build_preview_asset
-from kmdagster.defs.source_health import report_health
+from kmdagster.defs.source_tick import source_tick, source_tick_does
 from kmdagster.defs.specs import SourceSpecs
 from kmdagster.warehouse.backends import backend_of, one_writer
 
@@ -44,7 +42,9 @@ def build_source_definitions(
         ],
         jobs=[job],
         sensors=[
-            build_file_sensor(specs, partial(report_health, alerting=alerts is not None)),
+            build_file_sensor(
+                specs, source_tick(alerts is not None), source_tick_does(alerts is not None)
+            ),
             *([build_alert_sensor(source, alerts)] if alerts is not None else []),
         ],
         schedules=[build_import_schedule(source, job)],

@@ -13,10 +13,13 @@ keys archived since then, not the source's whole history. Removals are spread ov
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
+
+from dagster import SensorEvaluationContext
 
 from kmdagster.config import SourceConfig, WarehouseSettings
 from kmdagster.defs.resources import TICK_LEDGER_WAIT_SECONDS
+from kmdagster.defs.sensors import RootListing
 from kmdagster.warehouse.backends import read_warehouse
 
 # Dagster removes partitions one at a time (about 3 ms each on SQLite storage here), inside
@@ -57,3 +60,28 @@ def partitions_to_prune(
     if len(keys) > MAX_REMOVED_PER_TICK:
         return keys[:MAX_REMOVED_PER_TICK], pruned_until
     return keys, cutoff
+
+
+def prune(
+    context: SensorEvaluationContext,
+    source: SourceConfig,
+    settings: WarehouseSettings,
+    listing: RootListing,
+    pruned_until: str | None,
+) -> tuple[list[str], str | None] | None:
+    """The file sensor's part: the partitions to remove at this tick and where the next
+    one reads the ledger from; None when the ledger could not be read (logged: the next
+    tick tries again)."""
+    try:
+        keys, until = partitions_to_prune(
+            source,
+            settings,
+            listing.registered,
+            {file.key: file for file in listing.files},
+            datetime.fromisoformat(pruned_until) if pruned_until else None,
+            datetime.now(timezone.utc),
+        )
+    except Exception as exc:  # noqa: BLE001  # whatever it is, the tick goes on
+        context.log.warning(f"old partitions of {source.name!r} not removed this tick: {exc}")
+        return None
+    return keys, until.isoformat() if until else None

@@ -2,7 +2,7 @@
 
 For each key it registers it materializes ``<source>/s3_file`` (the file landed in S3).
 What else a tick does is handed in by the definitions' factory (``after_registration``:
-the source's health, ``source_health.py``), which gets the tick's one listing of the
+``source_tick.py``, the source's health, alerts and pruning), which gets the tick's one listing of the
 bucket root and returns its events, the partitions to remove and the cursor; this module
 knows nothing of it, and an error there never stops registration.
 """
@@ -78,8 +78,10 @@ AfterRegistration = Callable[
 
 
 def build_file_sensor(
-    specs: SourceSpecs, after_registration: AfterRegistration
+    specs: SourceSpecs, after_registration: AfterRegistration, after_registration_does: str
 ) -> SensorDefinition:
+    """``after_registration_does``: what ``after_registration`` does, in words for the
+    sensor's description."""
     source, partitions, pattern, names = specs.source, specs.partitions, specs.pattern, specs.names
 
     @sensor(
@@ -89,8 +91,8 @@ def build_file_sensor(
         default_status=DefaultSensorStatus.STOPPED,
         description=(
             f"Registers each key matching {pattern.describe()} at the root of "
-            f"s3://{source.bucket} as a partition of {names.partitions}, and reports the "
-            "source's backlog check."
+            f"s3://{source.bucket} as a partition of {names.partitions}; then "
+            f"{after_registration_does}."
         ),
     )
     def file_sensor(
