@@ -30,8 +30,8 @@ from kmdagster.alerts import TEST_ALERT, Alert
 from kmdagster.config import CONFIG_ENV_VAR, ConfigError, KmConfig, SourceConfig, load_config
 from kmdagster.dagster_internals import add_asset_backfill
 from kmdagster.defs.factory import build_definitions
+from kmdagster.defs.file_import.pending import next_files
 from kmdagster.defs.naming import SourceNames
-from kmdagster.defs.pending import next_files
 from kmdagster.defs.resources import WarehouseResource, build_s3_resource
 from kmdagster.defs.run_history import (
     RunProgress,

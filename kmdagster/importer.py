@@ -1,6 +1,7 @@
 """Import one S3 file into the warehouse, chunk by chunk, within a time budget.
 
-No Dagster here: the import asset calls ``import_file`` and reports what it returns.
+No Dagster here: a run's unit of one file (``defs/file_import/unit.py``) calls
+``import_file`` and reports what it returns.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from dagster import (
 )
 
 from kmdagster.defs.factory import build_definitions
-from kmdagster.defs.pending import pending_keys
+from kmdagster.defs.file_import.pending import pending_keys
 from kmdagster.defs.runs import SOURCE_TAG
 from kmdagster.defs.sensors import new_partition_keys
 from kmdagster_dev.seaweed import SeaweedS3

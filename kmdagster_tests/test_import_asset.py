@@ -15,8 +15,8 @@ from dagster import AssetKey, DagsterInstance, materialize
 from kmdagster import seams
 from kmdagster.archiver import NotImported, archive_imported_file
 from kmdagster.config import SourceConfig, WarehouseSettings
-from kmdagster.defs.assets import build_source_assets
-from kmdagster.defs.file_events import recorded_resume_offset
+from kmdagster.defs.file_import.assets import build_source_assets
+from kmdagster.defs.file_import.results import recorded_resume_offset
 from kmdagster.defs.naming import SourceNames
 from kmdagster.defs.resources import build_resources
 from kmdagster.defs.specs import SourceSpecs

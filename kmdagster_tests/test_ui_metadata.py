@@ -24,7 +24,7 @@ from dagster import (
 
 from kmdagster.defs.backlog import backlog_outcome, outcome_fingerprint
 from kmdagster.defs.factory import build_definitions
-from kmdagster.defs.pending import pending_keys
+from kmdagster.defs.file_import.pending import pending_keys
 from kmdagster.defs.source_health import HealthCursor
 from kmdagster.km_format.split import MAX_RAW_LINE_CHARS
 from kmdagster.markdown import file_states_at_a_glance, file_states_markdown

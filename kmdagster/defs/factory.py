@@ -6,8 +6,8 @@ from dagster import Definitions
 
 from kmdagster.config import AlertSettings, KmConfig, SourceConfig, WarehouseSettings
 from kmdagster.defs.alerting import build_alert_sensor
-from kmdagster.defs.assets import build_source_assets
 from kmdagster.defs.backlog import build_backlog_check
+from kmdagster.defs.file_import.assets import build_source_assets
 from kmdagster.defs.jobs import build_import_job
 from kmdagster.defs.lake_maintenance import build_lake_maintenance
 from kmdagster.defs.resources import build_resources

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from dagster import AssetSelection, define_asset_job, in_process_executor
 
 from kmdagster.config import SourceConfig
-from kmdagster.defs.assets import SourceAssets
+from kmdagster.defs.file_import.assets import SourceAssets
 from kmdagster.defs.naming import SourceNames
 from kmdagster.defs.runs import import_run_tags
 

@@ -13,8 +13,8 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 
 from kmdagster.config import SourceConfig
+from kmdagster.defs.file_import.pending import next_files
 from kmdagster.defs.naming import SourceNames
-from kmdagster.defs.pending import next_files
 from kmdagster.defs.resources import WarehouseResource
 from kmdagster.defs.run_history import RunProgress
 from kmdagster.defs.runs import SOURCE_TAG, active_runs

@@ -2,9 +2,9 @@
 
 For each key it registers it materializes ``<source>/s3_file`` (the file landed in S3).
 What else a tick does is handed in by the definitions' factory (``after_registration``:
-``source_tick.py``, the source's health, alerts and pruning), which gets the tick's one listing of the
-bucket root and returns its events, the partitions to remove and the cursor; this module
-knows nothing of it, and an error there never stops registration.
+``source_tick.py``, the source's health, alerts and pruning), which gets the tick's one
+listing of the bucket root and returns its events, the partitions to remove and the
+cursor; this module knows nothing of it, and an error there never stops registration.
 """
 
 from __future__ import annotations

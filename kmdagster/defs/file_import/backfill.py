@@ -21,9 +21,8 @@ from dagster import AssetExecutionContext, Failure, RunsFilter
 
 from kmdagster.archiver import NotImported
 from kmdagster.config import SourceConfig
-from kmdagster.defs.catch_up import import_in_order
-from kmdagster.defs.file_events import FileResult
-from kmdagster.defs.file_import import RunStep
+from kmdagster.defs.file_import.catch_up import import_in_order
+from kmdagster.defs.file_import.unit import FileResult, RunStep
 from kmdagster.defs.runs import (
     MAX_RUNTIME_TAG,
     OUTCOME_TAG,
@@ -93,9 +92,8 @@ def backfill_range(step: RunStep) -> Iterator[FileResult]:
     context, keys = step.context, step.range_keys
     taken = import_in_order(step, keys, RuntimeLease(context, step.source).budget_for_next)
     if not taken.cut_on_budget:  # a budget stop tagged the run's outcome itself
-        context.instance.add_run_tags(
-            context.run.run_id,
-            {OUTCOME_TAG: f"{counted(len(taken.completed), 'file')} of {len(keys):,} imported"},
+        step.tag_run(
+            {OUTCOME_TAG: f"{counted(len(taken.completed), 'file')} of {len(keys):,} imported"}
         )
     archive_range(step, taken.stopped)
     yield from ()

@@ -10,10 +10,14 @@
   a complete file loads nothing and says so.
 - ``<source>/archived_file``: the move to completed_imports/ with the rejects file beside it.
 
-With ``max_files_per_run`` over 1 both steps go on to the next pending files after the
-run's own (``catch_up``), each reported on its own partition.
+Each asset is one step of an import run (``import_step``, ``archive_step``): the import
+step claims the source, retires the versions S3 replaced, imports and reports the run's
+own file (``unit.FileImport``), then catches up (``catch_up``); or imports a backfill's
+range of files (``backfill``). The archive step archives the run's own file, then the
+files its import step caught up, or the range's complete files.
 """
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -22,15 +26,21 @@ from dagster import (
     AssetsDefinition,
     AssetSpec,
     BackfillPolicy,
+    Failure,
     MaterializeResult,
     multi_asset,
 )
 from dagster_aws.s3 import S3Resource
 
-from kmdagster.defs.file_import import RunStep
-from kmdagster.defs.import_run import archive_step, import_step
+from kmdagster.archiver import NotImported
+from kmdagster.defs.file_import.backfill import archive_range, backfill_range, claim_source
+from kmdagster.defs.file_import.catch_up import archive_caught_up, catch_up
+from kmdagster.defs.file_import.unit import FileResult, RunStep
 from kmdagster.defs.resources import WarehouseResource, warehouse_faults_tagged
 from kmdagster.defs.specs import SourceSpecs
+from kmdagster.importer import retire_replaced_versions
+from kmdagster.s3.objects import S3AccessError, list_root_files
+from kmdagster.stages import timed
 
 
 @dataclass(frozen=True)
@@ -92,3 +102,51 @@ def build_source_assets(specs: SourceSpecs) -> SourceAssets:
     return SourceAssets(
         file=specs.file, tables=build_import_asset(specs), archive=build_archive_asset(specs)
     )
+
+
+def import_step(step: RunStep) -> Iterator[FileResult]:
+    """The run's own file within the budget, its results, then the files after it while
+    the same budget lasts (``max_files_per_run`` over 1)."""
+    with timed("import step"):
+        yield from _import_files(step)
+
+
+def _import_files(step: RunStep) -> Iterator[FileResult]:
+    context, source = step.context, step.source
+    started = time.monotonic()
+    claim_source(context, source)
+    try:
+        root_files = list_root_files(step.client, source)
+        for retired in retire_replaced_versions(step.warehouse, source, root_files):
+            context.log.info(
+                f"s3://{source.bucket}/{retired.file_key} (ETag {retired.file_etag}) is "
+                f"{retired.status}: its {retired.lines_loaded:,} loaded lines leave the "
+                "km_* relations for the *_replaced ones; it never resumes"
+            )
+    except S3AccessError as exc:
+        raise Failure(description=str(exc)) from exc
+    if step.own_key is None:
+        yield from backfill_range(step)
+        return
+    own = step.own_file
+    report = own.load()
+    results = list(own.report(report))
+    own.record_outcome(report)
+    yield from results
+    if report.complete:
+        catch_up(step, root_files, lambda: started + source.time_budget_seconds - time.monotonic())
+
+
+def archive_step(step: RunStep) -> MaterializeResult | None:
+    """Move the run's own complete file under completed_imports/, then those its import
+    step caught up."""
+    with timed("archive step"):
+        if step.own_key is None:
+            archive_range(step)  # each file materialized on its own partition
+            return None
+        try:
+            metadata = step.own_file.archive()
+        except (NotImported, S3AccessError) as exc:
+            raise Failure(description=str(exc)) from exc
+        archive_caught_up(step)
+    return MaterializeResult(metadata=metadata)

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from dagster import Failure
 
 from kmdagster.archiver import NotImported
-from kmdagster.defs.file_events import record_budget_stop
-from kmdagster.defs.file_import import RunStep
+from kmdagster.defs.file_import.pending import next_files
+from kmdagster.defs.file_import.unit import RunStep
 from kmdagster.defs.naming import SourceNames
-from kmdagster.defs.pending import next_files
 from kmdagster.defs.run_history import RunProgress
 from kmdagster.defs.runs import CAUGHT_UP_TAG, OUTCOME_TAG
 from kmdagster.s3.objects import S3AccessError, S3File, list_root_files
@@ -57,7 +56,7 @@ def catch_up(step: RunStep, root_files: list[S3File], seconds_left: Callable[[],
     tags = {CAUGHT_UP_TAG: completed[-1]}  # what the run's archive step takes
     if not cut_on_budget:  # what the runs list shows of the run, as for a budget stop
         tags[OUTCOME_TAG] = f"{counted(len(completed) + 1, 'file')} imported"
-    context.instance.add_run_tags(context.run.run_id, tags)
+    step.tag_run(tags)
 
 
 @dataclass(frozen=True)
@@ -104,9 +103,7 @@ def import_in_order(
         for _ in file.report(report):
             pass  # a file not the run's own logs its results as events
         if not report.complete:
-            record_budget_stop(
-                context, source, report.ledger, files_before=len(completed) + files_before
-            )
+            step.record_budget_stop(report.ledger, files_before=len(completed) + files_before)
             stopped = (
                 f"s3://{source.bucket}/{key} stopped on its time budget at "
                 f"{report.ledger.percent_done:g}%; the next tick resumes it"
