@@ -33,7 +33,7 @@ $(COMPONENT_VENV)/.installed: pyproject.toml setup.py $(shell find kmdagster -na
 # One pytest worker per core: most tests wait on servers and subprocesses, so two
 # workers on two cores halve the suite's time; each worker starts its own servers.
 test: install $(COMPONENT_VENV)/.installed
-	$(BIN)/pytest -q -p no:cacheprovider -n auto
+	$(BIN)/pytest -q -p no:cacheprovider -n auto --durations=25
 
 # The tests without the slow, end-to-end and browser ones (markers in pyproject.toml):
 # a few minutes on two cores, for the edit-test loop.
