@@ -39,11 +39,13 @@ from kmdagster_tests.run_import_job import spawn_import_job
 from kmdagster_tests.ticks import report_sensor_tick, run_tick
 
 FIRST_TICK = datetime(2026, 12, 1, tzinfo=timezone.utc)
-# Two runs of fifty after the killed one (the first takes up again the files it
+# Two runs of thirty after the killed one (the first takes up again the files it
 # committed): a file costs a run about a quarter of a second, half of it the events
 # Dagster stores for it, so the history of benchmarks/history.py (2,000 files, every line
 # checked once too) would take this suite over eight minutes.
-BACKLOG = 100
+BACKLOG = 60
+PER_RUN = 30
+KILLED_AFTER = 20  # files the first run commits before it is killed
 
 
 def put_files(s3: Any, bucket: str, files: dict[str, KmFile]) -> None:
@@ -104,7 +106,7 @@ def archived_keys(s3: Any, bucket: str) -> tuple[list[str], list[str]]:
     return [k for k in keys if not k.startswith(ARCHIVE_PREFIX)], archived
 
 
-def test_a_backlog_catches_up_fifty_files_a_run_in_key_order_through_a_kill(
+def test_a_backlog_catches_up_thirty_files_a_run_in_key_order_through_a_kill(
     tmp_path: Path, s3_server: SeaweedS3, s3: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Two kinds of small file: with rejects (a rejects file beside the archive) and without.
@@ -121,7 +123,7 @@ def test_a_backlog_catches_up_fifty_files_a_run_in_key_order_through_a_kill(
     files = {f"accounts.{i:04d}.json": dirty if i % 10 == 0 else clean for i in range(BACKLOG)}
     put_files(s3, bucket, files)
     warehouse = WarehouseSettings(duckdb_path=str(tmp_path / "warehouse.duckdb"))
-    config = make_config(s3_server, bucket, warehouse, max_files_per_run=50)
+    config = make_config(s3_server, bucket, warehouse, max_files_per_run=PER_RUN)
     home = make_dagster_home(tmp_path)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     defs = build_definitions(config)
@@ -129,30 +131,30 @@ def test_a_backlog_catches_up_fifty_files_a_run_in_key_order_through_a_kill(
         report_sensor_tick(defs, instance)
         assert len(instance.get_dynamic_partitions(ACCOUNTS.partitions)) == BACKLOG
 
-        # The first run dies (kill -9) after committing the 30th file, before it told
+        # The first run dies (kill -9) after committing its 20th file, before it told
         # Dagster of any follow-on file or archived any.
         env = {
             **os.environ,
             "KMDAGSTER_CONFIG": str(write_config(tmp_path / "kmdagster.yaml", config)),
-            CRASH_ENV: "import.chunk_committed:30",
+            CRASH_ENV: f"import.chunk_committed:{KILLED_AFTER}",
         }
         killed = spawn_import_job(
             "accounts.0000.json", DEAD_RUN_MAX_RUNTIME, env, tmp_path / "job.stderr"
         )
         assert killed.wait(timeout=300) == -signal.SIGKILL, "the crash point was never reached"
-        assert imported_in_order(warehouse) == sorted(files)[:30]
+        assert imported_in_order(warehouse) == sorted(files)[:KILLED_AFTER]
         assert fail_dead_runs(instance) == 1
 
-        partitions = tick_until_nothing_pending(defs, instance, most=BACKLOG // 50 + 5)
-        # Each run starts at the first file left and takes fifty: the files the killed run
-        # committed are taken again (loading nothing), so the runs start at 0, 50, 100...
-        assert partitions == [f"accounts.{i:04d}.json" for i in range(0, BACKLOG, 50)]
+        partitions = tick_until_nothing_pending(defs, instance, most=BACKLOG // PER_RUN + 5)
+        # Each run starts at the first file left and takes thirty: the files the killed run
+        # committed are taken again (loading nothing), so the runs start at 0, 30, 60...
+        assert partitions == [f"accounts.{i:04d}.json" for i in range(0, BACKLOG, PER_RUN)]
 
         runs = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.SUCCESS]))
-        assert len(runs) == BACKLOG // 50
-        assert {run.tags[OUTCOME_TAG] for run in runs} == {"50 files imported"}
-        # What each run's import step handed its archive step: the last of its fifty.
-        last_of_each = {f"accounts.{i + 49:04d}.json" for i in range(0, BACKLOG, 50)}
+        assert len(runs) == BACKLOG // PER_RUN
+        assert {run.tags[OUTCOME_TAG] for run in runs} == {f"{PER_RUN} files imported"}
+        # What each run's import step handed its archive step: the last of its thirty.
+        last_of_each = {f"accounts.{i + PER_RUN - 1:04d}.json" for i in range(0, BACKLOG, PER_RUN)}
         assert {run.tags[CAUGHT_UP_TAG] for run in runs} == last_of_each
         for table in ROW_TABLES:
             materialized = instance.get_materialized_partitions(ACCOUNTS.table(table))
@@ -164,7 +166,7 @@ def test_a_backlog_catches_up_fifty_files_a_run_in_key_order_through_a_kill(
     statuses = warehouse_rows(
         warehouse, "SELECT status, count(*), sum(import_runs) FROM km_import_files GROUP BY 1"
     )
-    # Every file once, in one run but the 30 the killed run committed before dying.
+    # Every file once, in one run but those the killed run committed before dying.
     assert statuses == [("archived", BACKLOG, BACKLOG)]
     assert_every_line_once(warehouse, files)
     at_root, archived = archived_keys(s3, bucket)
