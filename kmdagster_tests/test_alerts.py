@@ -4,6 +4,7 @@ webhook that fails then recovers, one that never answers, and a daemon restart b
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +25,8 @@ from dagster import (
     instance_for_test,
 )
 
-from kmdagster.config import AlertSettings, KmConfig
+from kmdagster.component import KmImports
+from kmdagster.config import AlertSettings, KmConfig, parse_config
 from kmdagster.defs.factory import build_definitions
 from kmdagster_dev.km_files import km_file
 from kmdagster_dev.seaweed import SeaweedS3
@@ -368,3 +370,24 @@ def test_kmdagster_test_alert_posts_one_alert_and_says_why_not_when_it_cannot(
     code, out, err = run_cli(capsys, "--config", str(path), "test-alert")
     assert code != 0 and "not sent" in err and "HTTP 500" in err
     assert SECRET_PATH not in out + err  # the URL is a secret
+
+
+def test_the_alerts_examples_of_the_reference_load_as_they_are_shown() -> None:
+    """The ``alerts:`` blocks docs/reference.md shows for kmdagster.yaml and a Component's
+    defs.yaml configure the same alerts, each read as kmdagster reads that file."""
+    reference = (Path(__file__).resolve().parent.parent / "docs" / "reference.md").read_text()
+    blocks = [
+        yaml.safe_load(block)
+        for block in re.findall(r"```yaml\n(.*?)```", reference, re.S)
+        if "alerts" in block
+    ]
+    config_file, defs_yaml = blocks[:2]
+    from_file = parse_config(config_file, origin="kmdagster.yaml")
+    assert defs_yaml["type"] == f"{KmImports.__module__}.{KmImports.__name__}"
+    component = KmImports(**defs_yaml["attributes"])
+    from_component = parse_config(
+        {"sources": component.sources, "alerts": component.alerts}, origin="defs.yaml"
+    )
+    assert from_file.alerts is not None and from_file.alerts == from_component.alerts
+    assert from_file.alerts.webhook_url_env == "KMDAGSTER_ALERT_WEBHOOK"
+    assert from_file.sources == from_component.sources
