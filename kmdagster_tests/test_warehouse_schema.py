@@ -431,14 +431,23 @@ def test_a_version_4_lake_gains_its_alias_merges_marked_as_done(
 
 
 def test_the_checks_read_on_every_core_and_the_writer_returns_to_one(tmp_path: Path) -> None:
+    """Each core the checks read on has the writer's memory: a grouping's threads each hold
+    buffers DuckDB cannot spill (the duplicate check of a 2 GB file ran out of memory with
+    two threads in the writer's one limit)."""
     with DuckDBWarehouse.connect(tmp_path / "w.duckdb") as warehouse:
         database = warehouse.database
 
-        def threads() -> int:
-            [(count,)] = database.rows("SELECT current_setting('threads')")
-            return int(count)
+        def settings() -> tuple[int, float]:
+            [(count, limit)] = database.rows(
+                "SELECT current_setting('threads'), current_setting('memory_limit')"
+            )
+            number, unit = limit.split()
+            return int(count), float(number) * {"MiB": 1, "GiB": 1024}[unit]
 
-        assert threads() == 1
+        alone, writer_limit = settings()
+        assert alone == 1
         with database.on_every_core():
-            assert threads() == (os.cpu_count() or 1)
-        assert threads() == 1
+            cores, limit = settings()
+            assert cores == (os.cpu_count() or 1)
+            assert limit >= cores * writer_limit * 0.95  # DuckDB shows MiB of MB
+        assert settings() == (1, writer_limit)

@@ -20,7 +20,8 @@ from kmdagster.warehouse.database import Params, placeholders
 
 WRITER_THREADS = 1
 
-WRITER_MEMORY_LIMIT = "64MB"
+WRITER_MEMORY_MB = 64
+WRITER_MEMORY_LIMIT = f"{WRITER_MEMORY_MB}MB"
 READER_MEMORY_LIMIT = "1GB"
 
 
@@ -54,13 +55,21 @@ class DuckDBConnection:
     @contextmanager
     def on_every_core(self) -> Iterator[None]:
         # Once the import has stopped splitting, its checks read every row of the file:
-        # on two cores in half the time (the same CPU).
-        [(threads,)] = self.rows("SELECT current_setting('threads')")
-        self.connection.execute(f"SET threads = {os.cpu_count() or 1}")
+        # on two cores in half the time (the same CPU). Each thread of a grouping holds
+        # buffers DuckDB cannot spill (32 MB each over the rows of a large file), so each
+        # gets the writer's memory: with two threads in 64 MB in all, the duplicate check
+        # of a 2 GB file ran out of memory.
+        [(threads, limit)] = self.rows(
+            "SELECT current_setting('threads'), current_setting('memory_limit')"
+        )
+        cores = os.cpu_count() or 1
+        self.connection.execute(f"SET threads = {cores}")
+        self.connection.execute(f"SET memory_limit = '{cores * WRITER_MEMORY_MB}MB'")
         try:
             yield
         finally:
             self.connection.execute(f"SET threads = {int(threads)}")
+            self.connection.execute(f"SET memory_limit = '{limit}'")
 
     def execute(self, sql: str, params: Params = ()) -> None:
         self.connection.execute(sql, list(params))
