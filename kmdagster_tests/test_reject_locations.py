@@ -15,6 +15,7 @@ from kmdagster.km_format.octal_escapes import repaired_line
 from kmdagster.km_format.reasons import REJECT_REASONS
 from kmdagster.km_format.split import split_km_lines
 from kmdagster.km_format.summary import PreviewAccumulator
+from kmdagster.warehouse.file_rows import reject_batches
 from kmdagster.warehouse.warehouse import DuckDBWarehouse
 from kmdagster_dev.km_files import compressed_bytes
 from kmdagster_tests.helpers import run_import
@@ -133,3 +134,27 @@ def test_a_source_imports_octal_lines_as_its_repair_setting_says(
     assert rejects == expected
     prices = query(tmp_path / "w.duckdb", "SELECT value FROM km_properties WHERE name = 'price'")
     assert prices == ([("£15",)] if repair else [])
+
+
+def test_the_rejects_file_reads_every_reject_once_in_line_order_batch_by_batch(
+    s3: Any, bucket: str, warehouse_path: Path
+) -> None:
+    """``reject_batches`` pages through a file's rejects by line number (a query per
+    batch, so no sort of the whole file is held): every reject once, in order, whatever
+    the batch size, and nothing of another file."""
+    lines = [json.dumps({"_p": f"p{n}", "_t": 1764460800, "_n": "Ok"}) for n in range(40)]
+    for n in range(0, 40, 3):
+        lines[n] = "not json"
+    body = ("\n".join(lines) + "\n").encode()
+    for key in ("accounts.1.json", "accounts.2.json"):
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    with DuckDBWarehouse.connect(warehouse_path) as warehouse:
+        rows = [
+            run_import(s3, warehouse, bucket, k, 1024).ledger
+            for k in ("accounts.1.json", "accounts.2.json")
+        ]
+        for batch_rows in (1, 4, 14, 100):
+            batches = list(reject_batches(warehouse.database, rows[1], batch_rows))
+            assert all(0 < b.height <= batch_rows for b in batches)
+            read = [n for b in batches for n in b.get_column("line_no").to_list()]
+            assert read == list(range(1, 41, 3)), batch_rows  # line numbers count from 1

@@ -149,10 +149,22 @@ _COLUMNS: WeakKeyDictionary[Database, dict[str, list[tuple[str, str]]]] = WeakKe
 def reject_batches(
     database: Database, row: LedgerRow, batch_rows: int = 50_000
 ) -> Iterator[pl.DataFrame]:
-    """The file version's rejects in line order, ``batch_rows`` at a time (bounded memory)."""
-    return database.batches(
-        "SELECT line_no, byte_offset, reason, error_position, raw_line, raw_chars FROM km_rejects "
-        f"WHERE {_OF_FILE} ORDER BY line_no",
-        _file(row),
-        batch_rows,
-    )
+    """The file version's rejects in line order, ``batch_rows`` at a time (bounded memory).
+
+    Each batch is a query of its own for the lines after the last one read: one query
+    sorting every reject of the file would hold its whole sorted result (DuckDB keeps it in
+    memory outside its limit: 6 GB for a 1 GB file of invalid lines), while a batch is a
+    bounded top-N over the row groups its line numbers can be in.
+    """
+    after = -1
+    while True:
+        batch = database.frame(
+            "SELECT line_no, byte_offset, reason, error_position, raw_line, raw_chars "
+            f"FROM km_rejects WHERE {_OF_FILE} AND line_no > $2 ORDER BY line_no LIMIT $3",
+            [*_file(row), after, batch_rows],
+        )
+        if batch.height:
+            yield batch
+        if batch.height < batch_rows:
+            return
+        after = int(batch.get_column("line_no")[-1])
