@@ -149,22 +149,21 @@ _COLUMNS: WeakKeyDictionary[Database, dict[str, list[tuple[str, str]]]] = WeakKe
 def reject_batches(
     database: Database, row: LedgerRow, batch_rows: int = 50_000
 ) -> Iterator[pl.DataFrame]:
-    """The file version's rejects in line order, ``batch_rows`` at a time (bounded memory).
+    """The file version's rejects in line order, at most ``batch_rows`` at a time (bounded
+    memory), each batch those of the next ``batch_rows`` line numbers.
 
-    Each batch is a query of its own for the lines after the last one read: one query
-    sorting every reject of the file would hold its whole sorted result (DuckDB keeps it in
-    memory outside its limit: 6 GB for a 1 GB file of invalid lines), while a batch is a
-    bounded top-N over the row groups its line numbers can be in.
+    One query sorting every reject of the file would hold its whole sorted result (DuckDB
+    keeps it in memory outside its limit: 6 GB for a 1 GB file of invalid lines), and one
+    per batch ranked over all the lines after the last one read costs the square of the
+    batches; a range of line numbers reads only the row groups it can be in (a file's rows
+    are appended in line order).
     """
-    after = -1
-    while True:
+    for first in range(0, row.lines_read, batch_rows):
         batch = database.frame(
             "SELECT line_no, byte_offset, reason, error_position, raw_line, raw_chars "
-            f"FROM km_rejects WHERE {_OF_FILE} AND line_no > $2 ORDER BY line_no LIMIT $3",
-            [*_file(row), after, batch_rows],
+            f"FROM km_rejects WHERE {_OF_FILE} AND line_no > $2 AND line_no <= $3 "
+            "ORDER BY line_no",
+            [*_file(row), first, first + batch_rows],
         )
         if batch.height:
             yield batch
-        if batch.height < batch_rows:
-            return
-        after = int(batch.get_column("line_no")[-1])
