@@ -11,7 +11,7 @@ name (``sql_*`` methods, ``next_ids``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -93,10 +93,6 @@ class Database(Protocol):
         ...
 
     def frame(self, sql: str, params: Params = ()) -> pl.DataFrame: ...
-
-    def batches(self, sql: str, params: Params, batch_rows: int) -> Iterator[pl.DataFrame]:
-        """The result ``batch_rows`` at a time, on a cursor of its own (bounded memory)."""
-        ...
 
     def append(self, table: str, rows: pa.Table, constants: Mapping[str, pa.Scalar]) -> None:
         """Bulk-insert ``rows`` into ``table`` (columns by name), in the open transaction,

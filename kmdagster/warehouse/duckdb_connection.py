@@ -84,13 +84,6 @@ class DuckDBConnection:
     def frame(self, sql: str, params: Params = ()) -> pl.DataFrame:
         return self.connection.sql(sql, params=list(params)).pl()
 
-    def batches(self, sql: str, params: Params, batch_rows: int) -> Iterator[pl.DataFrame]:
-        with self.cursor() as cursor:
-            # A relation streams its result; a DB-API result would be copied whole first.
-            reader = cursor.sql(sql, params=list(params)).to_arrow_reader(batch_rows)
-            for batch in reader:
-                yield pl.DataFrame(pl.from_arrow(batch))
-
     def append(self, table: str, rows: pa.Table, constants: Mapping[str, pa.Scalar]) -> None:
         # Read by DuckDB's replacement scan of this function's locals. A registered view of
         # the same data (``temporary``) kept the import's peak RSS about 100 MB higher.

@@ -88,15 +88,6 @@ class PostgresDatabase:
             _execute(cursor, sql, params)
             return pl.DataFrame(pl.from_arrow(cursor.fetch_arrow_table()))
 
-    def batches(self, sql: str, params: Params, batch_rows: int) -> Iterator[pl.DataFrame]:
-        # Its own connection: a connection runs one statement at a time, and the batches
-        # may be read while this one is used (the driver sizes its batches in bytes).
-        with PostgresDatabase.open(self.url) as reader, reader.connection.cursor() as cursor:
-            _execute(cursor, sql, params)
-            for batch in cursor.fetch_record_batch():
-                frame = pl.DataFrame(pl.from_arrow(batch))
-                yield from frame.iter_slices(batch_rows)
-
     def append(self, table: str, rows: pa.Table, constants: Mapping[str, pa.Scalar]) -> None:
         for column, value in constants.items():
             every_row = pc.fill_null(pa.nulls(rows.num_rows, value.type), value)
