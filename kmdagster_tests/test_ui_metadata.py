@@ -25,7 +25,7 @@ from dagster import (
 from kmdagster.defs.backlog import backlog_outcome, outcome_fingerprint
 from kmdagster.defs.factory import build_definitions
 from kmdagster.defs.file_import.pending import pending_keys
-from kmdagster.defs.source_health import HealthCursor
+from kmdagster.defs.source_tick import TickCursor
 from kmdagster.km_format.split import MAX_RAW_LINE_CHARS
 from kmdagster.markdown import file_states_at_a_glance, file_states_markdown
 from kmdagster.quarantine import Quarantine
@@ -276,7 +276,7 @@ def test_sensor_reports_landed_files_and_the_backlog_in_import_order(
     written = max(state.waiting_since for state in status.states if state.waiting_since)
     passed, metadata = backlog_outcome(config.sources[0], status, written + timedelta(seconds=4))
     assert not passed and metadata["oldest_waiting_hours"] >= 0.001
-    assert outcome_fingerprint(passed, metadata) != HealthCursor.parse(result.cursor).backlog
+    assert outcome_fingerprint(passed, metadata) != TickCursor.parse(result.cursor).health.backlog
 
 
 def test_a_file_whose_last_run_failed_is_failed_with_that_runs_error() -> None:

@@ -16,7 +16,7 @@ from dagster import (
 )
 
 from kmdagster.defs.naming import SourceNames
-from kmdagster.defs.source_health import HealthCursor
+from kmdagster.defs.source_tick import TickCursor
 from kmdagster_tests.helpers import ACCOUNTS
 
 
@@ -33,7 +33,7 @@ def report_sensor_tick(
         result = sensor(context)
     if isinstance(result, SensorResult):
         if healthy:
-            error = HealthCursor.parse(result.cursor).health_error
+            error = TickCursor.parse(result.cursor).health.health_error
             assert not error, f"the sensor could not evaluate the source's health: {error}"
         for request in result.dynamic_partitions_requests or []:
             name, keys = request.partitions_def_name, request.partition_keys

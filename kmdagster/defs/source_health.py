@@ -11,7 +11,6 @@ error, and the next tick tries again.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -51,17 +50,8 @@ class HealthCursor:
     is_new: bool = False  # no cursor yet: report the quarantine check once, green or red
 
     @classmethod
-    def parse(cls, cursor: str | None) -> HealthCursor:
-        """Its part of the cursor a tick saved; a missing or unreadable one reports
-        everything anew."""
-        try:
-            saved = json.loads(cursor or "")
-        except ValueError:
-            return cls(is_new=True)
-        return cls.from_saved(saved)
-
-    @classmethod
     def from_saved(cls, saved: dict[str, Any]) -> HealthCursor:
+        """Its keys of the cursor a tick saved (``source_tick.TickCursor`` reads it)."""
         return cls(
             backlog=saved.get("backlog"),
             quarantine=saved.get("quarantine", ""),
