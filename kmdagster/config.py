@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -47,6 +48,15 @@ Text = Annotated[str, Field(strict=True, min_length=1)]
 
 class ConfigError(ValueError):
     """The configuration file is invalid; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class NeededBy:
+    """Marks a setting a backend cannot do without: the file fails at load, not at the
+    first run, when that backend is chosen and the setting is not given."""
+
+    backend: str
+    example: str
 
 
 # Each field's docstring is its description in the schemas Dagster shows (the resources'
@@ -103,7 +113,9 @@ class WarehouseSettings(_ResourceSection):
     """duckdb (an embedded file, one writing process), postgres or ducklake (a lakehouse)."""
     duckdb_path: Text = ".kmdagster/warehouse.duckdb"
     """The DuckDB file."""
-    postgres_url: Text | None = None
+    postgres_url: Annotated[
+        Text | None, NeededBy("postgres", example="postgresql://kmdagster@db:5432/km")
+    ] = None
     """With backend postgres: a libpq URL without password (PGPASSWORD or ~/.pgpass)."""
     ducklake_catalog: Text = ".kmdagster/lake/catalog.ducklake"
     """With backend ducklake: the catalog, a DuckDB file or a PostgreSQL URL without password."""
@@ -141,11 +153,15 @@ class WarehouseSettings(_ResourceSection):
         return value
 
     @model_validator(mode="after")
-    def _postgres_has_a_url(self) -> WarehouseSettings:
-        if self.backend == "postgres" and self.postgres_url is None:
-            raise ValueError(
-                "backend postgres needs postgres_url (e.g. postgresql://kmdagster@db:5432/km)"
-            )
+    def _needed_settings_given(self) -> WarehouseSettings:
+        for name, field in type(self).model_fields.items():
+            for need in field.metadata:
+                if (
+                    isinstance(need, NeededBy)
+                    and need.backend == self.backend
+                    and getattr(self, name) is None
+                ):
+                    raise ValueError(f"backend {self.backend} needs {name} (e.g. {need.example})")
         return self
 
 
