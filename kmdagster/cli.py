@@ -345,10 +345,10 @@ def confirm(config: KmConfig, source: SourceConfig, workspace: str | None) -> No
         f"confirmed: {source.name} registers new files and imports them "
         f"{pace(source, None)} ({source.cron})"
     )
-    click.echo(waiting_markdown(config, source))
+    click.echo(waiting_files_summary(config, source))
 
 
-def waiting_markdown(config: KmConfig, source: SourceConfig) -> str:
+def waiting_files_summary(config: KmConfig, source: SourceConfig) -> str:
     """What waits at the root as the import is switched on: how many files, when the
     ticks have imported them and how to take them at once."""
     found = read_source_status(s3_client(config), source, config.warehouse, 0)
