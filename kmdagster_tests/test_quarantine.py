@@ -212,7 +212,10 @@ def test_a_file_that_changes_at_every_run_is_quarantined(
         n = 0
         while not stop.is_set():
             n += 1
-            s3.put_object(Bucket=bucket, Key=FIRST, Body=versions[n % 2] + b"\n" * (n % 7))
+            # Every body new: a version that came back would be one a failed run had
+            # advanced, which rightly ends the streak.
+            rewrite = b'{"_p":"producer","_n":"rewritten","_t":%d}\n' % (1_700_000_000 + n)
+            s3.put_object(Bucket=bucket, Key=FIRST, Body=versions[n % 2] + rewrite)
 
     writer = threading.Thread(target=keep_changing, daemon=True)
     home = tmp_path / "dagster_home"
